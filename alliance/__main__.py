@@ -1,0 +1,3 @@
+from alliance.cli import app
+
+app()

@@ -1,0 +1,169 @@
+"""Clinic profiles from clinics.toml: who the clinic is and how its vendor's export is laid out."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from alliance.errors import ProfileError
+from alliance.instruments import Instrument, instrument, registry
+
+# Fields every export must provide, whatever the vendor calls them.
+KEY_FIELDS = ("client_ref", "therapist_id", "session_date", "session_number")
+
+
+def canonical_fields() -> set[str]:
+    """Every canonical field a vendor column may map to."""
+    fields = set(KEY_FIELDS)
+    for inst in registry().values():
+        fields.update(inst.item_fields)
+        fields.add(inst.total_field)
+    return fields
+
+
+def normalise_column(name: str) -> str:
+    """Case- and whitespace-insensitive column identity: ' Client  ID ' -> 'client id'."""
+    return " ".join(name.split()).casefold()
+
+
+class ExportProfile(BaseModel):
+    """How one clinic's vendor writes its session-feedback export."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["csv", "xlsx", "json", "ndjson"] = "csv"
+    encoding: Literal["auto", "utf-8", "utf-16", "cp1252"] = "auto"
+    delimiter: str = "auto"
+    decimal_comma: bool = False
+    date_format: str | list[str] = "%Y-%m-%d"
+    sheet: str | None = None
+    records: str | None = Field(
+        default=None, description="json: dotted path to the session records, e.g. 'clients.sessions'"
+    )
+    instruments: list[str] = Field(min_length=1)
+    item_max: dict[str, float] = Field(
+        default_factory=dict, description="the file's item maximum per instrument when it differs"
+    )
+    columns: dict[str, str] = Field(min_length=1, description="vendor column name -> canonical field")
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        if value != "auto" and len(value) != 1:
+            raise ValueError("must be 'auto' or one character such as ',' or ';'")
+        return value
+
+    @field_validator("date_format")
+    @classmethod
+    def _date_format(cls, value: str | list[str]) -> str | list[str]:
+        formats = [value] if isinstance(value, str) else value
+        if not formats or any("%" not in f for f in formats):
+            raise ValueError("must be a strftime format such as '%d.%m.%Y' (or a list of them)")
+        return value
+
+    @field_validator("instruments")
+    @classmethod
+    def _instruments(cls, value: list[str]) -> list[str]:
+        return [instrument(code).code for code in value]
+
+    @model_validator(mode="after")
+    def _columns(self) -> ExportProfile:
+        known = canonical_fields()
+        targets = list(self.columns.values())
+        for vendor, target in self.columns.items():
+            if target not in known:
+                raise ValueError(f"columns.{vendor!r}: unknown canonical field {target!r}")
+        dupes = {t for t in targets if targets.count(t) > 1}
+        if dupes:
+            raise ValueError(f"columns: several vendor columns map to {sorted(dupes)}")
+        names = [normalise_column(v) for v in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError("columns: two vendor names differ only in case or spacing")
+        missing = [f for f in KEY_FIELDS if f not in targets]
+        if missing:
+            raise ValueError(f"columns: no vendor column maps to {missing}")
+        for code in self.instruments:
+            inst = instrument(code)
+            if not ({*inst.item_fields, inst.total_field} & set(targets)):
+                raise ValueError(f"columns: no vendor column maps to an item or the total of {code}")
+        for code in self.item_max:
+            if code.upper() not in self.instruments:
+                raise ValueError(f"item_max.{code}: instrument not listed in instruments")
+        if self.format in ("csv",) and self.sheet:
+            raise ValueError("sheet: only for xlsx exports")
+        return self
+
+    @property
+    def date_formats(self) -> list[str]:
+        return [self.date_format] if isinstance(self.date_format, str) else list(self.date_format)
+
+    @property
+    def instrument_specs(self) -> list[Instrument]:
+        return [instrument(code) for code in self.instruments]
+
+    def file_item_max(self, inst: Instrument) -> float:
+        return next((v for k, v in self.item_max.items() if k.upper() == inst.code), inst.item_max)
+
+
+class Clinic(BaseModel):
+    """A clinic of the network and its export profile."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    name: str
+    timezone: str = "UTC"
+    export: ExportProfile
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name like 'Europe/Berlin')") from None
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def _explain(clinic_id: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(profile)"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"clinics.toml: clinic {clinic_id!r}: {key}: {message}"
+
+
+def parse_clinics(text: str) -> dict[str, Clinic]:
+    """Clinics from the text of clinics.toml; a bad profile raises ProfileError naming clinic and key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"clinics.toml: not valid TOML: {exc}") from None
+    unknown = set(raw) - {"clinics"}
+    if unknown:
+        raise ProfileError(f"clinics.toml: unknown top-level key(s) {sorted(unknown)}; clinics go under [clinics.<id>]")
+    clinics: dict[str, Clinic] = {}
+    for clinic_id, spec in raw.get("clinics", {}).items():
+        if not isinstance(spec, dict):
+            raise ProfileError(f"clinics.toml: clinic {clinic_id!r}: expected a table")
+        try:
+            clinics[clinic_id] = Clinic(id=clinic_id, **spec)
+        except ValidationError as err:
+            raise ProfileError(_explain(clinic_id, err)) from None
+        except TypeError as err:
+            raise ProfileError(f"clinics.toml: clinic {clinic_id!r}: {err}") from None
+    return clinics
+
+
+def load_clinics(path: Path) -> dict[str, Clinic]:
+    """Clinics from a clinics.toml file."""
+    if not path.exists():
+        raise ProfileError(f"{path}: no clinics.toml; run `alliance init` first")
+    return parse_clinics(path.read_text(encoding="utf-8"))

@@ -1,0 +1,61 @@
+"""The one settings object: environment (ALLIANCE_*) over defaults; paths derive from the home folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where Alliance Watch keeps its files and how it ingests."""
+
+    model_config = SettingsConfigDict(env_prefix="ALLIANCE_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".alliance"),
+        description="Folder holding clinics.toml, inbox/, archive/ and warehouse.duckdb.",
+    )
+    hmac_key: SecretStr | None = Field(
+        default=None,
+        description="Secret key for client pseudonyms; when unset, the key file in the home folder is used.",
+    )
+    quarantine_file_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="A file whose share of failing rows exceeds this is quarantined whole.",
+    )
+    lock_timeout_s: float = Field(
+        default=600.0, gt=0, description="How long a writer waits for the warehouse lock before giving up."
+    )
+    max_file_mb: float = Field(default=512.0, gt=0, description="Exports larger than this are rejected.")
+
+    @property
+    def clinics_file(self) -> Path:
+        return self.home / "clinics.toml"
+
+    @property
+    def inbox(self) -> Path:
+        return self.home / "inbox"
+
+    @property
+    def archive(self) -> Path:
+        return self.home / "archive"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "pseudonym.key"
+
+
+def load_settings(home: Path | None = None) -> Settings:
+    """Settings from the environment, with an explicit home folder taking precedence."""
+    settings = Settings()
+    if home is not None:
+        settings = settings.model_copy(update={"home": home})
+    return settings

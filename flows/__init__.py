@@ -1,0 +1,1 @@
+"""Prefect flows and the plain pipeline functions they wrap."""

@@ -1,0 +1,125 @@
+"""Split validated rating candidates into accepted ratings and quarantine rows with readable reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from alliance.instruments import Instrument
+
+RULE_TEXT = {
+    "missing": "is empty",
+    "not_a_number": "is not a number",
+    "not_an_integer": "is not a whole number",
+    "bad_date": "is not a date in the clinic's date format",
+    "out_of_range": "is outside the allowed range",
+    "total_mismatch": "disagrees with the sum of the items",
+    "date_in_future": "is in the future",
+    "duplicate_in_file": "repeats the same client, therapist, date and session number as another row",
+    "no_rating": "carries no value of any instrument in the profile",
+    "file_quarantined": "row passed, but the whole file was quarantined",
+}
+
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "export_id": pl.String(),
+    "clinic_id": pl.String(),
+    "source_line": pl.Int64(),
+    "instrument": pl.String(),
+    "rules": pl.List(pl.String()),
+    "reasons": pl.List(pl.String()),
+    "values": pl.String(),
+}
+
+
+@dataclass(frozen=True)
+class Screened:
+    """Accepted candidates and quarantine rows of one export, one instrument."""
+
+    accepted: pl.DataFrame
+    quarantined: pl.DataFrame
+
+
+def reason(rule: str, line: int | None, vendor_of: dict[str, str], inst: Instrument | None) -> str:
+    """One line a person can act on: 'line 12, column 'SRS Goals' (srs_goals): is outside the allowed range 0–10'."""
+    kind, _, field = rule.partition(":")
+    text = RULE_TEXT.get(kind, kind)
+    where = f"line {line}" if line is not None else "file"
+    if kind == "out_of_range" and inst is not None and field:
+        low, high = (
+            (inst.item_min, inst.item_max)
+            if field in inst.item_fields
+            else (inst.total_min, inst.total_max)
+            if field == "total"
+            else (1, None)
+        )
+        text = f"{text} {low:g}–{high:g}" if high is not None else f"{text} (must be {low:g} or more)"
+    if not field:
+        return f"{where}: {text}"
+    column = vendor_of.get(inst.total_field if (field == "total" and inst) else field)
+    label = f"column {column!r} ({field})" if column else field
+    return f"{where}, {label}: {text}"
+
+
+def screen(
+    candidates: pl.DataFrame,
+    failures: pl.DataFrame,
+    inst: Instrument,
+    vendor_of: dict[str, str],
+    export_id: str,
+    clinic_id: str,
+) -> Screened:
+    """Rows with no failure are accepted; the others become quarantine rows listing every broken rule."""
+    parse = candidates.select("row_id", pl.col("parse_errors").alias("rule")).explode("rule").drop_nulls()
+    broken = (
+        pl.concat([parse, failures.select("row_id", "rule")])
+        .unique(maintain_order=True)
+        .group_by("row_id", maintain_order=True)
+        .agg(pl.col("rule").alias("rules"))
+    )
+    marked = candidates.join(broken, on="row_id", how="left")
+    accepted = marked.filter(pl.col("rules").is_null()).drop("rules")
+    rejected = marked.filter(pl.col("rules").is_not_null())
+    return Screened(accepted, quarantine_rows(rejected, inst, vendor_of, export_id, clinic_id))
+
+
+def quarantine_rows(
+    rejected: pl.DataFrame, inst: Instrument | None, vendor_of: dict[str, str], export_id: str, clinic_id: str
+) -> pl.DataFrame:
+    """Quarantine table rows: line, rules, reasons and the mapped values (client pseudonym, never the reference)."""
+    if rejected.is_empty():
+        return pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    value_columns = [c for c in rejected.columns if c.endswith("__raw") or c in ("client_id", "therapist_id")]
+    reasons = [
+        [reason(rule, line, vendor_of, inst) for rule in rules]
+        for line, rules in zip(rejected["source_line"].to_list(), rejected["rules"].to_list(), strict=True)
+    ]
+    return rejected.select(
+        pl.lit(export_id).alias("export_id"),
+        pl.lit(clinic_id).alias("clinic_id"),
+        pl.col("source_line"),
+        pl.lit(inst.code if inst else None, pl.String).alias("instrument"),
+        pl.col("rules"),
+        pl.Series("reasons", reasons, dtype=pl.List(pl.String)),
+        pl.struct([pl.col(c).alias(c.removesuffix("__raw")) for c in value_columns])
+        .struct.json_encode()
+        .alias("values"),
+    )
+
+
+def accepted_ratings(accepted: pl.DataFrame, inst: Instrument, export_id: str, clinic_id: str) -> pl.DataFrame:
+    """Rows for the ratings table: the natural key, the items in registry order, the total."""
+    return accepted.select(
+        pl.lit(clinic_id).alias("clinic_id"),
+        pl.col("client_id"),
+        pl.col("therapist_id"),
+        pl.lit(inst.code).alias("instrument"),
+        pl.col("session_date"),
+        pl.col("session_number").cast(pl.Int32),
+        pl.when(pl.any_horizontal(pl.col(inst.item_fields).is_not_null()))
+        .then(pl.concat_list(inst.item_fields))
+        .alias("items"),
+        pl.col("total"),
+        pl.lit(export_id).alias("export_id"),
+        pl.col("source_line").cast(pl.Int32),
+    )
