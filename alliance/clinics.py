@@ -68,15 +68,22 @@ class ExportProfile(BaseModel):
     @field_validator("instruments")
     @classmethod
     def _instruments(cls, value: list[str]) -> list[str]:
-        return [instrument(code).code for code in value]
+        known = registry()
+        unknown = [code for code in value if code.upper() not in known]
+        if unknown:
+            raise ValueError(f"unknown instrument(s) {unknown}; known: {', '.join(known)}")
+        return [code.upper() for code in value]
 
     @model_validator(mode="after")
     def _columns(self) -> ExportProfile:
         known = canonical_fields()
         targets = list(self.columns.values())
+        listed = {f for code in self.instruments for f in (*instrument(code).item_fields, instrument(code).total_field)}
         for vendor, target in self.columns.items():
             if target not in known:
                 raise ValueError(f"columns.{vendor!r}: unknown canonical field {target!r}")
+            if target not in KEY_FIELDS and target not in listed:
+                raise ValueError(f"columns.{vendor!r}: {target} belongs to an instrument not listed in instruments")
         dupes = {t for t in targets if targets.count(t) > 1}
         if dupes:
             raise ValueError(f"columns: several vendor columns map to {sorted(dupes)}")

@@ -1,0 +1,161 @@
+"""Literal-frame tests of the canonical mapping and of every validation rule."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+import pytest
+
+from alliance.clinics import ExportProfile
+from alliance.errors import ExportRejected
+from alliance.instruments import instrument
+from expectations import validate_ratings
+from transforms.mapping import rating_candidates, resolve_columns, to_canonical, unrated_rows
+from transforms.quarantine import reason, screen
+
+SRS = instrument("SRS")
+TODAY = date(2026, 3, 1)
+COLUMNS = {
+    "Client": "client_ref",
+    "Therapist": "therapist_id",
+    "Date": "session_date",
+    "No": "session_number",
+    "Rel": "srs_relationship",
+    "Goals": "srs_goals",
+    "Approach": "srs_approach",
+    "Overall": "srs_overall",
+    "Total": "srs_total",
+    "ORS": "ors_total",
+}
+PROFILE = ExportProfile(instruments=["SRS", "ORS"], columns=COLUMNS, date_format="%d.%m.%Y", decimal_comma=True)
+GOOD = {
+    "Client": "K1",
+    "Therapist": "t1",
+    "Date": "05.01.2026",
+    "No": "3",
+    "Rel": "9,5",
+    "Goals": "9",
+    "Approach": "9,1",
+    "Overall": "9,2",
+    "Total": "36,8",
+    "ORS": "21",
+}
+
+
+def raw_frame(*rows: dict[str, str | None]) -> pl.DataFrame:
+    frame = pl.DataFrame(list(rows), schema=dict.fromkeys(GOOD, pl.String))
+    return frame.with_columns(pl.int_range(2, frame.height + 2).alias("source_line"))
+
+
+def canonical(*rows: dict[str, str | None]) -> pl.DataFrame:
+    raw = raw_frame(*rows)
+    return to_canonical(raw, resolve_columns(raw.columns, COLUMNS, "f.csv"))
+
+
+def test_columns_match_by_name_not_position_ignoring_case_and_spacing() -> None:
+    raw = pl.DataFrame({"  client ": ["K1"], "THERAPIST": ["t"], "extra": ["free text"], "date": ["x"]})
+    mapping = {"Client": "client_ref", "Therapist": "therapist_id", "Date": "session_date"}
+    resolved = resolve_columns(raw.columns, mapping, "f.csv")
+    assert resolved == {"  client ": "client_ref", "THERAPIST": "therapist_id", "date": "session_date"}
+    mapped = to_canonical(raw.with_columns(pl.lit(2).alias("source_line")), resolved)
+    assert "extra" not in mapped.columns  # unmapped free text never goes further
+    assert mapped["client_ref"].to_list() == ["K1"]
+
+
+def test_missing_column_rejects_the_file_naming_it() -> None:
+    with pytest.raises(ExportRejected) as info:
+        resolve_columns(["Client", "Therapist"], {"Client": "client_ref", "Session Date": "session_date"}, "x.csv")
+    assert str(info.value).startswith("x.csv: missing required column(s) 'Session Date' (-> session_date)")
+
+
+def test_good_row_becomes_a_typed_candidate() -> None:
+    candidates = rating_candidates(canonical(GOOD), PROFILE, SRS, TODAY)
+    row = candidates.row(0, named=True)
+    assert row["session_date"] == date(2026, 1, 5)
+    assert row["session_number"] == 3
+    assert row["srs_relationship"] == 9.5  # decimal comma
+    assert row["total"] == pytest.approx(36.8)
+    assert row["total_gap"] == pytest.approx(0.0)
+    assert row["parse_errors"] == []
+    assert row["days_ahead"] < 0
+
+
+def test_total_is_computed_from_items_when_the_file_has_none() -> None:
+    candidates = rating_candidates(canonical({**GOOD, "Total": None}), PROFILE, SRS, TODAY)
+    assert candidates["total"].to_list() == [pytest.approx(36.8)]
+
+
+def test_item_scale_of_the_file_is_converted() -> None:
+    profile = PROFILE.model_copy(update={"item_max": {"SRS": 100.0}})
+    row = {**GOOD, "Rel": "95", "Goals": "90", "Approach": "91", "Overall": "92", "Total": "368"}
+    candidates = rating_candidates(canonical(row), profile, SRS, TODAY)
+    assert candidates["srs_relationship"].to_list() == [9.5]
+    assert candidates["total"].to_list() == [pytest.approx(36.8)]
+
+
+def test_instrument_rows_only_where_it_has_values() -> None:
+    frame = canonical(GOOD, {**GOOD, "No": "4", "ORS": None})
+    ors = rating_candidates(frame, PROFILE, instrument("ORS"), TODAY)
+    assert ors["session_number"].to_list() == [3]
+    empty = {k: (v if k in ("Client", "Therapist", "Date", "No") else None) for k, v in GOOD.items()}
+    assert unrated_rows(canonical(GOOD, empty), PROFILE)["source_line"].to_list() == [3]
+
+
+def rules_of(*rows: dict[str, str | None]) -> list[list[str]]:
+    """Broken rules per input row, in order (empty list: accepted)."""
+    candidates = rating_candidates(canonical(*rows), PROFILE, SRS, TODAY)
+    candidates = candidates.with_row_index("row_id").with_columns(
+        pl.col("row_id").cast(pl.Int64), pl.col("client_ref").alias("client_id")
+    )
+    screened = screen(candidates, validate_ratings(candidates, SRS), SRS, {}, "e1", "c1")
+    by_line = dict(zip(screened.quarantined["source_line"], screened.quarantined["rules"], strict=True))
+    assert screened.accepted.height + screened.quarantined.height == candidates.height
+    return [sorted(by_line.get(line, [])) for line in candidates["source_line"]]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({}, []),
+        ({"Client": None}, ["missing:client_ref"]),
+        ({"Therapist": "  "}, ["missing:therapist_id"]),
+        ({"Date": None}, ["missing:session_date"]),
+        ({"No": None}, ["missing:session_number"]),
+        ({"Goals": None, "Total": None}, ["missing:srs_goals", "missing:total"]),
+        ({"Goals": None}, ["missing:srs_goals"]),
+        ({"Goals": "n/a"}, ["not_a_number:srs_goals"]),
+        ({"Total": "viel"}, ["not_a_number:total"]),
+        ({"Goals": "10,1", "Total": "37,9"}, ["out_of_range:srs_goals"]),
+        ({"Goals": "-0,1", "Total": "27,7"}, ["out_of_range:srs_goals"]),
+        ({"Goals": "10", "Total": "37,8"}, []),  # the top of the scale is valid
+        ({"Total": "37,4"}, ["total_mismatch:total"]),  # 0.6 off
+        ({"Total": "37"}, []),  # a total rounded to a whole number is within rounding
+        ({"Date": "31.02.2026"}, ["bad_date:session_date"]),
+        ({"Date": "2026-01-05"}, []),  # ISO is always accepted
+        ({"Date": "01.03.2026"}, []),  # today is not the future
+        ({"Date": "02.03.2026"}, ["date_in_future:session_date"]),
+        ({"No": "0"}, ["out_of_range:session_number"]),
+        ({"No": "-2"}, ["out_of_range:session_number"]),
+        ({"No": "2,5"}, ["not_an_integer:session_number"]),
+        ({"No": "zwei"}, ["not_an_integer:session_number"]),
+    ],
+)
+def test_each_validation_rule(change: dict[str, str | None], expected: list[str]) -> None:
+    assert rules_of({**GOOD, **change}) == [expected]
+
+
+def test_duplicate_key_within_a_file_quarantines_every_copy() -> None:
+    other = {**GOOD, "No": "4", "Date": "12.01.2026"}
+    assert rules_of(GOOD, {**GOOD, "Overall": "9"}, other) == [
+        ["duplicate_in_file:session_number"],
+        ["duplicate_in_file:session_number"],
+        [],
+    ]
+
+
+def test_reasons_name_line_and_vendor_column() -> None:
+    text = reason("out_of_range:srs_goals", 14, {"srs_goals": "SRS Goals & Topics"}, SRS)
+    assert text == "line 14, column 'SRS Goals & Topics' (srs_goals): is outside the allowed range 0–10"
+    assert reason("total_mismatch:total", 3, {"srs_total": "Total"}, SRS).startswith("line 3, column 'Total' (total)")
+    assert reason("no_rating", 9, {}, None) == "line 9: carries no value of any instrument in the profile"
