@@ -16,8 +16,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="alliance-prefect-
 os.environ.pop("ALLIANCE_HMAC_KEY", None)
 os.environ.pop("ALLIANCE_HOME", None)
 
-from alliance.home import init_home  # noqa: E402
-from alliance.settings import Settings, load_settings  # noqa: E402
+from alliance.home import init_home
+from alliance.settings import Settings, load_settings
 
 TEST_KEY = "test-key-0123456789abcdef"
 

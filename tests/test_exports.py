@@ -63,7 +63,7 @@ def test_cp1252_bytes_declared_utf8_are_rejected_with_the_line(tmp_path: Path) -
 
 
 def test_bytes_neither_utf8_nor_cp1252_are_rejected_never_lossy() -> None:
-    data = "K1;ok\n".encode() + b"K2;\x81\x8d\n"
+    data = b"K1;ok\n" + b"K2;\x81\x8d\n"
     with pytest.raises(ExportRejected, match=r"unknown encoding: not UTF-8 \(line 2\) and not cp1252"):
         decode(data, "auto", "x.csv")
 
@@ -73,7 +73,9 @@ def test_utf16_without_bom_is_rejected() -> None:
         decode(TEXT.encode("utf-16-le"), "auto", "x.csv")
 
 
-@pytest.mark.parametrize(("text", "delimiter"), [("a,b,c\n1,2,3\n", ","), ("a;b;c\n1,5;2;3\n", ";"), ("a\tb\n1\t2\n", "\t")])
+@pytest.mark.parametrize(
+    ("text", "delimiter"), [("a,b,c\n1,2,3\n", ","), ("a;b;c\n1,5;2;3\n", ";"), ("a\tb\n1\t2\n", "\t")]
+)
 def test_delimiter_is_sniffed(text: str, delimiter: str) -> None:
     assert sniff_delimiter(text) == delimiter
 
@@ -176,7 +178,10 @@ def test_json_and_ndjson_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("document", "records", "message"),
-    [(b'{"clients": [', None, "not valid JSON at line 1"), (b'{"patients": []}', "clients.sessions", "no key 'clients'")],
+    [
+        (b'{"clients": [', None, "not valid JSON at line 1"),
+        (b'{"patients": []}', "clients.sessions", "no key 'clients'"),
+    ],
 )
 def test_broken_json_is_rejected(tmp_path: Path, document: bytes, records: str | None, message: str) -> None:
     with pytest.raises(ExportRejected, match=message):
