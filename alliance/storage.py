@@ -310,7 +310,7 @@ class Reader:
         self.con = con
 
     def frame(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
-        return self.con.execute(sql, params or []).pl()  # type: ignore[attr-defined]
+        return self.con.sql(sql, params=params or None).pl()
 
     def clinic_status(self) -> pl.DataFrame:
         """Per clinic: exports by status, ratings, quarantined rows, last export received."""
