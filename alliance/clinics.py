@@ -116,6 +116,25 @@ class ExportProfile(BaseModel):
         return next((v for k, v in self.item_max.items() if k.upper() == inst.code), inst.item_max)
 
 
+class RuleConfig(BaseModel):
+    """Detection thresholds (domain.md rules 1–9); point values are SRS points, rescaled for other instruments."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low_cutoff: float | None = Field(default=None, description="rule 1: total below this is low (default: registry)")
+    drop_points: float = Field(default=1.0, gt=0, description="rule 2: a fall of this much from the last session")
+    low_item: float | None = Field(default=None, description="rule 3: an item below this (default: registry)")
+    rupture_k: float = Field(default=2.0, gt=0, description="rule 6: k SDs below own mean (2 strict, 1 lenient)")
+    unrepaired_sessions: int = Field(default=3, ge=1, description="rule 6: an unrepaired rupture this old is high")
+    trend_window: int = Field(default=4, ge=3, description="rule 7: sessions in the least-squares slope")
+    trend_slope: float = Field(default=-0.8, lt=0, description="rule 7: slope (points per session) at or below this")
+    trend_decline: float = Field(default=2.5, ge=0, description="rule 7: and this fall across both windows")
+    ors_cutoff: float | None = Field(default=None, description="rule 8: ORS clinical cutoff (default: registry, 25)")
+    gap_sessions: int = Field(default=3, ge=1, description="rule 9: this many session numbers without a rating")
+    gap_days: int = Field(default=28, ge=1, description="rule 9: no rating for this many days while the clinic goes on")
+    inactive_days: int = Field(default=120, ge=1, description="rule 9: after this long a silent dyad counts as closed")
+
+
 class Clinic(BaseModel):
     """A clinic of the network and its export profile."""
 
@@ -125,6 +144,7 @@ class Clinic(BaseModel):
     name: str
     timezone: str = "UTC"
     export: ExportProfile
+    rules: RuleConfig = RuleConfig()
 
     @field_validator("timezone")
     @classmethod

@@ -27,6 +27,7 @@ class Instrument:
     reverse: tuple[str, ...] = ()
     subscales: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cutoff: float | None = None
+    low_item: float | None = None
     source: str = ""
 
     @property
@@ -36,6 +37,11 @@ class Instrument:
     @property
     def total_max(self) -> float:
         return self.item_max * len(self.items) if self.score == "sum" else self.item_max
+
+    @property
+    def srs_point(self) -> float:
+        """One SRS point (of a 0–40 range) on this instrument's total scale, for rescaling thresholds."""
+        return (self.total_max - self.total_min) / 40
 
     @property
     def prefix(self) -> str:
@@ -72,6 +78,7 @@ def registry() -> dict[str, Instrument]:
                 reverse=tuple(spec.get("reverse", ())),
                 subscales={k: tuple(v) for k, v in spec.get("subscales", {}).items()},
                 cutoff=spec.get("cutoff"),
+                low_item=spec.get("low_item"),
                 source=spec.get("source", ""),
             )
         except KeyError as missing:

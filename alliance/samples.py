@@ -389,8 +389,12 @@ def _note(plan: _ClinicPlan, rng: random.Random, mint: _CanaryMint, force_canary
 
 
 def _assign_patterns(n: int, rng: random.Random) -> list[str]:
-    """About 60% stable and 10% of each planted shape; every shape at least once from 5 dyads up."""
-    each = max(1, round(n / 10)) if n >= 5 else 0
+    """About 80% stable and 5% of each planted shape; every shape at least once from 5 dyads up.
+
+    The share mirrors a real caseload closely enough that the review queue lands near the 10–15% of
+    dyads supervisors can act on (domain.md), with the persistent shapes (sudden loss, slow decline).
+    """
+    each = max(1, round(n / 20)) if n >= 5 else 0
     patterns = [p for p in PATTERNS[1:] for _ in range(each)]
     patterns += ["stable"] * (n - len(patterns))
     rng.shuffle(patterns)

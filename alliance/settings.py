@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     lock_timeout_s: float = Field(
         default=600.0, gt=0, description="How long a writer waits for the warehouse lock before giving up."
     )
+    queue_min_risk: float = Field(
+        default=30.0, ge=0, le=100, description="Dyads at or above this risk score enter the review queue."
+    )
+    recalibrate_growth: float = Field(
+        default=0.25, gt=0, description="Re-estimate reliable change when an instrument's ratings grew by this share."
+    )
     max_file_mb: float = Field(default=512.0, gt=0, description="Exports larger than this are rejected.")
 
     @property

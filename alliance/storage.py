@@ -17,6 +17,8 @@ from alliance.errors import StorageError, WarehouseBusy
 
 SCHEMA_VERSION = 1
 RATING_KEY = ("clinic_id", "client_id", "therapist_id", "instrument", "session_date", "session_number")
+DYAD_KEY = ("clinic_id", "client_id", "therapist_id")
+REVIEW_STATUSES = ("open", "acknowledged", "resolved")
 
 # Stable, documented tables (README "Tables"); no PRIMARY KEY/UNIQUE: DuckDB's ART indexes have open
 # corruption reports, and uniqueness is kept by the single writer instead.
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS exports (
     archived_as VARCHAR
 );
 CREATE TABLE IF NOT EXISTS ratings (
+    dyad_id VARCHAR NOT NULL,
     clinic_id VARCHAR NOT NULL,
     client_id VARCHAR NOT NULL,
     therapist_id VARCHAR NOT NULL,
@@ -54,6 +57,7 @@ CREATE TABLE IF NOT EXISTS ratings (
     updated_at TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rating_history (
+    dyad_id VARCHAR NOT NULL,
     clinic_id VARCHAR NOT NULL,
     client_id VARCHAR NOT NULL,
     therapist_id VARCHAR NOT NULL,
@@ -85,7 +89,106 @@ CREATE TABLE IF NOT EXISTS client_refs (
     client_ref VARCHAR NOT NULL,
     first_export_id VARCHAR NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dyad_sessions (
+    dyad_id VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    therapist_id VARCHAR NOT NULL,
+    client_id VARCHAR NOT NULL,
+    instrument VARCHAR NOT NULL,
+    session_index INTEGER NOT NULL,
+    session_date DATE NOT NULL,
+    session_number INTEGER NOT NULL,
+    score DOUBLE NOT NULL,
+    items DOUBLE[],
+    delta DOUBLE,
+    baseline DOUBLE,
+    slope DOUBLE,
+    ewma DOUBLE,
+    dyad_mean DOUBLE,
+    dyad_sd DOUBLE,
+    z_own DOUBLE,
+    min_item DOUBLE,
+    rules VARCHAR[],
+    risk DOUBLE
+);
+CREATE TABLE IF NOT EXISTS flags (
+    flag_id VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    therapist_id VARCHAR NOT NULL,
+    dyad_id VARCHAR NOT NULL,
+    client_id VARCHAR NOT NULL,
+    instrument VARCHAR NOT NULL,
+    rule VARCHAR NOT NULL,
+    severity VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    ongoing BOOLEAN NOT NULL,
+    outcome VARCHAR NOT NULL,
+    provisional BOOLEAN NOT NULL,
+    risk_score DOUBLE NOT NULL,
+    magnitude DOUBLE,
+    reason VARCHAR NOT NULL,
+    evidence JSON,
+    first_session INTEGER,
+    first_session_date DATE,
+    last_session INTEGER,
+    last_session_date DATE,
+    rc_used DOUBLE,
+    calibration_id VARCHAR,
+    first_flagged_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    worsened_at TIMESTAMPTZ,
+    resolved_at TIMESTAMPTZ,
+    resolution VARCHAR
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    flag_id VARCHAR NOT NULL,
+    reviewed_by VARCHAR NOT NULL,
+    reviewed_at TIMESTAMPTZ NOT NULL,
+    from_status VARCHAR NOT NULL,
+    to_status VARCHAR NOT NULL,
+    note VARCHAR
+);
+CREATE TABLE IF NOT EXISTS dyads (
+    dyad_id VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    therapist_id VARCHAR NOT NULL,
+    client_id VARCHAR NOT NULL,
+    instruments VARCHAR[],
+    sessions INTEGER NOT NULL,
+    first_session_date DATE,
+    last_session_date DATE,
+    risk_score DOUBLE NOT NULL,
+    ongoing_rules VARCHAR[],
+    in_queue BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calibrations (
+    calibration_id VARCHAR NOT NULL,
+    instrument VARCHAR NOT NULL,
+    sd DOUBLE NOT NULL,
+    r DOUBLE NOT NULL,
+    rc DOUBLE NOT NULL,
+    n_scores BIGINT NOT NULL,
+    n_pairs BIGINT NOT NULL,
+    within_sd DOUBLE NOT NULL,
+    estimated_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scoring_runs (
+    run_id VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    export_id VARCHAR,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ NOT NULL,
+    dyads_scored INTEGER NOT NULL,
+    recalibrated BOOLEAN NOT NULL,
+    flags_new INTEGER NOT NULL,
+    flags_worsened INTEGER NOT NULL,
+    flags_reopened INTEGER NOT NULL,
+    flags_auto_resolved INTEGER NOT NULL,
+    queue_dyads INTEGER NOT NULL,
+    active_dyads INTEGER NOT NULL
+);
 """
+VIEWS_FILE = Path(__file__).parents[1] / "dashboards" / "views.sql"
 
 LEDGER_COUNTS = ("rows_total", "rows_new", "rows_updated", "rows_unchanged", "rows_quarantined")
 
@@ -114,6 +217,7 @@ class LoadCounts:
     updated: int
     unchanged: int
     quarantined: int
+    touched_dyads: tuple[str, ...] = ()
 
 
 def _now() -> datetime:
@@ -169,77 +273,246 @@ class Writer:
 
     def record_rejection(self, ledger: Ledger) -> None:
         """Ledger row of an export that could not be read at all."""
-        with self._transaction():
+        with self.transaction():
             self._write_ledger(ledger, LoadCounts(0, 0, 0, 0))
 
     def load_export(
         self, ledger: Ledger, ratings: pl.DataFrame, quarantine: pl.DataFrame, client_refs: pl.DataFrame
     ) -> LoadCounts:
-        """Upsert ratings, add quarantine rows and client references, write the ledger: one transaction."""
+        """Upsert ratings, add quarantine rows and client references, write the ledger (inside ``transaction()``)."""
         now = _now()
         key = " AND ".join(f"r.{k} = s.{k}" for k in RATING_KEY)
-        with self._transaction():
-            con = self.con
-            con.register("incoming_ratings", ratings.to_arrow())
+        # runs inside the caller's transaction, together with the scoring of the dyads it touched
+        con = self.con
+        con.register("incoming_ratings", ratings.to_arrow())
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE staged AS
+            SELECT s.*,
+                   CASE WHEN r.clinic_id IS NULL THEN 'new'
+                        WHEN r.items IS NOT DISTINCT FROM s.items AND r.total = s.total THEN 'unchanged'
+                        ELSE 'updated' END AS change
+            FROM incoming_ratings s LEFT JOIN ratings r ON {key}"""
+        )
+        counted = dict(con.execute("SELECT change, count(*) FROM staged GROUP BY change").fetchall())
+        con.execute(
+            f"""INSERT INTO rating_history BY NAME
+            SELECT r.*, ? AS replaced_by_export, ? AS replaced_at
+            FROM ratings r JOIN staged s ON {key} WHERE s.change = 'updated'""",
+            [ledger.export_id, now],
+        )
+        con.execute(
+            f"""UPDATE ratings r SET items = s.items, total = s.total, export_id = s.export_id,
+                   source_line = s.source_line, updated_at = ?
+            FROM staged s WHERE {key} AND s.change = 'updated'""",
+            [now],
+        )
+        con.execute(
+            f"""INSERT INTO ratings BY NAME
+            SELECT dyad_id, {", ".join(RATING_KEY)}, items, total, export_id, source_line,
+                   ?::TIMESTAMPTZ AS loaded_at, ?::TIMESTAMPTZ AS updated_at
+            FROM staged WHERE change = 'new'""",
+            [now, now],
+        )
+        if quarantine.height:
+            con.register("incoming_quarantine", quarantine.to_arrow())
             con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE staged AS
-                SELECT s.*,
-                       CASE WHEN r.clinic_id IS NULL THEN 'new'
-                            WHEN r.items IS NOT DISTINCT FROM s.items AND r.total = s.total THEN 'unchanged'
-                            ELSE 'updated' END AS change
-                FROM incoming_ratings s LEFT JOIN ratings r ON {key}"""
-            )
-            counted = dict(con.execute("SELECT change, count(*) FROM staged GROUP BY change").fetchall())
-            con.execute(
-                f"""INSERT INTO rating_history BY NAME
-                SELECT r.*, ? AS replaced_by_export, ? AS replaced_at
-                FROM ratings r JOIN staged s ON {key} WHERE s.change = 'updated'""",
-                [ledger.export_id, now],
-            )
-            con.execute(
-                f"""UPDATE ratings r SET items = s.items, total = s.total, export_id = s.export_id,
-                       source_line = s.source_line, updated_at = ?
-                FROM staged s WHERE {key} AND s.change = 'updated'""",
+                """INSERT INTO quarantine BY NAME
+                SELECT *, ?::TIMESTAMPTZ AS quarantined_at FROM incoming_quarantine""",
                 [now],
             )
+        if client_refs.height:
+            con.register("incoming_refs", client_refs.to_arrow())
             con.execute(
-                f"""INSERT INTO ratings BY NAME
-                SELECT {", ".join(RATING_KEY)}, items, total, export_id, source_line,
-                       ?::TIMESTAMPTZ AS loaded_at, ?::TIMESTAMPTZ AS updated_at
-                FROM staged WHERE change = 'new'""",
-                [now, now],
+                """INSERT INTO client_refs BY NAME
+                SELECT DISTINCT i.clinic_id, i.client_id, i.client_ref, i.first_export_id
+                FROM incoming_refs i ANTI JOIN client_refs c
+                  ON c.clinic_id = i.clinic_id AND c.client_id = i.client_id"""
             )
-            if quarantine.height:
-                con.register("incoming_quarantine", quarantine.to_arrow())
-                con.execute(
-                    """INSERT INTO quarantine BY NAME
-                    SELECT *, ?::TIMESTAMPTZ AS quarantined_at FROM incoming_quarantine""",
-                    [now],
-                )
-            if client_refs.height:
-                con.register("incoming_refs", client_refs.to_arrow())
-                con.execute(
-                    """INSERT INTO client_refs BY NAME
-                    SELECT DISTINCT i.clinic_id, i.client_id, i.client_ref, i.first_export_id
-                    FROM incoming_refs i ANTI JOIN client_refs c
-                      ON c.clinic_id = i.clinic_id AND c.client_id = i.client_id"""
-                )
-            counts = LoadCounts(
-                new=counted.get("new", 0),
-                updated=counted.get("updated", 0),
-                unchanged=counted.get("unchanged", 0),
-                quarantined=quarantine.height,
-            )
-            self._write_ledger(ledger, counts)
-            for name in ("incoming_ratings", "incoming_quarantine", "incoming_refs"):
-                con.unregister(name)
+        touched = con.execute("SELECT DISTINCT dyad_id FROM staged WHERE change <> 'unchanged' ORDER BY 1").fetchall()
+        counts = LoadCounts(
+            new=counted.get("new", 0),
+            updated=counted.get("updated", 0),
+            unchanged=counted.get("unchanged", 0),
+            quarantined=quarantine.height,
+            touched_dyads=tuple(row[0] for row in touched),
+        )
+        self._write_ledger(ledger, counts)
+        for name in ("incoming_ratings", "incoming_quarantine", "incoming_refs"):
+            con.unregister(name)
         return counts
 
-    def set_archived(self, export_id: str, archived_as: str) -> None:
-        self.con.execute("UPDATE exports SET archived_as = ? WHERE export_id = ?", [archived_as, export_id])
+    def _scope(self, name: str, values: list[str]) -> str:
+        """Register ids as a one-column table and return its name, for joins instead of long IN lists."""
+        self.con.register(name, pl.DataFrame({"id": values}, schema={"id": pl.String}).to_arrow())
+        return name
+
+    def frame(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+        return self.con.sql(sql, params=params or None).pl()
+
+    def ratings_of(self, dyad_ids: list[str] | None) -> pl.DataFrame:
+        """Every rating of the given dyads (all dyads when None), for scoring."""
+        columns = "dyad_id, clinic_id, client_id, therapist_id, instrument, session_date, session_number, items, total"
+        if dyad_ids is None:
+            return self.frame(f"SELECT {columns} FROM ratings")
+        scope = self._scope("scope_dyads", dyad_ids)
+        return self.frame(f"SELECT {columns} FROM ratings SEMI JOIN {scope} s ON ratings.dyad_id = s.id")
+
+    def rating_counts(self) -> dict[str, int]:
+        """Ratings per instrument, to decide when reliable change needs re-estimating."""
+        return dict(self.con.execute("SELECT instrument, count(*) FROM ratings GROUP BY 1").fetchall())
+
+    def current_calibrations(self) -> pl.DataFrame:
+        """The latest calibration of each instrument."""
+        return self.frame(
+            """SELECT * FROM calibrations
+            QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY estimated_at DESC) = 1"""
+        )
+
+    def save_calibrations(self, calibrations: pl.DataFrame) -> None:
+        self.con.register("incoming_calibrations", calibrations.to_arrow())
+        self.con.execute("INSERT INTO calibrations BY NAME SELECT * FROM incoming_calibrations")
+
+    def flags_of(
+        self,
+        dyad_ids: list[str] | None = None,
+        clinic_ids: list[str] | None = None,
+        rule: str | None = None,
+        except_rule: str | None = None,
+    ) -> pl.DataFrame:
+        """Flags in a scoring scope: of some dyads or clinics, optionally of one rule or all but one."""
+        where, params = ["TRUE"], []
+        if dyad_ids is not None:
+            where.append(f"dyad_id IN (SELECT id FROM {self._scope('scope_flag_dyads', dyad_ids)})")
+        if clinic_ids is not None:
+            where.append(f"clinic_id IN (SELECT id FROM {self._scope('scope_flag_clinics', clinic_ids)})")
+        if rule is not None:
+            where.append("rule = ?")
+            params.append(rule)
+        if except_rule is not None:
+            where.append("rule <> ?")
+            params.append(except_rule)
+        return self.frame(
+            f"SELECT * EXCLUDE (evidence), evidence::VARCHAR AS evidence FROM flags WHERE {' AND '.join(where)}", params
+        )
+
+    def replace_flags(self, flags: pl.DataFrame) -> None:
+        """Write the new state of these flags (by flag_id)."""
+        if flags.is_empty():
+            return
+        self.con.register("incoming_flags", flags.to_arrow())
+        self.con.execute("DELETE FROM flags WHERE flag_id IN (SELECT flag_id FROM incoming_flags)")
+        self.con.execute("INSERT INTO flags BY NAME SELECT * FROM incoming_flags")
+
+    def replace_dyad_sessions(self, dyad_ids: list[str] | None, sessions: pl.DataFrame) -> None:
+        """Replace the scored sessions of these dyads (of every dyad when None)."""
+        if dyad_ids is None:
+            self.con.execute("DELETE FROM dyad_sessions")
+        else:
+            scope = self._scope("scope_session_dyads", dyad_ids)
+            self.con.execute(f"DELETE FROM dyad_sessions WHERE dyad_id IN (SELECT id FROM {scope})")
+        if sessions.height:
+            self.con.register("incoming_sessions", sessions.to_arrow())
+            self.con.execute("INSERT INTO dyad_sessions BY NAME SELECT * FROM incoming_sessions")
+
+    def last_sessions(self, clinic_ids: list[str] | None) -> pl.DataFrame:
+        """Per dyad: its latest rated session (alliance instruments first), and its clinic's latest session date."""
+        where = (
+            "TRUE" if clinic_ids is None else f"clinic_id IN (SELECT id FROM {self._scope('scope_last', clinic_ids)})"
+        )
+        return self.frame(
+            f"""
+            WITH r AS (SELECT * FROM ratings WHERE {where})
+            SELECT clinic_id, therapist_id, dyad_id, client_id, instrument,
+                   session_number AS last_session, session_date AS last_session_date,
+                   max(session_date) OVER (PARTITION BY clinic_id) AS clinic_latest
+            FROM r
+            QUALIFY row_number() OVER (PARTITION BY dyad_id ORDER BY session_date DESC, session_number DESC,
+                                       instrument IN ('ORS') ASC, instrument) = 1
+            """
+        )
+
+    def refresh_dyads(
+        self, clinic_ids: list[str] | None, risk: pl.DataFrame, queue_min_risk: float, inactive_days: dict[str, int]
+    ) -> None:
+        """Rebuild the dyads summary (sessions, dates, risk, queue membership) for these clinics.
+
+        A dyad is in the queue when its risk reaches ``queue_min_risk`` and it is not closed (silent for
+        its clinic's ``inactive_days`` while the clinic went on).
+        """
+        where = (
+            "TRUE"
+            if clinic_ids is None
+            else f"clinic_id IN (SELECT id FROM {self._scope('scope_dyads_cl', clinic_ids)})"
+        )
+        self.con.register("incoming_risk", risk.to_arrow())
+        self.con.register(
+            "incoming_inactive",
+            pl.DataFrame(
+                {"clinic_id": list(inactive_days), "inactive_days": list(inactive_days.values())},
+                schema={"clinic_id": pl.String, "inactive_days": pl.Int32},
+            ).to_arrow(),
+        )
+        self.con.execute(f"DELETE FROM dyads WHERE {where}")
+        self.con.execute(
+            f"""
+            INSERT INTO dyads BY NAME
+            SELECT r.dyad_id, any_value(r.clinic_id) AS clinic_id, any_value(r.therapist_id) AS therapist_id,
+                   any_value(r.client_id) AS client_id, list_sort(list_distinct(list(r.instrument))) AS instruments,
+                   count(DISTINCT (r.session_date, r.session_number)) AS sessions,
+                   min(r.session_date) AS first_session_date, max(r.session_date) AS last_session_date,
+                   coalesce(any_value(k.risk_score), 0) AS risk_score,
+                   coalesce(any_value(k.rules), []::VARCHAR[]) AS ongoing_rules,
+                   coalesce(any_value(k.risk_score), 0) >= ?
+                   AND max(r.session_date)
+                       > any_value(l.clinic_latest) - to_days(any_value(coalesce(i.inactive_days, 120)))
+                   AS in_queue
+            FROM ratings r
+            LEFT JOIN incoming_risk k USING (dyad_id)
+            LEFT JOIN incoming_inactive i ON i.clinic_id = r.clinic_id
+            LEFT JOIN (SELECT clinic_id, max(session_date) AS clinic_latest FROM ratings GROUP BY 1) l
+              ON l.clinic_id = r.clinic_id
+            WHERE {where.replace("clinic_id", "r.clinic_id")}
+            GROUP BY r.dyad_id
+            """,
+            [queue_min_risk],
+        )
+        self.con.execute(
+            f"""UPDATE flags SET risk_score = d.risk_score FROM dyads d
+            WHERE flags.dyad_id = d.dyad_id AND {where.replace("clinic_id", "d.clinic_id")}"""
+        )
+        self.con.execute("DELETE FROM meta WHERE key = 'queue_min_risk'")
+        self.con.execute("INSERT INTO meta VALUES ('queue_min_risk', ?)", [str(queue_min_risk)])
+
+    def record_scoring_run(self, run: dict[str, Any]) -> None:
+        columns = ", ".join(run)
+        self.con.execute(
+            f"INSERT INTO scoring_runs ({columns}) VALUES ({', '.join('?' for _ in run)})", list(run.values())
+        )
+
+    def review(self, flag_id: str, to_status: str, reviewed_by: str, note: str | None, now: datetime) -> str:
+        """Record a review action (append-only) and set the flag's status; returns the previous status."""
+        found = self.con.execute("SELECT status FROM flags WHERE flag_id = ?", [flag_id]).fetchall()
+        if not found:
+            raise StorageError(f"no flag {flag_id!r}; list flags with `alliance flags`")
+        from_status = found[0][0]
+        if from_status == to_status:
+            raise StorageError(f"flag {flag_id} is already {to_status}")
+        self.con.execute(
+            "INSERT INTO reviews VALUES (?, ?, ?, ?, ?, ?)", [flag_id, reviewed_by, now, from_status, to_status, note]
+        )
+        resolved = to_status == "resolved"
+        self.con.execute(
+            """UPDATE flags SET status = ?, updated_at = ?,
+                   resolved_at = CASE WHEN ? THEN ? ELSE NULL END,
+                   resolution = CASE WHEN ? THEN 'reviewed' ELSE NULL END
+               WHERE flag_id = ?""",
+            [to_status, now, resolved, now, resolved, flag_id],
+        )
+        return str(from_status)
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all."""
         self.con.execute("BEGIN TRANSACTION")
         try:
             yield
@@ -336,6 +609,7 @@ class Reader:
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA)
+    con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
     found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     if not found:
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])

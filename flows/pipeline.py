@@ -17,8 +17,10 @@ from alliance.pseudonyms import load_key, pseudonymise
 from alliance.settings import Settings
 from alliance.storage import Ledger, Warehouse
 from expectations import validate_ratings
+from flows.scoring import ScoringResult, score_dyads
 from transforms.mapping import rating_candidates, resolve_columns, to_canonical, unrated_rows
 from transforms.quarantine import QUARANTINE_SCHEMA, accepted_ratings, quarantine_rows, screen
+from transforms.trajectory import with_dyad_id
 
 
 @dataclass
@@ -37,6 +39,7 @@ class ExportResult:
     top_reasons: list[tuple[str, int]] = field(default_factory=list)
     error: str | None = None
     archived_as: str | None = None
+    scoring: ScoringResult | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def prepare_export(
         )
         offset += candidates.height
         screened = screen(candidates, validate_ratings(candidates, inst), inst, vendor_of, export_id, clinic.id)
-        accepted.append(accepted_ratings(screened.accepted, inst, export_id, clinic.id))
+        accepted.append(with_dyad_id(accepted_ratings(screened.accepted, inst, export_id, clinic.id)))
         quarantined.append(screened.quarantined)
         refs.append(candidates.select("client_id", "client_ref"))
     unrated = unrated_rows(canonical, profile)
@@ -202,18 +205,25 @@ def ingest_file(
             )
         status = "quarantined" if prepared.whole_file_quarantined else "loaded"
         target = archive_path(settings, clinic.id, export_id, path.name, rejected=False)
-        counts = writer.load_export(
-            replace(
-                ledger,
-                status=status,
-                rows_total=prepared.rows_total,
-                rows_quarantined=prepared.quarantine.height,
-                archived_as=str(target),
-            ),
-            prepared.ratings,
-            prepared.quarantine,
-            prepared.client_refs,
-        )
+        with writer.transaction():
+            counts = writer.load_export(
+                replace(
+                    ledger,
+                    status=status,
+                    rows_total=prepared.rows_total,
+                    rows_quarantined=prepared.quarantine.height,
+                    archived_as=str(target),
+                ),
+                prepared.ratings,
+                prepared.quarantine,
+                prepared.client_refs,
+            )
+            # scored in the same transaction: a crash never leaves ratings without their flags
+            scoring = (
+                score_dyads(writer, clinics, settings, list(counts.touched_dyads), export_id=export_id)
+                if counts.touched_dyads
+                else None
+            )
         _archive(path, target, settings)
     return ExportResult(
         path.name,
@@ -227,6 +237,7 @@ def ingest_file(
         rows_quarantined=counts.quarantined,
         top_reasons=top_reasons(prepared.quarantine),
         archived_as=str(target),
+        scoring=scoring,
     )
 
 

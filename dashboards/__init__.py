@@ -1,0 +1,1 @@
+"""Supervisor-facing views (views.sql, created by storage) and, later, the web dashboard."""

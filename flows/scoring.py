@@ -1,0 +1,158 @@
+"""Scoring as plain functions: features, rules and flags for the dyads an export touched, or for all."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import polars as pl
+
+from alliance.clinics import Clinic, RuleConfig
+from alliance.settings import Settings
+from alliance.storage import Writer
+from transforms.calibration import Calibration, estimate
+from transforms.flags import dyad_risk, reconcile, score, stopped_appearing
+from transforms.trajectory import session_features
+
+SESSION_TABLE_COLUMNS = (
+    "dyad_id", "clinic_id", "therapist_id", "client_id", "instrument", "session_index", "session_date",
+    "session_number", "score", "items", "delta", "baseline", "slope", "ewma", "dyad_mean", "dyad_sd", "z_own",
+    "min_item", "rules", "risk",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """What one scoring run did, for people, flows and alerts."""
+
+    run_id: str
+    dyads_scored: int
+    recalibrated: bool
+    new: int
+    worsened: int
+    reopened: int
+    auto_resolved: int
+    queue_dyads: int
+    active_dyads: int
+    changed_flags: pl.DataFrame  # flag_id, change
+
+
+def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
+    """Session features, with each clinic's own trend window."""
+    windows = {cid: cfg.trend_window for cid, cfg in configs.items()}
+    parts = []
+    for window in sorted(set(windows.values()) | {RuleConfig().trend_window}):
+        clinics = [cid for cid, w in windows.items() if w == window]
+        subset = ratings.filter(
+            pl.col("clinic_id").is_in(clinics)
+            if window != RuleConfig().trend_window
+            else ~pl.col("clinic_id").is_in([c for c, w in windows.items() if w != window])
+        )
+        if subset.height:
+            parts.append(session_features(subset, window=window))
+    return pl.concat(parts) if parts else session_features(ratings)
+
+
+def _calibrations(writer: Writer, growth: float, force: bool) -> tuple[dict[str, Calibration], bool]:
+    """Current reliable-change estimates; re-estimated when missing, forced, or the data grew enough."""
+    stored = {
+        row["instrument"]: Calibration(
+            row["instrument"], row["sd"], row["r"], row["rc"], row["n_scores"], row["n_pairs"], row["within_sd"]
+        )
+        for row in writer.current_calibrations().iter_rows(named=True)
+    }
+    counts = writer.rating_counts()
+    stale = force or any(
+        code not in stored or count > stored[code].n_scores * (1 + growth) for code, count in counts.items()
+    )
+    if not stale:
+        return stored, False
+    fresh = {c.instrument: c for c in estimate(session_features(writer.ratings_of(None)))}
+    changed = [c for code, c in fresh.items() if stored.get(code) != c]
+    if changed:
+        now = datetime.now(UTC)
+        writer.save_calibrations(
+            pl.DataFrame(
+                [
+                    {
+                        "calibration_id": c.calibration_id,
+                        "instrument": c.instrument,
+                        "sd": c.sd,
+                        "r": c.r,
+                        "rc": c.rc,
+                        "n_scores": c.n_scores,
+                        "n_pairs": c.n_pairs,
+                        "within_sd": c.within_sd,
+                        "estimated_at": now,
+                    }
+                    for c in changed
+                ]
+            )
+        )
+    return {**stored, **fresh}, bool(changed)
+
+
+def score_dyads(
+    writer: Writer,
+    clinics: dict[str, Clinic],
+    settings: Settings,
+    dyad_ids: list[str] | None,
+    kind: str = "ingest",
+    export_id: str | None = None,
+    recalibrate: bool = False,
+) -> ScoringResult:
+    """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full."""
+    started = datetime.now(UTC)
+    configs = {cid: clinic.rules for cid, clinic in clinics.items()}
+    calibrations, recalibrated = _calibrations(writer, settings.recalibrate_growth, recalibrate)
+    if recalibrated:
+        dyad_ids = None  # a new RC changes every dyad's findings: keep all flags on one calibration
+    ratings = writer.ratings_of(dyad_ids)
+    scope_clinics = None if dyad_ids is None else sorted(set(ratings["clinic_id"].to_list()))
+    scored = score(_features(ratings, configs), configs, calibrations)
+    first = reconcile(scored.findings, writer.flags_of(dyad_ids=dyad_ids, except_rule="stopped_appearing"), started)
+    writer.replace_flags(first.flags)
+    writer.replace_dyad_sessions(dyad_ids, scored.sessions.select(SESSION_TABLE_COLUMNS))
+    # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
+    silent = stopped_appearing(writer.last_sessions(scope_clinics), configs)
+    second = reconcile(silent, writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing"), started)
+    writer.replace_flags(second.flags)
+    risk = dyad_risk(writer.flags_of(clinic_ids=scope_clinics))
+    inactive = {cid: cfg.inactive_days for cid, cfg in configs.items()}
+    writer.refresh_dyads(scope_clinics, risk, settings.queue_min_risk, inactive)
+    changes = pl.concat([first.changes, second.changes])
+    counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
+    queue = writer.frame(
+        "SELECT count(*) FILTER (WHERE in_queue) AS q, count(*) FILTER (WHERE sessions > 0) AS a FROM dyads"
+    ).row(0)
+    result = ScoringResult(
+        run_id=uuid.uuid4().hex[:16],
+        dyads_scored=ratings["dyad_id"].n_unique(),
+        recalibrated=recalibrated,
+        new=counts["new"],
+        worsened=counts["worsened"],
+        reopened=counts["reopened"],
+        auto_resolved=changes.filter(pl.col("change") == "auto_resolved").height,
+        queue_dyads=queue[0] or 0,
+        active_dyads=queue[1] or 0,
+        changed_flags=changes,
+    )
+    writer.record_scoring_run(
+        {
+            "run_id": result.run_id,
+            "kind": kind,
+            "export_id": export_id,
+            "started_at": started,
+            "finished_at": datetime.now(UTC),
+            "dyads_scored": result.dyads_scored,
+            "recalibrated": recalibrated,
+            "flags_new": result.new,
+            "flags_worsened": result.worsened,
+            "flags_reopened": result.reopened,
+            "flags_auto_resolved": result.auto_resolved,
+            "queue_dyads": result.queue_dyads,
+            "active_dyads": result.active_dyads,
+        }
+    )
+    return result

@@ -1,0 +1,304 @@
+"""From session features to findings, and from findings to the flags table: stable ids, one open flag per rule."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import polars as pl
+
+from alliance.clinics import RuleConfig
+from alliance.instruments import instrument
+from transforms.calibration import Calibration
+from transforms.rules import RULES, SEVERITIES, Episode, Series, Thresholds, escalation, risk_score, series_episodes
+
+EPS = 1e-6
+FINDING_SCHEMA: dict[str, pl.DataType] = {
+    "flag_id": pl.String(),
+    "clinic_id": pl.String(),
+    "therapist_id": pl.String(),
+    "dyad_id": pl.String(),
+    "client_id": pl.String(),
+    "instrument": pl.String(),
+    "rule": pl.String(),
+    "severity": pl.String(),
+    "ongoing": pl.Boolean(),
+    "outcome": pl.String(),
+    "provisional": pl.Boolean(),
+    "magnitude": pl.Float64(),
+    "reason": pl.String(),
+    "evidence": pl.String(),
+    "first_session": pl.Int32(),
+    "first_session_date": pl.Date(),
+    "last_session": pl.Int32(),
+    "last_session_date": pl.Date(),
+    "rc_used": pl.Float64(),
+    "calibration_id": pl.String(),
+}
+FLAG_SCHEMA: dict[str, pl.DataType] = {
+    **FINDING_SCHEMA,
+    "status": pl.String(),
+    "risk_score": pl.Float64(),
+    "first_flagged_at": pl.Datetime("us", "UTC"),
+    "updated_at": pl.Datetime("us", "UTC"),
+    "worsened_at": pl.Datetime("us", "UTC"),
+    "resolved_at": pl.Datetime("us", "UTC"),
+    "resolution": pl.String(),
+}
+RC_RULES = ("reliable_decrease", "sudden_loss", "declining_trend", "not_on_track")
+
+
+def flag_id(dyad_id: str, instrument_code: str, rule: str, first_date: date, first_session: int) -> str:
+    """Stable id of one episode: the same dyad, rule and first session always give the same id."""
+    key = f"{dyad_id}|{instrument_code}|{rule}|{first_date.isoformat()}|{first_session}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Findings of a set of dyads, and their sessions with the rules and risk at each session."""
+
+    findings: pl.DataFrame
+    sessions: pl.DataFrame
+
+
+def _finding(dyad: dict[str, Any], s: Series, e: Episode, cal: Calibration | None) -> dict[str, Any]:
+    return {
+        "flag_id": flag_id(dyad["dyad_id"], s.instrument.code, e.rule, s.dates[e.start], s.numbers[e.start]),
+        "clinic_id": dyad["clinic_id"],
+        "therapist_id": dyad["therapist_id"],
+        "dyad_id": dyad["dyad_id"],
+        "client_id": dyad["client_id"],
+        "instrument": s.instrument.code,
+        "rule": e.rule,
+        "severity": e.severity,
+        "ongoing": e.ongoing,
+        "outcome": e.outcome,
+        "provisional": e.provisional,
+        "magnitude": round(e.magnitude, 6),
+        "reason": e.reason,
+        "evidence": json.dumps(e.evidence, sort_keys=True, default=str),
+        "first_session": s.numbers[e.start],
+        "first_session_date": s.dates[e.start],
+        "last_session": s.numbers[e.last],
+        "last_session_date": s.dates[e.last],
+        "rc_used": cal.rc if cal and e.rule in RC_RULES else None,
+        "calibration_id": cal.calibration_id if cal else None,
+    }
+
+
+def _session_marks(n: int, episodes: list[Episode]) -> tuple[list[list[str]], list[float]]:
+    """Per session: rules with evidence there, and the risk of the episodes active at that session."""
+    marks: list[list[str]] = [[] for _ in range(n)]
+    active: list[list[str]] = [[] for _ in range(n)]
+    for e in episodes:
+        for i in range(e.start, e.last + 1):
+            marks[i].append(e.rule)
+        for i in range(e.start, (e.end if e.end is not None else n)):
+            active[i].append(e.rule)
+    return [sorted(set(m)) for m in marks], [risk_score(sorted(set(a))) for a in active]
+
+
+def score(features: pl.DataFrame, configs: dict[str, RuleConfig], calibrations: dict[str, Calibration]) -> Scored:
+    """Run every rule over every dyad's series in ``features`` (from ``session_features``)."""
+    series_cols = ["session_date", "session_number", "score", "items", "slope"]
+    grouped = features.group_by(["dyad_id", "instrument"], maintain_order=True).agg(
+        pl.first("clinic_id"), pl.first("client_id"), pl.first("therapist_id"), *series_cols
+    )
+    findings: list[dict[str, Any]] = []
+    marks: list[dict[str, Any]] = []
+    by_dyad: dict[str, list[tuple[Series, list[Episode], Calibration | None]]] = {}
+    dyads: dict[str, dict[str, Any]] = {}
+    for row in grouped.iter_rows(named=True):
+        inst = instrument(row["instrument"])
+        cal = calibrations.get(inst.code)
+        rc, sd = (cal.rc, cal.within_sd) if cal else (None, None)
+        config = configs.get(row["clinic_id"], RuleConfig())
+        s = Series(inst, row["session_date"], row["session_number"], row["score"], row["items"], row["slope"])
+        episodes = series_episodes(s, Thresholds.of(config, inst, rc, sd))
+        dyads[row["dyad_id"]] = row
+        by_dyad.setdefault(row["dyad_id"], []).append((s, episodes, cal))
+    for dyad_id, series_list in by_dyad.items():
+        dyad = dyads[dyad_id]
+        outcome_eps = [e for s, eps, _ in series_list if s.instrument.construct == "outcome" for e in eps]
+        for s, episodes, cal in series_list:
+            if s.instrument.construct == "alliance":
+                escalated = escalation(s, episodes, outcome_eps)
+                if escalated is not None:
+                    episodes = [*episodes, escalated]
+            findings.extend(_finding(dyad, s, e, cal) for e in episodes)
+            rules_at, risk_at = _session_marks(len(s.scores), episodes)
+            marks.append(
+                {
+                    "dyad_id": dyad_id,
+                    "instrument": s.instrument.code,
+                    "session_number": s.numbers,
+                    "session_date": s.dates,
+                    "rules": rules_at,
+                    "risk": risk_at,
+                }
+            )
+    session_marks = (
+        pl.DataFrame(
+            marks,
+            schema={
+                "dyad_id": pl.String,
+                "instrument": pl.String,
+                "session_number": pl.List(pl.Int32),
+                "session_date": pl.List(pl.Date),
+                "rules": pl.List(pl.List(pl.String)),
+                "risk": pl.List(pl.Float64),
+            },
+        ).explode(["session_number", "session_date", "rules", "risk"])
+        if marks
+        else pl.DataFrame(
+            schema={
+                "dyad_id": pl.String,
+                "instrument": pl.String,
+                "session_number": pl.Int32,
+                "session_date": pl.Date,
+                "rules": pl.List(pl.String),
+                "risk": pl.Float64,
+            }
+        )
+    )
+    sessions = features.join(session_marks, on=["dyad_id", "instrument", "session_date", "session_number"], how="left")
+    return Scored(pl.DataFrame(findings, schema=FINDING_SCHEMA), sessions)
+
+
+def stopped_appearing(last_sessions: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
+    """Rule 9b: dyads with no rating for gap_days while their clinic went on; closed after inactive_days.
+
+    Input: one row per dyad (clinic_id, therapist_id, dyad_id, client_id, instrument, last_session,
+    last_session_date, clinic_latest). Output: findings (ongoing, or outcome 'inactive').
+    """
+    rows = []
+    for row in last_sessions.iter_rows(named=True):
+        config = configs.get(row["clinic_id"], RuleConfig())
+        silent = (row["clinic_latest"] - row["last_session_date"]).days
+        if silent < config.gap_days:
+            continue
+        ongoing = silent < config.inactive_days
+        rows.append(
+            {
+                "flag_id": flag_id(
+                    row["dyad_id"],
+                    row["instrument"],
+                    "stopped_appearing",
+                    row["last_session_date"],
+                    row["last_session"],
+                ),
+                "clinic_id": row["clinic_id"],
+                "therapist_id": row["therapist_id"],
+                "dyad_id": row["dyad_id"],
+                "client_id": row["client_id"],
+                "instrument": row["instrument"],
+                "rule": "stopped_appearing",
+                "severity": RULES["stopped_appearing"].severity,
+                "ongoing": ongoing,
+                "outcome": "ongoing" if ongoing else "inactive",
+                "provisional": False,
+                "magnitude": float(silent),
+                "reason": (
+                    f"no rating for {silent} days since session {row['last_session']} "
+                    f"({row['last_session_date'].isoformat()}) while the clinic's latest session is "
+                    f"{row['clinic_latest'].isoformat()}" + ("" if ongoing else "; now counted as closed")
+                ),
+                "evidence": json.dumps(
+                    {"silent_days": silent, "gap_days": config.gap_days, "inactive_days": config.inactive_days}
+                ),
+                "first_session": row["last_session"],
+                "first_session_date": row["last_session_date"],
+                "last_session": row["last_session"],
+                "last_session_date": row["last_session_date"],
+                "rc_used": None,
+                "calibration_id": None,
+            }
+        )
+    return pl.DataFrame(rows, schema=FINDING_SCHEMA)
+
+
+def _rank(severity: str | None) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The new state of every flag in scope, and what changed (new, worsened, reopened, auto_resolved)."""
+
+    flags: pl.DataFrame
+    changes: pl.DataFrame
+
+
+def reconcile(findings: pl.DataFrame, existing: pl.DataFrame, now: datetime) -> Reconciled:
+    """Merge fresh findings into the flags in scope: update, never duplicate; reviews are kept."""
+    old = {row["flag_id"]: row for row in existing.iter_rows(named=True)}
+    out: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    for finding in findings.iter_rows(named=True):
+        prior = old.pop(finding["flag_id"], None)
+        row = {**finding}
+        if prior is None:
+            row.update(
+                status="open" if finding["ongoing"] else "auto_resolved",
+                first_flagged_at=now,
+                updated_at=now,
+                worsened_at=None,
+                resolved_at=None if finding["ongoing"] else now,
+                resolution=None if finding["ongoing"] else finding["outcome"],
+                risk_score=0.0,
+            )
+            if finding["ongoing"]:
+                changes.append({"flag_id": finding["flag_id"], "change": "new"})
+        else:
+            row.update(
+                status=prior["status"],
+                first_flagged_at=prior["first_flagged_at"],
+                updated_at=prior["updated_at"],
+                worsened_at=prior["worsened_at"],
+                resolved_at=prior["resolved_at"],
+                resolution=prior["resolution"],
+                risk_score=prior["risk_score"],
+            )
+            worse = finding["ongoing"] and (
+                _rank(finding["severity"]) > _rank(prior["severity"])
+                or finding["magnitude"] > (prior["magnitude"] or 0.0) + EPS
+                or (prior["provisional"] and not finding["provisional"])
+            )
+            if finding["ongoing"] and prior["status"] == "auto_resolved":
+                row.update(status="open", resolved_at=None, resolution=None, worsened_at=now)
+                changes.append({"flag_id": finding["flag_id"], "change": "reopened"})
+            elif not finding["ongoing"] and prior["status"] in ("open", "acknowledged"):
+                row.update(status="auto_resolved", resolved_at=now, resolution=finding["outcome"])
+                changes.append({"flag_id": finding["flag_id"], "change": "auto_resolved"})
+            elif worse:
+                row["worsened_at"] = now
+                changes.append({"flag_id": finding["flag_id"], "change": "worsened"})
+            if any(row[k] != prior[k] for k in FINDING_SCHEMA) or row["status"] != prior["status"]:
+                row["updated_at"] = now
+        out.append(row)
+    for prior in old.values():
+        row = dict(prior)
+        if prior["status"] in ("open", "acknowledged") or prior["ongoing"]:
+            row.update(ongoing=False, updated_at=now)
+            if prior["status"] in ("open", "acknowledged"):
+                row.update(
+                    status="auto_resolved",
+                    resolved_at=now,
+                    resolution="returned" if prior["rule"] == "stopped_appearing" else "no longer supported",
+                )
+                changes.append({"flag_id": prior["flag_id"], "change": "auto_resolved"})
+        out.append(row)
+    return Reconciled(
+        pl.DataFrame(out, schema=FLAG_SCHEMA),
+        pl.DataFrame(changes, schema={"flag_id": pl.String, "change": pl.String}),
+    )
+
+
+def dyad_risk(flags: pl.DataFrame) -> pl.DataFrame:
+    """Risk per dyad from its ongoing findings, whatever their review status: (dyad_id, risk_score, rules)."""
+    ongoing = flags.filter(pl.col("ongoing")).group_by("dyad_id").agg(pl.col("rule").unique().sort().alias("rules"))
+    return ongoing.with_columns(pl.col("rules").map_elements(risk_score, return_dtype=pl.Float64).alias("risk_score"))

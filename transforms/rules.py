@@ -1,0 +1,468 @@
+"""Detection rules (domain.md 1–9) over one dyad's sessions: each rule yields episodes with a one-line reason."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from alliance.clinics import RuleConfig
+from alliance.instruments import Instrument
+
+EPS = 1e-6  # scores carry one decimal; this absorbs float noise at the published boundaries
+SEVERITIES = ("advisory", "low", "medium", "high", "critical")
+# two-tailed t at alpha .05 by df = n_pre + n_post - 2 (Tang & DeRubeis criterion c)
+T_CRITICAL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
+ALLIANCE_RULES = ("low_score", "drop", "reliable_decrease", "sudden_loss", "rupture", "declining_trend")
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    severity: str
+    weight: float  # share of risk this rule alone carries (risk = 100·(1 − Π(1 − weight)))
+    summary: str
+
+
+RULES: dict[str, RuleSpec] = {
+    "low_score": RuleSpec("medium", 0.30, "total below the instrument's cutoff (SRS < 36)"),
+    "drop": RuleSpec("low", 0.08, "fell at least 1 point from the last session"),
+    "low_item": RuleSpec("advisory", 0.03, "an item below 9 (SRS): practice advice"),
+    "reliable_decrease": RuleSpec("medium", 0.35, "fell by at least the reliable change RC"),
+    "sudden_loss": RuleSpec("high", 0.55, "sudden alliance loss: criteria a, b and c"),
+    "rupture": RuleSpec("medium", 0.45, "more than k SD below the dyad's own mean, until repaired"),
+    "declining_trend": RuleSpec("medium", 0.30, "least-squares slope over the last W sessions below the threshold"),
+    "not_on_track": RuleSpec("low", 0.08, "ORS below cutoff with no reliable improvement since intake"),
+    "escalation": RuleSpec("critical", 0.60, "an alliance rule and not-on-track at once"),
+    "engagement_gap": RuleSpec("low", 0.12, "N or more session numbers without a rating"),
+    "stopped_appearing": RuleSpec("low", 0.12, "no rating for gap_days while the clinic's other dyads go on"),
+}
+
+
+@dataclass
+class Episode:
+    """One stretch of sessions in which a rule holds, from its first to its last evidence."""
+
+    rule: str
+    start: int  # index into the series of the first session with evidence
+    last: int  # index of the latest session with evidence
+    reason: str
+    severity: str
+    end: int | None = None  # index of the session that ended it; None while ongoing
+    outcome: str = "ongoing"  # ongoing | repaired | withdrawn | inactive
+    provisional: bool = False
+    magnitude: float = 0.0  # how bad, in score points: grows when the episode worsens
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ongoing(self) -> bool:
+        return self.outcome == "ongoing"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One dyad's rated sessions of one instrument, in order."""
+
+    instrument: Instrument
+    dates: list[date]
+    numbers: list[int]
+    scores: list[float]
+    items: list[list[float] | None]
+    slopes: list[float | None]
+
+    def at(self, i: int) -> str:
+        return f"session {self.numbers[i]}"
+
+    def points(self, first: int, last: int) -> list[dict[str, Any]]:
+        """Evidence: the sessions first..last (clipped) with their scores."""
+        lo, hi = max(0, first), min(len(self.scores) - 1, last)
+        return [
+            {"session": self.numbers[i], "date": self.dates[i].isoformat(), "score": self.scores[i]}
+            for i in range(lo, hi + 1)
+        ]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A clinic's rule settings on one instrument's scale, with the pooled RC and SD."""
+
+    cutoff: float | None
+    drop: float
+    low_item: float | None
+    rc: float | None
+    pooled_sd: float | None
+    rupture_k: float  # pooled_sd here is the within-dyad SD across clients (see Calibration.within_sd)
+    unrepaired_sessions: int
+    trend_window: int
+    trend_slope: float
+    trend_decline: float
+    gap_sessions: int
+
+    @classmethod
+    def of(cls, config: RuleConfig, inst: Instrument, rc: float | None, pooled_sd: float | None) -> Thresholds:
+        unit = inst.srs_point
+        if inst.construct == "outcome":
+            cutoff = config.ors_cutoff if config.ors_cutoff is not None else inst.cutoff
+        else:
+            cutoff = config.low_cutoff if config.low_cutoff is not None and inst.cutoff is not None else inst.cutoff
+        return cls(
+            cutoff=cutoff,
+            drop=config.drop_points * unit,
+            low_item=config.low_item if config.low_item is not None else inst.low_item,
+            rc=rc,
+            pooled_sd=pooled_sd,
+            rupture_k=config.rupture_k,
+            unrepaired_sessions=config.unrepaired_sessions,
+            trend_window=config.trend_window,
+            trend_slope=config.trend_slope * unit,
+            trend_decline=config.trend_decline * unit,
+            gap_sessions=config.gap_sessions,
+        )
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _referenced(
+    rule: str,
+    s: Series,
+    reference_at: Callable[[int], float | None],
+    below_by: float,
+    describe: Callable[[Episode, float], str],
+) -> list[Episode]:
+    """Episodes that open where ``reference_at`` gives a level and last while the score stays ``below_by`` under it."""
+    episodes: list[Episode] = []
+    current: Episode | None = None
+    ref = 0.0
+    for i, x in enumerate(s.scores):
+        if current is not None:
+            if ref - x >= below_by - EPS:
+                current.last = i
+                current.magnitude = max(current.magnitude, ref - x)
+                continue
+            current.end, current.outcome = i, "repaired"
+            current.reason = describe(current, ref) + f"; back to {_fmt(x)} at {s.at(i)}"
+            episodes.append(current)
+            current = None
+        level = reference_at(i)
+        if level is not None:
+            ref = level
+            current = Episode(rule, i, i, "", RULES[rule].severity, magnitude=ref - x)
+            current.evidence = {"reference": ref, "threshold": below_by}
+    if current is not None:
+        current.reason = describe(current, ref)
+        episodes.append(current)
+    for episode in episodes:
+        episode.evidence["sessions"] = s.points(episode.start - 1, episode.last)
+    return episodes
+
+
+def drop(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 2: Δ ≤ −1 from the last session; open until the score is back within 1 point of where it fell from."""
+    x = s.scores
+
+    def describe(e: Episode, ref: float) -> str:
+        return f"{s.instrument.code} fell from {_fmt(ref)} to {_fmt(x[e.start])} at {s.at(e.start)}"
+
+    return _referenced(
+        "drop", s, lambda i: x[i - 1] if i > 0 and x[i] - x[i - 1] <= -th.drop + EPS else None, th.drop, describe
+    )
+
+
+def reliable_decrease(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 4: Δ ≤ −RC; open while the score stays a reliable change below the level it fell from."""
+    if th.rc is None:
+        return []
+    rc, x = th.rc, s.scores
+
+    def describe(e: Episode, ref: float) -> str:
+        return (
+            f"{s.instrument.code} fell {_fmt(ref - x[e.start])} points from {_fmt(ref)} to {_fmt(x[e.start])} "
+            f"at {s.at(e.start)}, beyond the reliable change {_fmt(rc)}"
+        )
+
+    episodes = _referenced(
+        "reliable_decrease", s, lambda i: x[i - 1] if i > 0 and x[i - 1] - x[i] >= rc - EPS else None, rc, describe
+    )
+    for episode in episodes:
+        episode.evidence["rc"] = rc
+    return episodes
+
+
+def low_score(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 1: total below the cutoff (36.0 no flag, 35.9 flag); open until a session is back at or above it."""
+    if th.cutoff is None or s.instrument.construct != "alliance":
+        return []
+    cutoff, x = th.cutoff, s.scores
+    return _runs(
+        "low_score",
+        s,
+        [v < cutoff - EPS for v in x],
+        lambda a, b: (
+            f"{s.instrument.code} {_fmt(min(x[a : b + 1]))} at {s.at(a + x[a : b + 1].index(min(x[a : b + 1])))} "
+            f"is below the cutoff {cutoff:g}" + (f" ({b - a + 1} sessions in a row)" if b > a else "")
+        ),
+        lambda a, b: cutoff - min(x[a : b + 1]),
+        {"cutoff": cutoff},
+    )
+
+
+def low_item(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 3 (advisory): any item below the practice threshold (SRS < 9)."""
+    if th.low_item is None or s.instrument.construct != "alliance":
+        return []
+    limit = th.low_item
+    names = s.instrument.items
+
+    def lows(i: int) -> list[str]:
+        values = s.items[i] or []
+        return [n for n, v in zip(names, values, strict=False) if v is not None and v < limit - EPS]
+
+    flags = [bool(lows(i)) for i in range(len(s.scores))]
+    return _runs(
+        "low_item",
+        s,
+        flags,
+        lambda a, b: f"{s.instrument.code} item(s) {', '.join(lows(b) or lows(a))} below {limit:g} at {s.at(b)}",
+        lambda a, b: max(limit - min(v for v in (s.items[i] or [limit]) if v is not None) for i in range(a, b + 1)),
+        {"low_item": limit},
+    )
+
+
+def _runs(
+    rule: str,
+    s: Series,
+    holds: list[bool],
+    describe: Callable[[int, int], str],
+    magnitude: Callable[[int, int], float],
+    evidence: dict[str, Any],
+) -> list[Episode]:
+    """Episodes as maximal runs of consecutive sessions where ``holds``; a run ends at the first session without."""
+    episodes = []
+    i, n = 0, len(holds)
+    while i < n:
+        if not holds[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and holds[j + 1]:
+            j += 1
+        episode = Episode(rule, i, j, describe(i, j), RULES[rule].severity, magnitude=magnitude(i, j))
+        episode.evidence = {**evidence, "sessions": s.points(i - 1, j)}
+        if j + 1 < n:
+            episode.end, episode.outcome = j + 1, "repaired"
+            episode.reason += f"; {s.at(j + 1)} recovered"
+        episodes.append(episode)
+        i = j + 1
+    return episodes
+
+
+def _pooled_sd(pre: list[float], post: list[float]) -> float:
+    spread = (len(pre) - 1) * statistics.variance(pre) + (len(post) - 1) * statistics.variance(post)
+    return math.sqrt(spread / (len(pre) + len(post) - 2))
+
+
+def sudden_loss(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 5: Tang & DeRubeis sudden-gain criteria reversed; provisional on (a)+(b) until later sessions arrive."""
+    if th.rc is None:
+        return []
+    rc, x = th.rc, s.scores
+    episodes: list[Episode] = []
+    current: Episode | None = None
+    pre_mean = 0.0
+    for n in range(1, len(x)):
+        if current is not None:
+            if pre_mean - x[n] >= rc - EPS:
+                current.last = n
+                current.magnitude = max(current.magnitude, pre_mean - x[n])
+                continue
+            current.end, current.outcome = n, "repaired"
+            current.reason += f"; repaired: back to {_fmt(x[n])} at {s.at(n)}"
+            current = None
+            continue
+        fall = x[n - 1] - x[n]
+        if not (fall >= rc - EPS and fall >= 0.25 * x[n - 1] - EPS):
+            continue
+        pre, post = x[max(0, n - 3) : n], x[n : n + 3]
+        criteria = {"a": True, "b": True}
+        head = f"{s.instrument.code} fell from {_fmt(x[n - 1])} to {_fmt(x[n])} at {s.at(n)}: sudden loss"
+        episode = Episode("sudden_loss", n, n, "", RULES["sudden_loss"].severity, magnitude=fall)
+        episode.evidence = {"rc": rc, "pre": pre, "post": post}
+        if len(post) < 2:
+            episode.provisional = True
+            episode.reason = f"{head}, provisional (criteria a+b met; c needs the next sessions)"
+        elif len(pre) < 2:
+            episode.reason = f"{head}, criteria a+b met (c skipped: fewer than 2 sessions before)"
+        else:
+            t = T_CRITICAL[len(pre) + len(post) - 2]
+            pooled = _pooled_sd(pre, post)
+            met = statistics.mean(pre) - statistics.mean(post) > t * pooled + EPS
+            criteria["c"] = met
+            episode.evidence.update({"t": t, "pooled_sd": pooled})
+            if not met:
+                episode.end, episode.outcome = n + len(post) - 1, "withdrawn"
+                episode.reason = f"{head} withdrawn: criterion c not met once later sessions arrived"
+                episode.evidence.update({"criteria": criteria, "sessions": s.points(n - 3, n + 2)})
+                episodes.append(episode)
+                continue
+            episode.reason = f"{head}, 3 criteria met"
+        episode.evidence["criteria"] = criteria
+        pre_mean = statistics.mean(pre)
+        current = episode
+        episodes.append(episode)
+    for episode in episodes:
+        episode.evidence.setdefault("sessions", s.points(episode.start - 3, episode.last))
+    return episodes
+
+
+def rupture(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 6: a session more than k·SD below the dyad's own mean; repaired on a return to its baseline."""
+    x = s.scores
+    if len(x) < 4 or s.instrument.construct != "alliance":
+        return []
+    mean, own_sd = statistics.mean(x), statistics.stdev(x)
+    sd = max(own_sd, th.pooled_sd or 0.0)  # the stricter (larger) of the two SDs
+    if sd <= 0:
+        return []
+    floor = mean - th.rupture_k * sd
+    baseline = statistics.mean(x[:3])
+    repaired_at = baseline - sd
+
+    def describe(e: Episode, _ref: float) -> str:
+        depth = (mean - x[e.start]) / sd
+        return (
+            f"{s.instrument.code} {_fmt(x[e.start])} at {s.at(e.start)} is {depth:.1f} SD below the dyad's "
+            f"mean {_fmt(mean)}: rupture"
+        )
+
+    episodes = _referenced(
+        "rupture", s, lambda i: repaired_at if x[i] < floor - EPS else None, EPS, lambda e, r: describe(e, r)
+    )
+    for episode in episodes:
+        episode.evidence.update({"mean": mean, "sd": sd, "k": th.rupture_k, "baseline": baseline})
+        unrepaired = len(x) - episode.start
+        if episode.ongoing:
+            episode.reason += f", unrepaired for {unrepaired} session{'s' if unrepaired > 1 else ''}"
+            if unrepaired >= th.unrepaired_sessions:
+                episode.severity = "high"
+        else:
+            episode.reason = episode.reason.replace("; back to", ", repaired: back to")
+    return episodes
+
+
+def declining_trend(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 7: the slope over the last W sessions at or below the threshold in two windows running,
+    with a real fall across them."""
+    x, w = s.scores, th.trend_window
+    rc = th.rc if th.rc is not None else th.trend_decline
+
+    def steep(i: int) -> bool:
+        slope = s.slopes[i] if i >= w - 1 else None
+        return slope is not None and slope <= th.trend_slope + EPS
+
+    def starts(i: int) -> float | None:
+        # two steep windows in a row: one noisy window at the ceiling is not a slide
+        if not (steep(i) and steep(i - 1)):
+            return None
+        return x[i - w] if x[i - w] - x[i] >= th.trend_decline - EPS else None
+
+    def describe(e: Episode, ref: float) -> str:
+        slope = s.slopes[e.start] or 0.0
+        first = e.start - w
+        return (
+            f"{s.instrument.code} declining {abs(slope):.1f} points a session over sessions "
+            f"{s.numbers[first]}–{s.numbers[e.start]} ({_fmt(ref)} → {_fmt(x[e.start])})"
+        )
+
+    episodes = _referenced("declining_trend", s, starts, min(rc, th.trend_decline), describe)
+    for episode in episodes:
+        episode.evidence["slope"] = s.slopes[episode.start]
+    return episodes
+
+
+def not_on_track(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 8: ORS below its cutoff from the third session on, with no reliable improvement since intake."""
+    if s.instrument.construct != "outcome" or th.cutoff is None:
+        return []
+    x, cutoff = s.scores, th.cutoff
+    improvement = th.rc if th.rc is not None else 5.0 * s.instrument.srs_point
+    holds = [i >= 2 and x[i] < cutoff - EPS and x[i] - x[0] < improvement - EPS for i in range(len(x))]
+    return _runs(
+        "not_on_track",
+        s,
+        holds,
+        lambda a, b: (
+            f"{s.instrument.code} {_fmt(x[b])} at {s.at(b)} below the cutoff {cutoff:g} with no reliable "
+            f"improvement since intake ({_fmt(x[0])})"
+        ),
+        lambda a, b: cutoff - min(x[a : b + 1]),
+        {"cutoff": cutoff, "intake": x[0]},
+    )
+
+
+def session_gap(s: Series, th: Thresholds) -> list[Episode]:
+    """Rule 9a: N or more session numbers without a rating; ends once a later session is rated."""
+    gaps = [i > 0 and s.numbers[i] - s.numbers[i - 1] - 1 >= th.gap_sessions for i in range(len(s.numbers))]
+    return _runs(
+        "engagement_gap",
+        s,
+        gaps,
+        lambda a, b: (
+            f"{s.numbers[b] - s.numbers[b - 1] - 1} sessions without a rating between sessions "
+            f"{s.numbers[b - 1]} and {s.numbers[b]}"
+        ),
+        lambda a, b: float(s.numbers[b] - s.numbers[b - 1] - 1),
+        {"gap_sessions": th.gap_sessions},
+    )
+
+
+SERIES_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (
+    low_score,
+    drop,
+    low_item,
+    reliable_decrease,
+    sudden_loss,
+    rupture,
+    declining_trend,
+    not_on_track,
+    session_gap,
+)
+
+
+def series_episodes(s: Series, th: Thresholds) -> list[Episode]:
+    """Every rule's episodes on one series."""
+    return [episode for rule in SERIES_RULES for episode in rule(s, th)]
+
+
+def escalation(alliance: Series, found: list[Episode], outcome_found: list[Episode]) -> Episode | None:
+    """Rule 8 escalation: an alliance rule and not-on-track both ongoing now (OQ-Analyst's alliance check)."""
+    alliance_now = [e for e in found if e.ongoing and e.rule in ALLIANCE_RULES and e.rule != "drop"]
+    outcome_now = [e for e in outcome_found if e.ongoing and e.rule == "not_on_track"]
+    if not alliance_now or not outcome_now:
+        return None
+    worst = max(alliance_now, key=lambda e: (RULES[e.rule].weight, e.magnitude))
+    last = len(alliance.scores) - 1
+    episode = Episode(
+        "escalation",
+        min(e.start for e in alliance_now),
+        last,
+        f"alliance ({worst.rule.replace('_', ' ')}) and outcome (not on track) both flagged at {alliance.at(last)}",
+        RULES["escalation"].severity,
+        magnitude=worst.magnitude,
+    )
+    episode.evidence = {
+        "alliance_rules": sorted({e.rule for e in alliance_now}),
+        "sessions": alliance.points(last, last),
+    }
+    return episode
+
+
+def risk_score(rules: list[str]) -> float:
+    """Dyad risk 0–100 from its ongoing rules: 100·(1 − Π(1 − weight)); e.g. one sudden loss alone is 55."""
+    remaining = 1.0
+    for rule in rules:
+        remaining *= 1 - RULES[rule].weight
+    return round(100 * (1 - remaining), 1)
