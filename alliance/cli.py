@@ -113,6 +113,9 @@ def _print_results(results: list[Any], settings: Settings) -> None:
         elif r.top_reasons:
             reasons = ", ".join(f"{rule} ×{n}" for rule, n in r.top_reasons)
             console.print(f"{r.file_name}: top quarantine reasons: {reasons}", markup=False)
+    last = next((r.scoring for r in reversed(results) if r.scoring is not None), None)
+    if last is not None:
+        _print_scoring(last)
     console.print(f"warehouse: {settings.warehouse.resolve()}", markup=False)
 
 
@@ -195,6 +198,131 @@ def demo(
     settings = _settings(home)
     results = _ingest_all(inbox_files(settings), settings, None)
     _print_results(results, settings)
+    _print_queue(settings)
+
+
+FLAG_COLUMNS = ("flag_id", "clinic_id", "therapist_id", "dyad_id", "rule", "severity", "status", "risk_score", "reason")
+
+
+def _neutralise(value: str) -> str:
+    """Spreadsheet-safe cell: text starting with = + - @ tab or CR is prefixed with ' so it is not a formula."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _write_flags(frame: Any, fmt: str) -> None:
+    import csv
+    import json
+
+    if fmt == "json":
+        records = frame.with_columns(
+            [frame[c].cast(str) for c in frame.columns if frame[c].dtype.is_temporal()]
+        ).to_dicts()
+        for record in records:
+            record["evidence"] = json.loads(record["evidence"]) if record.get("evidence") else None
+        sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(frame.columns)
+        for row in frame.iter_rows():
+            writer.writerow(["" if v is None else _neutralise(str(v)) if isinstance(v, str) else v for v in row])
+    else:
+        table = Table(title=f"{frame.height} flag(s)")
+        for column in FLAG_COLUMNS:
+            table.add_column(column, overflow="fold")
+        for row in frame.select(FLAG_COLUMNS).iter_rows():
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+
+
+@app.command()
+@domain_errors
+def flags(
+    clinic: Annotated[str | None, typer.Option(help="Only this clinic's flags.")] = None,
+    status: Annotated[
+        str, typer.Option(help="open, acknowledged, resolved, auto_resolved, queue (the review queue) or all.")
+    ] = "open",
+    format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    home: HomeOption = None,
+) -> None:
+    """List flags ranked by dyad risk, with the one-line reason a supervisor reads.
+
+    Example: alliance flags --clinic northside --status queue --format json
+    """
+    from flows.reviews import list_flags
+
+    if format not in ("table", "json", "csv"):
+        raise typer.BadParameter("use table, json or csv", param_hint="--format")
+    _write_flags(list_flags(_settings(home), clinic, status), format)
+
+
+@app.command()
+@domain_errors
+def review(
+    flag_id: Annotated[str, typer.Argument(help="The flag's id (see `alliance flags`).")],
+    status: Annotated[str, typer.Option(help="acknowledged, resolved, or open to reopen.")],
+    by: Annotated[str, typer.Option("--by", help="Who reviewed it.")],
+    note: Annotated[str | None, typer.Option(help="What was decided or done.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Acknowledge or resolve a flag; recorded with who, when and why in the reviews table.
+
+    Example: alliance review 3f9a2c1b7d0e4a55 --status acknowledged --by "Dr Lee" --note "raised in supervision"
+    """
+    from flows.reviews import review_flag
+
+    previous = review_flag(_settings(home), flag_id, status, by, note)
+    console.print(f"flag {flag_id}: {previous} -> {status} (by {by})", markup=False)
+
+
+@app.command()
+@domain_errors
+def rescore(
+    recalibrate: Annotated[bool, typer.Option(help="Re-estimate reliable change from all data first.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Re-score every dyad, e.g. after changing thresholds in clinics.toml; same flags as incremental scoring.
+
+    Example: alliance rescore --recalibrate
+    """
+    from flows.reviews import rescore as rescore_all
+
+    with console.status("re-scoring every dyad…"):
+        result = rescore_all(_settings(home), recalibrate)
+    _print_scoring(result)
+
+
+def _print_scoring(result: Any) -> None:
+    share = result.queue_dyads / result.active_dyads if result.active_dyads else 0.0
+    console.print(
+        f"scored {result.dyads_scored} dyads: {result.new} new, {result.worsened} worsened, "
+        f"{result.reopened} reopened, {result.auto_resolved} auto-resolved flags; "
+        f"review queue: {result.queue_dyads} of {result.active_dyads} dyads ({share:.0%})"
+        + (" [reliable change re-estimated]" if result.recalibrated else ""),
+        markup=False,
+    )
+
+
+def _print_queue(settings: Settings, limit: int = 10) -> None:
+    import polars as pl
+
+    from flows.reviews import list_flags
+
+    queue = list_flags(settings, status="queue")
+    if queue.is_empty():
+        console.print("review queue is empty")
+        return
+    # one line per dyad: its most severe flag (the list is ranked), and how many more it has
+    per_dyad = queue.group_by("dyad_id", maintain_order=True).agg(pl.all().first(), pl.len().alias("flags"))
+    table = Table(title=f"Review queue: top {min(limit, per_dyad.height)} of {per_dyad.height} dyads")
+    for column in ("flag_id", "clinic", "therapist", "dyad", "risk", "severity", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in per_dyad.head(limit).iter_rows(named=True):
+        more = f" (+{row['flags'] - 1} more)" if row["flags"] > 1 else ""
+        table.add_row(
+            row["flag_id"], row["clinic_id"], row["therapist_id"], row["dyad_id"], f"{row['risk_score']:.0f}",
+            row["severity"], row["reason"] + more,
+        )  # fmt: skip
+    console.print(table)
 
 
 @app.command()

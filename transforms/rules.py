@@ -432,9 +432,18 @@ SERIES_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (
 )
 
 
+OUTCOME_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (not_on_track,)
+
+
 def series_episodes(s: Series, th: Thresholds) -> list[Episode]:
-    """Every rule's episodes on one series."""
-    return [episode for rule in SERIES_RULES for episode in rule(s, th)]
+    """Every applicable rule's episodes on one series: alliance rules on alliance instruments, rule 8 on outcome."""
+    rules = OUTCOME_RULES if s.instrument.construct == "outcome" else SERIES_RULES
+    return [
+        episode
+        for rule in rules
+        if rule is not not_on_track or s.instrument.construct == "outcome"
+        for episode in rule(s, th)
+    ]
 
 
 def escalation(alliance: Series, found: list[Episode], outcome_found: list[Episode]) -> Episode | None:
