@@ -338,8 +338,9 @@ def rupture(s: Series, th: Thresholds) -> list[Episode]:
             f"mean {_fmt(mean)}: rupture"
         )
 
+    # open while more than float noise below repaired_at (_referenced subtracts EPS): a score at it is a return
     episodes = _referenced(
-        "rupture", s, lambda i: repaired_at if x[i] < floor - EPS else None, EPS, lambda e, r: describe(e, r)
+        "rupture", s, lambda i: repaired_at if x[i] < floor - EPS else None, 2 * EPS, lambda e, r: describe(e, r)
     )
     for episode in episodes:
         episode.evidence.update({"mean": mean, "sd": sd, "k": th.rupture_k, "baseline": baseline})
@@ -385,7 +386,7 @@ def declining_trend(s: Series, th: Thresholds) -> list[Episode]:
 
 def not_on_track(s: Series, th: Thresholds) -> list[Episode]:
     """Rule 8: ORS below its cutoff from the third session on, with no reliable improvement since intake."""
-    if s.instrument.construct != "outcome" or th.cutoff is None:
+    if s.instrument.construct != "outcome" or th.cutoff is None or not s.scores:
         return []
     x, cutoff = s.scores, th.cutoff
     improvement = th.rc if th.rc is not None else 5.0 * s.instrument.srs_point

@@ -1,0 +1,609 @@
+"""Literal-input boundary tests for the detection rules (domain.md "Detection rules" 1–9)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alliance.clinics import RuleConfig
+from alliance.instruments import Instrument, instrument
+from transforms.calibration import reliable_change
+from transforms.flags import stopped_appearing
+from transforms.rules import (
+    RULES,
+    SERIES_RULES,
+    Episode,
+    Series,
+    Thresholds,
+    declining_trend,
+    drop,
+    escalation,
+    low_item,
+    low_score,
+    not_on_track,
+    reliable_decrease,
+    risk_score,
+    rupture,
+    session_gap,
+    sudden_loss,
+)
+
+SRS = instrument("SRS")
+WAI = instrument("WAI_SR")
+ORS = instrument("ORS")
+START = date(2026, 1, 5)
+
+
+def slopes_of(scores: list[float], window: int = 4) -> list[float | None]:
+    """Least-squares slope over the last ``window`` sessions, None before a full window (as session_features)."""
+    return [
+        float(np.polyfit(np.arange(window), scores[i - window + 1 : i + 1], 1)[0]) if i >= window - 1 else None
+        for i in range(len(scores))
+    ]
+
+
+def series(
+    scores: list[float],
+    inst: Instrument = SRS,
+    numbers: list[int] | None = None,
+    items: list[list[float] | None] | None = None,
+    slopes: bool = False,
+    window: int = 4,
+) -> Series:
+    """A dyad's series: weekly from 2026-01-05, sessions 1..n unless given; slopes only when asked for."""
+    n = len(scores)
+    return Series(
+        instrument=inst,
+        dates=[START + timedelta(weeks=i) for i in range(n)],
+        numbers=numbers if numbers is not None else list(range(1, n + 1)),
+        scores=[float(x) for x in scores],
+        items=items if items is not None else [None] * n,
+        slopes=slopes_of(scores, window) if slopes else [None] * n,
+    )
+
+
+def thresholds(
+    inst: Instrument = SRS, rc: float | None = 5.0, pooled_sd: float | None = None, **config: Any
+) -> Thresholds:
+    return Thresholds.of(RuleConfig(**config), inst, rc, pooled_sd)
+
+
+def spans_ok(episodes: list[Episode], n: int) -> None:
+    """Start ≤ last < end; at most one ongoing; same-rule episodes never overlap.
+
+    A flag is open from start until end; a withdrawn sudden-loss candidate never was a flag, and the next
+    session's candidate may start before its end (see test_sudden_loss_withdrawn_candidate_does_not_block_the_next).
+    """
+    for e in episodes:
+        assert 0 <= e.start <= e.last < n
+        assert e.end is None or e.last < e.end
+        assert (e.end is None) == e.ongoing
+    assert sum(e.ongoing for e in episodes) <= 1
+    ordered = sorted(episodes, key=lambda e: e.start)
+    for before, after in itertools.pairwise(ordered):
+        assert before.end is not None and before.last < after.start, (before, after)
+        if before.outcome != "withdrawn":
+            assert before.end <= after.start, (before, after)
+
+
+# 1. Low SRS total ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("score", "flagged"), [(36.0, False), (35.9, True)])
+def test_low_score_flags_below_36_not_at_36(score: float, flagged: bool) -> None:
+    assert len(low_score(series([38.0, score]), thresholds())) == flagged
+
+
+def test_low_score_reason_names_score_session_and_cutoff() -> None:
+    [episode] = low_score(series([38.0, 35.9]), thresholds())
+    assert episode.reason == "SRS 35.9 at session 2 is below the cutoff 36"
+    assert (episode.start, episode.last, episode.outcome, episode.end) == (1, 1, "ongoing", None)
+    assert episode.severity == "medium"
+
+
+def test_low_score_two_low_sessions_are_one_episode_repaired_at_36() -> None:
+    [episode] = low_score(series([38.0, 35.0, 34.0, 36.0]), thresholds())
+    assert (episode.start, episode.last, episode.end, episode.outcome) == (1, 2, 3, "repaired")
+    assert episode.magnitude == pytest.approx(2.0)
+    assert "SRS 34.0 at session 3" in episode.reason and "2 sessions in a row" in episode.reason
+
+
+def test_low_score_ongoing_when_last_session_is_low() -> None:
+    [first, second] = low_score(series([35.0, 37.0, 35.5]), thresholds())
+    assert first.outcome == "repaired" and second.ongoing and second.start == 2
+
+
+@pytest.mark.parametrize(("score", "flagged"), [(35.0, False), (34.9, True)])
+def test_low_score_clinic_cutoff_35_is_honoured(score: float, flagged: bool) -> None:
+    found = low_score(series([38.0, score]), thresholds(low_cutoff=35))
+    assert len(found) == flagged
+    if flagged:
+        assert "below the cutoff 35" in found[0].reason
+
+
+@pytest.mark.parametrize("config", [{}, {"low_cutoff": 36.0}])
+def test_low_score_never_fires_on_wai_sr_without_published_cutoff(config: dict[str, float]) -> None:
+    assert low_score(series([20.0, 12.0, 13.0], inst=WAI), thresholds(WAI, **config)) == []
+
+
+# 2. Drop from last session ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "flagged"),
+    [
+        (37.0, 36.1, False),  # Δ −0.9
+        (32.3, 31.4, False),  # Δ −0.9
+        (37.0, 36.0, True),  # Δ −1.0 exactly
+        (32.3, 31.3, True),  # float difference is −0.9999999999999964, still Δ −1.0
+    ],
+)
+def test_drop_flags_at_minus_1_not_minus_0_9(before: float, after: float, flagged: bool) -> None:
+    found = drop(series([before, after]), thresholds())
+    assert len(found) == flagged
+    if flagged:
+        assert found[0].start == 1 and found[0].severity == "low"
+        assert found[0].reason == f"SRS fell from {before:.1f} to {after:.1f} at session 2"
+
+
+def test_drop_stays_open_while_1_point_below_and_repairs_within_1_point() -> None:
+    # fell from 38: 37.0 is still 1 point below (open), 37.1 is back within 1 point (repaired)
+    [episode] = drop(series([38.0, 37.0, 37.0, 37.0, 37.1]), thresholds())
+    assert (episode.start, episode.last, episode.end, episode.outcome) == (1, 3, 4, "repaired")
+    assert "back to 37.1 at session 5" in episode.reason
+
+
+def test_drop_second_fall_inside_open_episode_raises_magnitude_not_a_second_flag() -> None:
+    [episode] = drop(series([38.0, 37.0, 35.0]), thresholds())
+    assert episode.ongoing and (episode.start, episode.last) == (1, 2)
+    assert episode.magnitude == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "flagged"),
+    [
+        (50.0, 48.9, False),  # Δ −1.1 WAI points < 1 SRS point
+        (50.0, 48.8, True),  # Δ −1.2 WAI points = 1 SRS point (48 WAI points over 40 SRS points)
+        (30.0, 28.8, True),  # float difference −1.1999999999999993
+    ],
+)
+def test_drop_on_wai_sr_is_rescaled_to_1_2_points(before: float, after: float, flagged: bool) -> None:
+    assert len(drop(series([before, after], inst=WAI), thresholds(WAI))) == flagged
+
+
+# 3. Low item (advisory) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("lowest", "flagged"), [(9.0, False), (8.9, True)])
+def test_low_item_flags_below_9_not_at_9(lowest: float, flagged: bool) -> None:
+    items: list[list[float] | None] = [[10.0, 10.0, 10.0, 10.0], [9.5, 9.5, 9.5, lowest]]
+    found = low_item(series([40.0, 28.5 + lowest], items=items), thresholds())
+    assert len(found) == flagged
+    if flagged:
+        assert found[0].severity == "advisory"
+        assert found[0].reason == "SRS item(s) overall below 9 at session 2"
+
+
+def test_low_item_reason_names_every_low_item() -> None:
+    [episode] = low_item(series([34.0], items=[[8.0, 10.0, 8.5, 7.5]]), thresholds())
+    assert "relationship, approach, overall" in episode.reason
+    assert episode.magnitude == pytest.approx(1.5)
+
+
+def test_low_item_without_items_is_silent() -> None:
+    assert low_item(series([20.0, 10.0]), thresholds()) == []
+
+
+# 4. Reliable decrease ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "flagged"),
+    [
+        (40.0, 35.1, False),  # Δ −4.9
+        (40.0, 35.0, True),  # Δ −5.0 = −RC
+        (36.3, 31.3, True),  # float difference is 4.9999999999999964
+    ],
+)
+def test_reliable_decrease_flags_at_minus_rc(before: float, after: float, flagged: bool) -> None:
+    found = reliable_decrease(series([before, after]), thresholds(rc=5.0))
+    assert len(found) == flagged
+    if flagged:
+        assert "beyond the reliable change 5.0" in found[0].reason
+        assert found[0].evidence["rc"] == 5.0
+
+
+def test_reliable_decrease_needs_a_calibrated_rc() -> None:
+    assert reliable_decrease(series([40.0, 20.0]), thresholds(rc=None)) == []
+
+
+def test_reliable_change_is_jacobson_truax() -> None:
+    # 1.96 · √2 · 3 · √0.4 = 2.77186 · 3 · 0.632456 = 5.2592
+    assert reliable_change(3.0, 0.6) == pytest.approx(5.2592, abs=1e-4)
+    assert reliable_change(4.0, 0.75) == pytest.approx(1.96 * math.sqrt(2) * 4.0 * 0.5)
+    assert reliable_change(3.0, 1.0) == 0.0
+
+
+# 5. Sudden alliance loss ------------------------------------------------------------------------
+
+
+def test_sudden_loss_all_three_criteria_with_3_plus_3_points() -> None:
+    # fall 38 → 28 = 10 ≥ RC 5 and ≥ 0.25·38 = 9.5; mean diff 10.7 > 2.776 · pooled SD 0.58
+    [episode] = sudden_loss(series([38.0, 39.0, 38.0, 28.0, 27.0, 28.0]), thresholds(rc=5.0))
+    assert episode.reason == "SRS fell from 38.0 to 28.0 at session 4: sudden loss, 3 criteria met"
+    assert not episode.provisional and episode.ongoing and episode.severity == "high"
+    assert episode.evidence["t"] == 2.776
+    assert episode.evidence["criteria"] == {"a": True, "b": True, "c": True}
+
+
+@pytest.mark.parametrize(
+    ("after", "flagged"),
+    [
+        (11.1, False),  # fall 4.9 < RC 5 (b holds: 4.9 ≥ 0.25·16 = 4)
+        (11.0, True),  # fall 5.0 = RC
+    ],
+)
+def test_sudden_loss_criterion_a_fall_at_least_rc(after: float, flagged: bool) -> None:
+    assert len(sudden_loss(series([16.0, 17.0, 16.0, after, 11.0, 12.0]), thresholds(rc=5.0))) == flagged
+
+
+@pytest.mark.parametrize(
+    ("after", "flagged"),
+    [
+        (30.1, False),  # fall 9.9 < 0.25·40 = 10 (a holds: 9.9 ≥ RC 5)
+        (30.0, True),  # fall 10.0 = 25% of 40
+    ],
+)
+def test_sudden_loss_criterion_b_fall_at_least_a_quarter(after: float, flagged: bool) -> None:
+    assert len(sudden_loss(series([40.0, 40.0, 40.0, after, after, after]), thresholds(rc=5.0))) == flagged
+
+
+@pytest.mark.parametrize(
+    ("after", "flagged"),
+    [
+        (34.0, False),  # fall 6 ≥ RC but only 15% of 40: the reversed (R suddengains) inequality would flag it
+        (28.0, True),  # fall 12 = 30% of 40: the reversed inequality would miss it
+    ],
+)
+def test_sudden_loss_criterion_b_is_not_the_reversed_inequality(after: float, flagged: bool) -> None:
+    assert len(sudden_loss(series([40.0, 40.0, 40.0, after, after, after]), thresholds(rc=5.0))) == flagged
+
+
+def test_sudden_loss_criterion_c_fails_when_post_sessions_bounce_back_withdrawn() -> None:
+    # post 28, 37, 38: mean diff 4.0 < 2.776 · pooled SD 3.92
+    [episode] = sudden_loss(series([38.0, 39.0, 38.0, 28.0, 37.0, 38.0]), thresholds(rc=5.0))
+    assert episode.outcome == "withdrawn" and not episode.ongoing
+    assert (episode.start, episode.last, episode.end) == (3, 3, 5)
+    assert "withdrawn: criterion c not met" in episode.reason
+    assert episode.evidence["criteria"] == {"a": True, "b": True, "c": False}
+
+
+@pytest.mark.parametrize(
+    ("scores", "t"),
+    [
+        ([38.0, 39.0, 38.0, 28.0, 27.0, 28.0], 2.776),  # 3 + 3 points
+        ([38.0, 39.0, 38.0, 28.0, 27.0], 3.182),  # 3 + 2: the series ends one session after the drop
+        ([38.0, 36.0, 24.0, 24.0], 4.303),  # 2 + 2: drop at the third session
+    ],
+)
+def test_sudden_loss_t_by_degrees_of_freedom(scores: list[float], t: float) -> None:
+    [episode] = sudden_loss(series(scores), thresholds(rc=5.0))
+    assert episode.evidence["t"] == t
+    assert not episode.provisional and episode.evidence["criteria"]["c"]
+
+
+@pytest.mark.parametrize(
+    ("scores", "outcome"),
+    [
+        # pre 38, 34, 38; mean diff / pooled SD = 2.976: passes at t = 2.776 (3 + 3)
+        ([38.0, 34.0, 38.0, 23.0, 30.0, 29.0], "ongoing"),
+        # pre 38, 34, 38; post 23, 30: ratio 2.969 fails at t = 3.182 (3 + 2), would pass at 2.776
+        ([38.0, 34.0, 38.0, 23.0, 30.0], "withdrawn"),
+        # pre 38, 36; post 24, 29: ratio 3.9 fails at t = 4.303 (2 + 2), would pass at 3.182
+        ([38.0, 36.0, 24.0, 29.0], "withdrawn"),
+    ],
+)
+def test_sudden_loss_criterion_c_uses_the_t_of_its_degrees_of_freedom(scores: list[float], outcome: str) -> None:
+    [episode] = sudden_loss(series(scores), thresholds(rc=5.0))
+    assert episode.outcome == outcome
+    assert episode.evidence["criteria"]["c"] == (outcome == "ongoing")
+
+
+def test_sudden_loss_at_last_session_is_provisional_then_confirmed() -> None:
+    [early] = sudden_loss(series([38.0, 39.0, 38.0, 28.0]), thresholds(rc=5.0))
+    assert early.provisional and early.ongoing
+    assert "provisional" in early.reason and "c needs the next sessions" in early.reason
+    assert "t" not in early.evidence
+    [later] = sudden_loss(series([38.0, 39.0, 38.0, 28.0, 27.5, 28.5]), thresholds(rc=5.0))
+    assert not later.provisional and later.ongoing and "3 criteria met" in later.reason
+    assert later.start == early.start
+
+
+def test_sudden_loss_with_one_session_before_skips_c() -> None:
+    [episode] = sudden_loss(series([38.0, 28.0, 37.0, 38.0]), thresholds(rc=5.0))
+    assert "c skipped: fewer than 2 sessions before" in episode.reason
+    assert not episode.provisional and "c" not in episode.evidence["criteria"]
+    assert episode.outcome == "repaired" and episode.end == 2  # 38 − 37 < RC: repaired
+
+
+def test_sudden_loss_withdrawn_candidate_does_not_block_the_next() -> None:
+    # 10 → 7.5 (RC 2.5, 25%): post 7.5, 1, 1 spreads too much for c; 7.5 → 1 then meets all three
+    withdrawn, confirmed = sudden_loss(series([10.0, 10.0, 10.0, 7.5, 1.0, 1.0, 1.0]), thresholds(rc=2.5))
+    assert (withdrawn.start, withdrawn.end, withdrawn.outcome) == (3, 5, "withdrawn")
+    assert (confirmed.start, confirmed.outcome) == (4, "ongoing") and "3 criteria met" in confirmed.reason
+
+
+def test_sudden_loss_needs_a_calibrated_rc() -> None:
+    assert sudden_loss(series([38.0, 39.0, 38.0, 10.0, 10.0, 10.0]), thresholds(rc=None)) == []
+
+
+# 6. Rupture and repair --------------------------------------------------------------------------
+
+# Seven sessions at 38 then a dip x, pooled SD 3 (larger than the dyad's own SD for these dips):
+# k = 2 rupture when x < mean − 6, i.e. x < 31.14; k = 1 when x < mean − 3, i.e. x < 34.57.
+
+
+@pytest.mark.parametrize(
+    ("dip", "k", "flagged"),
+    [
+        (31.2, 2.0, False),
+        (31.1, 2.0, True),
+        (34.5, 2.0, False),
+        (34.5, 1.0, True),  # lenient k = 1 flags a shallower dip
+        (34.6, 1.0, False),
+    ],
+)
+def test_rupture_more_than_k_sd_below_own_mean(dip: float, k: float, flagged: bool) -> None:
+    found = rupture(series([38.0] * 7 + [dip]), thresholds(pooled_sd=3.0, rupture_k=k))
+    assert len(found) == flagged
+    if flagged:
+        assert found[0].start == 7 and found[0].evidence["sd"] == 3.0
+
+
+def test_rupture_sd_is_the_larger_of_own_and_pooled() -> None:
+    scores = [38.0] * 7 + [31.1]
+    [episode] = rupture(series(scores), thresholds(pooled_sd=0.5))
+    assert episode.evidence["sd"] == pytest.approx(float(np.std(scores, ddof=1)))
+    assert rupture(series(scores), thresholds(pooled_sd=3.5)) == []  # floor 37.14 − 7 = 30.14
+
+
+@pytest.mark.parametrize("back", [35.0, 36.0])
+def test_rupture_repaired_on_return_to_baseline_minus_sd(back: float) -> None:
+    # baseline 38 − SD 3 = 35: 35.0 is a return to it
+    [episode] = rupture(series([38.0] * 6 + [30.0, back]), thresholds(pooled_sd=3.0))
+    assert (episode.start, episode.end, episode.outcome) == (6, 7, "repaired")
+    assert "repaired: back to" in episode.reason and episode.severity == "medium"
+
+
+def test_rupture_not_repaired_just_below_baseline_minus_sd() -> None:
+    [episode] = rupture(series([38.0] * 6 + [30.0, 34.9]), thresholds(pooled_sd=3.0))
+    assert episode.ongoing and episode.last == 7
+    assert "unrepaired for 2 sessions" in episode.reason
+
+
+@pytest.mark.parametrize(("unrepaired_sessions", "severity"), [(3, "high"), (4, "medium")])
+def test_rupture_unrepaired_for_n_sessions_is_high(unrepaired_sessions: int, severity: str) -> None:
+    # the rupture at session 9 (29 < 36.45 − 6) stays at 34 ≤ 35: unrepaired for 3 sessions
+    [episode] = rupture(
+        series([38.0] * 8 + [29.0, 34.0, 34.0]), thresholds(pooled_sd=3.0, unrepaired_sessions=unrepaired_sessions)
+    )
+    assert episode.ongoing and "unrepaired for 3 sessions" in episode.reason
+    assert episode.severity == severity
+
+
+def test_rupture_needs_4_sessions() -> None:
+    assert rupture(series([38.0, 38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0)) == []
+    assert len(rupture(series([38.0, 38.0, 38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0))) == 1
+
+
+# 7. Declining trend -----------------------------------------------------------------------------
+
+
+def test_declining_trend_steady_slide_of_1_point_a_session() -> None:
+    [episode] = declining_trend(series([39.0, 38.0, 37.0, 36.0, 35.0, 34.0], slopes=True), thresholds(rc=None))
+    assert episode.start == 4 and episode.ongoing and episode.evidence["slope"] == pytest.approx(-1.0)
+    assert episode.reason == "SRS declining 1.0 points a session over sessions 1–5 (39.0 → 35.0)"
+
+
+@pytest.mark.parametrize(("step", "flagged"), [(0.8, True), (0.7, False)])
+def test_declining_trend_slope_at_most_minus_0_8(step: float, flagged: bool) -> None:
+    scores = [round(40.0 - step * i, 1) for i in range(5)]  # 5 sessions: two windows of 4
+    assert len(declining_trend(series(scores, slopes=True), thresholds(rc=None))) == flagged
+
+
+@pytest.mark.parametrize(
+    ("last", "flagged"),
+    [
+        (35.5, True),  # slopes −1.6 and −1.55, fall 38 → 35.5 = 2.5
+        (35.6, False),  # slopes −1.6 and −1.52, fall 2.4
+    ],
+)
+def test_declining_trend_needs_a_fall_of_2_5_across_both_windows(last: float, flagged: bool) -> None:
+    assert len(declining_trend(series([38.0, 40.0, 36.0, 34.0, last], slopes=True), thresholds(rc=None))) == flagged
+
+
+def test_declining_trend_single_steep_window_is_not_a_slide() -> None:
+    # window ending at session 5 has slope −1.2; the windows either side are flat or −0.4
+    assert declining_trend(series([38.0, 38.0, 38.0, 38.0, 34.0, 38.0], slopes=True), thresholds(rc=None)) == []
+
+
+def test_declining_trend_noisy_flat_series_is_silent() -> None:
+    scores = [38.0, 36.0, 39.0, 37.0, 38.0, 36.0, 39.0, 37.0, 38.5, 36.5]
+    assert declining_trend(series(scores, slopes=True), thresholds(rc=None)) == []
+
+
+# 8. Not on track and escalation -----------------------------------------------------------------
+
+
+def test_not_on_track_ors_below_25_from_the_third_session() -> None:
+    [episode] = not_on_track(series([20.0, 21.0, 22.0], inst=ORS), thresholds(ORS, rc=5.0))
+    assert episode.start == 2 and episode.ongoing and episode.severity == "low"
+    assert (
+        episode.reason == "ORS 22.0 at session 3 below the cutoff 25 with no reliable improvement since intake (20.0)"
+    )
+    assert not_on_track(series([20.0, 20.0], inst=ORS), thresholds(ORS, rc=5.0)) == []
+
+
+@pytest.mark.parametrize(
+    ("third", "flagged"),
+    [
+        (24.9, True),  # improved 4.9 < RC 5, below 25
+        (25.0, False),  # at the cutoff
+    ],
+)
+def test_not_on_track_cutoff_25(third: float, flagged: bool) -> None:
+    assert len(not_on_track(series([22.0, 22.0, third], inst=ORS), thresholds(ORS, rc=10.0))) == flagged
+
+
+@pytest.mark.parametrize(("third", "flagged"), [(19.9, True), (20.0, False)])
+def test_not_on_track_reliable_improvement_since_intake_clears_it(third: float, flagged: bool) -> None:
+    # intake 15, RC 5: 20.0 is a reliable improvement even though still below 25
+    assert len(not_on_track(series([15.0, 18.0, third], inst=ORS), thresholds(ORS, rc=5.0))) == flagged
+
+
+def test_not_on_track_only_for_outcome_instruments() -> None:
+    assert not_on_track(series([10.0, 10.0, 10.0]), thresholds()) == []
+
+
+def _escalation(srs: list[float], ors: list[float]) -> Episode | None:
+    alliance = series(srs)
+    found = [e for rule in SERIES_RULES for e in rule(alliance, thresholds(rc=5.0))]
+    outcome_found = not_on_track(series(ors, inst=ORS), thresholds(ORS, rc=5.0))
+    return escalation(alliance, found, outcome_found)
+
+
+def test_escalation_when_alliance_rule_and_not_on_track_are_both_ongoing() -> None:
+    episode = _escalation([38.0, 38.0, 35.0], [20.0, 20.0, 20.0])
+    assert episode is not None and episode.severity == "critical" and episode.rule == "escalation"
+    assert episode.evidence["alliance_rules"] == ["low_score"]
+    assert "low score" in episode.reason and "not on track" in episode.reason
+
+
+@pytest.mark.parametrize(
+    ("srs", "ors"),
+    [
+        ([38.0, 38.0, 37.0], [20.0, 20.0, 20.0]),  # only a drop (37 is not low): not enough
+        ([38.0, 35.0, 38.0], [20.0, 20.0, 20.0]),  # low score already repaired
+        ([38.0, 38.0, 35.0], [20.0, 20.0, 30.0]),  # on track
+        ([38.0, 38.0, 35.0], [20.0, 20.0]),  # not-on-track starts at the third session
+    ],
+)
+def test_escalation_needs_both_ongoing_and_more_than_a_drop(srs: list[float], ors: list[float]) -> None:
+    assert _escalation(srs, ors) is None
+
+
+# 9. Engagement gap ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("numbers", "flagged"), [([1, 2, 3, 7], True), ([1, 2, 3, 6], False)])
+def test_session_gap_three_unrated_sessions(numbers: list[int], flagged: bool) -> None:
+    found = session_gap(series([38.0] * 4, numbers=numbers), thresholds())
+    assert len(found) == flagged
+    if flagged:
+        assert found[0].start == 3 and found[0].ongoing
+        assert found[0].reason == "3 sessions without a rating between sessions 3 and 7"
+
+
+def test_session_gap_ends_when_the_next_session_is_rated() -> None:
+    [episode] = session_gap(series([38.0] * 5, numbers=[1, 2, 3, 7, 8]), thresholds())
+    assert (episode.start, episode.end, episode.outcome) == (3, 4, "repaired")
+
+
+def _last_seen(silent_days: int) -> pl.DataFrame:
+    last = date(2026, 3, 2)
+    return pl.DataFrame(
+        {
+            "clinic_id": ["c1"],
+            "therapist_id": ["t1"],
+            "dyad_id": ["d1"],
+            "client_id": ["p1"],
+            "instrument": ["SRS"],
+            "last_session": [9],
+            "last_session_date": [last],
+            "clinic_latest": [last + timedelta(days=silent_days)],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("silent_days", "outcome"), [(27, None), (28, "ongoing"), (119, "ongoing"), (120, "inactive"), (400, "inactive")]
+)
+def test_stopped_appearing_after_28_days_inactive_after_120(silent_days: int, outcome: str | None) -> None:
+    found = stopped_appearing(_last_seen(silent_days), {})
+    if outcome is None:
+        assert found.height == 0
+        return
+    [row] = found.to_dicts()
+    assert row["outcome"] == outcome and row["ongoing"] == (outcome == "ongoing")
+    assert row["rule"] == "stopped_appearing" and row["last_session"] == 9
+    assert json.loads(row["evidence"])["silent_days"] == silent_days
+
+
+def test_stopped_appearing_honours_clinic_gap_days() -> None:
+    assert stopped_appearing(_last_seen(20), {"c1": RuleConfig(gap_days=21)}).height == 0
+    assert stopped_appearing(_last_seen(21), {"c1": RuleConfig(gap_days=21)}).height == 1
+
+
+# 10. Risk score ---------------------------------------------------------------------------------
+
+
+def test_risk_score_examples() -> None:
+    assert risk_score([]) == 0
+    assert risk_score(["sudden_loss"]) == 55.0
+    assert risk_score(["sudden_loss", "low_score"]) == pytest.approx(100 * (1 - 0.45 * 0.70))
+
+
+@given(st.sets(st.sampled_from(sorted(RULES))))
+def test_risk_score_combines_weights_within_0_100(rules: set[str]) -> None:
+    expected = 100 * (1 - math.prod(1 - RULES[r].weight for r in rules))
+    score = risk_score(sorted(rules))
+    assert score == pytest.approx(expected, abs=0.05)
+    assert 0 <= score <= 100
+
+
+# 11. One open flag per rule ---------------------------------------------------------------------
+
+scores_strategy = st.lists(st.integers(0, 400).map(lambda v: v / 10), min_size=1, max_size=14)
+
+
+@st.composite
+def dyad_series(draw: st.DrawFn) -> tuple[Series, Thresholds]:
+    inst = draw(st.sampled_from([SRS, SRS, WAI, ORS]))
+    scores = draw(scores_strategy)
+    if inst is WAI:
+        scores = [round(12 + x * 1.2, 1) for x in scores]
+    n = len(scores)
+    steps = draw(st.lists(st.integers(1, 5), min_size=n, max_size=n))
+    numbers = [sum(steps[: i + 1]) for i in range(n)]
+    items = [
+        draw(st.none() | st.lists(st.integers(0, 100).map(lambda v: v / 10), min_size=4, max_size=4)) for _ in range(n)
+    ]
+    s = Series(
+        inst,
+        [START + timedelta(weeks=i) for i in range(n)],
+        numbers,
+        scores,
+        items,
+        slopes_of(scores),
+    )
+    rc = draw(st.none() | st.sampled_from([1.0, 3.0, 5.0, 8.0]))
+    pooled = draw(st.none() | st.sampled_from([0.5, 2.0, 3.0]))
+    k = draw(st.sampled_from([1.0, 2.0]))
+    return s, thresholds(inst, rc=rc, pooled_sd=pooled, rupture_k=k)
+
+
+@settings(max_examples=300, deadline=None)
+@given(dyad_series())
+def test_every_rule_keeps_one_open_flag_and_ordered_spans(case: tuple[Series, Thresholds]) -> None:
+    s, th = case
+    for rule in SERIES_RULES:
+        spans_ok(rule(s, th), len(s.scores))
