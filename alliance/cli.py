@@ -327,6 +327,60 @@ def _print_queue(settings: Settings, limit: int = 10) -> None:
 
 @app.command()
 @domain_errors
+def nightly(home: HomeOption = None) -> None:
+    """Run the nightly job now, without Prefect: sweep inboxes, re-score, alert, publish snapshots.
+
+    Example: alliance nightly --home /srv/alliance
+    """
+    from flows.nightly import run_nightly
+
+    settings = _settings(home)
+    with console.status("nightly run…"):
+        report = run_nightly(settings)
+    if report.exports:
+        _print_results(report.exports, settings)
+    if report.scoring:
+        _print_scoring(report.scoring)
+    if report.alerts:
+        console.print(
+            f"alerts: {report.alerts.sent} sent, {report.alerts.failed} failed (retried next run), "
+            f"{report.alerts.trend_signals} trend signal(s)"
+        )
+    table = Table(title="Per clinic")
+    for column in report.per_clinic.columns:
+        table.add_column(column)
+    for row in report.per_clinic.iter_rows():
+        table.add_row(*map(str, row))
+    console.print(table)
+    for error in report.errors:
+        err_console.print(f"Error: {error}", markup=False)
+    if report.errors:
+        raise typer.Exit(2)
+
+
+@app.command()
+@domain_errors
+def serve(
+    polling: Annotated[bool, typer.Option(help="Poll the inbox instead of OS events (network shares).")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Run everything on this machine until Ctrl-C: Prefect server, file-arrival and nightly deployments, watcher.
+
+    Example: alliance serve --home /srv/alliance   (set PREFECT_API_URL to use an existing Prefect server)
+    """
+    import logging
+
+    from flows.serve import serve_everything
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = _settings(home)
+    settings.inbox.mkdir(parents=True, exist_ok=True)
+    console.print(f"serving {settings.home.resolve()}: drop exports into {settings.inbox}/<clinic_id>/; Ctrl-C stops")
+    serve_everything(settings, polling=polling)
+
+
+@app.command()
+@domain_errors
 def expectations(
     write: Annotated[bool, typer.Option("--write", help="Regenerate the suite files from the registry.")] = False,
     home: HomeOption = None,

@@ -135,6 +135,49 @@ class RuleConfig(BaseModel):
     inactive_days: int = Field(default=120, ge=1, description="rule 9: after this long a silent dyad counts as closed")
 
 
+SECRET_PLACEHOLDER = r"\$\{[A-Z][A-Z0-9_]*\}"
+
+
+def _no_literal_secret(url: str) -> str:
+    """Alert URLs name their secrets as ${VARS}; a literal password would end up in a config file."""
+    import re
+
+    without = re.sub(SECRET_PLACEHOLDER, "", url)
+    if re.search(r"://[^/?#@\s]*:[^/?#@\s]+@", without):
+        raise ValueError("a password is written into an alert URL; use ${ENV_VAR} placeholders for secrets")
+    return url
+
+
+class Supervisor(BaseModel):
+    """Who receives rupture alerts, for which therapists (all when empty), through which channels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    urls: list[str] = Field(min_length=1, description="apprise URLs; secrets as ${ENV_VAR} placeholders")
+    therapists: list[str] = Field(default_factory=list)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        return [_no_literal_secret(u) for u in value]
+
+
+class AlertConfig(BaseModel):
+    """A clinic's alert channels: rupture alerts to supervisors, trend alerts to clinic leads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_severity: Literal["advisory", "low", "medium", "high", "critical"] = "medium"
+    supervisors: list[Supervisor] = Field(default_factory=list)
+    leads: list[str] = Field(default_factory=list, description="apprise URLs for trend alerts")
+
+    @field_validator("leads")
+    @classmethod
+    def _leads(cls, value: list[str]) -> list[str]:
+        return [_no_literal_secret(u) for u in value]
+
+
 class Clinic(BaseModel):
     """A clinic of the network and its export profile."""
 
@@ -145,6 +188,7 @@ class Clinic(BaseModel):
     timezone: str = "UTC"
     export: ExportProfile
     rules: RuleConfig = RuleConfig()
+    alerts: AlertConfig = AlertConfig()
 
     @field_validator("timezone")
     @classmethod

@@ -24,6 +24,10 @@ class ExportRejected(AllianceError):
         super().__init__(f"{file_name}: {problem}")
 
 
+class ExportGone(AllianceError):
+    """The file left the inbox before this run got to it (another run took it)."""
+
+
 class KeyMissing(ConfigError):
     """No pseudonym key is configured."""
 

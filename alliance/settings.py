@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     recalibrate_growth: float = Field(
         default=0.25, gt=0, description="Re-estimate reliable change when an instrument's ratings grew by this share."
     )
+    nightly_cron: str = Field(default="0 2 * * *", description="When the nightly run starts (cron).")
+    nightly_timezone: str = Field(default="UTC", description="Timezone of the nightly cron (IANA name).")
+    dashboard_url: str | None = Field(
+        default=None, description="Base URL of the dashboard, for links in alerts; the CLI command is used without it."
+    )
     max_file_mb: float = Field(default=512.0, gt=0, description="Exports larger than this are rejected.")
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -172,6 +173,15 @@ CREATE TABLE IF NOT EXISTS calibrations (
     within_sd DOUBLE NOT NULL,
     estimated_at TIMESTAMPTZ NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_key VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    recipient VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    attempted_at TIMESTAMPTZ NOT NULL,
+    error VARCHAR
+);
 CREATE TABLE IF NOT EXISTS scoring_runs (
     run_id VARCHAR NOT NULL,
     kind VARCHAR NOT NULL,
@@ -189,6 +199,13 @@ CREATE TABLE IF NOT EXISTS scoring_runs (
 );
 """
 VIEWS_FILE = Path(__file__).parents[1] / "dashboards" / "views.sql"
+SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli, BI drivers)
+# Tables copied into snapshots; client_refs only into a clinic's own. Network snapshots drop review notes
+# (free text a supervisor typed) and carry pseudonyms only.
+SNAPSHOT_TABLES = (
+    "exports", "ratings", "rating_history", "quarantine", "dyad_sessions", "flags", "dyads", "reviews",
+    "calibrations", "alerts", "meta",
+)  # fmt: skip
 
 LEDGER_COUNTS = ("rows_total", "rows_new", "rows_updated", "rows_unchanged", "rows_quarantined")
 
@@ -346,7 +363,7 @@ class Writer:
         self.con.register(name, pl.DataFrame({"id": values}, schema={"id": pl.String}).to_arrow())
         return name
 
-    def frame(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    def frame(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         return self.con.sql(sql, params=params or None).pl()
 
     def ratings_of(self, dyad_ids: list[str] | None) -> pl.DataFrame:
@@ -510,6 +527,62 @@ class Writer:
         )
         return str(from_status)
 
+    def sent_alert_keys(self, keys: list[str], recipient: str) -> set[str]:
+        """Which of these alert keys were already delivered to this recipient."""
+        if not keys:
+            return set()
+        scope = self._scope("scope_alert_keys", keys)
+        rows = self.con.execute(
+            f"""SELECT DISTINCT alert_key FROM alerts
+            WHERE status = 'sent' AND recipient = ? AND alert_key IN (SELECT id FROM {scope})""",
+            [recipient],
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def record_alerts(self, rows: pl.DataFrame) -> None:
+        """Append delivery outcomes (sent or failed); a failed key is tried again on the next run."""
+        if rows.height:
+            self.con.register("incoming_alerts", rows.to_arrow())
+            self.con.execute("INSERT INTO alerts BY NAME SELECT * FROM incoming_alerts")
+
+    def publish(self, folder: Path, clinic_ids: list[str] | None) -> list[Path]:
+        """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically."""
+        folder.mkdir(parents=True, exist_ok=True)
+        published = [self._snapshot(folder / "network.duckdb", None)]
+        clinics = clinic_ids if clinic_ids is not None else [
+            row[0] for row in self.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()
+        ]  # fmt: skip
+        published += [self._snapshot(folder / f"clinic-{cid}.duckdb", cid) for cid in clinics]
+        return published
+
+    def _snapshot(self, target: Path, clinic_id: str | None) -> Path:
+        partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)
+        quoted = str(partial).replace("'", "''")
+        self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
+        try:
+            for table in SNAPSHOT_TABLES:
+                columns = [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
+                select = "* EXCLUDE (note), NULL::VARCHAR AS note" if table == "reviews" and clinic_id is None else "*"
+                where = "TRUE"
+                if clinic_id is not None and "clinic_id" in columns:
+                    where = "clinic_id = $clinic"
+                elif clinic_id is not None and table == "reviews":
+                    where = "flag_id IN (SELECT flag_id FROM flags WHERE clinic_id = $clinic)"
+                params = {"clinic": clinic_id} if "$clinic" in where else {}
+                self.con.execute(f"CREATE TABLE snap.{table} AS SELECT {select} FROM {table} WHERE {where}", params)
+            if clinic_id is not None:
+                self.con.execute(
+                    "CREATE TABLE snap.client_refs AS SELECT * FROM client_refs WHERE clinic_id = $clinic",
+                    {"clinic": clinic_id},
+                )
+        finally:
+            self.con.execute("DETACH snap")
+        _add_views(partial)
+        partial.chmod(0o444)
+        os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
+        return target
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All writes inside commit together or not at all."""
@@ -556,10 +629,23 @@ class Warehouse:
         finally:
             lock.release()
 
+    @property
+    def snapshots(self) -> Path:
+        return self.path.with_name("snapshots")
+
+    def snapshot_path(self, clinic_id: str | None = None) -> Path:
+        return self.snapshots / ("network.duckdb" if clinic_id is None else f"clinic-{clinic_id}.duckdb")
+
     @contextmanager
-    def reader(self) -> Iterator[Reader]:
-        """A read-only connection; an empty reader when the warehouse does not exist yet."""
-        if not self.path.exists():
+    def reader(self, clinic_id: str | None = None) -> Iterator[Reader]:
+        """A read-only connection to the published snapshot (network, or one clinic's), never the working file.
+
+        Before any snapshot exists it falls back to the working file (read-only), or an empty schema.
+        """
+        snapshot = self.snapshot_path(clinic_id)
+        if snapshot.exists():
+            con = duckdb.connect(str(snapshot), read_only=True)
+        elif not self.path.exists():
             con = duckdb.connect(":memory:")
             _ensure_schema(con)
         else:
@@ -582,7 +668,7 @@ class Reader:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
 
-    def frame(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    def frame(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         return self.con.sql(sql, params=params or None).pl()
 
     def clinic_status(self) -> pl.DataFrame:
@@ -605,6 +691,16 @@ class Reader:
             FROM e LEFT JOIN r USING (clinic_id) ORDER BY e.clinic_id
             """
         )
+
+
+def _add_views(path: Path) -> None:
+    """The supervisor views inside a snapshot, bound to its own tables."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:

@@ -65,6 +65,7 @@ def export_event(path: Path, home: Path) -> dict[str, Any]:
         "resource": {
             "prefect.resource.id": f"alliance.export.{clinic_id}.{target.name}",
             "alliance.clinic": clinic_id,
+            "alliance.home": str(home),
         },
         "payload": {
             "path": str(target),

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from alliance.clinics import Clinic, load_clinics
-from alliance.errors import ConfigError, ExportRejected
+from alliance.errors import ConfigError, ExportGone, ExportRejected
 from alliance.exports import read_export, sha256_of
 from alliance.pseudonyms import load_key, pseudonymise
 from alliance.settings import Settings
@@ -165,23 +165,27 @@ def ingest_file(
     clinics = load_clinics(settings.clinics_file)
     clinic = clinic_for(path, clinics, settings, clinic_id)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+        in_inbox = settings.inbox.resolve() in path.resolve().parents
+        raise (ExportGone if in_inbox else ConfigError)(f"{path}: no such file")
     key = load_key(settings)
-    sha = sha256_of(path)
-    export_id = sha[:16]
     received_at = received_at or datetime.now(UTC)
-    ledger = Ledger(
-        export_id=export_id,
-        clinic_id=clinic.id,
-        file_name=path.name,
-        sha256=sha,
-        bytes=path.stat().st_size,
-        received_at=received_at,
-        status="loaded",
-        instruments=list(clinic.export.instruments),
-    )
     warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
     with warehouse.writer() as writer:
+        # the file is read under the lock: a concurrent run may have archived it while we waited
+        if not path.is_file():
+            raise ExportGone(f"{path.name}: no longer there; another run has taken it")
+        sha = sha256_of(path)
+        export_id = sha[:16]
+        ledger = Ledger(
+            export_id=export_id,
+            clinic_id=clinic.id,
+            file_name=path.name,
+            sha256=sha,
+            bytes=path.stat().st_size,
+            received_at=received_at,
+            status="loaded",
+            instruments=list(clinic.export.instruments),
+        )
         prior = writer.export_by_sha(sha)
         if prior is not None and prior["status"] != "rejected":
             # Same bytes already committed (or a crash came after the commit): only the archive move may be left.
@@ -189,6 +193,7 @@ def ingest_file(
             moved = _archive(path, target, settings) if not target.exists() else target
             if moved == target and path.exists() and settings.inbox.resolve() in path.resolve().parents:
                 path.unlink()
+            writer.publish(warehouse.snapshots, [clinic.id])
             return ExportResult(path.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target))
         try:
             prepared = prepare_export(
@@ -199,6 +204,7 @@ def ingest_file(
             writer.record_rejection(
                 replace(ledger, status="rejected", error=rejection.problem, archived_as=str(target))
             )
+            writer.publish(warehouse.snapshots, [clinic.id])
             _archive(path, target, settings)
             return ExportResult(
                 path.name, clinic.id, "rejected", export_id, error=str(rejection), archived_as=str(target)
@@ -224,6 +230,8 @@ def ingest_file(
                 if counts.touched_dyads
                 else None
             )
+        # scoring may have touched other dyads' clinics only through recalibration, which rescored all
+        writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
         _archive(path, target, settings)
     return ExportResult(
         path.name,

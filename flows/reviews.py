@@ -24,15 +24,24 @@ def review_flag(settings: Settings, flag_id: str, status: str, reviewed_by: str,
         raise AllianceError(f"status must be one of {', '.join(REVIEW_STATUSES)}, not {status!r}")
     if not reviewed_by.strip():
         raise AllianceError("a review needs the reviewer's name (--by)")
-    with Warehouse(settings.warehouse, settings.lock_timeout_s).writer() as writer, writer.transaction():
-        return writer.review(flag_id, status, reviewed_by.strip(), note, datetime.now(UTC))
+    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    with warehouse.writer() as writer:
+        with writer.transaction():
+            previous = writer.review(flag_id, status, reviewed_by.strip(), note, datetime.now(UTC))
+        clinic = writer.frame("SELECT clinic_id FROM flags WHERE flag_id = ?", [flag_id]).item()
+        writer.publish(warehouse.snapshots, [clinic])
+    return previous
 
 
 def rescore(settings: Settings, recalibrate: bool = False) -> ScoringResult:
     """Re-score every dyad (after a rule or threshold change); gives the same flags as incremental scoring."""
     clinics = load_clinics(settings.clinics_file)
-    with Warehouse(settings.warehouse, settings.lock_timeout_s).writer() as writer, writer.transaction():
-        return score_dyads(writer, clinics, settings, None, kind="rescore", recalibrate=recalibrate)
+    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    with warehouse.writer() as writer:
+        with writer.transaction():
+            result = score_dyads(writer, clinics, settings, None, kind="rescore", recalibrate=recalibrate)
+        writer.publish(warehouse.snapshots, None)
+    return result
 
 
 def list_flags(settings: Settings, clinic_id: str | None = None, status: str = "open") -> pl.DataFrame:

@@ -194,7 +194,11 @@ def test_export_event_holds_names_and_size_only(home_settings: Settings) -> None
     path = write(home_settings.inbox / "northside" / "export.csv", "secret client data\n")
     assert export_event(path, home_settings.home) == {
         "event": EXPORT_RECEIVED,
-        "resource": {"prefect.resource.id": "alliance.export.northside.export.csv", "alliance.clinic": "northside"},
+        "resource": {
+            "prefect.resource.id": "alliance.export.northside.export.csv",
+            "alliance.clinic": "northside",
+            "alliance.home": str(home_settings.home),
+        },
         "payload": {
             "path": str(path),
             "home": str(home_settings.home),

@@ -1,0 +1,150 @@
+"""Alert delivery as plain functions: pending rupture and trend alerts, sent once per change, never dropped."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+
+from alliance.alerts import AlertMessage, rupture_messages, send, trend_messages
+from alliance.clinics import Clinic
+from alliance.settings import Settings
+from alliance.storage import Warehouse
+from transforms.trends import trend_signals, weekly_alliance, weekly_flagged_share
+
+log = logging.getLogger("alliance.alerts")
+Secret = Callable[[str], str | None]
+
+
+@dataclass
+class AlertReport:
+    """What one delivery round did: messages sent and failed, flags covered, trend signals found."""
+
+    sent: int = 0
+    failed: int = 0
+    flags_alerted: int = 0
+    trend_signals: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def alert_key(flag: dict[str, object]) -> str:
+    """One key per flag state worth telling: a new flag, and each time it worsens or is confirmed."""
+    state = (
+        f"{flag['flag_id']}|{flag['severity']}|{flag['provisional']}|{flag['worsened_at'] or flag['first_flagged_at']}"
+    )
+    return hashlib.sha256(state.encode()).hexdigest()[:20]
+
+
+def _link(settings: Settings) -> Callable[[dict], str]:
+    def link(flag: dict) -> str:
+        if settings.dashboard_url:
+            return f"{settings.dashboard_url.rstrip('/')}/?clinic={flag['clinic_id']}&flag={flag['flag_id']}"
+        return f"alliance flags --clinic {flag['clinic_id']} --status queue"
+
+    return link
+
+
+def pending_flags(warehouse: Warehouse, clinic_ids: list[str] | None) -> pl.DataFrame:
+    """Ongoing open or acknowledged flags, with their alert key; delivered keys are filtered per recipient later."""
+    with warehouse.reader() as reader:
+        flags = reader.frame("SELECT * FROM flags WHERE ongoing AND status IN ('open', 'acknowledged')")
+    if clinic_ids is not None:
+        flags = flags.filter(pl.col("clinic_id").is_in(clinic_ids))
+    keys = [alert_key(row) for row in flags.iter_rows(named=True)]
+    return flags.with_columns(pl.Series("alert_key", keys, dtype=pl.String))
+
+
+def _unsent(warehouse: Warehouse, settings: Settings, messages: list[AlertMessage]) -> dict[str, set[str]]:
+    with warehouse.writer() as writer:
+        return {m.recipient: writer.sent_alert_keys(list(m.keys), m.recipient) for m in messages}
+
+
+def _deliver(
+    messages: list[AlertMessage], secret: Secret | None, backoff_s: float, report: AlertReport
+) -> list[dict[str, object]]:
+    outcomes: list[dict[str, object]] = []
+    now = datetime.now(UTC)
+    for message in messages:
+        result = send(message, secret=secret, backoff_s=backoff_s)
+        errors = [o.error for o in result.outcomes if not o.ok]
+        ok = not errors
+        report.sent += ok
+        report.failed += not ok
+        report.failures += [f"{message.clinic_id}/{message.recipient}: {e}" for e in errors if e]
+        outcomes += [
+            {
+                "alert_key": key,
+                "kind": message.kind,
+                "clinic_id": message.clinic_id,
+                "recipient": message.recipient,
+                "status": "sent" if ok else "failed",
+                "attempted_at": now,
+                "error": "; ".join(e for e in errors if e) or None,
+            }
+            for key in message.keys
+        ]
+    return outcomes
+
+
+def deliver_alerts(
+    settings: Settings,
+    clinics: dict[str, Clinic],
+    clinic_ids: list[str] | None = None,
+    trends: bool = False,
+    secret: Secret | None = None,
+    backoff_s: float = 1.0,
+) -> AlertReport:
+    """Send rupture alerts for new or worsened flags (and trend alerts when ``trends``); record each outcome.
+
+    Sending happens outside the writer lock; outcomes are recorded after. A crash in between may repeat a
+    message on the next run, never drop one; a failed channel is retried on the next run.
+    """
+    report = AlertReport()
+    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    flags = pending_flags(warehouse, clinic_ids)
+    messages: list[AlertMessage] = []
+    for clinic in (clinics[c] for c in sorted(clinics) if clinic_ids is None or c in clinic_ids):
+        messages += rupture_messages(flags.filter(pl.col("clinic_id") == clinic.id), clinic, _link(settings))
+    if trends:
+        signals = current_trend_signals(warehouse, settings)
+        report.trend_signals = signals.height
+        for clinic in (clinics[c] for c in sorted(clinics)):
+            messages += trend_messages(signals.filter(pl.col("clinic_id") == clinic.id), clinic)
+    if not messages:
+        return report
+    sent = _unsent(warehouse, settings, messages)
+    fresh: list[AlertMessage] = []
+    for message in messages:
+        todo = [k for k in message.keys if k not in sent[message.recipient]]
+        if not todo:
+            continue
+        if message.kind == "rupture" and len(todo) < len(message.keys):
+            # rebuild the batch from the flags not yet told to this supervisor
+            remaining = flags.filter(pl.col("alert_key").is_in(todo))
+            clinic = clinics[message.clinic_id]
+            message = next(
+                m for m in rupture_messages(remaining, clinic, _link(settings)) if m.recipient == message.recipient
+            )
+        fresh.append(message)
+    outcomes = _deliver(fresh, secret, backoff_s, report)
+    report.flags_alerted = len({o["alert_key"] for o in outcomes if o["status"] == "sent" and o["kind"] == "rupture"})
+    with warehouse.writer() as writer, writer.transaction():
+        writer.record_alerts(pl.DataFrame(outcomes))
+    if report.failed:
+        log.warning("%d alert message(s) failed; they are retried on the next run", report.failed)
+    return report
+
+
+def current_trend_signals(warehouse: Warehouse, settings: Settings) -> pl.DataFrame:
+    """Out-of-control weekly series at the latest week: low mean alliance, high flagged share."""
+    with warehouse.reader() as reader:
+        sessions = reader.frame("SELECT * FROM dyad_sessions")
+    if sessions.is_empty():
+        return pl.DataFrame()
+    low = trend_signals(weekly_alliance(sessions), "mean_score", "low")
+    high = trend_signals(weekly_flagged_share(sessions, settings.queue_min_risk), "flagged_share", "high")
+    return pl.concat([low, high], how="diagonal_relaxed")

@@ -1,0 +1,86 @@
+"""The nightly run as a plain function: sweep the inboxes, re-score, judge silence, alert, publish."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+
+from alliance.clinics import load_clinics
+from alliance.errors import AllianceError, ExportGone
+from alliance.settings import Settings
+from alliance.storage import Warehouse
+from flows.alerting import AlertReport, Secret, deliver_alerts
+from flows.pipeline import ExportResult, inbox_files, ingest_file
+from flows.reviews import rescore
+from flows.scoring import ScoringResult
+
+log = logging.getLogger("alliance.nightly")
+
+
+@dataclass
+class NightlyReport:
+    """One night: the exports swept, the full re-score, the alerts, and a per-clinic summary."""
+
+    started_at: datetime
+    exports: list[ExportResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    scoring: ScoringResult | None = None
+    alerts: AlertReport | None = None
+    per_clinic: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+
+def sweep(settings: Settings, report: NightlyReport) -> None:
+    """Ingest every complete file still in an inbox (missed events, network shares); one bad file stops nothing."""
+    for path in inbox_files(settings):
+        try:
+            report.exports.append(ingest_file(path, settings))
+        except ExportGone:
+            continue  # a file-arrival run took it first: that is the point of overlapping safely
+        except AllianceError as exc:
+            report.errors.append(str(exc))
+            log.warning("nightly sweep: %s", exc)
+
+
+def clinic_summary(settings: Settings, report: NightlyReport) -> pl.DataFrame:
+    """Per clinic for the run: exports, rows, quarantined rows, new and worsened flags, queue size."""
+    rows = pl.DataFrame(
+        [
+            {"clinic_id": r.clinic_id, "rows": r.rows_total, "quarantined": r.rows_quarantined}
+            for r in report.exports
+            if r.status != "duplicate"
+        ],
+        schema={"clinic_id": pl.String, "rows": pl.Int64, "quarantined": pl.Int64},
+    )
+    per_export = rows.group_by("clinic_id").agg(
+        pl.len().alias("exports"), pl.col("rows").sum(), pl.col("quarantined").sum()
+    )
+    with Warehouse(settings.warehouse, settings.lock_timeout_s).reader() as reader:
+        flags = reader.frame(
+            """SELECT d.clinic_id,
+                      count(*) FILTER (WHERE f.first_flagged_at >= $start AND f.ongoing) AS new_flags,
+                      count(*) FILTER (WHERE f.worsened_at >= $start AND f.ongoing) AS worse_flags,
+                      (SELECT count(*) FROM dyads q WHERE q.clinic_id = d.clinic_id AND q.in_queue) AS queue_dyads
+               FROM (SELECT DISTINCT clinic_id FROM dyads) d LEFT JOIN flags f USING (clinic_id)
+               GROUP BY d.clinic_id""",
+            {"start": report.started_at},
+        )
+    return (
+        flags.join(per_export, on="clinic_id", how="full", coalesce=True)
+        .fill_null(0)
+        .select("clinic_id", "exports", "rows", "quarantined", "new_flags", "worse_flags", "queue_dyads")
+        .sort("clinic_id")
+    )
+
+
+def run_nightly(settings: Settings, secret: Secret | None = None) -> NightlyReport:
+    """Everything the night does, in order; each step converges when re-run after a crash."""
+    report = NightlyReport(started_at=datetime.now(UTC))
+    clinics = load_clinics(settings.clinics_file)
+    sweep(settings, report)
+    report.scoring = rescore(settings)  # also judges silence (engagement gap) against today's data
+    report.alerts = deliver_alerts(settings, clinics, trends=True, secret=secret)
+    report.per_clinic = clinic_summary(settings, report)
+    return report
