@@ -70,7 +70,7 @@ def _deliver(
     now = datetime.now(UTC)
     for message in messages:
         result = send(message, secret=secret, backoff_s=backoff_s)
-        errors = [o.error for o in result.outcomes if not o.ok]
+        errors = [f"{o.url}: {o.error}" for o in result.outcomes if not o.ok]
         ok = not errors
         report.sent += ok
         report.failed += not ok

@@ -20,6 +20,7 @@ from alliance.home import init_home
 from alliance.settings import Settings, load_settings
 
 TEST_KEY = "test-key-0123456789abcdef"
+pytest_plugins = ["tests.receivers"]  # real SMTP and webhook receivers as fixtures
 
 
 @pytest.fixture

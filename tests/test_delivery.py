@@ -1,0 +1,145 @@
+"""Alert delivery on the real pipeline: once per change, failures recorded and retried, nothing private sent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from alliance.clinics import load_clinics
+from alliance.home import init_home
+from alliance.samples import SampleSet, add_profiles, generate_sample
+from alliance.settings import Settings, load_settings
+from flows.alerting import deliver_alerts
+from flows.pipeline import ingest_file
+from flows.reviews import rescore
+from tests.conftest import TEST_KEY
+from tests.receivers import Hook, Mailbox, free_port
+
+
+def configure(settings: Settings, smtp: Mailbox, hook: Hook, lakeview_url: str) -> None:
+    with settings.clinics_file.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f"""
+[clinics.northside.alerts]
+min_severity = "medium"
+leads = ["json://127.0.0.1:{hook.port}/leads"]
+
+[[clinics.northside.alerts.supervisors]]
+name = "Dr Lee"
+urls = ["mailto://127.0.0.1:{smtp.port}/lee@example.org?from=alerts@example.org"]
+
+[clinics.lakeview.alerts]
+[[clinics.lakeview.alerts.supervisors]]
+name = "Duty"
+urls = ["{lakeview_url}"]
+"""
+        )
+
+
+@pytest.fixture
+def network(tmp_path: Path, smtp: Mailbox, hook: Hook) -> tuple[Settings, SampleSet]:
+    settings = load_settings(tmp_path / "home")
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(settings.inbox, clinics=4, weeks=20, seed=4, dyads_per_clinic=25)
+    add_profiles(settings.clinics_file, sample.profiles)
+    configure(settings, smtp, hook, f"json://127.0.0.1:{hook.port}/lakeview")
+    return settings, sample
+
+
+def ingest_all(settings: Settings, sample: SampleSet) -> None:
+    for file in sample.files:
+        assert ingest_file(file.path, settings).status == "loaded"
+
+
+def alerts(settings: Settings) -> list[tuple]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        return con.execute("SELECT kind, clinic_id, recipient, status, error FROM alerts ORDER BY ALL").fetchall()
+
+
+def test_each_flag_change_is_alerted_once(network: tuple[Settings, SampleSet], smtp: Mailbox, hook: Hook) -> None:
+    settings, sample = network
+    ingest_all(settings, sample)
+    clinics = load_clinics(settings.clinics_file)
+    first = deliver_alerts(settings, clinics, backoff_s=0.01)
+    assert first.failed == 0 and first.sent == 2  # one batch per supervisor: Dr Lee by mail, Duty by webhook
+    assert len(smtp.messages) == 1 and [r["path"] for r in hook.requests] == ["/lakeview"]
+    assert "flags need review" in str(smtp.messages[0]["Subject"])
+    body = smtp.text(0)
+    assert re.search(r"\[(medium|high|critical)\] therapist north-t\d+ · dyad d[0-9a-f]{11} · ", body)
+    assert "alliance flags --clinic northside --status queue" in body
+    again = deliver_alerts(settings, clinics, backoff_s=0.01)
+    assert (again.sent, again.failed) == (0, 0)
+    assert len(smtp.messages) == 1 and len(hook.requests) == 1
+    rescore(settings)  # nothing changed: still nothing to tell
+    assert deliver_alerts(settings, clinics, backoff_s=0.01).sent == 0
+    recorded = alerts(settings)
+    assert {(k, c, r, s) for k, c, r, s, _ in recorded} == {
+        ("rupture", "northside", "Dr Lee", "sent"),
+        ("rupture", "lakeview", "Duty", "sent"),
+    }
+
+
+def test_failed_channel_is_recorded_and_retried_next_run(
+    network: tuple[Settings, SampleSet], smtp: Mailbox, hook: Hook
+) -> None:
+    settings, sample = network
+    closed = free_port()
+    text = settings.clinics_file.read_text().replace(
+        f"json://127.0.0.1:{hook.port}/lakeview", f"json://127.0.0.1:{closed}/x"
+    )
+    settings.clinics_file.write_text(text)
+    ingest_all(settings, sample)  # the load itself never depends on a channel
+    report = deliver_alerts(settings, load_clinics(settings.clinics_file), backoff_s=0.01)
+    assert report.failed == 1 and report.sent == 1
+    failed = [row for row in alerts(settings) if row[3] == "failed"]
+    assert failed and all(row[2] == "Duty" and f"127.0.0.1:{closed}" in (row[4] or "") for row in failed)
+    assert all("/x" not in (row[4] or "") for row in failed)  # errors carry redacted URLs only
+    settings.clinics_file.write_text(
+        text.replace(f"json://127.0.0.1:{closed}/x", f"json://127.0.0.1:{hook.port}/lakeview")
+    )
+    retry = deliver_alerts(settings, load_clinics(settings.clinics_file), backoff_s=0.01)
+    assert (retry.sent, retry.failed) == (1, 0)
+    assert [r["path"] for r in hook.requests] == ["/lakeview"]
+    assert len(smtp.messages) == 1  # Dr Lee was already told
+
+
+def test_trend_alerts_reach_leads_once_per_week(network: tuple[Settings, SampleSet], hook: Hook) -> None:
+    settings, sample = network
+    ingest_all(settings, sample)
+    clinics = load_clinics(settings.clinics_file)
+    report = deliver_alerts(settings, clinics, trends=True, backoff_s=0.01)
+    leads = [r for r in hook.requests if r["path"] == "/leads"]
+    northside_signals = [row for row in alerts(settings) if row[0] == "trend"]
+    assert northside_signals and report.trend_signals >= len(northside_signals)
+    assert len(leads) == 1 and "Alliance Watch" in json.loads(leads[0]["body"])["title"]
+    assert {row[2] for row in northside_signals} == {"leads"}
+    deliver_alerts(settings, clinics, trends=True, backoff_s=0.01)
+    assert [r for r in hook.requests if r["path"] == "/leads"] == leads
+
+
+def test_no_client_data_in_any_alert_payload_or_log(
+    network: tuple[Settings, SampleSet], smtp: Mailbox, hook: Hook, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings, sample = network
+    caplog.set_level(logging.DEBUG)
+    ingest_all(settings, sample)
+    deliver_alerts(settings, load_clinics(settings.clinics_file), trends=True, backoff_s=0.01)
+    assert smtp.messages and hook.requests
+    sent = "\n".join([smtp.text(i) + str(m["Subject"]) for i, m in enumerate(smtp.messages)] + [
+        r["body"].decode("utf-8", "replace") + r["path"] for r in hook.requests
+    ])  # fmt: skip
+    logs = caplog.text
+    refs = {d.client_ref for d in sample.dyads}
+    for where, text in (("alert payloads", sent), ("logs", logs)):
+        leaked = [c for c in sample.canaries if re.search(rf"{re.escape(c)}\b", text)]
+        assert not leaked, f"canaries in {where}: {leaked[:3]}"
+        assert not [r for r in refs if re.search(rf"\b{re.escape(r)}\b", text)], where
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        client_ids = {r[0] for r in con.execute("SELECT client_id FROM ratings").fetchall()}
+    assert not [c for c in client_ids if c in sent]  # not even pseudonyms: the dyad code is enough
