@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -369,14 +370,29 @@ def serve(
     Example: alliance serve --home /srv/alliance   (set PREFECT_API_URL to use an existing Prefect server)
     """
     import logging
+    import signal
 
-    from flows.serve import serve_everything
+    from alliance.clinics import load_clinics
+    from alliance.home import ensure_inboxes
+    from flows.prefect_server import prefect_api
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for chatty in ("httpx", "apprise", "urllib3"):  # request lines and URLs (which may hold tokens) stay out
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     settings = _settings(home)
-    settings.inbox.mkdir(parents=True, exist_ok=True)
-    console.print(f"serving {settings.home.resolve()}: drop exports into {settings.inbox}/<clinic_id>/; Ctrl-C stops")
-    serve_everything(settings, polling=polling)
+    ensure_inboxes(settings, list(load_clinics(settings.clinics_file)))
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (systemd, timeout) stops as cleanly as Ctrl-C
+
+    signal.signal(signal.SIGTERM, stop)
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("starting a local Prefect server (set PREFECT_API_URL to use an existing one)…")
+    with prefect_api(settings) as api:
+        from flows.serve import serve_everything  # imports Prefect: only now that its API is known
+
+        console.print(f"Prefect API {api}; drop exports into {settings.inbox}/<clinic_id>/; Ctrl-C stops")
+        serve_everything(settings, polling=polling)
 
 
 @app.command()

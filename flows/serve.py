@@ -1,22 +1,14 @@
-"""Deployments and `alliance serve`: a local Prefect server if none is configured, the runner, the watcher."""
+"""Deployments, the nightly flow, and the runner plus watcher behind `alliance serve`."""
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from alliance.errors import AllianceError
 from alliance.settings import Settings, load_settings
 from flows.events import EXPORT_RECEIVED
 from flows.ingest import ingest_export, prefect_secret
@@ -89,79 +81,15 @@ def deployments(settings: Settings) -> list[object]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def local_prefect_server(settings: Settings, timeout_s: float = 90.0) -> Iterator[str]:
-    """A Prefect server (SQLite in the home, analytics off) for this machine; yields its API URL."""
-    port = _free_port()
-    prefect_home = (settings.home / "prefect").resolve()
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(prefect_home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
-    }
-    env.pop("PREFECT_API_URL", None)
-    logfile = (prefect_home / "server.log").open("ab")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=logfile,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if server.poll() is not None:
-                raise AllianceError(f"the Prefect server exited early; see {prefect_home / 'server.log'}")
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AllianceError(f"the Prefect server did not start within {timeout_s:.0f} s")
-            time.sleep(0.5)
-        yield api
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        logfile.close()
-
-
 def serve_everything(settings: Settings, polling: bool = False) -> None:
-    """Run until Ctrl-C: Prefect server (when PREFECT_API_URL is unset), both deployments, and the watcher."""
-    with _api(settings) as api:
-        os.environ["PREFECT_API_URL"] = api
-        from prefect import serve
+    """Run until Ctrl-C: both deployments and the watcher, against the Prefect API in PREFECT_API_URL."""
+    from prefect import serve
 
-        from flows.watcher import InboxWatcher
+    from flows.watcher import InboxWatcher
 
-        log.info("Prefect API %s; watching %s", api, settings.inbox)
-        with InboxWatcher(settings, polling=polling):
-            try:
-                serve(*deployments(settings))  # type: ignore[arg-type]
-            except KeyboardInterrupt:
-                log.info("stopping")
-
-
-@contextmanager
-def _api(settings: Settings) -> Iterator[str]:
-    configured = os.environ.get("PREFECT_API_URL")
-    if configured:
-        yield configured
-        return
-    with local_prefect_server(settings) as api:
-        yield api
+    log.info("Prefect API %s; watching %s", os.environ.get("PREFECT_API_URL"), settings.inbox)
+    with InboxWatcher(settings, polling=polling):
+        try:
+            serve(*deployments(settings))  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            log.info("stopping")
