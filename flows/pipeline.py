@@ -17,6 +17,7 @@ from alliance.pseudonyms import load_key, pseudonymise
 from alliance.settings import Settings
 from alliance.storage import Ledger, Warehouse
 from expectations import validate_ratings
+from flows.events import is_candidate
 from flows.scoring import ScoringResult, score_dyads
 from transforms.mapping import rating_candidates, resolve_columns, to_canonical, unrated_rows
 from transforms.quarantine import QUARANTINE_SCHEMA, accepted_ratings, quarantine_rows, screen
@@ -250,12 +251,8 @@ def ingest_file(
 
 
 def inbox_files(settings: Settings) -> list[Path]:
-    """Complete export files waiting in every clinic's inbox, oldest first; temporary and hidden names skipped."""
+    """Complete export files waiting in every clinic's inbox, oldest first (the watcher's own definition)."""
     if not settings.inbox.exists():
         return []
-    found = [
-        p
-        for p in settings.inbox.glob("*/*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix not in (".part", ".tmp", ".partial")
-    ]
+    found = [p for p in settings.inbox.glob("*/*") if is_candidate(p, settings.inbox)]
     return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
