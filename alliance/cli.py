@@ -397,6 +397,67 @@ def serve(
 
 @app.command()
 @domain_errors
+def verify(home: HomeOption = None) -> None:
+    """Check the warehouse: ledger sums, orphan ratings, duplicate keys, snapshot checksums; exit 1 on any problem.
+
+    Example: alliance verify --home /srv/alliance
+    """
+    from alliance.storage import Warehouse
+
+    settings = _settings(home)
+    if not settings.warehouse.exists():
+        raise typer.BadParameter(f"{settings.warehouse}: no warehouse", param_hint="--home")
+    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    with warehouse.writer() as writer:
+        problems = writer.verify(warehouse.snapshots)
+    for problem in problems:
+        err_console.print(f"Error: {problem}", markup=False, highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{settings.warehouse}: consistent (ledger, keys, references, snapshots)")
+
+
+@app.command()
+@domain_errors
+def backup(
+    to: Annotated[Path, typer.Option("--to", help="Folder to write the backup into.")],
+    home: HomeOption = None,
+) -> None:
+    """Back up the warehouse, clinics.toml and the pseudonym key, with a manifest of checksums.
+
+    Example: alliance backup --to /mnt/backups
+    """
+    from alliance.backup import backup as make_backup
+
+    folder = make_backup(_settings(home), to)
+    console.print(f"backup written to {folder} (it holds the pseudonym key: store it as safely)")
+
+
+@app.command()
+@domain_errors
+def restore(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `alliance backup`.")],
+    force: Annotated[bool, typer.Option(help="Replace an existing warehouse.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Restore a backup into the home, checking every file and table checksum, then republish snapshots.
+
+    Example: alliance restore /mnt/backups/alliance-backup-20261125T020000000000Z --force
+    """
+    from alliance.backup import restore as restore_backup
+    from alliance.storage import Warehouse
+
+    settings = _settings(home)
+    tables = restore_backup(settings, folder, force=force)
+    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    with warehouse.writer() as writer:
+        writer.audit("alliance", "restore", folder.name, f"{sum(int(v[0]) for v in tables.values())} rows")
+        writer.publish(warehouse.snapshots, None)
+    console.print(f"restored {folder.name}: {len(tables)} tables match the backup's checksums")
+
+
+@app.command()
+@domain_errors
 def expectations(
     write: Annotated[bool, typer.Option("--write", help="Regenerate the suite files from the registry.")] = False,
     home: HomeOption = None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,6 +183,19 @@ CREATE TABLE IF NOT EXISTS alerts (
     status VARCHAR NOT NULL,
     attempted_at TIMESTAMPTZ NOT NULL,
     error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS audit (
+    happened_at TIMESTAMPTZ NOT NULL,
+    actor VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
+    subject VARCHAR NOT NULL,
+    detail VARCHAR
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    path VARCHAR NOT NULL,
+    clinic_id VARCHAR,
+    sha256 VARCHAR NOT NULL,
+    published_at TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS scoring_runs (
     run_id VARCHAR NOT NULL,
@@ -517,6 +532,7 @@ class Writer:
         self.con.execute(
             "INSERT INTO reviews VALUES (?, ?, ?, ?, ?, ?)", [flag_id, reviewed_by, now, from_status, to_status, note]
         )
+        self.audit(reviewed_by, "review", flag_id, f"{from_status} -> {to_status}", now)
         resolved = to_status == "resolved"
         self.con.execute(
             """UPDATE flags SET status = ?, updated_at = ?,
@@ -544,6 +560,54 @@ class Writer:
         if rows.height:
             self.con.register("incoming_alerts", rows.to_arrow())
             self.con.execute("INSERT INTO alerts BY NAME SELECT * FROM incoming_alerts")
+            self.con.execute(
+                """INSERT INTO audit
+                SELECT max(attempted_at), 'alliance', 'alert_' || status, clinic_id || '/' || recipient,
+                       kind || ': ' || count(*) || ' key(s)'
+                FROM incoming_alerts GROUP BY status, clinic_id, recipient, kind"""
+            )
+
+    def verify(self, snapshots: Path) -> list[str]:
+        """Every inconsistency found, one line each: ledger sums, orphans, duplicate keys, snapshot checksums."""
+        checks = {
+            "exports whose rows_total differs from new + updated + unchanged + quarantined": """
+                SELECT file_name FROM exports
+                WHERE rows_total <> rows_new + rows_updated + rows_unchanged + rows_quarantined""",
+            "exports whose quarantine rows differ from rows_quarantined": """
+                SELECT e.file_name FROM exports e LEFT JOIN
+                    (SELECT export_id, count(*) AS n FROM quarantine GROUP BY 1) q USING (export_id)
+                WHERE coalesce(q.n, 0) <> e.rows_quarantined""",
+            "ratings whose export is not in the ledger": """
+                SELECT DISTINCT r.export_id FROM ratings r ANTI JOIN exports e USING (export_id)""",
+            "ratings stored twice under one natural key": f"""
+                SELECT {", ".join(RATING_KEY)} FROM ratings GROUP BY ALL HAVING count(*) > 1""",
+            "ratings without a client reference for their clinic": """
+                SELECT DISTINCT r.clinic_id, r.client_id FROM ratings r
+                ANTI JOIN client_refs c USING (clinic_id, client_id)""",
+            "ratings of dyads missing from the dyads table": """
+                SELECT DISTINCT dyad_id FROM ratings ANTI JOIN dyads USING (dyad_id)""",
+            "flags of unknown dyads": "SELECT flag_id FROM flags ANTI JOIN dyads USING (dyad_id)",
+            "flags stored twice": "SELECT flag_id FROM flags GROUP BY 1 HAVING count(*) > 1",
+            "reviews of unknown flags": "SELECT DISTINCT flag_id FROM reviews ANTI JOIN flags USING (flag_id)",
+            "more ratings than the ledger ever added": """
+                SELECT 1 WHERE (SELECT count(*) FROM ratings) <> (SELECT coalesce(sum(rows_new), 0) FROM exports)""",
+        }
+        problems = []
+        for what, sql in checks.items():
+            found = self.con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0][0]
+            if found:
+                problems.append(f"{found} {what}")
+        for name, digest in self.con.execute("SELECT path, sha256 FROM snapshots ORDER BY path").fetchall():
+            path = snapshots / name
+            if not path.exists():
+                problems.append(f"snapshot {name} is missing")
+            elif _sha256(path) != digest:
+                problems.append(f"snapshot {name} does not match the checksum recorded when it was published")
+        return problems
+
+    def audit(self, actor: str, action: str, subject: str, detail: str | None, at: datetime | None = None) -> None:
+        """Append one line to the audit trail: who did what to what."""
+        self.con.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", [at or _now(), actor, action, subject, detail])
 
     def publish(self, folder: Path, clinic_ids: list[str] | None) -> list[Path]:
         """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically."""
@@ -580,7 +644,12 @@ class Writer:
             self.con.execute("DETACH snap")
         _add_views(partial)
         partial.chmod(0o444)
+        digest = _sha256(partial)
         os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
+        now = _now()
+        self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
+        self.con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [target.name, clinic_id, digest, now])
+        self.audit("alliance", "publish_snapshot", target.name, digest[:16], now)
         return target
 
     @contextmanager
@@ -624,6 +693,35 @@ class Warehouse:
                 _ensure_schema(con)
                 yield Writer(con)
                 con.execute("CHECKPOINT")
+            finally:
+                con.close()
+        finally:
+            lock.release()
+
+    def copy_to(self, target: Path) -> dict[str, tuple[int, str]]:
+        """A consistent copy of the warehouse file (checkpointed, under the writer lock); returns its checksums."""
+        with self.writer() as writer:
+            writer.con.execute("CHECKPOINT")
+            checksums = table_checksums(writer.con)
+            shutil.copy2(self.path, target)
+        return checksums
+
+    def replace_with(self, source: Path) -> dict[str, tuple[int, str]]:
+        """Swap in a warehouse file (e.g. from a backup) under the writer lock; returns the checksums it reads."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.lock_path)
+        try:
+            lock.acquire(timeout=self.lock_timeout_s)
+        except Timeout:
+            raise WarehouseBusy(f"{self.path}: a run holds the writer lock; restore when it has finished") from None
+        try:
+            partial = self.path.with_name(f".{self.path.name}.restoring")
+            shutil.copy2(source, partial)
+            os.replace(partial, self.path)
+            self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
+            con = self._connect(read_only=True)
+            try:
+                return table_checksums(con)
             finally:
                 con.close()
         finally:
@@ -691,6 +789,46 @@ class Reader:
             FROM e LEFT JOIN r USING (clinic_id) ORDER BY e.clinic_id
             """
         )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# Columns that record when or in which run something happened: they differ between two runs that
+# loaded the same data, so checksums that prove "same warehouse" leave them out.
+VOLATILE_COLUMNS = {
+    "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
+    "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
+    "run_id", "started_at", "finished_at", "archived_as", "sha256",
+}  # fmt: skip
+CHECKSUM_TABLES = (
+    "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
+    "reviews", "calibrations", "alerts",
+)  # fmt: skip
+
+
+def table_checksums(con: duckdb.DuckDBPyConnection, stable_only: bool = False) -> dict[str, tuple[int, str]]:
+    """Row count and an order-independent md5 of every table's rows (without volatile columns when asked)."""
+    out: dict[str, tuple[int, str]] = {}
+    for table in CHECKSUM_TABLES:
+        columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+        kept = [c for c in columns if not (stable_only and c in VOLATILE_COLUMNS)]
+        row = " || '|' || ".join(f"coalesce(CAST({_quote(c)} AS VARCHAR), '∅')" for c in kept)
+        count, digest = con.execute(
+            "SELECT count(*), coalesce(md5(string_agg(r, chr(10) ORDER BY r)), '') "
+            f"FROM (SELECT {row} AS r FROM {table})"
+        ).fetchall()[0]
+        out[table] = (int(count), str(digest))
+    return out
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _add_views(path: Path) -> None:
