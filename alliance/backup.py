@@ -32,7 +32,7 @@ def backup(settings: Settings, destination: Path) -> Path:
     folder = destination / f"alliance-backup-{stamp}"
     folder.mkdir(parents=True)
     folder.chmod(0o700)
-    tables = Warehouse(settings.warehouse, settings.lock_timeout_s).copy_to(folder / "warehouse.duckdb")
+    tables = Warehouse.of(settings).copy_to(folder / "warehouse.duckdb")
     shutil.copy2(settings.clinics_file, folder / "clinics.toml")
     if settings.key_file.exists():
         shutil.copy2(settings.key_file, folder / "pseudonym.key")
@@ -60,7 +60,7 @@ def restore(settings: Settings, folder: Path, force: bool = False) -> dict[str, 
     if settings.warehouse.exists() and not force:
         raise AllianceError(f"{settings.warehouse} exists; pass --force to replace it with the backup")
     settings.home.mkdir(parents=True, exist_ok=True)
-    tables = Warehouse(settings.warehouse, settings.lock_timeout_s).replace_with(folder / "warehouse.duckdb")
+    tables = Warehouse.of(settings).replace_with(folder / "warehouse.duckdb")
     restored = {name: list(value) for name, value in tables.items()}
     if restored != manifest["tables"]:
         differing = sorted(k for k in manifest["tables"] if restored.get(k) != manifest["tables"][k])

@@ -168,7 +168,7 @@ def status(home: HomeOption = None) -> None:
     from alliance.storage import Warehouse
 
     settings = _settings(home)
-    with Warehouse(settings.warehouse, settings.lock_timeout_s).reader() as reader:
+    with Warehouse.of(settings).reader() as reader:
         summary = reader.clinic_status()
     if summary.is_empty():
         console.print(f"no exports ingested yet ({settings.warehouse})")
@@ -407,7 +407,7 @@ def verify(home: HomeOption = None) -> None:
     settings = _settings(home)
     if not settings.warehouse.exists():
         raise typer.BadParameter(f"{settings.warehouse}: no warehouse", param_hint="--home")
-    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         problems = writer.verify(warehouse.snapshots)
     for problem in problems:
@@ -449,9 +449,9 @@ def restore(
 
     settings = _settings(home)
     tables = restore_backup(settings, folder, force=force)
-    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
-        writer.audit("alliance", "restore", folder.name, f"{sum(int(v[0]) for v in tables.values())} rows")
+        writer.audit("alliance", "restore", folder.name, f"{sum(int(str(v[0])) for v in tables.values())} rows")
         writer.publish(warehouse.snapshots, None)
     console.print(f"restored {folder.name}: {len(tables)} tables match the backup's checksums")
 

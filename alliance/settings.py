@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     dashboard_url: str | None = Field(
         default=None, description="Base URL of the dashboard, for links in alerts; the CLI command is used without it."
     )
+    min_free_mb: float = Field(default=500.0, ge=0, description="Warn before a run when less disk space is free.")
     max_file_mb: float = Field(default=512.0, gt=0, description="Exports larger than this are rejected.")
 
     @property

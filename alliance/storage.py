@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,7 +20,9 @@ import polars as pl
 from filelock import FileLock, Timeout
 
 from alliance.errors import StorageError, WarehouseBusy
+from alliance.settings import Settings
 
+log = logging.getLogger("alliance.storage")
 SCHEMA_VERSION = 1
 RATING_KEY = ("clinic_id", "client_id", "therapist_id", "instrument", "session_date", "session_number")
 DYAD_KEY = ("clinic_id", "client_id", "therapist_id")
@@ -624,6 +629,7 @@ class Writer:
         partial.unlink(missing_ok=True)
         quoted = str(partial).replace("'", "''")
         self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
+        attached = True
         try:
             for table in SNAPSHOT_TABLES:
                 columns = [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
@@ -640,8 +646,16 @@ class Writer:
                     "CREATE TABLE snap.client_refs AS SELECT * FROM client_refs WHERE clinic_id = $clinic",
                     {"clinic": clinic_id},
                 )
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("DETACH snap")
+            attached = False
+            for leftover in (partial, partial.with_name(partial.name + ".wal")):
+                leftover.unlink(missing_ok=True)  # a half-written snapshot must not eat the space a re-run needs
+            raise
         finally:
-            self.con.execute("DETACH snap")
+            if attached:
+                self.con.execute("DETACH snap")
         _add_views(partial)
         partial.chmod(0o444)
         digest = _sha256(partial)
@@ -659,7 +673,8 @@ class Writer:
         try:
             yield
         except BaseException:
-            self.con.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.Error):  # a failed commit (disk full) has already rolled back
+                self.con.execute("ROLLBACK")
             raise
         self.con.execute("COMMIT")
 
@@ -667,9 +682,15 @@ class Writer:
 class Warehouse:
     """The DuckDB warehouse file of one Alliance Watch home."""
 
-    def __init__(self, path: Path, lock_timeout_s: float = 600.0) -> None:
+    def __init__(self, path: Path, lock_timeout_s: float = 600.0, min_free_mb: float = 500.0) -> None:
         self.path = path
         self.lock_timeout_s = lock_timeout_s
+        self.min_free_mb = min_free_mb
+
+    @classmethod
+    def of(cls, settings: Settings) -> Warehouse:
+        """The warehouse of a home, with its lock wait and free-space warning from settings."""
+        return cls(settings.warehouse, settings.lock_timeout_s, settings.min_free_mb)
 
     @property
     def lock_path(self) -> Path:
@@ -679,6 +700,10 @@ class Warehouse:
     def writer(self) -> Iterator[Writer]:
         """The one writer: a cross-process lock with a bounded wait, then a read-write connection."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        free = free_mb(self.path.parent)
+        if free < self.min_free_mb:
+            log.warning("%s: only %.0f MB free (warning below %.0f MB); a full disk stops runs", self.path, free,
+                        self.min_free_mb)  # fmt: skip
         lock = FileLock(self.lock_path)
         try:
             lock.acquire(timeout=self.lock_timeout_s)
@@ -693,8 +718,16 @@ class Warehouse:
                 _ensure_schema(con)
                 yield Writer(con)
                 con.execute("CHECKPOINT")
+            except (duckdb.Error, OSError) as exc:
+                if _disk_full(exc):
+                    raise StorageError(
+                        f"{self.path}: the disk is full ({free_mb(self.path.parent):.0f} MB free); what was "
+                        "committed before is kept, the rest of this run was not; free space and run it again"
+                    ) from None
+                raise
             finally:
-                con.close()
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
         finally:
             lock.release()
 
@@ -791,6 +824,18 @@ class Reader:
         )
 
 
+def free_mb(folder: Path) -> float:
+    """Free space on the filesystem holding ``folder``, in MB."""
+    return shutil.disk_usage(folder).free / 1e6
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("no space left", "disk is full", "file too large", "quota exceeded"))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -804,7 +849,7 @@ def _sha256(path: Path) -> str:
 VOLATILE_COLUMNS = {
     "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
     "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
-    "run_id", "started_at", "finished_at", "archived_as", "sha256",
+    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key",
 }  # fmt: skip
 CHECKSUM_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",

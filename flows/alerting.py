@@ -12,6 +12,7 @@ import polars as pl
 
 from alliance.alerts import AlertMessage, rupture_messages, send, trend_messages
 from alliance.clinics import Clinic
+from alliance.faults import crash_point
 from alliance.settings import Settings
 from alliance.storage import Warehouse
 from transforms.trends import trend_signals, weekly_alliance, weekly_flagged_share
@@ -104,7 +105,7 @@ def deliver_alerts(
     message on the next run, never drop one; a failed channel is retried on the next run.
     """
     report = AlertReport()
-    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    warehouse = Warehouse.of(settings)
     flags = pending_flags(warehouse, clinic_ids)
     messages: list[AlertMessage] = []
     for clinic in (clinics[c] for c in sorted(clinics) if clinic_ids is None or c in clinic_ids):
@@ -131,6 +132,7 @@ def deliver_alerts(
             )
         fresh.append(message)
     outcomes = _deliver(fresh, secret, backoff_s, report)
+    crash_point("after_alert_sent")
     report.flags_alerted = len({o["alert_key"] for o in outcomes if o["status"] == "sent" and o["kind"] == "rupture"})
     with warehouse.writer() as writer, writer.transaction():
         writer.record_alerts(pl.DataFrame(outcomes))

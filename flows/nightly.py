@@ -57,7 +57,7 @@ def clinic_summary(settings: Settings, report: NightlyReport) -> pl.DataFrame:
     per_export = rows.group_by("clinic_id").agg(
         pl.len().alias("exports"), pl.col("rows").sum(), pl.col("quarantined").sum()
     )
-    with Warehouse(settings.warehouse, settings.lock_timeout_s).reader() as reader:
+    with Warehouse.of(settings).reader() as reader:
         flags = reader.frame(
             """SELECT d.clinic_id,
                       count(*) FILTER (WHERE f.first_flagged_at >= $start AND f.ongoing) AS new_flags,

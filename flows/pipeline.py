@@ -13,6 +13,7 @@ import polars as pl
 from alliance.clinics import Clinic, load_clinics
 from alliance.errors import ConfigError, ExportGone, ExportRejected
 from alliance.exports import read_export, sha256_of
+from alliance.faults import crash_point
 from alliance.pseudonyms import load_key, pseudonymise
 from alliance.settings import Settings
 from alliance.storage import Ledger, Warehouse
@@ -170,7 +171,7 @@ def ingest_file(
         raise (ExportGone if in_inbox else ConfigError)(f"{path}: no such file")
     key = load_key(settings)
     received_at = received_at or datetime.now(UTC)
-    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         # the file is read under the lock: a concurrent run may have archived it while we waited
         if not path.is_file():
@@ -231,8 +232,10 @@ def ingest_file(
                 if counts.touched_dyads
                 else None
             )
+        crash_point("after_commit")
         # scoring may have touched other dyads' clinics only through recalibration, which rescored all
         writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
+        crash_point("after_publish")
         _archive(path, target, settings)
     return ExportResult(
         path.name,

@@ -24,7 +24,7 @@ def review_flag(settings: Settings, flag_id: str, status: str, reviewed_by: str,
         raise AllianceError(f"status must be one of {', '.join(REVIEW_STATUSES)}, not {status!r}")
     if not reviewed_by.strip():
         raise AllianceError("a review needs the reviewer's name (--by)")
-    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         with writer.transaction():
             previous = writer.review(flag_id, status, reviewed_by.strip(), note, datetime.now(UTC))
@@ -36,7 +36,7 @@ def review_flag(settings: Settings, flag_id: str, status: str, reviewed_by: str,
 def rescore(settings: Settings, recalibrate: bool = False) -> ScoringResult:
     """Re-score every dyad (after a rule or threshold change); gives the same flags as incremental scoring."""
     clinics = load_clinics(settings.clinics_file)
-    warehouse = Warehouse(settings.warehouse, settings.lock_timeout_s)
+    warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         with writer.transaction():
             result = score_dyads(writer, clinics, settings, None, kind="rescore", recalibrate=recalibrate)
@@ -64,5 +64,5 @@ def list_flags(settings: Settings, clinic_id: str | None = None, status: str = "
         "ORDER BY risk_score DESC, list_position(['advisory','low','medium','high','critical'], severity) DESC, "
         "last_session_date DESC, flag_id"
     )
-    with Warehouse(settings.warehouse, settings.lock_timeout_s).reader() as reader:
+    with Warehouse.of(settings).reader() as reader:
         return reader.frame(sql, params)

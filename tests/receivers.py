@@ -7,6 +7,7 @@ import email.policy
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,9 +101,9 @@ class Hook:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
 
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    """A local HTTP server recording every POST."""
+@contextmanager
+def run_hook() -> Iterator[Hook]:
+    """A local HTTP server recording every POST, for as long as the block runs."""
     received = Hook()
 
     class Handler(BaseHTTPRequestHandler):
@@ -125,3 +126,10 @@ def hook() -> Iterator[Hook]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    """A local HTTP server recording every POST."""
+    with run_hook() as received:
+        yield received

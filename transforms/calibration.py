@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import polars as pl
 
 Z_95 = 1.96
+DIGITS = 6  # parallel float sums differ in the last bits between runs; rounding keeps estimates identical
 MIN_PAIRS = 30  # fewer consecutive-session pairs give an SD and r too unstable to flag on
 
 
@@ -61,15 +62,16 @@ def estimate(features: pl.DataFrame) -> list[Calibration]:
     for row in stats.sort("instrument").iter_rows(named=True):
         if row["n_pairs"] < MIN_PAIRS or row["sd"] is None or row["r"] is None or math.isnan(row["r"]):
             continue
+        sd, r = round(row["sd"], DIGITS), round(row["r"], DIGITS)
         out.append(
             Calibration(
                 instrument=row["instrument"],
-                sd=row["sd"],
-                r=row["r"],
-                rc=reliable_change(row["sd"], row["r"]),
+                sd=sd,
+                r=r,
+                rc=round(reliable_change(sd, r), DIGITS),
                 n_scores=row["n_scores"],
                 n_pairs=row["n_pairs"],
-                within_sd=row["within_sd"] or 0.0,
+                within_sd=round(row["within_sd"] or 0.0, DIGITS),
             )
         )
     return out
