@@ -458,6 +458,28 @@ def restore(
 
 @app.command()
 @domain_errors
+def rekey(
+    new_key_file: Annotated[
+        Path | None, typer.Option(help="File holding the new key (default: a new random key).")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Rotate the pseudonym key: every client pseudonym, dyad code and flag id is re-derived under the new key.
+
+    Example: alliance rekey --home /srv/alliance
+    """
+    from flows.keys import rekey as rotate
+
+    key = new_key_file.read_text(encoding="utf-8").strip().encode() if new_key_file else None
+    count = rotate(_settings(home), key)
+    console.print(
+        f"re-pseudonymised {count} clients; the old key is kept as pseudonym.key.retired-*: destroy it once "
+        "`alliance verify` passes and a backup under the new key exists"
+    )
+
+
+@app.command()
+@domain_errors
 def expectations(
     write: Annotated[bool, typer.Option("--write", help="Regenerate the suite files from the registry.")] = False,
     home: HomeOption = None,

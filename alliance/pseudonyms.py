@@ -22,6 +22,11 @@ def pseudonym(key: bytes, clinic_id: str, client_ref: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:TOKEN_HEX]
 
 
+def key_fingerprint(key: bytes) -> str:
+    """Identifies a key without revealing it: the warehouse records it to refuse a run with another key."""
+    return hmac.new(key, b"alliance-watch key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
 def pseudonymise(refs: pl.Series, key: bytes, clinic_id: str) -> pl.Series:
     """Token per reference, computed once per distinct reference; nulls stay null."""
     distinct = refs.drop_nulls().unique()
@@ -29,14 +34,18 @@ def pseudonymise(refs: pl.Series, key: bytes, clinic_id: str) -> pl.Series:
     return refs.replace_strict(tokens, default=None, return_dtype=pl.String).alias("client_id")
 
 
-def create_key_file(path: Path) -> bool:
-    """Write a new random key readable only by its owner; False when one already exists."""
+def new_key() -> bytes:
+    return secrets.token_hex(32).encode()
+
+
+def create_key_file(path: Path, key: bytes | None = None) -> bool:
+    """Write a key (a new random one by default) readable only by its owner; False when the file exists."""
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
+        handle.write((key or new_key()).decode() + "\n")
     return True
 
 

@@ -572,6 +572,48 @@ class Writer:
                 FROM incoming_alerts GROUP BY status, clinic_id, recipient, kind"""
             )
 
+    def check_key(self, fingerprint: str) -> None:
+        """Record the pseudonym key's fingerprint on first use; refuse a different key afterwards."""
+        found = self.con.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchall()
+        if not found:
+            self.con.execute("INSERT INTO meta VALUES ('key_fingerprint', ?)", [fingerprint])
+        elif found[0][0] != fingerprint:
+            raise StorageError(
+                f"the pseudonym key (fingerprint {fingerprint}) is not the one this warehouse was built with "
+                f"({found[0][0]}); the same client would get a second pseudonym. Use the warehouse's key, or "
+                "finish an interrupted `alliance rekey` (it leaves pseudonym.key.new beside the key file)"
+            )
+
+    def key_fingerprint(self) -> str | None:
+        found = self.con.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchall()
+        return str(found[0][0]) if found else None
+
+    def remap_ids(self, clients: pl.DataFrame, dyads: pl.DataFrame, flags: pl.DataFrame, fingerprint: str) -> None:
+        """Replace client pseudonyms, dyad ids and flag ids everywhere (key rotation), in the caller's transaction.
+
+        ``clients``: clinic_id, old, new; ``dyads`` and ``flags``: old, new.
+        """
+        con = self.con
+        con.register("client_map", clients.to_arrow())
+        con.register("dyad_map", dyads.to_arrow())
+        con.register("flag_map", flags.to_arrow())
+        for table in ("ratings", "rating_history", "client_refs", "dyad_sessions", "flags", "dyads"):
+            con.execute(
+                f"""UPDATE {table} t SET client_id = m.new FROM client_map m
+                WHERE t.clinic_id = m.clinic_id AND t.client_id = m.old"""
+            )
+        for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads"):
+            con.execute(f"UPDATE {table} t SET dyad_id = m.new FROM dyad_map m WHERE t.dyad_id = m.old")
+        for table in ("flags", "reviews"):
+            con.execute(f"UPDATE {table} t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
+        con.execute(
+            """UPDATE quarantine q SET "values" = replace(q."values"::VARCHAR, m.old, m.new)::JSON
+            FROM client_map m WHERE q.clinic_id = m.clinic_id AND contains(q."values"::VARCHAR, m.old)"""
+        )
+        con.execute("DELETE FROM meta WHERE key = 'key_fingerprint'")
+        con.execute("INSERT INTO meta VALUES ('key_fingerprint', ?)", [fingerprint])
+        self.audit("alliance", "rekey", "pseudonym key", f"{clients.height} clients re-pseudonymised")
+
     def verify(self, snapshots: Path) -> list[str]:
         """Every inconsistency found, one line each: ledger sums, orphans, duplicate keys, snapshot checksums."""
         checks = {

@@ -14,7 +14,7 @@ from alliance.clinics import Clinic, load_clinics
 from alliance.errors import ConfigError, ExportGone, ExportRejected
 from alliance.exports import read_export, sha256_of
 from alliance.faults import crash_point
-from alliance.pseudonyms import load_key, pseudonymise
+from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
 from alliance.settings import Settings
 from alliance.storage import Ledger, Warehouse
 from expectations import validate_ratings
@@ -173,6 +173,7 @@ def ingest_file(
     received_at = received_at or datetime.now(UTC)
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
+        writer.check_key(key_fingerprint(key))
         # the file is read under the lock: a concurrent run may have archived it while we waited
         if not path.is_file():
             raise ExportGone(f"{path.name}: no longer there; another run has taken it")
