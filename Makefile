@@ -6,7 +6,7 @@ STAMP = $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export GX_ANALYTICS_ENABLED = false
 
-.PHONY: setup demo test lint test-all clean
+.PHONY: setup demo test lint test-slow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,8 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest
 
-test-all: lint
-	$(BIN)/python -m pytest -m ""
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
 
 clean:
 	rm -rf $(VENV) demo-home .pytest_cache .mypy_cache .ruff_cache
