@@ -24,7 +24,7 @@ def prefect_secret(name: str) -> str | None:
         return None
 
 
-def _busy(task: object, run: object, state: object) -> bool:
+def busy(task: object, run: object, state: object) -> bool:
     """Retry only what waiting can fix: another writer holding the warehouse."""
     try:
         state.result()  # type: ignore[attr-defined]
@@ -35,7 +35,7 @@ def _busy(task: object, run: object, state: object) -> bool:
     return False
 
 
-@task(retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=_busy, persist_result=False)
+@task(retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=busy, persist_result=False)
 def ingest_task(path: str, home: str | None, clinic_id: str | None) -> dict[str, object]:
     """Ingest one file; counts only in the result (no client data in Prefect's result store)."""
     result: ExportResult = ingest_file(Path(path), load_settings(Path(home) if home else None), clinic_id=clinic_id)

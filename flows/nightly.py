@@ -32,24 +32,32 @@ class NightlyReport:
     per_clinic: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
-def sweep(settings: Settings, report: NightlyReport) -> None:
-    """Ingest every complete file still in an inbox (missed events, network shares); one bad file stops nothing."""
+def sweep_clinic(settings: Settings, clinic_id: str | None = None) -> tuple[list[ExportResult], list[str]]:
+    """Ingest every complete file still in an inbox (one clinic's, or all); one bad file stops nothing.
+
+    The nightly flow runs this once per clinic through its task runner, so clinics fan out in parallel.
+    """
+    results: list[ExportResult] = []
+    errors: list[str] = []
     for path in inbox_files(settings):
+        if clinic_id is not None and path.parent.name != clinic_id:
+            continue
         try:
-            report.exports.append(ingest_file(path, settings))
+            results.append(ingest_file(path, settings))
         except ExportGone:
             continue  # a file-arrival run took it first: that is the point of overlapping safely
         except AllianceError as exc:
-            report.errors.append(str(exc))
+            errors.append(str(exc))
             log.warning("nightly sweep: %s", exc)
+    return results, errors
 
 
-def clinic_summary(settings: Settings, report: NightlyReport) -> pl.DataFrame:
+def clinic_summary(settings: Settings, started_at: datetime, exports: list[ExportResult]) -> pl.DataFrame:
     """Per clinic for the run: exports, rows, quarantined rows, new and worsened flags, queue size."""
     rows = pl.DataFrame(
         [
             {"clinic_id": r.clinic_id, "rows": r.rows_total, "quarantined": r.rows_quarantined}
-            for r in report.exports
+            for r in exports
             if r.status != "duplicate"
         ],
         schema={"clinic_id": pl.String, "rows": pl.Int64, "quarantined": pl.Int64},
@@ -65,7 +73,7 @@ def clinic_summary(settings: Settings, report: NightlyReport) -> pl.DataFrame:
                       (SELECT count(*) FROM dyads q WHERE q.clinic_id = d.clinic_id AND q.in_queue) AS queue_dyads
                FROM (SELECT DISTINCT clinic_id FROM dyads) d LEFT JOIN flags f USING (clinic_id)
                GROUP BY d.clinic_id""",
-            {"start": report.started_at},
+            {"start": started_at},
         )
     return (
         flags.join(per_export, on="clinic_id", how="full", coalesce=True)
@@ -79,8 +87,8 @@ def run_nightly(settings: Settings, secret: Secret | None = None) -> NightlyRepo
     """Everything the night does, in order; each step converges when re-run after a crash."""
     report = NightlyReport(started_at=datetime.now(UTC))
     clinics = load_clinics(settings.clinics_file)
-    sweep(settings, report)
+    report.exports, report.errors = sweep_clinic(settings)
     report.scoring = rescore(settings)  # also judges silence (engagement gap) against today's data
     report.alerts = deliver_alerts(settings, clinics, trends=True, secret=secret)
-    report.per_clinic = clinic_summary(settings, report)
+    report.per_clinic = clinic_summary(settings, report.started_at, report.exports)
     return report

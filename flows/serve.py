@@ -4,55 +4,79 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from alliance.clinics import load_clinics
 from alliance.settings import Settings, load_settings
 from flows.events import EXPORT_RECEIVED
-from flows.ingest import ingest_export, prefect_secret
-from flows.nightly import run_nightly
+from flows.ingest import alert_task, busy, ingest_export, summary
+from flows.nightly import clinic_summary, sweep_clinic
+from flows.pipeline import ExportResult
+from flows.reviews import rescore
 
 log = logging.getLogger("alliance.serve")
 WAREHOUSE_LIMIT = "alliance-warehouse"
 
 
-@task(persist_result=False)
-def nightly_task(home: str | None) -> dict[str, object]:
-    report = run_nightly(load_settings(Path(home) if home else None), secret=prefect_secret)
-    return {
-        "per_clinic": report.per_clinic.to_dicts(),
-        "errors": report.errors,
-        "alerts_sent": report.alerts.sent if report.alerts else 0,
-        "alerts_failed": report.alerts.failed if report.alerts else 0,
-        "queue_dyads": report.scoring.queue_dyads if report.scoring else 0,
-        "active_dyads": report.scoring.active_dyads if report.scoring else 0,
-    }
+@task(persist_result=False, retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=busy)
+def sweep_task(home: str | None, clinic_id: str) -> list[dict[str, object]]:
+    """One clinic's inbox: each file ingested and scored; counts only in the result."""
+    results, errors = sweep_clinic(load_settings(Path(home) if home else None), clinic_id)
+    return [summary(r) for r in results] + [{"clinic_id": clinic_id, "status": "error", "error": e} for e in errors]
 
 
-@flow(name="nightly", log_prints=False, persist_result=False)
+@task(persist_result=False, retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=busy)
+def rescore_task(home: str | None) -> dict[str, object]:
+    """Every dyad re-scored: time-based rules (silence) move on even without new files."""
+    result = rescore(load_settings(Path(home) if home else None))
+    return {"queue_dyads": result.queue_dyads, "active_dyads": result.active_dyads, "new": result.new}
+
+
+@flow(name="nightly", log_prints=False, persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
 def nightly(home: str | None = None) -> dict[str, object]:
-    """Sweep every inbox, re-score all dyads, send digests and trend alerts, publish snapshots, summarise."""
-    summary = nightly_task(home)
-    rows = summary["per_clinic"]
-    create_table_artifact(key="nightly-clinics", table=rows, description="Nightly run per clinic")  # type: ignore[arg-type]
+    """Sweep every inbox (fanned out per clinic), re-score all dyads, send digests and trend alerts,
+    publish snapshots, and summarise per clinic in artifacts.
+
+    The fan-out goes through the flow's task runner: ``nightly.with_options(task_runner=DaskTaskRunner(...))``
+    spreads clinics over a Dask cluster unchanged (the warehouse lock still serialises the writes).
+    """
+    started = datetime.now(UTC)
+    settings = load_settings(Path(home) if home else None)
+    clinic_ids = sorted(load_clinics(settings.clinics_file))
+    swept = [row for rows in sweep_task.map(home, clinic_ids).result() for row in rows]
+    scoring = rescore_task(home)
+    alerts = alert_task(home, None, trends=True)
+    exports = [ExportResult(str(r["file_name"]), str(r["clinic_id"]), str(r["status"]), str(r["export_id"]),
+                            rows_total=int(str(r["rows_total"])), rows_quarantined=int(str(r["rows_quarantined"])))
+               for r in swept if r["status"] != "error"]  # fmt: skip
+    per_clinic = clinic_summary(settings, started, exports).to_dicts()
+    errors = [str(r["error"]) for r in swept if r["status"] == "error"]
+    _artifacts(per_clinic, scoring, alerts)
+    get_run_logger().info("nightly: %d clinics, %d sweep errors", len(per_clinic), len(errors))
+    return {"per_clinic": per_clinic, "errors": errors, **scoring, "alerts": alerts}
+
+
+def _artifacts(rows: list[dict[str, object]], scoring: dict[str, object], alerts: dict[str, object]) -> None:
+    create_table_artifact(key="nightly-clinics", table=rows, description="Nightly run per clinic")
     lines = [
         "# Alliance Watch nightly run",
-        f"Review queue: {summary['queue_dyads']} of {summary['active_dyads']} dyads. "
-        f"Alerts: {summary['alerts_sent']} sent, {summary['alerts_failed']} failed (retried next run).",
+        f"Review queue: {scoring['queue_dyads']} of {scoring['active_dyads']} dyads. "
+        f"Alerts: {alerts['sent']} sent, {alerts['failed']} failed (retried next run).",
         "",
         "| clinic | exports | rows | quarantined | new flags | worse flags | queue |",
         "|---|---|---|---|---|---|---|",
         *(
             f"| {r['clinic_id']} | {r['exports']} | {r['rows']} | {r['quarantined']} | {r['new_flags']} "
             f"| {r['worse_flags']} | {r['queue_dyads']} |"
-            for r in rows  # type: ignore[attr-defined]
+            for r in rows
         ),
     ]
     create_markdown_artifact(key="nightly-summary", markdown="\n".join(lines), description="Nightly run")
-    get_run_logger().info("nightly: %d clinics, %d sweep errors", len(rows), len(summary["errors"]))  # type: ignore[arg-type]
-    return summary
 
 
 def deployments(settings: Settings) -> list[object]:
