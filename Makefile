@@ -6,7 +6,7 @@ STAMP = $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export GX_ANALYTICS_ENABLED = false
 
-.PHONY: setup demo test lint test-slow clean
+.PHONY: setup demo dashboard test lint test-slow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/alliance demo --home demo-home
+
+dashboard: setup
+	$(BIN)/alliance dashboard --home demo-home
 
 lint: setup
 	$(BIN)/ruff check .

@@ -480,6 +480,22 @@ def rekey(
 
 @app.command()
 @domain_errors
+def dashboard(
+    clinic: Annotated[str | None, typer.Option(help="Only this clinic's data (its own snapshot).")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 8501,
+    home: HomeOption = None,
+) -> None:
+    """Open the supervisor dashboard: review queue, dyads, trends, data health.
+
+    Example: alliance dashboard --clinic northside --port 8501
+    """
+    from dashboards.launch import run
+
+    raise typer.Exit(run(_settings(home).home, clinic, port))
+
+
+@app.command()
+@domain_errors
 def expectations(
     write: Annotated[bool, typer.Option("--write", help="Regenerate the suite files from the registry.")] = False,
     home: HomeOption = None,

@@ -1,0 +1,482 @@
+"""The supervisor dashboard: queries, chart specs, and the Streamlit app (AppTest) on a home the pipeline built."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from alliance.clinics import RuleConfig
+from alliance.errors import ConfigError
+from alliance.home import init_home
+from alliance.samples import add_profiles, generate_sample
+from alliance.settings import Settings, load_settings
+from alliance.storage import Warehouse
+from dashboards import charts, data, launch
+from flows.pipeline import ingest_file
+from tests.conftest import TEST_KEY
+
+APP = Path(__file__).parents[1] / "dashboards" / "app.py"
+CLINIC = "northside"
+OTHER = "rheinpark"
+
+
+def build_home(home: Path, clinics: int = 2, dyads_per_clinic: int = 24, weeks: int = 16) -> Settings:
+    """A home filled by the project's own generator and pipeline (flags, reviews table, snapshots)."""
+    settings = load_settings(home)
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(settings.inbox, clinics=clinics, weeks=weeks, seed=7, dyads_per_clinic=dyads_per_clinic)
+    add_profiles(settings.clinics_file, sample.profiles)
+    for file in sample.files:
+        assert ingest_file(file.path, settings).status == "loaded"
+    return settings
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return build_home(tmp_path_factory.mktemp("dashboard") / "home")
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
+    """Run the app on a home, as one clinic's dashboard or the network's, optionally on a given tab."""
+
+    def run(home: Path, clinic: str | None = None, page: str | None = None, **state: Any) -> AppTest:
+        monkeypatch.setenv(launch.HOME_ENV, str(home))
+        if clinic:
+            monkeypatch.setenv(launch.CLINIC_ENV, clinic)
+        else:
+            monkeypatch.delenv(launch.CLINIC_ENV, raising=False)
+        at = AppTest.from_file(str(APP), default_timeout=60)
+        if page:
+            at.session_state["page"] = page
+        for key, value in state.items():
+            at.session_state[key] = value
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return run
+
+
+def warehouse_frame(settings: Settings, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    """What the pipeline's working file holds (the truth the dashboard must agree with)."""
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        return con.sql(sql, params=params or None).pl()
+
+
+def chart_specs(at: AppTest) -> list[dict[str, Any]]:
+    return [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+
+
+def layer_names(spec: dict[str, Any]) -> list[str]:
+    return [layer.get("name", "") for layer in spec.get("layer", [])]
+
+
+def queue_table(at: AppTest) -> pl.DataFrame:
+    return pl.from_pandas(at.dataframe[0].value)
+
+
+@pytest.fixture
+def queue(network: Settings) -> pl.DataFrame:
+    with data.open_reader(network.home, CLINIC) as reader:
+        return data.load_queue(reader, CLINIC)
+
+
+# --- the app -----------------------------------------------------------------------------------------------------
+
+
+def test_queue_shows_the_clinics_open_flags_ranked_by_risk(
+    app: Callable[..., AppTest], network: Settings, queue: pl.DataFrame
+) -> None:
+    at = app(network.home, CLINIC)
+    table = queue_table(at)
+    assert table.height == min(queue.height, 25) > 0
+    assert table["flag_id"].to_list() == queue["flag_id"].head(25).to_list()
+    assert table["risk_score"].to_list() == sorted(table["risk_score"].to_list(), reverse=True)
+    assert set(table["status"]) <= {"open", "acknowledged"}
+    assert {"rule", "severity", "therapist_id", "dyad_id", "reason", "age_days"} <= set(table.columns)
+    expected = warehouse_frame(
+        network,
+        """SELECT f.flag_id FROM flags f JOIN dyads d USING (dyad_id)
+           WHERE f.clinic_id = ? AND f.status IN ('open', 'acknowledged') AND f.ongoing AND d.in_queue""",
+        [CLINIC],
+    )
+    assert set(queue["flag_id"]) == set(expected["flag_id"])
+    others = warehouse_frame(network, "SELECT dyad_id FROM dyads WHERE clinic_id <> ?", [CLINIC])
+    assert not set(table["dyad_id"]) & set(others["dyad_id"])
+    assert "clinic_id" not in table.columns  # one clinic's dashboard: no clinic column, no other clinic
+
+
+def test_network_dashboard_shows_every_clinic(app: Callable[..., AppTest], network: Settings) -> None:
+    at = app(network.home)
+    assert set(queue_table(at)["clinic_id"]) == {CLINIC, OTHER}
+    at.selectbox(key="scope").set_value(OTHER).run()
+    assert set(queue_table(at)["clinic_id"]) == {OTHER}
+
+
+def test_a_clinic_dashboard_reads_only_its_own_snapshot(network: Settings) -> None:
+    with data.open_reader(network.home, CLINIC) as reader:
+        opened = reader.frame("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").item()
+        assert Path(opened).name == f"clinic-{CLINIC}.duckdb"
+        assert data.clinic_ids(reader) == [CLINIC]
+    stamp = data.snapshot_stamp(Warehouse(network.warehouse), CLINIC)
+    assert Path(stamp[0]).name == f"clinic-{CLINIC}.duckdb"
+    with pytest.raises(data.NoSnapshot), data.open_reader(network.home, "nowhere"):
+        pass  # never the working file of every clinic, nor the network snapshot
+
+
+def test_queue_filters(app: Callable[..., AppTest], network: Settings, queue: pl.DataFrame) -> None:
+    at = app(network.home, CLINIC)
+    therapist = queue["therapist_id"][0]
+    at.multiselect(key="f_therapist").set_value([therapist]).run()
+    assert set(queue_table(at)["therapist_id"]) == {therapist}
+    assert queue_table(at).height == queue.filter(pl.col("therapist_id") == therapist).height
+    rule = queue.filter(pl.col("therapist_id") == therapist)["rule"][0]
+    at.multiselect(key="f_rule").set_value([rule]).run()
+    assert set(queue_table(at)["rule"]) == {rule}
+    at.multiselect(key="f_therapist").set_value([])
+    at.multiselect(key="f_rule").set_value([]).run()
+    severity = queue["severity"][0]
+    at.multiselect(key="f_severity").set_value([severity]).run()
+    assert set(queue_table(at)["severity"]) == {severity}
+    at.multiselect(key="f_severity").set_value([]).run()
+    dyad = queue["dyad_id"][-1]
+    at.text_input(key="f_dyad").input(dyad[:7]).run()
+    assert set(queue_table(at)["dyad_id"]) == {dyad}
+    at.text_input(key="f_dyad").input("zzzz").run()
+    assert not at.dataframe
+    assert "No flag matches" in at.info[0].value
+
+
+def test_dyad_page_shows_the_trajectory_and_flag_history(
+    app: Callable[..., AppTest], network: Settings, queue: pl.DataFrame
+) -> None:
+    at = app(network.home, CLINIC)
+    dyad = at.selectbox(key="queue_pick").value
+    assert dyad == queue["dyad_id"][0]
+    at.button(key="open_dyad").click().run()
+    assert at.session_state["page"] == "Dyad"
+    specs = chart_specs(at)
+    titles = [spec["title"] for spec in specs]
+    assert "SRS: score per session" in titles  # northside rates SRS and ORS
+    srs = specs[titles.index("SRS: score per session")]
+    assert {"cutoff", "baseline_band", "sessions", "flag_starts"} <= set(layer_names(srs))
+    tooltips = [t["field"] for layer in srs["layer"] for t in layer.get("encoding", {}).get("tooltip", [])]
+    assert {"relationship", "goals", "approach", "overall"} <= set(tooltips)  # item scores on hover
+    history = pl.from_pandas(at.dataframe[0].value)
+    flags = warehouse_frame(network, "SELECT flag_id FROM flags WHERE dyad_id = ?", [dyad])
+    assert set(history["flag_id"]) == set(flags["flag_id"])
+
+
+def test_a_dyad_of_another_clinic_is_not_shown(app: Callable[..., AppTest], network: Settings) -> None:
+    foreign = warehouse_frame(network, "SELECT dyad_id FROM dyads WHERE clinic_id = ? LIMIT 1", [OTHER]).item()
+    at = app(network.home, CLINIC, page="Dyad", dyad=foreign)
+    assert at.selectbox(key="dyad").value is None
+    assert not chart_specs(at)
+
+
+def test_acknowledge_from_the_page_goes_through_the_review_path(
+    app: Callable[..., AppTest], network: Settings, queue: pl.DataFrame
+) -> None:
+    dyad = queue.filter(pl.col("status") == "open")["dyad_id"][0]
+    at = app(network.home, CLINIC, page="Dyad", dyad=dyad)
+    flag_id = at.selectbox(key="review_flag").value
+    assert flag_id in set(queue["flag_id"])
+    before = data.snapshot_stamp(Warehouse(network.warehouse), CLINIC)
+    at.text_area(key="review_note").input("raised in supervision")
+    at.form_submit_button[0].click().run()  # no name typed: refused
+    assert any("Type your name" in e.value for e in at.error)
+    assert warehouse_frame(network, "SELECT * FROM reviews WHERE flag_id = ?", [flag_id]).is_empty()
+
+    at.radio(key="review_status").set_value("acknowledged")
+    at.text_input(key="review_by").input("Dr Test")
+    at.text_area(key="review_note").input("raised in supervision")
+    at.form_submit_button[0].click().run()
+    assert not at.exception and not at.error
+    assert any(f"{flag_id}: open → acknowledged" in s.value for s in at.success)
+    status = warehouse_frame(network, "SELECT status FROM flags WHERE flag_id = ?", [flag_id]).item()
+    assert status == "acknowledged"
+    reviews = warehouse_frame(network, "SELECT * FROM reviews WHERE flag_id = ?", [flag_id])
+    assert reviews.select("reviewed_by", "from_status", "to_status", "note").rows() == [
+        ("Dr Test", "open", "acknowledged", "raised in supervision")
+    ]
+    assert data.snapshot_stamp(Warehouse(network.warehouse), CLINIC) != before  # republished, so re-read
+    history = pl.from_pandas(at.dataframe[0].value)
+    assert history.filter(pl.col("flag_id") == flag_id)["status"].item() == "acknowledged"
+    shown = pl.from_pandas(at.dataframe[1].value)  # the reviews table, with the note (clinic snapshot)
+    assert shown.filter(pl.col("flag_id") == flag_id)["note"].item() == "raised in supervision"
+    assert at.text_area(key="review_note").value == ""
+
+
+def test_trends_page_renders_control_charts_and_funnel(app: Callable[..., AppTest], network: Settings) -> None:
+    at = app(network.home, CLINIC, page="Trends")
+    specs = chart_specs(at)
+    controls = [s for s in specs if "upper_limit" in layer_names(s)]
+    assert len(controls) == 4  # clinic and one therapist: mean alliance and flagged share
+    assert any(s["title"].startswith(f"{CLINIC}: weekly mean") for s in controls)
+    funnel = [s for s in specs if "therapists" in layer_names(s)]
+    assert len(funnel) == 1 and {"limits", "overall"} <= set(layer_names(funnel[0]))
+    therapist = at.selectbox(key="trend_therapist").options[-1]
+    at.selectbox(key="trend_therapist").set_value(therapist).run()
+    assert any(s["title"].startswith(f"{therapist}: weekly") for s in chart_specs(at))
+
+
+def test_data_health_page_renders(app: Callable[..., AppTest], network: Settings) -> None:
+    at = app(network.home, CLINIC, page="Data health")
+    assert any("within the last 3 days" in s.value for s in at.success)
+    names = [spec.get("name") for spec in chart_specs(at)]
+    assert {"exports", "quarantine"} <= set(names)
+    silence = pl.from_pandas(at.dataframe[0].value)
+    assert silence["clinic_id"].to_list() == [CLINIC]
+
+
+@pytest.mark.parametrize("setup", ["missing", "empty", "initialised"])
+def test_an_empty_home_gets_a_friendly_message(app: Callable[..., AppTest], tmp_path: Path, setup: str) -> None:
+    home = tmp_path / "home"
+    if setup != "missing":
+        home.mkdir()
+    if setup == "initialised":
+        init_home(load_settings(home))
+    at = app(home)
+    assert "No data yet" in at.info[0].value
+    assert not at.error
+
+
+def test_an_unknown_clinic_gets_a_friendly_message(app: Callable[..., AppTest], network: Settings) -> None:
+    at = app(network.home, "nowhere")
+    assert "No data yet for clinic nowhere" in at.info[0].value
+
+
+# --- data.py -----------------------------------------------------------------------------------------------------
+
+
+def test_funnel_limits_by_hand() -> None:
+    limits = data.funnel_limits(0.2, 25)
+    at25 = {row["z"]: row for row in limits.filter(pl.col("n") == 25).iter_rows(named=True)}
+    # σ = √(0.2·0.8/25) = 0.08
+    assert at25[2.0]["lower"] == pytest.approx(0.04) and at25[2.0]["upper"] == pytest.approx(0.36)
+    assert at25[3.0]["lower"] == 0.0 and at25[3.0]["upper"] == pytest.approx(0.44)  # 0.2 − 0.24 clipped at 0
+    at1 = limits.filter((pl.col("n") == 1) & (pl.col("z") == 3.0)).row(0, named=True)
+    assert at1["upper"] == 1.0
+    assert limits["n"].min() == 1 and limits["n"].max() == 25
+
+
+def test_funnel_points_pool_the_share_and_place_each_caseload() -> None:
+    loads = pl.DataFrame(
+        {
+            "clinic_id": ["c"] * 3,
+            "therapist_id": ["a", "b", "c"],
+            "active_dyads": [100, 100, 4],
+            "flagged_dyads": [10, 30, 2],
+        }
+    ).with_columns((pl.col("flagged_dyads") / pl.col("active_dyads")).alias("flagged_share"))
+    points, p = data.funnel_points(loads)
+    assert p == pytest.approx(42 / 204)
+    by = {row["therapist_id"]: row for row in points.iter_rows(named=True)}
+    assert by["b"]["z"] == pytest.approx((0.3 - p) / math.sqrt(p * (1 - p) / 100))
+    assert by["b"]["position"] == "above 2σ"  # z ≈ 2.3
+    assert by["a"]["position"] == "below 2σ"  # z ≈ −2.7
+    assert by["c"]["position"] == "within limits"  # 50% of 4 dyads is chance at this caseload
+
+
+def test_filter_queue_and_paging() -> None:
+    queue = pl.DataFrame(
+        {
+            "dyad_id": ["d1aa", "d1aa", "d2bb", "d3cc"],
+            "therapist_id": ["t1", "t1", "t2", "t1"],
+            "rule": ["sudden_loss", "drop", "rupture", "drop"],
+            "severity": ["high", "low", "medium", "low"],
+            "status": ["open", "acknowledged", "open", "open"],
+        }
+    )
+    assert data.filter_queue(queue, therapists=["t1"], rules=["drop"])["dyad_id"].to_list() == ["d1aa", "d3cc"]
+    assert data.filter_queue(queue, statuses=["acknowledged"]).height == 1
+    assert data.filter_queue(queue, dyad=" D2B ")["dyad_id"].to_list() == ["d2bb"]
+    assert data.filter_queue(queue).height == 4
+    per_dyad = data.one_per_dyad(queue)
+    assert per_dyad.select("dyad_id", "rule", "flags").rows() == [("d1aa", "sudden_loss", 2), ("d2bb", "rupture", 1),
+                                                                  ("d3cc", "drop", 1)]  # fmt: skip
+    assert data.page_count(0, 25) == 1 and data.page_count(26, 25) == 2
+    assert data.page_of(queue, 2, 3)["dyad_id"].to_list() == ["d3cc"]
+
+
+def test_rupture_and_repair_marks() -> None:
+    sessions = pl.DataFrame(
+        {
+            "instrument": ["SRS"] * 5,
+            "session_index": [1, 2, 3, 4, 5],
+            "session_number": [1, 2, 3, 5, 6],
+            "score": [38.0, 37.5, 25.0, 30.0, 37.0],
+        }
+    )
+    flags = pl.DataFrame(
+        {"rule": ["rupture", "drop"], "instrument": ["SRS", "SRS"], "first_session": [3, 3], "last_session": [5, 3],
+         "outcome": ["repaired", "repaired"]}
+    )  # fmt: skip
+    marks = data.rupture_marks(flags, sessions)
+    assert marks.select("session_number", "score", "event").rows() == [(3, 25.0, "rupture"), (6, 37.0, "repair")]
+    unrepaired = flags.with_columns(pl.lit("ongoing").alias("outcome"))
+    assert data.rupture_marks(unrepaired, sessions)["event"].to_list() == ["rupture"]
+
+
+def test_flag_marks_name_the_most_severe_rule_first() -> None:
+    flags = pl.DataFrame(
+        {
+            "instrument": ["SRS", "SRS", "SRS", "ORS"],
+            "rule": ["drop", "sudden_loss", "low_item", "not_on_track"],
+            "severity": ["low", "high", "advisory", "low"],
+            "first_session": [9, 9, 2, 9],
+        }
+    )
+    marks = data.flag_marks(flags, "SRS")
+    assert marks.rows() == [(2, "low_item"), (9, "sudden_loss, drop")]
+
+
+def test_cutoff_follows_the_clinic_rules() -> None:
+    assert data.cutoff_for("SRS") == 36
+    assert data.cutoff_for("ORS") == 25
+    assert data.cutoff_for("WAI_SR") is None  # no published cutoff, so no line
+    assert data.cutoff_for("SRS", RuleConfig(low_cutoff=34)) == 34
+
+
+def test_export_silence_marks_clinics_that_stopped(network: Settings) -> None:
+    last = warehouse_frame(network, "SELECT max(received_at) AS t FROM exports WHERE clinic_id = ?", [CLINIC]).item()
+    with data.open_reader(network.home, None) as reader:
+        later = data.export_silence(reader, [CLINIC, OTHER, "quiet"], 3, now=last + timedelta(days=5))
+        soon = data.export_silence(reader, [CLINIC], 3, clinic_id=CLINIC, now=last + timedelta(hours=1))
+    by = {row["clinic_id"]: row for row in later.iter_rows(named=True)}
+    assert by[CLINIC]["stopped"] and by[CLINIC]["days_since"] == pytest.approx(5.0, abs=0.1)
+    assert by["quiet"]["stopped"] and by["quiet"]["last_export"] is None  # configured, never sent anything
+    assert soon["clinic_id"].to_list() == [CLINIC] and not soon["stopped"].any()
+
+
+def test_quarantine_counts_come_from_the_rules(network: Settings) -> None:
+    with data.open_reader(network.home, CLINIC) as reader:
+        counts = data.quarantine_counts(reader, CLINIC)
+    expected = warehouse_frame(
+        network, "SELECT count(*) FROM quarantine q, unnest(q.rules) AS r(rule) WHERE clinic_id = ?", [CLINIC]
+    ).item()
+    assert counts["ratings"].sum() == expected > 0
+    assert set(counts["check_name"]) <= {r.split(":")[0] for r in counts["rule"]}
+
+
+# --- charts.py ---------------------------------------------------------------------------------------------------
+
+
+def _sessions(code: str, items: int) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            "instrument": [code] * 4,
+            "session_index": [1, 2, 3, 4],
+            "session_number": [1, 2, 3, 4],
+            "session_date": [date(2025, 1, 6) + timedelta(weeks=i) for i in range(4)],
+            "score": [38.0, 37.0, 30.0, 37.5],
+            "items": [[9.5] * items, [9.25] * items, [7.5] * items, [9.4] * items],
+            "delta": [None, -1.0, -7.0, 7.5],
+            "baseline": [37.5] * 4,
+            "band_sd": [2.0] * 4,
+            "slope": [None, None, None, -0.5],
+            "rules": [[], ["drop"], ["drop", "rupture"], []],
+            "risk": [0.0, 8.0, 49.0, 0.0],
+        }
+    )
+    return data.instrument_sessions(frame, code)
+
+
+def test_trajectory_chart_has_cutoff_band_flags_and_events() -> None:
+    sessions = _sessions("SRS", 4)
+    opened = pl.DataFrame(
+        {"session_number": [3], "opened": ["rupture, drop"]}, schema_overrides={"session_number": pl.Int64}
+    )
+    events = pl.DataFrame({"instrument": ["SRS", "SRS"], "session_number": [3, 4], "score": [30.0, 37.5],
+                           "event": ["rupture", "repair"]})  # fmt: skip
+    spec = charts.trajectory_chart(sessions, "SRS", 36.0, opened, events).to_dict()
+    layers = {layer["name"]: layer for layer in spec["layer"]}
+    assert {"baseline_band", "baseline", "cutoff", "score", "sessions", "flag_starts", "rupture_repair"} <= set(layers)
+    cutoff_data = spec["datasets"][layers["cutoff"]["data"]["name"]]
+    assert cutoff_data == [{"cutoff": 36.0, "label": "cutoff 36", "session_number": 4}]
+    assert layers["cutoff"]["mark"]["type"] == "rule"
+    band = layers["baseline_band"]
+    assert band["mark"]["type"] == "area"
+    assert (band["encoding"]["y"]["field"], band["encoding"]["y2"]["field"]) == ("band_low", "band_high")
+    band_rows = spec["datasets"][band["data"]["name"]]
+    assert (band_rows[0]["band_low"], band_rows[0]["band_high"]) == (35.5, 39.5)
+    assert layers["sessions"]["encoding"]["y"]["field"] == "score"
+    labels = spec["datasets"][layers["flag_starts"]["data"]["name"]]
+    assert labels[0]["label"] == "rupture +1" and labels[0]["opened"] == "rupture, drop"
+    assert layers["rupture_repair"]["encoding"]["shape"]["field"] == "event"
+    domains = {json.dumps(layer["encoding"]["y"].get("scale")) for layer in spec["layer"]}
+    assert domains == {json.dumps({"domain": [28, 40.0]})}  # lowest score 30 less 2 points, on every layer
+
+
+def test_trajectory_chart_without_cutoff_or_band() -> None:
+    empty = pl.DataFrame(schema={"session_number": pl.Int64, "opened": pl.String})
+    events = data.rupture_marks(pl.DataFrame(schema={"rule": pl.String}), pl.DataFrame())
+    spec = charts.trajectory_chart(_sessions("WAI_SR", 12), "WAI_SR", None, empty, events, band=False).to_dict()
+    assert layer_names(spec) == ["score", "sessions"]
+    assert spec["layer"][0]["encoding"]["y"]["scale"]["domain"] == [27, 60.0]  # 30 − 5% of the 12–60 range, floored
+
+
+def test_control_chart_layers_and_signal_colours() -> None:
+    rows = pl.DataFrame(
+        {
+            "week": [date(2025, 1, 6) + timedelta(weeks=i) for i in range(3)],
+            "value": [0.1, 0.1, 0.5],
+            "ewma": [0.1, 0.1, 0.2],
+            "lower": [0.0, 0.0, 0.0],
+            "upper": [0.15, 0.15, 0.15],
+            "signal": [None, None, "high"],
+        }
+    )
+    spec = charts.control_chart(rows, "x", "flagged_share").to_dict()
+    assert layer_names(spec) == ["observed", "ewma", "upper_limit", "lower_limit", "signals"]
+    signals = spec["layer"][-1]
+    assert signals["encoding"]["color"]["scale"] == {"domain": ["high", "low"], "range": [charts.FLAG_RED, "#27ae60"]}
+    assert spec["layer"][0]["encoding"]["y"]["axis"]["format"] == ".0%"
+
+
+def test_funnel_chart_layers() -> None:
+    loads = pl.DataFrame(
+        {"clinic_id": ["c", "c"], "therapist_id": ["a", "b"], "active_dyads": [10, 20], "flagged_dyads": [1, 4]}
+    ).with_columns((pl.col("flagged_dyads") / pl.col("active_dyads")).alias("flagged_share"))
+    points, p = data.funnel_points(loads)
+    spec = charts.funnel_chart(points, data.funnel_limits(p, 20), p).to_dict()
+    layers = {layer["name"]: layer for layer in spec["layer"]}
+    assert set(layers) == {"limits", "overall", "overall_label", "therapists"}
+    assert spec["datasets"][layers["overall"]["data"]["name"]][0]["p"] == pytest.approx(5 / 30)
+    assert len(spec["datasets"][layers["therapists"]["data"]["name"]]) == 2
+    # the axis ends just above the 3σ limit at the smallest caseload shown (10): p + 3·√(p(1−p)/10) ≈ 0.52
+    top = spec["layer"][0]["encoding"]["y"]["scale"]["domain"][1]
+    assert top == round((5 / 30 + 3 * math.sqrt(5 / 30 * 25 / 30 / 10)) * 1.25 + 0.01, 2)
+
+
+# --- launch.py ---------------------------------------------------------------------------------------------------
+
+
+def test_launch_command_and_environment(tmp_path: Path) -> None:
+    command = launch.command(8765)
+    assert command[1:5] == ["-m", "streamlit", "run", str(launch.APP)]
+    pairs = dict(zip(command[5::2], command[6::2], strict=True))
+    assert pairs["--server.port"] == "8765"
+    assert pairs["--server.address"] == "127.0.0.1"
+    assert pairs["--server.headless"] == "true"
+    assert pairs["--browser.gatherUsageStats"] == "false"
+    env = launch.environment(tmp_path, "northside")
+    assert env[launch.HOME_ENV] == str(tmp_path.resolve()) and env[launch.CLINIC_ENV] == "northside"
+    assert launch.CLINIC_ENV not in launch.environment(tmp_path, None)
+
+
+def test_launch_refuses_an_unknown_clinic(network: Settings) -> None:
+    with pytest.raises(ConfigError, match="no clinic 'nowhere'"):
+        launch.check_clinic(network.home, "nowhere")
+    launch.check_clinic(network.home, CLINIC)
