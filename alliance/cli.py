@@ -110,7 +110,7 @@ def _print_results(results: list[Any], settings: Settings) -> None:
     console.print(table)
     for r in results:
         if r.error:
-            console.print(f"{r.file_name}: rejected: {r.error}", markup=False)
+            console.print(f"{r.file_name}: {r.status}: {r.error}", markup=False)
         elif r.top_reasons:
             reasons = ", ".join(f"{rule} ×{n}" for rule, n in r.top_reasons)
             console.print(f"{r.file_name}: top quarantine reasons: {reasons}", markup=False)
@@ -121,7 +121,8 @@ def _print_results(results: list[Any], settings: Settings) -> None:
 
 
 def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> list[Any]:
-    from flows.pipeline import ingest_file
+    from alliance.errors import ExportGone
+    from flows.pipeline import ExportResult, ingest_file
 
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -129,7 +130,10 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> li
         task = progress.add_task("ingesting", total=len(paths))
         for path in paths:
             progress.update(task, description=f"ingesting {path.name}")
-            results.append(ingest_file(path, settings, clinic_id=clinic))
+            try:
+                results.append(ingest_file(path, settings, clinic_id=clinic))
+            except ExportGone as gone:  # another run (watcher, nightly) took it first: not an error
+                results.append(ExportResult(path.name, clinic or path.parent.name, "taken", "", error=str(gone)))
             progress.advance(task)
     return results
 
@@ -492,6 +496,22 @@ def dashboard(
     from dashboards.launch import run
 
     raise typer.Exit(run(_settings(home).home, clinic, port))
+
+
+@app.command()
+@domain_errors
+def bench(
+    scenario: Annotated[str, typer.Option(help="backfill, night or scaling.")] = "night",
+    scale: Annotated[float, typer.Option(min=0.0001, help="1.0 is the issue's full size (a national network).")] = 0.01,
+    workdir: Annotated[Path | None, typer.Option(help="Where to generate data (default: a temporary folder).")] = None,
+) -> None:
+    """Benchmark the real pipeline against a plain read + append floor measured in the same run.
+
+    Example: alliance bench --scenario night --scale 0.05
+    """
+    from benchmarks.bench import format_report, run
+
+    console.print(format_report(run(scenario, scale, workdir)), markup=False, highlight=False)
 
 
 @app.command()

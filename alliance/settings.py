@@ -43,6 +43,19 @@ class Settings(BaseSettings):
     )
     min_free_mb: float = Field(default=500.0, ge=0, description="Warn before a run when less disk space is free.")
     max_file_mb: float = Field(default=512.0, gt=0, description="Exports larger than this are rejected.")
+    max_rows: int = Field(default=2_000_000, gt=0, description="Exports with more rows (records) are rejected.")
+    max_xlsx_uncompressed_mb: float = Field(
+        default=1024.0, gt=0, description="XLSX workbooks expanding to more than this are rejected (zip bomb)."
+    )
+    max_xlsx_ratio: float = Field(
+        default=100.0, gt=1, description="XLSX files expanding to more than this many times their size are rejected."
+    )
+    max_xlsx_cells: int = Field(
+        default=25_000_000, gt=0, description="XLSX sheets whose cells span a larger rows × columns range are rejected."
+    )
+    require_final_newline: bool = Field(
+        default=True, description="CSV files not ending in a newline are rejected: truncated or still being written."
+    )
 
     @property
     def clinics_file(self) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from alliance.clinics import load_clinics
-from alliance.errors import AllianceError, WarehouseBusy
+from alliance.errors import AllianceError, ExportGone, WarehouseBusy
 from alliance.settings import load_settings
 from flows.alerting import deliver_alerts
 from flows.events import EXPORT_RECEIVED, ingest_parameters
@@ -38,7 +38,10 @@ def busy(task: object, run: object, state: object) -> bool:
 @task(retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=busy, persist_result=False)
 def ingest_task(path: str, home: str | None, clinic_id: str | None) -> dict[str, object]:
     """Ingest one file; counts only in the result (no client data in Prefect's result store)."""
-    result: ExportResult = ingest_file(Path(path), load_settings(Path(home) if home else None), clinic_id=clinic_id)
+    try:
+        result = ingest_file(Path(path), load_settings(Path(home) if home else None), clinic_id=clinic_id)
+    except ExportGone as gone:  # the nightly sweep (or another event) took it first
+        result = ExportResult(Path(path).name, clinic_id or Path(path).parent.name, "taken", "", error=str(gone))
     return summary(result)
 
 

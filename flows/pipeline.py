@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -12,7 +13,7 @@ import polars as pl
 
 from alliance.clinics import Clinic, load_clinics
 from alliance.errors import ConfigError, ExportGone, ExportRejected
-from alliance.exports import read_export, sha256_of
+from alliance.exports import ReadLimits, read_export, sha256_of
 from alliance.faults import crash_point
 from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
 from alliance.settings import Settings
@@ -21,7 +22,7 @@ from expectations import validate_ratings
 from flows.events import is_candidate
 from flows.scoring import ScoringResult, score_dyads
 from transforms.mapping import rating_candidates, resolve_columns, to_canonical, unrated_rows
-from transforms.quarantine import QUARANTINE_SCHEMA, accepted_ratings, quarantine_rows, screen
+from transforms.quarantine import QUARANTINE_SCHEMA, accepted_ratings, foreign_therapists, quarantine_rows, screen
 from transforms.trajectory import with_dyad_id
 
 
@@ -57,6 +58,13 @@ class PreparedExport:
 
 def clinic_for(path: Path, clinics: dict[str, Clinic], settings: Settings, clinic_id: str | None) -> Clinic:
     """The clinic named explicitly, else the one whose inbox folder holds the file."""
+    lexical, inbox = Path(os.path.abspath(path)), Path(os.path.abspath(settings.inbox))
+    if lexical.is_relative_to(inbox):
+        # a link in one clinic's inbox must not smuggle in a file from elsewhere (or from another clinic)
+        real, real_inbox = path.resolve(), settings.inbox.resolve()
+        folder = lexical.relative_to(inbox).parts[:1]
+        if not real.is_relative_to(real_inbox) or real.relative_to(real_inbox).parts[:1] != folder:
+            raise ConfigError(f"{path.name}: a link in the inbox to a file outside its clinic's folder; refused")
     if clinic_id is None:
         try:
             clinic_id = path.resolve().relative_to(settings.inbox.resolve()).parts[0]
@@ -69,11 +77,22 @@ def clinic_for(path: Path, clinics: dict[str, Clinic], settings: Settings, clini
 
 
 def prepare_export(
-    path: Path, clinic: Clinic, key: bytes, export_id: str, file_share: float, max_bytes: int | None = None
+    path: Path,
+    clinic: Clinic,
+    key: bytes,
+    export_id: str,
+    file_share: float,
+    max_bytes: int | None = None,
+    limits: ReadLimits | None = None,
+    known_therapists: pl.DataFrame | None = None,
 ) -> PreparedExport:
-    """Read one export and split it into accepted ratings and quarantine rows; ExportRejected if unreadable."""
+    """Read one export and split it into accepted ratings and quarantine rows; ExportRejected if unreadable.
+
+    ``known_therapists`` (clinic_id, therapist_id already in the warehouse) quarantines rows whose therapist
+    belongs only to other clinics (``foreign_therapist:therapist_id``).
+    """
     profile = clinic.export
-    raw = read_export(path, profile, max_bytes)
+    raw = read_export(path, profile, max_bytes, limits)
     resolved = resolve_columns(raw.columns, profile.columns, path.name)
     vendor_of = {canonical: vendor for vendor, canonical in resolved.items()}
     canonical = to_canonical(raw, resolved)
@@ -81,14 +100,18 @@ def prepare_export(
     accepted, quarantined, refs = [], [], []
     offset = 0
     for inst in profile.instrument_specs:
-        candidates = rating_candidates(canonical, profile, inst, today)
+        candidates = rating_candidates(canonical, profile, inst, today, clinic.timezone)
         if candidates.is_empty():
             continue
         candidates = candidates.with_row_index("row_id", offset=offset).with_columns(
             pl.col("row_id").cast(pl.Int64), pseudonymise(candidates["client_ref"], key, clinic.id)
         )
         offset += candidates.height
-        screened = screen(candidates, validate_ratings(candidates, inst), inst, vendor_of, export_id, clinic.id)
+        failures = validate_ratings(candidates, inst)
+        if known_therapists is not None:
+            foreign = foreign_therapists(candidates, known_therapists, clinic.id)
+            failures = pl.concat([failures, foreign], how="diagonal_relaxed")
+        screened = screen(candidates, failures, inst, vendor_of, export_id, clinic.id)
         accepted.append(with_dyad_id(accepted_ratings(screened.accepted, inst, export_id, clinic.id)))
         quarantined.append(screened.quarantined)
         refs.append(candidates.select("client_id", "client_ref"))
@@ -98,7 +121,15 @@ def prepare_export(
             pseudonymise(unrated["client_ref"], key, clinic.id), pl.lit(["no_rating"]).alias("rules")
         )
         quarantined.append(quarantine_rows(unrated, None, vendor_of, export_id, clinic.id))
-    ratings = pl.concat(accepted) if accepted else pl.DataFrame()
+    if not accepted:  # no rating row at all (header only, or all unrated): empty, but with the ratings columns
+        first = profile.instrument_specs[0]
+        none = pl.DataFrame(
+            schema={"client_id": pl.String, "therapist_id": pl.String, "session_date": pl.Date,
+                    "session_number": pl.Int64, **dict.fromkeys(first.item_fields, pl.Float64),
+                    "total": pl.Float64, "source_line": pl.Int64}
+        )  # fmt: skip
+        accepted.append(with_dyad_id(accepted_ratings(none, first, export_id, clinic.id)))
+    ratings = pl.concat(accepted)
     quarantine = pl.concat(quarantined) if quarantined else pl.DataFrame(schema=QUARANTINE_SCHEMA)
     rows_total = ratings.height + quarantine.height
     whole = rows_total > 0 and quarantine.height / rows_total > file_share
@@ -199,8 +230,16 @@ def ingest_file(
             writer.publish(warehouse.snapshots, [clinic.id])
             return ExportResult(path.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target))
         try:
+            known_therapists = writer.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings")
             prepared = prepare_export(
-                path, clinic, key, export_id, settings.quarantine_file_share, int(settings.max_file_mb * 1e6)
+                path,
+                clinic,
+                key,
+                export_id,
+                settings.quarantine_file_share,
+                int(settings.max_file_mb * 1e6),
+                ReadLimits.from_settings(settings),
+                known_therapists,
             )
         except ExportRejected as rejection:
             target = archive_path(settings, clinic.id, export_id, path.name, rejected=True)

@@ -12,7 +12,12 @@ from alliance.instruments import Instrument
 
 SOURCE_LINE = "source_line"
 RAW = "__raw"
-ISO_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S")  # spreadsheet date cells arrive in ISO form
+# Spreadsheet date cells arrive in ISO form; a date-time is reduced to its date (its wall-clock date when naive).
+ISO_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")
+# ISO date-times with an offset or Z: the date they fall on in the clinic's timezone.
+ISO_OFFSET_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z")
+# A number as people write it: no exponent, no nan/inf (which Polars would otherwise parse).
+PLAIN_NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$"
 TOTAL_TOLERANCE = 0.5  # a total rounded to a whole number may differ from its items by this much
 
 
@@ -23,6 +28,13 @@ def resolve_columns(raw_columns: list[str], mapping: dict[str, str], file_name: 
     missing: list[str] = []
     for vendor, field in mapping.items():
         found = present.get(normalise_column(vendor))
+        twins = sum(normalise_column(c) == normalise_column(vendor) for c in raw_columns if c != SOURCE_LINE)
+        if twins > 1:
+            raise ExportRejected(
+                file_name,
+                f"the header has {twins} columns named {vendor!r} (ignoring case and spacing), mapped to {field}: "
+                "the mapping is ambiguous; remove or rename the duplicate",
+            )
         if found is None:
             missing.append(f"{vendor!r} (-> {field})")
         else:
@@ -41,7 +53,10 @@ def to_canonical(raw: pl.DataFrame, resolved: dict[str, str]) -> pl.DataFrame:
     """Only the mapped columns, renamed to canonical fields, trimmed, empty strings as null."""
     return raw.select(
         pl.col(SOURCE_LINE),
-        *(pl.col(vendor).str.strip_chars().replace("", None).alias(field) for vendor, field in resolved.items()),
+        *(  # by position: a vendor name such as '*' or '^.*$' would be a wildcard or a pattern to pl.col
+            pl.nth(raw.get_column_index(vendor)).str.strip_chars().replace("", None).alias(field)
+            for vendor, field in resolved.items()
+        ),
     )
 
 
@@ -49,12 +64,21 @@ def _number(field: str, decimal_comma: bool) -> pl.Expr:
     text = pl.col(field)
     if decimal_comma:
         text = text.str.replace(",", ".", literal=True)
-    return text.cast(pl.Float64, strict=False)
+    value = text.cast(pl.Float64, strict=False)
+    return pl.when(text.str.contains(PLAIN_NUMBER) & value.is_finite()).then(value)
 
 
-def _date(field: str, formats: list[str]) -> pl.Expr:
+def _date(field: str, formats: list[str], timezone: str | None = None) -> pl.Expr:
     tried = list(dict.fromkeys([*formats, *ISO_FORMATS]))
-    return pl.coalesce([pl.col(field).str.to_date(fmt, strict=False) for fmt in tried])
+    wall = [pl.col(field).str.to_date(fmt, strict=False) for fmt in tried]
+    offset = [
+        pl.col(field)
+        .str.to_datetime(fmt, strict=False, time_unit="us", time_zone="UTC")
+        .dt.convert_time_zone(timezone or "UTC")
+        .dt.date()
+        for fmt in ISO_OFFSET_FORMATS
+    ]
+    return pl.coalesce([*wall, *offset])
 
 
 def _item_total(inst: Instrument, items: list[pl.Expr]) -> pl.Expr:
@@ -68,8 +92,12 @@ def _item_total(inst: Instrument, items: list[pl.Expr]) -> pl.Expr:
     return summed if inst.score == "sum" else summed / len(scored)
 
 
-def rating_candidates(canonical: pl.DataFrame, profile: ExportProfile, inst: Instrument, today: date) -> pl.DataFrame:
+def rating_candidates(
+    canonical: pl.DataFrame, profile: ExportProfile, inst: Instrument, today: date, timezone: str | None = None
+) -> pl.DataFrame:
     """Rows of one instrument with any value present, typed, with raw copies and parse errors listed.
+
+    ``timezone`` (the clinic's) gives the date of a session date-time written with an offset.
 
     Columns: source_line, instrument, client_ref, therapist_id, session_date, session_number, each
     item field and total as numbers on the instrument's scale, ``<field>__raw`` for every value that
@@ -96,7 +124,7 @@ def rating_candidates(canonical: pl.DataFrame, profile: ExportProfile, inst: Ins
         pl.col("therapist_id"),
         pl.col("session_date").alias(f"session_date{RAW}"),
         pl.col("session_number").alias(f"session_number{RAW}"),
-        _date("session_date", profile.date_formats).alias("session_date"),
+        _date("session_date", profile.date_formats, timezone).alias("session_date"),
         _number("session_number", False).alias("session_number_value"),
         *item_exprs,
         *(pl.col(f).alias(f"{f}{RAW}") for f in inst.item_fields if f in canonical.columns),

@@ -18,6 +18,7 @@ RULE_TEXT = {
     "date_in_future": "is in the future",
     "duplicate_in_file": "repeats the same client, therapist, date and session number as another row",
     "no_rating": "carries no value of any instrument in the profile",
+    "foreign_therapist": "is a therapist id of another clinic",
     "file_quarantined": "row passed, but the whole file was quarantined",
 }
 
@@ -40,10 +41,15 @@ class Screened:
     quarantined: pl.DataFrame
 
 
-def reason(rule: str, line: int | None, vendor_of: dict[str, str], inst: Instrument | None) -> str:
-    """One line a person can act on: 'line 12, column 'SRS Goals' (srs_goals): is outside the allowed range 0–10'."""
+def reason(
+    rule: str, line: int | None, vendor_of: dict[str, str], inst: Instrument | None, detail: str | None = None
+) -> str:
+    """One line a person can act on: 'line 12, column 'SRS Goals' (srs_goals): is outside the allowed range 0–10'.
+
+    ``detail`` replaces the rule's generic text when a check knows more (e.g. which clinic an id belongs to).
+    """
     kind, _, field = rule.partition(":")
-    text = RULE_TEXT.get(kind, kind)
+    text = detail or RULE_TEXT.get(kind, kind)
     where = f"line {line}" if line is not None else "file"
     if kind == "out_of_range" and inst is not None and field:
         low, high = (
@@ -80,19 +86,32 @@ def screen(
     marked = candidates.join(broken, on="row_id", how="left")
     accepted = marked.filter(pl.col("rules").is_null()).drop("rules")
     rejected = marked.filter(pl.col("rules").is_not_null())
-    return Screened(accepted, quarantine_rows(rejected, inst, vendor_of, export_id, clinic_id))
+    details = (
+        {(r, rule): d for r, rule, d in failures.select("row_id", "rule", "detail").drop_nulls().iter_rows()}
+        if "detail" in failures.columns
+        else None
+    )
+    return Screened(accepted, quarantine_rows(rejected, inst, vendor_of, export_id, clinic_id, details))
 
 
 def quarantine_rows(
-    rejected: pl.DataFrame, inst: Instrument | None, vendor_of: dict[str, str], export_id: str, clinic_id: str
+    rejected: pl.DataFrame,
+    inst: Instrument | None,
+    vendor_of: dict[str, str],
+    export_id: str,
+    clinic_id: str,
+    details: dict[tuple[int, str], str] | None = None,
 ) -> pl.DataFrame:
     """Quarantine table rows: line, rules, reasons and the mapped values (client pseudonym, never the reference)."""
     if rejected.is_empty():
         return pl.DataFrame(schema=QUARANTINE_SCHEMA)
     value_columns = [c for c in rejected.columns if c.endswith("__raw") or c in ("client_id", "therapist_id")]
+    row_ids = rejected["row_id"].to_list() if details and "row_id" in rejected.columns else [None] * rejected.height
     reasons = [
-        [reason(rule, line, vendor_of, inst) for rule in rules]
-        for line, rules in zip(rejected["source_line"].to_list(), rejected["rules"].to_list(), strict=True)
+        [reason(rule, line, vendor_of, inst, (details or {}).get((row_id, rule))) for rule in rules]
+        for line, rules, row_id in zip(
+            rejected["source_line"].to_list(), rejected["rules"].to_list(), row_ids, strict=True
+        )
     ]
     return rejected.select(
         pl.lit(export_id).alias("export_id"),
@@ -104,6 +123,37 @@ def quarantine_rows(
         pl.struct([pl.col(c).alias(c.removesuffix("__raw")) for c in value_columns])
         .struct.json_encode()
         .alias("values"),
+    )
+
+
+def foreign_therapists(candidates: pl.DataFrame, known: pl.DataFrame, clinic_id: str) -> pl.DataFrame:
+    """Failures (row_id, rule, detail) for rows whose therapist id is known only for other clinics.
+
+    ``known`` holds (clinic_id, therapist_id) pairs already in the warehouse. A therapist id with ratings at
+    another clinic and never at this one is refused as ``foreign_therapist:therapist_id``: a file dropped in
+    the wrong inbox, or a vendor reusing ids, must not attach another clinic's therapist to this clinic.
+    """
+    schema = {"row_id": pl.Int64, "rule": pl.String, "detail": pl.String}
+    if candidates.is_empty() or known.is_empty():
+        return pl.DataFrame(schema=schema)
+    own = known.filter(pl.col("clinic_id") == clinic_id)["therapist_id"]
+    owners = (
+        known.filter((pl.col("clinic_id") != clinic_id) & ~pl.col("therapist_id").is_in(own.implode()))
+        .group_by("therapist_id")
+        .agg(pl.col("clinic_id").unique().sort().alias("owners"))
+    )
+    return (
+        candidates.select("row_id", "therapist_id")
+        .join(owners, on="therapist_id", how="inner")
+        .sort("row_id")
+        .select(
+            pl.col("row_id").cast(pl.Int64),
+            pl.lit("foreign_therapist:therapist_id").alias("rule"),
+            pl.format(
+                "is a therapist id of clinic {}, never seen at this clinic",
+                pl.col("owners").list.eval(pl.format("'{}'", pl.element())).list.join(", "),
+            ).alias("detail"),
+        )
     )
 
 
