@@ -77,7 +77,7 @@ def settle(page: Page) -> None:
 
 
 def test_acknowledge_a_flag_in_the_browser(demo: Settings, server: str, browser: Browser, tmp_path: Path) -> None:
-    shots = README_shots if os.environ.get("ALLIANCE_UPDATE_shots") == "1" else tmp_path
+    shots = README_SCREENSHOTS if os.environ.get("ALLIANCE_UPDATE_SCREENSHOTS") == "1" else tmp_path
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     started = time.perf_counter()
     page.goto(server)
