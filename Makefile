@@ -6,7 +6,7 @@ STAMP = $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export GX_ANALYTICS_ENABLED = false
 
-.PHONY: setup demo dashboard test lint test-slow clean
+.PHONY: setup demo dashboard bench test lint test-slow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: setup
 
 dashboard: setup
 	$(BIN)/alliance dashboard --home demo-home
+
+bench: setup
+	$(BIN)/alliance bench --scenario night --scale 0.05
 
 lint: setup
 	$(BIN)/ruff check .
