@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -10,14 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from alliance.errors import AllianceError
+from alliance.exports import sha256_of
 from alliance.settings import Settings
 from alliance.storage import SCHEMA_VERSION, Warehouse
 
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def backup(settings: Settings, destination: Path) -> Path:
@@ -37,7 +33,7 @@ def backup(settings: Settings, destination: Path) -> Path:
     if settings.key_file.exists():
         shutil.copy2(settings.key_file, folder / "pseudonym.key")
         (folder / "pseudonym.key").chmod(0o600)
-    files = {p.name: _sha256(p) for p in sorted(folder.iterdir())}
+    files = {p.name: sha256_of(p) for p in sorted(folder.iterdir())}
     manifest = {
         "created_at": stamp,
         "schema_version": SCHEMA_VERSION,
@@ -55,7 +51,7 @@ def restore(settings: Settings, folder: Path, force: bool = False) -> dict[str, 
         raise AllianceError(f"{folder}: not an Alliance Watch backup (no {MANIFEST})")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     for name, digest in manifest["files"].items():
-        if not (folder / name).exists() or _sha256(folder / name) != digest:
+        if not (folder / name).exists() or sha256_of(folder / name) != digest:
             raise AllianceError(f"{folder / name}: missing or changed since the backup was made; not restoring")
     if settings.warehouse.exists() and not force:
         raise AllianceError(f"{settings.warehouse} exists; pass --force to replace it with the backup")

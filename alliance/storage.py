@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -20,6 +19,7 @@ import polars as pl
 from filelock import FileLock, Timeout
 
 from alliance.errors import StorageError, WarehouseBusy
+from alliance.exports import sha256_of
 from alliance.settings import Settings
 
 log = logging.getLogger("alliance.storage")
@@ -648,7 +648,7 @@ class Writer:
             path = snapshots / name
             if not path.exists():
                 problems.append(f"snapshot {name} is missing")
-            elif _sha256(path) != digest:
+            elif sha256_of(path) != digest:
                 problems.append(f"snapshot {name} does not match the checksum recorded when it was published")
         return problems
 
@@ -700,7 +700,7 @@ class Writer:
                 self.con.execute("DETACH snap")
         _add_views(partial)
         partial.chmod(0o444)
-        digest = _sha256(partial)
+        digest = sha256_of(partial)
         os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
         now = _now()
         self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
@@ -876,14 +876,6 @@ def _disk_full(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return any(s in text for s in ("no space left", "disk is full", "file too large", "quota exceeded"))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # Columns that record when or in which run something happened: they differ between two runs that

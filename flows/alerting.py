@@ -59,7 +59,7 @@ def pending_flags(warehouse: Warehouse, clinic_ids: list[str] | None) -> pl.Data
     return flags.with_columns(pl.Series("alert_key", keys, dtype=pl.String))
 
 
-def _unsent(warehouse: Warehouse, settings: Settings, messages: list[AlertMessage]) -> dict[str, set[str]]:
+def _unsent(warehouse: Warehouse, messages: list[AlertMessage]) -> dict[str, set[str]]:
     with warehouse.writer() as writer:
         return {m.recipient: writer.sent_alert_keys(list(m.keys), m.recipient) for m in messages}
 
@@ -117,7 +117,7 @@ def deliver_alerts(
             messages += trend_messages(signals.filter(pl.col("clinic_id") == clinic.id), clinic)
     if not messages:
         return report
-    sent = _unsent(warehouse, settings, messages)
+    sent = _unsent(warehouse, messages)
     fresh: list[AlertMessage] = []
     for message in messages:
         todo = [k for k in message.keys if k not in sent[message.recipient]]
