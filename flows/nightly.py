@@ -43,7 +43,7 @@ def sweep_clinic(settings: Settings, clinic_id: str | None = None) -> tuple[list
         if clinic_id is not None and path.parent.name != clinic_id:
             continue
         try:
-            results.append(ingest_file(path, settings))
+            results.append(ingest_file(path, settings, publish=False))  # the re-score after publishes all
         except ExportGone:
             continue  # a file-arrival run took it first: that is the point of overlapping safely
         except AllianceError as exc:

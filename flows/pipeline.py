@@ -189,11 +189,16 @@ def _archive(path: Path, target: Path, settings: Settings) -> Path:
 
 
 def ingest_file(
-    path: Path, settings: Settings, clinic_id: str | None = None, received_at: datetime | None = None
+    path: Path,
+    settings: Settings,
+    clinic_id: str | None = None,
+    received_at: datetime | None = None,
+    publish: bool = True,
 ) -> ExportResult:
     """Ingest one export end to end; the same bytes twice is a no-op reported as 'duplicate'.
 
-    Example: ``ingest_file(Path("inbox/northside/export.csv"), load_settings())``.
+    Example: ``ingest_file(Path("inbox/northside/export.csv"), load_settings())``. With ``publish=False``
+    the snapshots are left to the caller (the nightly sweep publishes once, after its re-score).
     """
     clinics = load_clinics(settings.clinics_file)
     clinic = clinic_for(path, clinics, settings, clinic_id)
@@ -227,7 +232,8 @@ def ingest_file(
             moved = _archive(path, target, settings) if not target.exists() else target
             if moved == target and path.exists() and settings.inbox.resolve() in path.resolve().parents:
                 path.unlink()
-            writer.publish(warehouse.snapshots, [clinic.id])
+            if publish:
+                writer.publish(warehouse.snapshots, [clinic.id])
             return ExportResult(path.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target))
         try:
             known_therapists = writer.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings")
@@ -246,7 +252,8 @@ def ingest_file(
             writer.record_rejection(
                 replace(ledger, status="rejected", error=rejection.problem, archived_as=str(target))
             )
-            writer.publish(warehouse.snapshots, [clinic.id])
+            if publish:
+                writer.publish(warehouse.snapshots, [clinic.id])
             _archive(path, target, settings)
             return ExportResult(
                 path.name, clinic.id, "rejected", export_id, error=str(rejection), archived_as=str(target)
@@ -274,7 +281,8 @@ def ingest_file(
             )
         crash_point("after_commit")
         # scoring may have touched other dyads' clinics only through recalibration, which rescored all
-        writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
+        if publish:  # a sweep publishes once at its end instead of after every file
+            writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
         crash_point("after_publish")
         _archive(path, target, settings)
     return ExportResult(
