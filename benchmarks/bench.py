@@ -10,8 +10,8 @@ Scale K multiplies the rows (backfill: clinics x dyads; night: clinics, so each 
 The timed workload runs in a fresh child process that calls the real functions (flows.pipeline.ingest_file,
 flows.nightly.run_nightly). Stage timers are wrappers patched onto the module attributes those functions look up
 (flows.pipeline.read_export, Writer.load_export, ...), each charging its exclusive time (a nested timed call goes to
-its own stage). Peak memory is the child's own ru_maxrss. The floor reads the same files with plain Polars and
-appends them into a fresh DuckDB file, with no validation or scoring.
+its own stage). Peak memory is the child's own high-water RSS (VmHWM). The floor reads the same files with plain
+Polars and appends them into a fresh DuckDB file, with no validation or scoring.
 
 Example: ``python -m benchmarks.bench --scenario night --scale 0.01``.
 """
@@ -581,7 +581,15 @@ def alert_receiver() -> Iterator[str]:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """Peak RSS of this process image (VmHWM).
+
+    Not ru_maxrss: Linux carries the parent's high-water mark into a forked and exec'd child, so a child of a
+    parent holding a loaded history would report the parent's memory.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; not Linux: best effort
 
 
 def _cpu_s() -> float:
