@@ -33,6 +33,8 @@ def command(port: int) -> list[str]:
         "--global.developmentMode", "false",
         "--client.showErrorDetails", "type",  # tracebacks go to the server log, not to supervisors' screens
         "--runner.magicEnabled", "false",
+        # Streamlit's own table download writes CSV without neutralising formula-like cells: turned off
+        "--client.disableDataExport", "true",
     ]  # fmt: skip
 
 
