@@ -511,7 +511,7 @@ def bench(
     """
     from benchmarks.bench import format_report, run
 
-    console.print(format_report(run(scenario, scale, workdir)), markup=False, highlight=False)
+    console.print(format_report(run(scenario, scale, workdir)), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
