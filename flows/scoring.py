@@ -41,16 +41,15 @@ class ScoringResult:
 def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
     """Session features, with each clinic's own trend window."""
     windows = {cid: cfg.trend_window for cid, cfg in configs.items()}
-    parts = []
-    for window in sorted(set(windows.values()) | {RuleConfig().trend_window}):
-        clinics = [cid for cid, w in windows.items() if w == window]
-        subset = ratings.filter(
-            pl.col("clinic_id").is_in(clinics)
-            if window != RuleConfig().trend_window
-            else ~pl.col("clinic_id").is_in([c for c, w in windows.items() if w != window])
-        )
-        if subset.height:
-            parts.append(session_features(subset, window=window))
+    tagged = ratings.with_columns(
+        pl.col("clinic_id")
+        .replace_strict(windows, default=RuleConfig().trend_window, return_dtype=pl.Int64)
+        .alias("trend_window")
+    )
+    parts = [
+        session_features(part.drop("trend_window"), window=int(window))
+        for (window,), part in tagged.partition_by("trend_window", as_dict=True).items()
+    ]
     return pl.concat(parts) if parts else session_features(ratings)
 
 
