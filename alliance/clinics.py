@@ -41,6 +41,10 @@ class ExportProfile(BaseModel):
     decimal_comma: bool = False
     date_format: str | list[str] = "%Y-%m-%d"
     sheet: str | None = None
+    hidden_rows: Literal["quarantine", "load"] = Field(
+        default="quarantine",
+        description="xlsx: rows hidden in the workbook are quarantined as hidden_row, or loaded like any other",
+    )
     records: str | None = Field(
         default=None, description="json: dotted path to the session records, e.g. 'clients.sessions'"
     )
@@ -102,6 +106,8 @@ class ExportProfile(BaseModel):
                 raise ValueError(f"item_max.{code}: instrument not listed in instruments")
         if self.format in ("csv",) and self.sheet:
             raise ValueError("sheet: only for xlsx exports")
+        if self.format != "xlsx" and "hidden_rows" in self.model_fields_set:
+            raise ValueError("hidden_rows: only for xlsx exports")
         return self
 
     @property

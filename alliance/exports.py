@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import codecs
 import csv
+import decimal
 import hashlib
 import io
 import json
+import math
 import posixpath
 import re
 import xml.etree.ElementTree as ET
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from alliance.settings import Settings
 
 SOURCE_LINE = "source_line"
+HIDDEN_ROW = "__hidden_row"  # true on XLSX rows hidden in the workbook (transforms.mapping reads it)
 SNIFF_DELIMITERS = ",;\t|"
 
 # Workbook kinds that are refused by name: macros are never run, binary and old workbooks cannot be checked.
@@ -307,6 +310,7 @@ _ROW_END = re.compile(rb"</" + _PREFIX + rb"row>")
 _CACHED = re.compile(rb"<" + _PREFIX + rb"v>\s*[^<\s]")
 _ATTR_R = re.compile(rb"\sr\s*=\s*([\"'])(.*?)\1", re.DOTALL)
 _PLAIN_ROW = re.compile(rb"[1-9][0-9]{0,6}")
+_ATTR_HIDDEN = re.compile(rb"\shidden\s*=\s*([\"'])\s*(?:1|true)\s*\1", re.IGNORECASE)
 _PLAIN_CELL = re.compile(rb"([A-Z]{1,3})([1-9][0-9]{0,6})")
 REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 
@@ -344,6 +348,7 @@ class _SheetScan:
     max_row: int = 0
     max_col: int = 0
     formulas: dict[int, _Formulas] = field(default_factory=dict)  # by sheet column (1-based), header row excluded
+    hidden_rows: set[int] = field(default_factory=set)  # sheet row numbers (1-based) hidden in the workbook
     _row: int = 0
     _col: int = 0
     _buffer: bytes = b""
@@ -366,7 +371,8 @@ class _SheetScan:
     def _segment(self, data: bytes) -> None:
         if not data:
             return
-        if not any(tag in data for tag in _SLOW_PATH_TAGS):
+        # hidden rows are rare: the cell-by-cell path finds them wherever their attributes are written
+        if b"hidden" not in data and not any(tag in data for tag in _SLOW_PATH_TAGS):
             cells = data.count(b"<c ") + data.count(b"<c>") + data.count(b"<c/")
             letters = _CELL_LETTERS.findall(data)
             numbers = _CELL_ROWS.findall(data)
@@ -394,6 +400,8 @@ class _SheetScan:
                     raise _OddReference(ref.group(2))
                 self._row = int(ref.group(2)) if ref else max(self._row, self.max_row) + 1
                 self._col = 0
+                if _ATTR_HIDDEN.search(attrs):
+                    self.hidden_rows.add(self._row)
                 continue
             if ref is not None:
                 plain = _PLAIN_CELL.fullmatch(ref.group(2))
@@ -587,7 +595,10 @@ def read_xlsx(path: Path, profile: ExportProfile, limits: ReadLimits | None = No
 def read_xlsx_bytes(
     data: bytes, profile: ExportProfile, file_name: str, limits: ReadLimits | None = None
 ) -> pl.DataFrame:
-    """All-string frame of one sheet of an XLSX workbook given as bytes; checked as a zip first."""
+    """All-string frame of one sheet of an XLSX workbook given as bytes; checked as a zip first.
+
+    When the sheet hides rows, a boolean ``__hidden_row`` column marks them (the rows are kept).
+    """
     import fastexcel
 
     limits = limits or ReadLimits()
@@ -610,7 +621,12 @@ def read_xlsx_bytes(
     frame = grid.slice(1).rename(dict(zip(grid.columns, names, strict=True)))
     if frame.height > limits.max_rows:
         raise _too_many_rows(file_name, frame.height, limits)
-    return _without_blank_rows(frame.with_columns(pl.int_range(2, frame.height + 2).cast(pl.Int64).alias(SOURCE_LINE)))
+    lines = _without_blank_rows(frame.with_columns(pl.int_range(2, frame.height + 2).cast(pl.Int64).alias(SOURCE_LINE)))
+    if not inspection.scan.hidden_rows:
+        return lines
+    # marked, not dropped: the mapping quarantines them (or loads them, as the profile says)
+    hidden = pl.Series(sorted(inspection.scan.hidden_rows), dtype=pl.Int64)
+    return lines.with_columns(pl.col(SOURCE_LINE).is_in(hidden.implode()).alias(HIDDEN_ROW))
 
 
 def _refuse_uncalculated(
@@ -675,7 +691,16 @@ def _flatten(node: dict[str, Any], prefix: str, out: dict[str, str | None], skip
         elif name in out:
             raise ValueError(f"two fields flatten to the same name {name!r} (a key with a dot in it?)")
         else:
-            out[name] = None if value is None else str(value)
+            out[name] = _json_text(value)
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON scalar as text; a number keeps its value in plain digits (1e30 is a whole number, not '1e+30')."""
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isfinite(value) and "e" in repr(value):
+        return format(decimal.Decimal(repr(value)), "f")
+    return str(value)
 
 
 def _records(node: Any, path: list[str], prefix: str, inherited: dict[str, str | None]) -> Iterator[dict]:

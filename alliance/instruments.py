@@ -24,6 +24,7 @@ class Instrument:
     item_min: float
     item_max: float
     score: Literal["sum", "mean"] = "sum"
+    decimals: int = 2
     reverse: tuple[str, ...] = ()
     subscales: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cutoff: float | None = None
@@ -75,6 +76,7 @@ def registry() -> dict[str, Instrument]:
                 item_min=float(spec["item_min"]),
                 item_max=float(spec["item_max"]),
                 score=spec.get("score", "sum"),
+                decimals=int(spec.get("decimals", 2)),
                 reverse=tuple(spec.get("reverse", ())),
                 subscales={k: tuple(v) for k, v in spec.get("subscales", {}).items()},
                 cutoff=spec.get("cutoff"),

@@ -28,7 +28,7 @@ from hypothesis.control import currently_in_test_context
 
 from alliance.clinics import ExportProfile, normalise_column
 from alliance.errors import ExportRejected
-from alliance.exports import SOURCE_LINE, ReadLimits, read_export
+from alliance.exports import HIDDEN_ROW, SOURCE_LINE, ReadLimits, read_export
 from alliance.home import init_home
 from alliance.instruments import instrument
 from alliance.settings import Settings, load_settings
@@ -88,7 +88,8 @@ def read_bytes(
     finally:
         path.unlink()
     assert frame.schema.get(SOURCE_LINE) == pl.Int64
-    assert all(dtype == pl.String for name, dtype in frame.schema.items() if name != SOURCE_LINE)
+    assert all(dtype == pl.String for name, dtype in frame.schema.items() if name not in (SOURCE_LINE, HIDDEN_ROW))
+    assert frame.schema.get(HIDDEN_ROW, pl.Boolean) == pl.Boolean
     assert frame[SOURCE_LINE].null_count() == 0
     if currently_in_test_context():
         event("read")

@@ -11,6 +11,7 @@ from alliance.errors import ExportRejected
 from alliance.instruments import Instrument
 
 SOURCE_LINE = "source_line"
+HIDDEN_ROW = "__hidden_row"  # set by the XLSX reader (alliance.exports) on rows hidden in the workbook
 RAW = "__raw"
 # Spreadsheet date cells arrive in ISO form; a date-time is reduced to its date (its wall-clock date when naive).
 ISO_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")
@@ -18,7 +19,18 @@ ISO_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%
 ISO_OFFSET_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z")
 # A number as people write it: no exponent, no nan/inf (which Polars would otherwise parse).
 PLAIN_NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$"
+EXPONENT_NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][+-]?[0-9]+$"
+COMMA_NUMBER = r"^[+-]?[0-9]+,[0-9]+$"
+NOT_FINITE = r"(?i)^[+-]?(?:nan|inf|infinity)$"
 TOTAL_TOLERANCE = 0.5  # a total rounded to a whole number may differ from its items by this much
+# No session took place before electronic feedback measures existed; earlier dates are typos or 2-digit years.
+EARLIEST_SESSION = date(1990, 1, 1)
+# Above 2^53 a float no longer holds every whole number: such a session number is out of range, not rounded.
+MAX_EXACT_WHOLE = 2.0**53
+# Format characters (zero-width spaces and joiners, BOM, soft hyphen, direction marks) and control characters
+# other than tab and line breaks: invisible, so two ids differing only by them are the same id.
+INVISIBLE = r"[\p{Cf}\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+FAILURE = pl.Struct({"rule": pl.String, "detail": pl.String})
 
 
 def resolve_columns(raw_columns: list[str], mapping: dict[str, str], file_name: str) -> dict[str, str]:
@@ -49,14 +61,22 @@ def resolve_columns(raw_columns: list[str], mapping: dict[str, str], file_name: 
     return resolved
 
 
+def clean_text(value: pl.Expr) -> pl.Expr:
+    """A cell as its reader sees it: invisible characters removed, Unicode composed (NFC), trimmed, '' as null.
+
+    Done before pseudonymising, so 'C-101', 'C-101\u200b' and '\ufeffC-101' are one client.
+    """
+    return value.str.replace_all(INVISIBLE, "").str.normalize("NFC").str.strip_chars().replace("", None)
+
+
 def to_canonical(raw: pl.DataFrame, resolved: dict[str, str]) -> pl.DataFrame:
-    """Only the mapped columns, renamed to canonical fields, trimmed, empty strings as null."""
+    """Only the mapped columns, renamed to canonical fields, cleaned (``clean_text``); hidden-row marks kept."""
     return raw.select(
         pl.col(SOURCE_LINE),
         *(  # by position: a vendor name such as '*' or '^.*$' would be a wildcard or a pattern to pl.col
-            pl.nth(raw.get_column_index(vendor)).str.strip_chars().replace("", None).alias(field)
-            for vendor, field in resolved.items()
+            clean_text(pl.nth(raw.get_column_index(vendor))).alias(field) for vendor, field in resolved.items()
         ),
+        *([pl.col(HIDDEN_ROW)] if HIDDEN_ROW in raw.columns else []),
     )
 
 
@@ -68,7 +88,45 @@ def _number(field: str, decimal_comma: bool) -> pl.Expr:
     return pl.when(text.str.contains(PLAIN_NUMBER) & value.is_finite()).then(value)
 
 
-def _date(field: str, formats: list[str], timezone: str | None = None) -> pl.Expr:
+def _at_precision(value: pl.Expr, inst: Instrument) -> pl.Expr:
+    """A value at the instrument's declared precision: 38.6, never the float sum 38.599999999999994."""
+    return value.round(inst.decimals, mode="half_away_from_zero")
+
+
+def _number_kind(raw: pl.Expr, decimal_comma: bool, whole: bool = False) -> pl.Expr:
+    """What kind of text failed to parse as a number, for the reason (never the text itself); null if unknown."""
+    noun = "a plain whole number" if whole else "a plain number"
+    comma = (
+        "is not a whole number: it has a comma"
+        if whole
+        else "is not a number: it has a decimal comma (set decimal_comma = true in the clinic's export profile "
+        "if the vendor writes them)"
+    )
+    plain = raw.str.contains(PLAIN_NUMBER)
+    return (
+        pl.when(raw.str.contains(COMMA_NUMBER) & (whole or not decimal_comma))
+        .then(pl.lit(comma))
+        .when(raw.str.contains(EXPONENT_NUMBER))
+        .then(pl.lit(f"is a number in exponent notation, not {noun}"))
+        .when(raw.str.contains(NOT_FINITE))
+        .then(pl.lit("is not a number (nan or infinity)"))
+        .when(plain & whole)
+        .then(pl.lit("has a fractional part, not a whole number"))
+        .when(plain)
+        .then(pl.lit("is a number too large to store"))
+        .when(raw.str.contains(r"\p{L}"))
+        .then(pl.lit("is text, not a number" if not whole else "is text, not a whole number"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+
+
+def _shape(raw: pl.Expr) -> pl.Expr:
+    """The form of a value without its content: '01/13/26' -> '99/99/99', 'Jan 5' -> 'AAA 9'."""
+    return raw.str.replace_all(r"[0-9]", "9").str.replace_all(r"\p{L}", "A").str.slice(0, 24)
+
+
+def _dates(field: str, formats: list[str], timezone: str | None = None) -> list[pl.Expr]:
+    """The value parsed by each accepted format in turn (the profile's, then ISO), null where one does not fit."""
     tried = list(dict.fromkeys([*formats, *ISO_FORMATS]))
     wall = [pl.col(field).str.to_date(fmt, strict=False) for fmt in tried]
     offset = [
@@ -78,7 +136,39 @@ def _date(field: str, formats: list[str], timezone: str | None = None) -> pl.Exp
         .dt.date()
         for fmt in ISO_OFFSET_FORMATS
     ]
-    return pl.coalesce([*wall, *offset])
+    return [*wall, *offset]
+
+
+def _session_date(parses: list[pl.Expr]) -> pl.Expr:
+    """The first parse on or after EARLIEST_SESSION: '%Y' reads '26' as year 26, a later '%y' as 2026."""
+    return pl.coalesce([pl.when(parsed >= pl.lit(EARLIEST_SESSION)).then(parsed) for parsed in parses])
+
+
+def _implausible_date(raw: pl.Expr, parsed: pl.Expr) -> pl.Expr:
+    """Why a date that parsed is not a session date, with its shape: 'written 99/99/99: a 2-digit year?'."""
+    year = parsed.dt.year()
+    hint = (
+        pl.when(year <= 0)
+        .then(pl.lit("year 0 or earlier"))
+        .when(year < 100)
+        .then(pl.lit("a 2-digit year? a profile can declare '%y' in its date_format"))
+        .otherwise(pl.lit("a typo in the year?"))
+    )
+    return pl.format(
+        "is before {}, not a plausible session date (written {}: {})",
+        pl.lit(str(EARLIEST_SESSION.year)),
+        _shape(raw),
+        hint,
+    )
+
+
+def _failure(condition: pl.Expr, rule: str, detail: pl.Expr | None = None) -> pl.Expr:
+    """A parse failure (rule, detail) where ``condition`` holds; detail null means the rule's generic text."""
+    return pl.when(condition).then(
+        pl.struct(
+            pl.lit(rule).alias("rule"), (detail if detail is not None else pl.lit(None, pl.String)).alias("detail")
+        )
+    )
 
 
 def _item_total(inst: Instrument, items: list[pl.Expr]) -> pl.Expr:
@@ -89,7 +179,7 @@ def _item_total(inst: Instrument, items: list[pl.Expr]) -> pl.Expr:
     summed = scored[0]
     for expr in scored[1:]:
         summed = summed + expr  # plain addition keeps a missing item missing
-    return summed if inst.score == "sum" else summed / len(scored)
+    return _at_precision(summed if inst.score == "sum" else summed / len(scored), inst)
 
 
 def rating_candidates(
@@ -100,8 +190,9 @@ def rating_candidates(
     ``timezone`` (the clinic's) gives the date of a session date-time written with an offset.
 
     Columns: source_line, instrument, client_ref, therapist_id, session_date, session_number, each
-    item field and total as numbers on the instrument's scale, ``<field>__raw`` for every value that
-    can fail to parse, days_ahead, total_gap and parse_errors (list of rule ids).
+    item field and total as numbers on the instrument's scale at its precision, ``<field>__raw`` for every
+    value that can fail to parse, days_ahead, total_gap, parse_errors (list of rule ids) and parse_failures
+    (list of {rule, detail}: detail says what kind of value failed, or is null for the rule's generic text).
     """
     fields = [f for f in (*inst.item_fields, inst.total_field) if f in canonical.columns]
     if not fields:
@@ -109,14 +200,20 @@ def rating_candidates(
     scale = inst.item_max / profile.file_item_max(inst)
     present = canonical.filter(pl.any_horizontal(pl.col(fields).is_not_null()))
     item_exprs = [
-        (_number(f, profile.decimal_comma) * scale if f in canonical.columns else pl.lit(None, pl.Float64)).alias(f)
+        (
+            _at_precision(_number(f, profile.decimal_comma) * scale, inst)
+            if f in canonical.columns
+            else pl.lit(None, pl.Float64)
+        ).alias(f)
         for f in inst.item_fields
     ]
     file_total = (
-        _number(inst.total_field, profile.decimal_comma) * scale
+        _at_precision(_number(inst.total_field, profile.decimal_comma) * scale, inst)
         if inst.total_field in canonical.columns
         else pl.lit(None, pl.Float64)
     )
+    parses = _dates("session_date", profile.date_formats, timezone)
+    hidden = HIDDEN_ROW in canonical.columns and profile.hidden_rows == "quarantine"
     typed = present.select(
         pl.col(SOURCE_LINE),
         pl.lit(inst.code).alias("instrument"),
@@ -124,7 +221,8 @@ def rating_candidates(
         pl.col("therapist_id"),
         pl.col("session_date").alias(f"session_date{RAW}"),
         pl.col("session_number").alias(f"session_number{RAW}"),
-        _date("session_date", profile.date_formats, timezone).alias("session_date"),
+        _session_date(parses).alias("session_date"),
+        pl.coalesce(parses).alias("session_date_any"),
         _number("session_number", False).alias("session_number_value"),
         *item_exprs,
         *(pl.col(f).alias(f"{f}{RAW}") for f in inst.item_fields if f in canonical.columns),
@@ -132,35 +230,63 @@ def rating_candidates(
         (pl.col(inst.total_field) if inst.total_field in canonical.columns else pl.lit(None, pl.String)).alias(
             f"total{RAW}"
         ),
+        (pl.col(HIDDEN_ROW) if hidden else pl.lit(False)).alias(HIDDEN_ROW),
     )
     from_items = _item_total(inst, [pl.col(f) for f in inst.item_fields])
-    errors = [
-        pl.when(pl.col(f"{f}{RAW}").is_not_null() & pl.col(f).is_null()).then(pl.lit(f"not_a_number:{f}"))
+    number = pl.col("session_number_value")
+    whole = number % 1 == 0
+    storable = whole & (number.abs() <= MAX_EXACT_WHOLE)
+    failures = [
+        _failure(
+            pl.col(f"{f}{RAW}").is_not_null() & pl.col(f).is_null(),
+            f"not_a_number:{f}",
+            _number_kind(pl.col(f"{f}{RAW}"), profile.decimal_comma),
+        )
         for f in inst.item_fields
         if f in canonical.columns
     ]
-    errors += [
-        pl.when(pl.col(f"total{RAW}").is_not_null() & pl.col("file_total").is_null()).then(
-            pl.lit("not_a_number:total")
+    failures += [
+        _failure(
+            pl.col(f"total{RAW}").is_not_null() & pl.col("file_total").is_null(),
+            "not_a_number:total",
+            _number_kind(pl.col(f"total{RAW}"), profile.decimal_comma),
         ),
-        pl.when(pl.col(f"session_date{RAW}").is_not_null() & pl.col("session_date").is_null()).then(
-            pl.lit("bad_date:session_date")
+        _failure(
+            pl.col(f"session_date{RAW}").is_not_null() & pl.col("session_date_any").is_null(), "bad_date:session_date"
         ),
-        pl.when(
-            pl.col(f"session_number{RAW}").is_not_null()
-            & (pl.col("session_number_value").is_null() | (pl.col("session_number_value") % 1 != 0))
-        ).then(pl.lit("not_an_integer:session_number")),
+        _failure(
+            pl.col("session_date_any").is_not_null() & pl.col("session_date").is_null(),
+            "implausible_date:session_date",
+            _implausible_date(pl.col(f"session_date{RAW}"), pl.col("session_date_any")),
+        ),
+        _failure(
+            pl.col(f"session_number{RAW}").is_not_null() & (number.is_null() | ~whole),
+            "not_an_integer:session_number",
+            _number_kind(pl.col(f"session_number{RAW}"), False, whole=True),
+        ),
+        _failure(
+            whole & ~storable,
+            "out_of_range:session_number",
+            pl.format(
+                "is a whole number too large to store ({} digits)",
+                pl.col(f"session_number{RAW}").str.count_matches(r"[0-9]"),
+            ),
+        ),
+        _failure(pl.col(HIDDEN_ROW), "hidden_row"),
     ]
-    return typed.with_columns(
-        pl.coalesce(from_items, pl.col("file_total")).alias("total"),
-        (pl.col("file_total") - from_items).abs().alias("total_gap"),
-        pl.when(pl.col("session_number_value") % 1 == 0)
-        .then(pl.col("session_number_value"))
-        .cast(pl.Int64)
-        .alias("session_number"),
-        (pl.col("session_date") - pl.lit(today)).dt.total_days().alias("days_ahead"),
-        pl.concat_list(errors).list.drop_nulls().alias("parse_errors"),
-    ).drop("session_number_value", "file_total")
+    return (
+        typed.with_columns(
+            pl.coalesce(from_items, pl.col("file_total")).alias("total"),
+            (pl.col("file_total") - from_items).abs().alias("total_gap"),
+            pl.when(storable).then(number).cast(pl.Int64).alias("session_number"),
+            (pl.col("session_date") - pl.lit(today)).dt.total_days().alias("days_ahead"),
+            pl.concat_list(failures).list.drop_nulls().cast(pl.List(FAILURE)).alias("parse_failures"),
+        )
+        .with_columns(
+            pl.col("parse_failures").list.eval(pl.element().struct.field("rule")).alias("parse_errors"),
+        )
+        .drop("session_number_value", "file_total", "session_date_any", HIDDEN_ROW)
+    )
 
 
 def unrated_rows(canonical: pl.DataFrame, profile: ExportProfile) -> pl.DataFrame:

@@ -8,11 +8,14 @@ import polars as pl
 
 from alliance.instruments import Instrument
 
+MAX_SESSION_NUMBER = 10_000  # the suite's upper bound (expectations/suites.py)
 RULE_TEXT = {
     "missing": "is empty",
+    "missing:total": "is empty, and not every item is there to compute it",
     "not_a_number": "is not a number",
     "not_an_integer": "is not a whole number",
     "bad_date": "is not a date in the clinic's date format",
+    "implausible_date": "is not a plausible session date",
     "out_of_range": "is outside the allowed range",
     "total_mismatch": "disagrees with the sum of the items",
     "date_in_future": "is in the future",
@@ -20,6 +23,8 @@ RULE_TEXT = {
     "no_rating": "carries no value of any instrument in the profile",
     "foreign_therapist": "is a therapist id of another clinic",
     "file_quarantined": "row passed, but the whole file was quarantined",
+    "hidden_row": "the row is hidden in the workbook; unhide it and export again to load it, "
+    'or set hidden_rows = "load" in the clinic\'s export profile',
 }
 
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
@@ -49,17 +54,18 @@ def reason(
     ``detail`` replaces the rule's generic text when a check knows more (e.g. which clinic an id belongs to).
     """
     kind, _, field = rule.partition(":")
-    text = detail or RULE_TEXT.get(kind, kind)
+    text = detail or RULE_TEXT.get(rule) or RULE_TEXT.get(kind, kind)
     where = f"line {line}" if line is not None else "file"
-    if kind == "out_of_range" and inst is not None and field:
+    if kind == "out_of_range" and field:
         low, high = (
             (inst.item_min, inst.item_max)
-            if field in inst.item_fields
+            if inst is not None and field in inst.item_fields
             else (inst.total_min, inst.total_max)
-            if field == "total"
-            else (1, None)
+            if inst is not None and field == "total"
+            else (1, MAX_SESSION_NUMBER)
         )
-        text = f"{text} {low:g}–{high:g}" if high is not None else f"{text} (must be {low:g} or more)"
+        allowed = f"{RULE_TEXT[kind]} {low:g}–{high:g}"
+        text = f"{detail}, {allowed.replace('is ', '', 1)}" if detail else allowed
     if not field:
         return f"{where}: {text}"
     column = vendor_of.get(inst.total_field if (field == "total" and inst) else field)
@@ -75,20 +81,36 @@ def screen(
     export_id: str,
     clinic_id: str,
 ) -> Screened:
-    """Rows with no failure are accepted; the others become quarantine rows listing every broken rule."""
-    parse = candidates.select("row_id", pl.col("parse_errors").alias("rule")).explode("rule").drop_nulls()
+    """Rows with no failure are accepted; the others become quarantine rows listing every broken rule.
+
+    A total that is there but is not a number is reported as such, not also as empty (``missing:total``).
+    """
+    parse = (
+        candidates.select("row_id", pl.col("parse_failures").alias("failure"))
+        .explode("failure")
+        .drop_nulls()
+        .unnest("failure")
+        if "parse_failures" in candidates.columns
+        else candidates.select("row_id", pl.col("parse_errors").alias("rule")).explode("rule").drop_nulls()
+    )
+    found = pl.concat([parse, failures], how="diagonal_relaxed")
     broken = (
-        pl.concat([parse, failures.select("row_id", "rule")])
+        found.select("row_id", "rule")
         .unique(maintain_order=True)
         .group_by("row_id", maintain_order=True)
         .agg(pl.col("rule").alias("rules"))
+        .with_columns(
+            pl.col("rules").list.eval(
+                pl.element().filter(~((pl.element() == "missing:total") & (pl.element() == "not_a_number:total").any()))
+            )
+        )
     )
     marked = candidates.join(broken, on="row_id", how="left")
     accepted = marked.filter(pl.col("rules").is_null()).drop("rules")
     rejected = marked.filter(pl.col("rules").is_not_null())
     details = (
-        {(r, rule): d for r, rule, d in failures.select("row_id", "rule", "detail").drop_nulls().iter_rows()}
-        if "detail" in failures.columns
+        {(r, rule): d for r, rule, d in found.select("row_id", "rule", "detail").drop_nulls().iter_rows()}
+        if "detail" in found.columns
         else None
     )
     return Screened(accepted, quarantine_rows(rejected, inst, vendor_of, export_id, clinic_id, details))
