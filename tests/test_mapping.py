@@ -139,10 +139,65 @@ def rules_of(*rows: dict[str, str | None]) -> list[list[str]]:
         ({"No": "-2"}, ["out_of_range:session_number"]),
         ({"No": "2,5"}, ["not_an_integer:session_number"]),
         ({"No": "zwei"}, ["not_an_integer:session_number"]),
+        ({"No": "99999999999999999999"}, ["out_of_range:session_number"]),  # beyond any integer type
+        ({"No": "1e3"}, ["not_an_integer:session_number"]),
+        ({"Date": "05.01.26"}, ["implausible_date:session_date"]),  # %Y reads '26' as year 26
+        ({"Date": "05.01.0000"}, ["implausible_date:session_date"]),
+        ({"Date": "31.12.1989"}, ["implausible_date:session_date"]),
+        ({"Date": "01.01.1990"}, []),
+        ({"Client": "\u200bK1\ufeff"}, []),
+        ({"Client": "\u200b\u2060"}, ["missing:client_ref"]),
     ],
 )
 def test_each_validation_rule(change: dict[str, str | None], expected: list[str]) -> None:
     assert rules_of({**GOOD, **change}) == [expected]
+
+
+def test_invisible_characters_are_removed_and_text_composed_before_anything_else() -> None:
+    frame = canonical(
+        {**GOOD, "Client": "K\u200b1"},
+        {**GOOD, "Client": "\ufeffK1\u00ad"},
+        {**GOOD, "Client": "K1", "Goals": "9\u200e"},
+    )
+    assert frame["client_ref"].to_list() == ["K1", "K1", "K1"]
+    assert frame["srs_goals"].to_list() == ["9", "9", "9"]
+    composed = canonical({**GOOD, "Client": "Jos\u0065\u0301"})  # e + combining acute: the same as é
+    assert composed["client_ref"].to_list() == ["Jos\u00e9"]
+
+
+def test_values_are_stored_at_the_instruments_precision() -> None:
+    row = {**GOOD, "Rel": "8,9", "Goals": "10", "Approach": "9,7", "Overall": "10", "Total": None}
+    (total,) = rating_candidates(canonical(row), PROFILE, SRS, TODAY)["total"].to_list()
+    assert total == 38.6 and repr(total) == "38.6"  # the float sum is 38.599999999999994
+    halves = {**GOOD, "Rel": "9,125", "Total": None}  # SRS keeps 2 decimals, rounding halves away from zero
+    assert rating_candidates(canonical(halves), PROFILE, SRS, TODAY)["srs_relationship"].to_list() == [9.13]
+
+
+def test_a_format_giving_a_plausible_date_wins_over_one_giving_year_26() -> None:
+    profile = PROFILE.model_copy(update={"date_format": ["%d.%m.%Y", "%d.%m.%y"]})
+    dates = rating_candidates(canonical({**GOOD, "Date": "05.01.26"}), profile, SRS, TODAY)["session_date"]
+    assert dates.to_list() == [date(2026, 1, 5)]
+
+
+def test_parse_failures_say_what_kind_of_value_failed() -> None:
+    rows = [
+        {**GOOD, "Goals": "9,5,1", "Total": None},  # no kind to name: the rule's own text
+        {**GOOD, "Goals": "nan", "Total": None},
+        {**GOOD, "Goals": "neun", "Total": None},
+        {**GOOD, "Goals": "1e1", "Total": None},
+        {**GOOD, "Goals": "?", "Total": None},
+        {**GOOD, "No": "2.5"},
+    ]
+    candidates = rating_candidates(canonical(*rows), PROFILE, SRS, TODAY)
+    details = [[f["detail"] for f in failures] for failures in candidates["parse_failures"].to_list()]
+    assert details == [
+        [None],
+        ["is not a number (nan or infinity)"],
+        ["is text, not a number"],
+        ["is a number in exponent notation, not a plain number"],
+        [None],
+        ["has a fractional part, not a whole number"],
+    ]
 
 
 def test_duplicate_key_within_a_file_quarantines_every_copy() -> None:
@@ -159,3 +214,6 @@ def test_reasons_name_line_and_vendor_column() -> None:
     assert text == "line 14, column 'SRS Goals & Topics' (srs_goals): is outside the allowed range 0–10"
     assert reason("total_mismatch:total", 3, {"srs_total": "Total"}, SRS).startswith("line 3, column 'Total' (total)")
     assert reason("no_rating", 9, {}, None) == "line 9: carries no value of any instrument in the profile"
+    assert reason("out_of_range:session_number", 4, {"session_number": "No"}, SRS) == (
+        "line 4, column 'No' (session_number): is outside the allowed range 1–10000"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from datetime import date
 from pathlib import Path
 
@@ -331,3 +332,19 @@ def test_hidden_xlsx_rows_are_quarantined_with_their_own_rule(settings: Settings
 def test_a_profile_may_load_hidden_rows(settings: Settings) -> None:
     result = ingest_file(hidden_rows_workbook(harbor(settings, 'hidden_rows = "load"'), hidden={3, 6}), settings)
     assert (result.rows_new, result.rows_quarantined) == (6, 0)
+
+
+def test_hidden_rows_are_found_however_the_row_attributes_are_written(settings: Settings) -> None:
+    path = hidden_rows_workbook(harbor(settings), hidden={3})
+    with zipfile.ZipFile(path) as book:
+        parts = {info.filename: book.read(info.filename) for info in book.infolist()}
+    sheet = parts["xl/worksheets/sheet1.xml"]
+    assert b'<row r="3" spans="1:5" hidden="1">' in sheet
+    parts["xl/worksheets/sheet1.xml"] = sheet.replace(
+        b'<row r="3" spans="1:5" hidden="1">', b"<row hidden='true' spans=\"1:5\" r='3'>"
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as book:
+        for name, data in parts.items():
+            book.writestr(name, data)
+    result = ingest_file(path, settings)
+    assert (result.rows_new, result.top_reasons) == (5, [("hidden_row", 1)])

@@ -30,6 +30,7 @@ MAX_EXACT_WHOLE = 2.0**53
 # Format characters (zero-width spaces and joiners, BOM, soft hyphen, direction marks) and control characters
 # other than tab and line breaks: invisible, so two ids differing only by them are the same id.
 INVISIBLE = r"[\p{Cf}\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+ASCII_CONTROLS = [chr(c) for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)]
 FAILURE = pl.Struct({"rule": pl.String, "detail": pl.String})
 
 
@@ -61,21 +62,30 @@ def resolve_columns(raw_columns: list[str], mapping: dict[str, str], file_name: 
     return resolved
 
 
-def clean_text(value: pl.Expr) -> pl.Expr:
+def clean_text(value: pl.Expr, odd: bool = True) -> pl.Expr:
     """A cell as its reader sees it: invisible characters removed, Unicode composed (NFC), trimmed, '' as null.
 
-    Done before pseudonymising, so 'C-101', 'C-101\u200b' and '\ufeffC-101' are one client.
+    Done before pseudonymising, so 'C-101', 'C-101\u200b' and '\ufeffC-101' are one client. ``odd`` False
+    (the column is plain printable ASCII) skips the removal and composition, which cost 10× the trim.
     """
-    return value.str.replace_all(INVISIBLE, "").str.normalize("NFC").str.strip_chars().replace("", None)
+    if odd:
+        value = value.str.replace_all(INVISIBLE, "").str.normalize("NFC")
+    return value.str.strip_chars().replace("", None)
+
+
+def _odd(value: pl.Expr) -> pl.Expr:
+    """True when any cell holds a non-ASCII or an ASCII control character (tab and line breaks aside)."""
+    return (value.str.len_bytes() != value.str.len_chars()).any() | value.str.contains_any(ASCII_CONTROLS).any()
 
 
 def to_canonical(raw: pl.DataFrame, resolved: dict[str, str]) -> pl.DataFrame:
     """Only the mapped columns, renamed to canonical fields, cleaned (``clean_text``); hidden-row marks kept."""
+    # by position: a vendor name such as '*' or '^.*$' would be a wildcard or a pattern to pl.col
+    columns = {field: pl.nth(raw.get_column_index(vendor)) for vendor, field in resolved.items()}
+    odd = raw.select(_odd(column).alias(field) for field, column in columns.items()).row(0, named=True)
     return raw.select(
         pl.col(SOURCE_LINE),
-        *(  # by position: a vendor name such as '*' or '^.*$' would be a wildcard or a pattern to pl.col
-            clean_text(pl.nth(raw.get_column_index(vendor))).alias(field) for vendor, field in resolved.items()
-        ),
+        *(clean_text(column, bool(odd[field])).alias(field) for field, column in columns.items()),
         *([pl.col(HIDDEN_ROW)] if HIDDEN_ROW in raw.columns else []),
     )
 
@@ -274,18 +284,29 @@ def rating_candidates(
         ),
         _failure(pl.col(HIDDEN_ROW), "hidden_row"),
     ]
+    typed = typed.with_columns(
+        pl.coalesce(from_items, pl.col("file_total")).alias("total"),
+        (pl.col("file_total") - from_items).abs().alias("total_gap"),
+        pl.when(storable).then(number).cast(pl.Int64).alias("session_number"),
+        (pl.col("session_date") - pl.lit(today)).dt.total_days().alias("days_ahead"),
+        pl.concat_list(failure.struct.field("rule") for failure in failures).list.drop_nulls().alias("parse_errors"),
+    )
+    return _with_details(typed, failures).drop("session_number_value", "file_total", "session_date_any", HIDDEN_ROW)
+
+
+def _with_details(typed: pl.DataFrame, failures: list[pl.Expr]) -> pl.DataFrame:
+    """parse_failures ({rule, detail} per broken rule), worked out only on rows that broke one: details cost."""
+    failing = typed["parse_errors"].list.len() > 0
+    if not failing.any():
+        return typed.with_columns(pl.lit([], pl.List(FAILURE)).alias("parse_failures"))
+    indexed = typed.with_row_index("__row")
+    details = indexed.filter(failing).select(
+        "__row", pl.concat_list(failures).list.drop_nulls().cast(pl.List(FAILURE)).alias("parse_failures")
+    )
     return (
-        typed.with_columns(
-            pl.coalesce(from_items, pl.col("file_total")).alias("total"),
-            (pl.col("file_total") - from_items).abs().alias("total_gap"),
-            pl.when(storable).then(number).cast(pl.Int64).alias("session_number"),
-            (pl.col("session_date") - pl.lit(today)).dt.total_days().alias("days_ahead"),
-            pl.concat_list(failures).list.drop_nulls().cast(pl.List(FAILURE)).alias("parse_failures"),
-        )
-        .with_columns(
-            pl.col("parse_failures").list.eval(pl.element().struct.field("rule")).alias("parse_errors"),
-        )
-        .drop("session_number_value", "file_total", "session_date_any", HIDDEN_ROW)
+        indexed.join(details, on="__row", how="left", maintain_order="left")
+        .with_columns(pl.col("parse_failures").fill_null(pl.lit([], pl.List(FAILURE))))
+        .drop("__row")
     )
 
 
