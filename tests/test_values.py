@@ -16,6 +16,7 @@ import xlsxwriter
 from alliance.settings import Settings
 from flows.pipeline import ExportResult, ingest_file
 from tests.conftest import add_clinic
+from transforms.quarantine import RULE_TEXT
 
 NORTH = """
 [clinics.north]
@@ -348,3 +349,10 @@ def test_hidden_rows_are_found_however_the_row_attributes_are_written(settings: 
             book.writestr(name, data)
     result = ingest_file(path, settings)
     assert (result.rows_new, result.top_reasons) == (5, [("hidden_row", 1)])
+
+
+def test_every_quarantine_rule_is_in_the_readme_rules_table() -> None:
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("### Validation rules") : text.index("A file that cannot be read at all")]
+    undocumented = [rule for rule in RULE_TEXT if f"| `{rule.partition(':')[0]}" not in table]
+    assert undocumented == []
