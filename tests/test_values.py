@@ -356,3 +356,13 @@ def test_every_quarantine_rule_is_in_the_readme_rules_table() -> None:
     table = text[text.index("### Validation rules") : text.index("A file that cannot be read at all")]
     undocumented = [rule for rule in RULE_TEXT if f"| `{rule.partition(':')[0]}" not in table]
     assert undocumented == []
+
+
+def test_a_date_in_another_format_says_which_format_was_expected(north: Settings) -> None:
+    ingest_file(drop_csv(north, "a.csv", [*GOOD, "C-103,t2,13.01.2026,1,8.0,8.0,8.0,8.0,"]), north)
+    ((_, _, rules, reasons),) = quarantined(north)
+    assert rules == ["bad_date:session_date"]
+    assert reasons == [
+        "line 5, column 'Session Date' (session_date): is not a date in the clinic's date format %m/%d/%Y "
+        "nor ISO (written 99.99.9999)"
+    ]

@@ -262,7 +262,13 @@ def rating_candidates(
             _number_kind(pl.col(f"total{RAW}"), profile.decimal_comma),
         ),
         _failure(
-            pl.col(f"session_date{RAW}").is_not_null() & pl.col("session_date_any").is_null(), "bad_date:session_date"
+            pl.col(f"session_date{RAW}").is_not_null() & pl.col("session_date_any").is_null(),
+            "bad_date:session_date",
+            pl.format(
+                "is not a date in the clinic's date format {} nor ISO (written {})",
+                pl.lit(" or ".join(profile.date_formats)),
+                _shape(pl.col(f"session_date{RAW}")),
+            ),
         ),
         _failure(
             pl.col("session_date_any").is_not_null() & pl.col("session_date").is_null(),
