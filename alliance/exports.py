@@ -310,6 +310,9 @@ _ROW_END = re.compile(rb"</" + _PREFIX + rb"row>")
 _CACHED = re.compile(rb"<" + _PREFIX + rb"v>\s*[^<\s]")
 _ATTR_R = re.compile(rb"\sr\s*=\s*([\"'])(.*?)\1", re.DOTALL)
 _PLAIN_ROW = re.compile(rb"[1-9][0-9]{0,6}")
+# a cell holding a value (calamine's range starts at the first such cell, not at sheet row 1)
+_VALUED_CELL = re.compile(rb'<c r="[A-Z]{1,3}([1-9][0-9]{0,6})"[^>]*>\s*<(?:v|is)[\s>]')
+_HAS_VALUE = re.compile(rb"<" + _PREFIX + rb"(?:v|is)[\s>]")
 _ATTR_HIDDEN = re.compile(rb"\shidden\s*=\s*([\"'])\s*(?:1|true)\s*\1", re.IGNORECASE)
 _PLAIN_CELL = re.compile(rb"([A-Z]{1,3})([1-9][0-9]{0,6})")
 REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
@@ -349,6 +352,7 @@ class _SheetScan:
     max_col: int = 0
     formulas: dict[int, _Formulas] = field(default_factory=dict)  # by sheet column (1-based), header row excluded
     hidden_rows: set[int] = field(default_factory=set)  # sheet row numbers (1-based) hidden in the workbook
+    first_row: int = 0  # sheet row of the first cell with a value (0: none seen yet)
     _row: int = 0
     _col: int = 0
     _buffer: bytes = b""
@@ -383,6 +387,9 @@ class _SheetScan:
                     self.max_row = max(self.max_row, max(map(int, numbers)))
                 rows = _ROW_REF.findall(data)
                 self._row = max(self._row, self.max_row, *(int(r) for r in rows[-1:]))
+                if not self.first_row:
+                    valued = _VALUED_CELL.findall(data)
+                    self.first_row = min(map(int, valued)) if valued else 0
                 return
         self._tokens(data)
 
@@ -414,10 +421,15 @@ class _SheetScan:
                 col, row = self._col, max(self._row, 1)
             self.max_row = max(self.max_row, row)
             self.max_col = max(self.max_col, col)
-            if attrs.endswith(b"/") or row <= 1:
+            looking = not self.first_row or row < self.first_row
+            if attrs.endswith(b"/") or (row <= 1 and not looking):
                 continue
             end = _CELL_END.search(data, match.end())
             body = data[match.end() : end.start() if end else len(data)]
+            if looking and _HAS_VALUE.search(body) is not None:
+                self.first_row = row
+            if row <= 1:
+                continue
             if _FORMULA.search(body) is not None:
                 seen = self.formulas.setdefault(col, _Formulas(first=(row, col)))
                 seen.count += 1
@@ -621,7 +633,10 @@ def read_xlsx_bytes(
     frame = grid.slice(1).rename(dict(zip(grid.columns, names, strict=True)))
     if frame.height > limits.max_rows:
         raise _too_many_rows(file_name, frame.height, limits)
-    lines = _without_blank_rows(frame.with_columns(pl.int_range(2, frame.height + 2).cast(pl.Int64).alias(SOURCE_LINE)))
+    # the grid starts at the first row with a value: line numbers are sheet rows, as the clinic sees them
+    first = inspection.scan.first_row or 1
+    numbered = frame.with_columns(pl.int_range(first + 1, first + 1 + frame.height).cast(pl.Int64).alias(SOURCE_LINE))
+    lines = _without_blank_rows(numbered)
     if not inspection.scan.hidden_rows:
         return lines
     # marked, not dropped: the mapping quarantines them (or loads them, as the profile says)

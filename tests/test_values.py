@@ -366,3 +366,27 @@ def test_a_date_in_another_format_says_which_format_was_expected(north: Settings
         "line 5, column 'Session Date' (session_date): is not a date in the clinic's date format %m/%d/%Y "
         "nor ISO (written 99.99.9999)"
     ]
+
+
+@pytest.mark.parametrize("formula", [False, True])
+def test_xlsx_lines_are_sheet_rows_when_the_table_starts_lower_down(settings: Settings, formula: bool) -> None:
+    path = harbor(settings)
+    buffer = io.BytesIO()
+    book = xlsxwriter.Workbook(buffer, {"in_memory": True})
+    sheet = book.add_worksheet("Sessions")
+    sheet.write_blank(0, 0, None, book.add_format({"bold": True}))  # a styled, empty cell above the table
+    sheet.write_row(2, 0, ["Client", "Therapist", "Date", "Session", "SRS"])
+    for i in range(4):
+        sheet.write_row(i + 3, 0, ["h1", "t1", f"2026-01-{i + 5:02d}", i + 1, 30 + i])
+    if formula:  # a formula in an unmapped column takes the cell-by-cell path
+        sheet.write_formula(3, 6, "=1+1", None, 2)
+    sheet.write_row(7, 0, ["h1", "t1", "2026-01-09", 5, 55])  # out of range, on sheet row 8
+    sheet.set_row(5, None, None, {"hidden": True})  # sheet row 6
+    book.close()
+    path.write_bytes(buffer.getvalue())
+    result = ingest_file(path, settings)
+    assert (result.rows_new, result.rows_quarantined) == (3, 2)
+    assert [(line, rules) for line, _, rules, _ in quarantined(settings)] == [
+        (6, ["hidden_row"]),
+        (8, ["out_of_range:total"]),
+    ]
