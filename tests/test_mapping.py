@@ -6,6 +6,8 @@ from datetime import date
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alliance.clinics import ExportProfile
 from alliance.errors import ExportRejected
@@ -217,3 +219,29 @@ def test_reasons_name_line_and_vendor_column() -> None:
     assert reason("out_of_range:session_number", 4, {"session_number": "No"}, SRS) == (
         "line 4, column 'No' (session_number): is outside the allowed range 1–10000"
     )
+
+
+VENDOR_OF = {canonical: vendor for vendor, canonical in COLUMNS.items()}
+CELL = st.lists(
+    st.sampled_from(["0", "1", "2", "9", "26", "0000", "2026", "/", ".", ",", "-", "+", "e", " ", "#", "x", "\u200b"]),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({k: CELL for k in ("Date", "No", "Goals", "Total")}), min_size=1))
+def test_any_cell_text_is_typed_or_gets_a_parse_rule_never_an_exception(rows: list[dict[str, str]]) -> None:
+    candidates = rating_candidates(canonical(*({**GOOD, **row} for row in rows)), PROFILE, SRS, TODAY)
+    clean = candidates.filter(pl.col("parse_errors").list.len() == 0)
+    # what passes parsing is safe for scoring: a plausible date, a session number that fits, values at precision
+    assert clean.filter(pl.col("session_date") < date(1990, 1, 1)).is_empty()
+    assert clean.filter(pl.col("session_number").abs() > 2**53).is_empty()
+    assert clean.filter(pl.col("total").round(2) != pl.col("total")).is_empty()
+    with_ids = candidates.with_row_index("row_id").with_columns(
+        pl.col("row_id").cast(pl.Int64), pl.col("client_ref").alias("client_id")
+    )
+    screened = screen(with_ids, pl.DataFrame(schema={"row_id": pl.Int64, "rule": pl.String}), SRS, VENDOR_OF, "e", "c")
+    assert screened.accepted.height + screened.quarantined.height == candidates.height
+    raw = {value for row in rows for value in row.values() if "#" in value and any(c.isalnum() for c in value)}
+    reasons = [text for texts in screened.quarantined["reasons"].to_list() for text in texts]
+    assert not [value for value in raw for text in reasons if value.strip() and value.strip() in text]

@@ -13,6 +13,8 @@ import duckdb
 import pytest
 import xlsxwriter
 
+from alliance.clinics import load_clinics
+from alliance.errors import ProfileError
 from alliance.settings import Settings
 from flows.pipeline import ExportResult, ingest_file
 from tests.conftest import add_clinic
@@ -390,3 +392,14 @@ def test_xlsx_lines_are_sheet_rows_when_the_table_starts_lower_down(settings: Se
         (6, ["hidden_row"]),
         (8, ["out_of_range:total"]),
     ]
+
+
+def test_hidden_rows_is_refused_for_a_text_export(settings: Settings) -> None:
+    add_clinic(
+        settings,
+        NORTH.format(date_format='"%m/%d/%Y"').replace(
+            "[clinics.north.export]\n", '[clinics.north.export]\nhidden_rows = "load"\n'
+        ),
+    )
+    with pytest.raises(ProfileError, match=r"clinic 'north': export: hidden_rows: only for xlsx exports"):
+        load_clinics(settings.clinics_file)
