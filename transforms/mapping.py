@@ -100,7 +100,8 @@ def _number(field: str, decimal_comma: bool) -> pl.Expr:
 
 def _at_precision(value: pl.Expr, inst: Instrument) -> pl.Expr:
     """A value at the instrument's declared precision: 38.6, never the float sum 38.599999999999994."""
-    return value.round(inst.decimals, mode="half_away_from_zero")
+    rounded = value.round(inst.decimals, mode="half_away_from_zero")
+    return pl.when(rounded == 0).then(pl.lit(0.0)).otherwise(rounded)  # a '-0' is stored as 0
 
 
 def _number_kind(raw: pl.Expr, decimal_comma: bool, whole: bool = False) -> pl.Expr:
