@@ -142,6 +142,7 @@ def rules_of(*rows: dict[str, str | None]) -> list[list[str]]:
         ({"No": "2,5"}, ["not_an_integer:session_number"]),
         ({"No": "zwei"}, ["not_an_integer:session_number"]),
         ({"No": "99999999999999999999"}, ["out_of_range:session_number"]),  # beyond any integer type
+        ({"No": "9" * 400}, ["out_of_range:session_number"]),  # beyond any float
         ({"No": "1e3"}, ["not_an_integer:session_number"]),
         ({"Date": "05.01.26"}, ["implausible_date:session_date"]),  # %Y reads '26' as year 26
         ({"Date": "05.01.0000"}, ["implausible_date:session_date"]),

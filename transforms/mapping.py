@@ -247,6 +247,9 @@ def rating_candidates(
     number = pl.col("session_number_value")
     whole = number % 1 == 0
     storable = whole & (number.abs() <= MAX_EXACT_WHOLE)
+    # digits only, but more than a float can hold (e.g. 400 of them): too large, not 'not a whole number'
+    huge = pl.col(f"session_number{RAW}").str.contains(r"^[+-]?[0-9]+(?:\.0*)?$") & number.is_null()
+    too_large = (whole & ~storable) | huge
     failures = [
         _failure(
             pl.col(f"{f}{RAW}").is_not_null() & pl.col(f).is_null(),
@@ -277,12 +280,12 @@ def rating_candidates(
             _implausible_date(pl.col(f"session_date{RAW}"), pl.col("session_date_any")),
         ),
         _failure(
-            pl.col(f"session_number{RAW}").is_not_null() & (number.is_null() | ~whole),
+            pl.col(f"session_number{RAW}").is_not_null() & (number.is_null() | ~whole) & ~too_large.fill_null(False),
             "not_an_integer:session_number",
             _number_kind(pl.col(f"session_number{RAW}"), False, whole=True),
         ),
         _failure(
-            whole & ~storable,
+            too_large,
             "out_of_range:session_number",
             pl.format(
                 "is a whole number too large to store ({} digits)",
