@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from alliance.instruments import Instrument
+from expectations.suites import MAX_SESSION_NUMBER
 
-MAX_SESSION_NUMBER = 10_000  # the suite's upper bound (expectations/suites.py)
 RULE_TEXT = {
     "missing": "is empty",
     "missing:total": "is empty, and not every item is there to compute it",
@@ -56,16 +56,18 @@ def reason(
     kind, _, field = rule.partition(":")
     text = detail or RULE_TEXT.get(rule) or RULE_TEXT.get(kind, kind)
     where = f"line {line}" if line is not None else "file"
-    if kind == "out_of_range" and field:
-        low, high = (
-            (inst.item_min, inst.item_max)
-            if inst is not None and field in inst.item_fields
-            else (inst.total_min, inst.total_max)
-            if inst is not None and field == "total"
-            else (1, MAX_SESSION_NUMBER)
-        )
-        allowed = f"{RULE_TEXT[kind]} {low:g}–{high:g}"
-        text = f"{detail}, {allowed.replace('is ', '', 1)}" if detail else allowed
+    bounds = (
+        (1, MAX_SESSION_NUMBER)
+        if field == "session_number"
+        else (inst.item_min, inst.item_max)
+        if inst is not None and field in inst.item_fields
+        else (inst.total_min, inst.total_max)
+        if inst is not None and field == "total"
+        else None
+    )
+    if kind == "out_of_range" and bounds is not None:
+        allowed = f"outside the allowed range {bounds[0]:g}–{bounds[1]:g}"
+        text = f"{detail}, {allowed}" if detail else f"is {allowed}"
     if not field:
         return f"{where}: {text}"
     column = vendor_of.get(inst.total_field if (field == "total" and inst) else field)
