@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 
 import polars as pl
@@ -100,8 +101,7 @@ def _number(field: str, decimal_comma: bool) -> pl.Expr:
 
 def _at_precision(value: pl.Expr, inst: Instrument) -> pl.Expr:
     """A value at the instrument's declared precision: 38.6, never the float sum 38.599999999999994."""
-    rounded = value.round(inst.decimals, mode="half_away_from_zero")
-    return pl.when(rounded == 0).then(pl.lit(0.0)).otherwise(rounded)  # a '-0' is stored as 0
+    return value.round(inst.decimals, mode="half_away_from_zero")
 
 
 def _number_kind(raw: pl.Expr, decimal_comma: bool, whole: bool = False) -> pl.Expr:
@@ -173,13 +173,20 @@ def _implausible_date(raw: pl.Expr, parsed: pl.Expr) -> pl.Expr:
     )
 
 
-def _failure(condition: pl.Expr, rule: str, detail: pl.Expr | None = None) -> pl.Expr:
-    """A parse failure (rule, detail) where ``condition`` holds; detail null means the rule's generic text."""
-    return pl.when(condition).then(
-        pl.struct(
-            pl.lit(rule).alias("rule"), (detail if detail is not None else pl.lit(None, pl.String)).alias("detail")
-        )
-    )
+@dataclass(frozen=True)
+class _Failure:
+    """A parse check: the rule broken where ``condition`` holds, and what to say (None: the rule's own text)."""
+
+    condition: pl.Expr
+    rule: str
+    detail: pl.Expr | None = None
+
+    def rule_where(self) -> pl.Expr:
+        return pl.when(self.condition).then(pl.lit(self.rule))
+
+    def failure_where(self) -> pl.Expr:
+        detail = self.detail if self.detail is not None else pl.lit(None, pl.String)
+        return pl.when(self.condition).then(pl.struct(pl.lit(self.rule).alias("rule"), detail.alias("detail")))
 
 
 def _item_total(inst: Instrument, items: list[pl.Expr]) -> pl.Expr:
@@ -223,7 +230,13 @@ def rating_candidates(
         if inst.total_field in canonical.columns
         else pl.lit(None, pl.Float64)
     )
-    parses = _dates("session_date", profile.date_formats, timezone)
+    # each format's reading once, as columns: the plausible choice and the any-format fallback both read them
+    readings = [f"__date_{i}" for i in range(len(_dates("session_date", profile.date_formats, timezone)))]
+    present = present.with_columns(
+        reading.alias(name)
+        for reading, name in zip(_dates("session_date", profile.date_formats, timezone), readings, strict=True)
+    )
+    parses = [pl.col(name) for name in readings]
     hidden = HIDDEN_ROW in canonical.columns and profile.hidden_rows == "quarantine"
     typed = present.select(
         pl.col(SOURCE_LINE),
@@ -251,7 +264,7 @@ def rating_candidates(
     huge = pl.col(f"session_number{RAW}").str.contains(r"^[+-]?[0-9]+(?:\.0*)?$") & number.is_null()
     too_large = (whole & ~storable) | huge
     failures = [
-        _failure(
+        _Failure(
             pl.col(f"{f}{RAW}").is_not_null() & pl.col(f).is_null(),
             f"not_a_number:{f}",
             _number_kind(pl.col(f"{f}{RAW}"), profile.decimal_comma),
@@ -260,12 +273,12 @@ def rating_candidates(
         if f in canonical.columns
     ]
     failures += [
-        _failure(
+        _Failure(
             pl.col(f"total{RAW}").is_not_null() & pl.col("file_total").is_null(),
             "not_a_number:total",
             _number_kind(pl.col(f"total{RAW}"), profile.decimal_comma),
         ),
-        _failure(
+        _Failure(
             pl.col(f"session_date{RAW}").is_not_null() & pl.col("session_date_any").is_null(),
             "bad_date:session_date",
             pl.format(
@@ -274,17 +287,17 @@ def rating_candidates(
                 _shape(pl.col(f"session_date{RAW}")),
             ),
         ),
-        _failure(
+        _Failure(
             pl.col("session_date_any").is_not_null() & pl.col("session_date").is_null(),
             "implausible_date:session_date",
             _implausible_date(pl.col(f"session_date{RAW}"), pl.col("session_date_any")),
         ),
-        _failure(
+        _Failure(
             pl.col(f"session_number{RAW}").is_not_null() & (number.is_null() | ~whole) & ~too_large.fill_null(False),
             "not_an_integer:session_number",
             _number_kind(pl.col(f"session_number{RAW}"), False, whole=True),
         ),
-        _failure(
+        _Failure(
             too_large,
             "out_of_range:session_number",
             pl.format(
@@ -292,26 +305,30 @@ def rating_candidates(
                 pl.col(f"session_number{RAW}").str.count_matches(r"[0-9]"),
             ),
         ),
-        _failure(pl.col(HIDDEN_ROW), "hidden_row"),
+        _Failure(pl.col(HIDDEN_ROW), "hidden_row"),
     ]
     typed = typed.with_columns(
         pl.coalesce(from_items, pl.col("file_total")).alias("total"),
         (pl.col("file_total") - from_items).abs().alias("total_gap"),
         pl.when(storable).then(number).cast(pl.Int64).alias("session_number"),
         (pl.col("session_date") - pl.lit(today)).dt.total_days().alias("days_ahead"),
-        pl.concat_list(failure.struct.field("rule") for failure in failures).list.drop_nulls().alias("parse_errors"),
+        pl.concat_list(failure.rule_where() for failure in failures).list.drop_nulls().alias("parse_errors"),
     )
     return _with_details(typed, failures).drop("session_number_value", "file_total", "session_date_any", HIDDEN_ROW)
 
 
-def _with_details(typed: pl.DataFrame, failures: list[pl.Expr]) -> pl.DataFrame:
+def _with_details(typed: pl.DataFrame, failures: list[_Failure]) -> pl.DataFrame:
     """parse_failures ({rule, detail} per broken rule), worked out only on rows that broke one: details cost."""
     failing = typed["parse_errors"].list.len() > 0
     if not failing.any():
         return typed.with_columns(pl.lit([], pl.List(FAILURE)).alias("parse_failures"))
     indexed = typed.with_row_index("__row")
     details = indexed.filter(failing).select(
-        "__row", pl.concat_list(failures).list.drop_nulls().cast(pl.List(FAILURE)).alias("parse_failures")
+        "__row",
+        pl.concat_list(failure.failure_where() for failure in failures)
+        .list.drop_nulls()
+        .cast(pl.List(FAILURE))
+        .alias("parse_failures"),
     )
     return (
         indexed.join(details, on="__row", how="left", maintain_order="left")
