@@ -166,6 +166,8 @@ def test_invisible_characters_are_removed_and_text_composed_before_anything_else
     assert frame["srs_goals"].to_list() == ["9", "9", "9"]
     composed = canonical({**GOOD, "Client": "Jos\u0065\u0301"})  # e + combining acute: the same as é
     assert composed["client_ref"].to_list() == ["Jos\u00e9"]
+    spaced = canonical({**GOOD, "Client": "K\u00a01"}, {**GOOD, "Client": "K\u20091"}, {**GOOD, "Client": "K 1"})
+    assert spaced["client_ref"].to_list() == ["K 1", "K 1", "K 1"]  # no-break and thin spaces look like spaces
 
 
 def test_values_are_stored_at_the_instruments_precision() -> None:
