@@ -403,3 +403,33 @@ def test_hidden_rows_is_refused_for_a_text_export(settings: Settings) -> None:
     )
     with pytest.raises(ProfileError, match=r"clinic 'north': export: hidden_rows: only for xlsx exports"):
         load_clinics(settings.clinics_file)
+
+
+def test_alliance_ingest_loads_both_clinics_when_one_file_holds_every_bad_value(settings: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from alliance.cli import app
+
+    north = north_home(settings)
+    add_clinic(north, NORTH.format(date_format='"%m/%d/%Y"').replace("clinics.north", "clinics.south"))
+    (north.inbox / "south").mkdir()
+    bad = [
+        "C-201,t3,01/05/0000,1,8,8,8,8,",
+        "C-202,t3,0000-01-01,1,8,8,8,8,",
+        "C-203,t3,-0001-01-01,1,8,8,8,8,",
+        "C-204,t3,01/13/2026,99999999999999999999,8,8,8,8,",
+        "C-205,t3,01/13/26,1,8,8,8,8,",
+        'C-206,t3,01/13/2026,1,8,8,8,8,"38,0"',
+    ]
+    drop_csv(north, "north.csv", [*GOOD, *bad])
+    south = [row.replace(",t", ",s", 1) for row in GOOD]  # south's own therapists
+    (north.inbox / "south" / "south.csv").write_text(HEADER + "\n".join(south) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["ingest", "--home", str(north.home)])
+    assert result.exit_code == 0, result.output
+    assert query(north, "SELECT clinic_id, status, rows_new FROM exports ORDER BY clinic_id") == [
+        ("north", "loaded", 7),  # the good rows, and the SRS rating whose ORS total had a decimal comma
+        ("south", "loaded", 6),
+    ]
+    rules = query(north, "SELECT DISTINCT unnest(rules) AS rule FROM quarantine ORDER BY rule")
+    assert rules == [("implausible_date:session_date",), ("not_a_number:total",), ("out_of_range:session_number",)]
+    assert query(north, "SELECT clinic_id, count(*) FROM dyads GROUP BY ALL ORDER BY 1") == [("north", 3), ("south", 2)]
