@@ -458,33 +458,43 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _sheet_part(archive: zipfile.ZipFile, sheet: str | None) -> tuple[str | None, bool]:
-    """The zip part of the sheet calamine will read (None when it cannot be told) and whether the
-    workbook asks for its formulas to be recalculated on load (so their stored results are not real)."""
+def _sheet_part(archive: zipfile.ZipFile, sheet: str | None) -> tuple[str | None, bool, str | None]:
+    """The zip part of the sheet to read (None when it cannot be told), whether the workbook asks for its
+    formulas to be recalculated on load (so their stored results are not real), and the sheet's name.
+
+    Without a sheet named in the profile it is the first visible one: a hidden sheet (an old copy, a lookup
+    table) is not what the clinic sees as its export.
+    """
     try:
         workbook = ET.fromstring(_read_part(archive, "xl/workbook.xml") or b"")
         rels = ET.fromstring(_read_part(archive, "xl/_rels/workbook.xml.rels") or b"")
     except (ET.ParseError, LookupError, ValueError):
-        return None, True  # unreadable metadata: no stored formula result is trusted
+        return None, True, None  # unreadable metadata: no stored formula result is trusted
     full_calc = any(
         _local(el.tag) == "calcPr" and el.get("fullCalcOnLoad", "").lower() in ("1", "true") for el in workbook.iter()
     )
     sheets = [el for el in workbook.iter() if _local(el.tag) == "sheet"]
-    chosen = next((el for el in sheets if sheet is None or el.get("name") == sheet), None)
+    visible = [el for el in sheets if el.get("state", "visible").lower() not in ("hidden", "veryhidden")]
+    if sheet is None:
+        chosen = next(iter(visible or sheets), None)
+    else:
+        chosen = next((el for el in sheets if el.get("name") == sheet), None)
     if chosen is None:
-        return None, full_calc
+        return None, full_calc, None
+    name = chosen.get("name")
     rel_id = chosen.get(f"{{{REL_NS}}}id") or next((v for k, v in chosen.attrib.items() if k.endswith("}id")), None)
     target = next((el.get("Target") for el in rels.iter() if el.get("Id") == rel_id), None)
     if not target:
-        return None, full_calc
+        return None, full_calc, name
     part = target.lstrip("/") if target.startswith("/") else posixpath.normpath(posixpath.join("xl", target))
-    return part, full_calc
+    return part, full_calc, name
 
 
 @dataclass(frozen=True)
 class _Inspection:
     scan: _SheetScan
     full_calc: bool
+    sheet_name: str | None = None
 
 
 def _inspect_xlsx(data: bytes, profile: ExportProfile, file_name: str, limits: ReadLimits) -> _Inspection:
@@ -542,7 +552,7 @@ def _inspect_archive(
         raise ExportRejected(file_name, f"cannot read as XLSX: the archive is encrypted; {EXPORT_AS}")
     declared = sum(info.file_size for info in infos)
     _check_expansion(declared, size, file_name, limits)
-    part, full_calc = _sheet_part(archive, profile.sheet)
+    part, full_calc, sheet_name = _sheet_part(archive, profile.sheet)
     scan = _SheetScan()
     worksheets = {part} if part in names else {n for n in names if n.startswith("xl/worksheets/")}
     expanded = 0  # every part inflated for real: declared sizes are not trusted
@@ -566,7 +576,7 @@ def _inspect_archive(
             f"({scan.max_row:,} rows × {scan.max_col:,} columns = {cells:,} cells), over the limit of "
             f"{limits.max_xlsx_cells:,} (ALLIANCE_MAX_XLSX_CELLS); delete stray cells far from the data, or export CSV",
         )
-    return _Inspection(scan, full_calc)
+    return _Inspection(scan, full_calc, sheet_name)
 
 
 def _check_expansion(expanded: int, size: int, file_name: str, limits: ReadLimits) -> None:
@@ -618,7 +628,8 @@ def read_xlsx_bytes(
     sheet = f" (sheet {profile.sheet!r})" if profile.sheet else ""
     try:
         reader = fastexcel.read_excel(data)
-        loaded = reader.load_sheet(profile.sheet if profile.sheet else 0, header_row=None, dtypes="string")
+        chosen = profile.sheet or inspection.sheet_name or 0  # the sheet that was inspected
+        loaded = reader.load_sheet(chosen, header_row=None, dtypes="string")
         absolute = [column.absolute_index for column in loaded.available_columns()]
         grid = pl.DataFrame(loaded.to_arrow())
     except BaseException as exc:  # fastexcel raises its own types for every kind of broken workbook

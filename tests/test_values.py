@@ -433,3 +433,20 @@ def test_alliance_ingest_loads_both_clinics_when_one_file_holds_every_bad_value(
     rules = query(north, "SELECT DISTINCT unnest(rules) AS rule FROM quarantine ORDER BY rule")
     assert rules == [("implausible_date:session_date",), ("not_a_number:total",), ("out_of_range:session_number",)]
     assert query(north, "SELECT clinic_id, count(*) FROM dyads GROUP BY ALL ORDER BY 1") == [("north", 3), ("south", 2)]
+
+
+def test_a_hidden_first_sheet_is_not_read_as_the_export(settings: Settings) -> None:
+    path = harbor(settings)
+    buffer = io.BytesIO()
+    book = xlsxwriter.Workbook(buffer, {"in_memory": True})
+    old, sessions = book.add_worksheet("Old copy"), book.add_worksheet("Sessions")
+    for sheet, total in ((old, 11), (sessions, 33)):
+        sheet.write_row(0, 0, ["Client", "Therapist", "Date", "Session", "SRS"])
+        sheet.write_row(1, 0, ["h1", "t1", "2026-01-05", 1, total])
+    sessions.activate()
+    old.hide()
+    book.close()
+    path.write_bytes(buffer.getvalue())
+    result = ingest_file(path, settings)
+    assert (result.status, result.rows_new) == ("loaded", 1)
+    assert query(settings, "SELECT total FROM ratings") == [(33.0,)]
