@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -261,32 +262,63 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _ledger_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    keys = ("export_id", "status", "file_name", "archived_as", "received_at", "clinic_id")
+    return dict(zip(keys, row[:6], strict=True))
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """True when an error is the warehouse's own (disk full, I/O, a broken connection), not one file's content."""
+    return _disk_full(exc) or isinstance(
+        exc, StorageError | OSError | duckdb.IOException | duckdb.FatalException | duckdb.InternalException
+    )
+
+
 class Writer:
     """A read-write session on the warehouse, held under the writer lock."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
 
-    def export_by_sha(self, sha256: str) -> dict[str, Any] | None:
-        """The ledger row of the export with these bytes, if any."""
+    def export_by_sha(self, clinic_id: str, sha256: str) -> dict[str, Any] | None:
+        """The clinic's ledger row for these bytes, if any: a load or quarantine before the latest rejection."""
         rows = self.con.execute(
-            "SELECT export_id, status, file_name, archived_as, received_at FROM exports WHERE sha256 = ?",
-            [sha256],
+            """SELECT export_id, status, file_name, archived_as, received_at, clinic_id FROM exports
+            WHERE clinic_id = ? AND sha256 = ? ORDER BY status = 'rejected', received_at DESC""",
+            [clinic_id, sha256],
+        ).fetchall()
+        return _ledger_dict(rows[0]) if rows else None
+
+    def export_by_id(self, export_id: str) -> dict[str, Any] | None:
+        """The ledger row of one export id, with its sha256, if any."""
+        rows = self.con.execute(
+            """SELECT export_id, status, file_name, archived_as, received_at, clinic_id, sha256, bytes, instruments
+            FROM exports WHERE export_id = ?""",
+            [export_id],
         ).fetchall()
         if not rows:
             return None
-        export_id, status, file_name, archived_as, received_at = rows[0]
-        return {
-            "export_id": export_id,
-            "status": status,
-            "file_name": file_name,
-            "archived_as": archived_as,
-            "received_at": received_at,
-        }
+        found = _ledger_dict(rows[0])
+        found.update(sha256=rows[0][6], bytes=rows[0][7], instruments=rows[0][8])
+        return found
+
+    def attempts(self, clinic_id: str, sha256: str) -> int:
+        """How many ledger rows the clinic already has for these bytes (rejections retried after a fix)."""
+        return int(
+            self.con.execute(
+                "SELECT count(*) FROM exports WHERE clinic_id = ? AND sha256 = ?", [clinic_id, sha256]
+            ).fetchall()[0][0]
+        )
+
+    def drop_quarantine(self, export_id: str) -> int:
+        """Remove an export's quarantine rows (a released file's rows are re-screened), inside ``transaction()``."""
+        found = self.con.execute("SELECT count(*) FROM quarantine WHERE export_id = ?", [export_id]).fetchall()
+        self.con.execute("DELETE FROM quarantine WHERE export_id = ?", [export_id])
+        return int(found[0][0])
 
     def _write_ledger(self, ledger: Ledger, counts: LoadCounts) -> None:
-        # A rejected export retried after a profile fix replaces its earlier ledger row.
-        self.con.execute("DELETE FROM exports WHERE sha256 = ?", [ledger.sha256])
+        # Only a released export rewrites its own row; a retried rejection has a new export id, so both rows stay.
+        self.con.execute("DELETE FROM exports WHERE export_id = ?", [ledger.export_id])
         self.con.execute(
             """INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [
@@ -650,6 +682,14 @@ class Writer:
                 problems.append(f"snapshot {name} is missing")
             elif sha256_of(path) != digest:
                 problems.append(f"snapshot {name} does not match the checksum recorded when it was published")
+        archived = self.con.execute(
+            "SELECT file_name, archived_as, sha256 FROM exports WHERE archived_as IS NOT NULL ORDER BY received_at"
+        ).fetchall()
+        for name, archived_as, digest in archived:
+            path = Path(archived_as)
+            # a file moved on (a retried rejection) or removed by retention is not checked; a changed one is
+            if path.is_file() and sha256_of(path) != digest:
+                problems.append(f"archived file {path.name} is not the bytes loaded from {name} (sha256 differs)")
         return problems
 
     def audit(self, actor: str, action: str, subject: str, detail: str | None, at: datetime | None = None) -> None:
@@ -659,6 +699,8 @@ class Writer:
     def publish(self, folder: Path, clinic_ids: list[str] | None) -> list[Path]:
         """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically."""
         folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(".*.partial*"):  # a run killed mid-publish (or out of space) left these
+            leftover.unlink(missing_ok=True)
         published = [self._snapshot(folder / "network.duckdb", None)]
         clinics = clinic_ids if clinic_ids is not None else [
             row[0] for row in self.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()
@@ -698,10 +740,15 @@ class Writer:
         finally:
             if attached:
                 self.con.execute("DETACH snap")
-        _add_views(partial)
-        partial.chmod(0o444)
-        digest = sha256_of(partial)
-        os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
+        try:
+            _add_views(partial)
+            partial.chmod(0o444)
+            digest = sha256_of(partial)
+            os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
+        except BaseException:
+            for leftover in (partial, partial.with_name(partial.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+            raise
         now = _now()
         self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
         self.con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [target.name, clinic_id, digest, now])
@@ -747,6 +794,7 @@ class Warehouse:
             log.warning("%s: only %.0f MB free (warning below %.0f MB); a full disk stops runs", self.path, free,
                         self.min_free_mb)  # fmt: skip
         lock = FileLock(self.lock_path)
+        deadline = time.monotonic() + self.lock_timeout_s
         try:
             lock.acquire(timeout=self.lock_timeout_s)
         except Timeout:
@@ -755,7 +803,7 @@ class Warehouse:
                 f"(lock file {self.lock_path}); try again when it finishes"
             ) from None
         try:
-            con = self._connect(read_only=False)
+            con = self._connect_for_writing(deadline)
             try:
                 _ensure_schema(con)
                 yield Writer(con)
@@ -828,11 +876,38 @@ class Warehouse:
         finally:
             con.close()
 
+    def _connect_for_writing(self, deadline: float) -> duckdb.DuckDBPyConnection:
+        """Open read-write, waiting (until the writer lock's deadline) for a process that holds DuckDB's own lock."""
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if "conflicting lock" not in str(exc).lower():
+                    raise self._unopenable(exc) from None
+                if time.monotonic() >= deadline:
+                    raise WarehouseBusy(
+                        f"{self.path}: another process has the warehouse file open (a reader holding it, "
+                        f"e.g. a duckdb shell or BI tool), and it was not closed within {self.lock_timeout_s:.0f} s; "
+                        f"close it: readers belong on the snapshots in {self.snapshots}/"
+                    ) from None
+                time.sleep(0.2)
+            except duckdb.Error as exc:
+                raise self._unopenable(exc) from None
+
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         try:
             return duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise StorageError(f"{self.path}: cannot open the warehouse: {str(exc).splitlines()[0]}") from None
+        except duckdb.Error as exc:
+            raise self._unopenable(exc) from None
+
+    def _unopenable(self, exc: duckdb.Error) -> StorageError:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if isinstance(exc, duckdb.IOException) and "lock" in first.lower():
+            return StorageError(f"{self.path}: cannot open the warehouse: {first}")
+        return StorageError(
+            f"{self.path}: cannot open the warehouse (damaged file or write-ahead log?): {first}; "
+            "restore the last backup with `alliance restore <backup folder> --force`"
+        )
 
 
 class Reader:

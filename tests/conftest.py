@@ -15,6 +15,8 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="alliance-prefect-"))
 os.environ.pop("ALLIANCE_HMAC_KEY", None)
 os.environ.pop("ALLIANCE_HOME", None)
+# Test files are written whole before they are ingested; the settle wait itself is tested with its own setting.
+os.environ["ALLIANCE_SETTLE_S"] = "0"
 
 from alliance.home import init_home
 from alliance.settings import Settings, load_settings
