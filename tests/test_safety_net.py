@@ -14,31 +14,14 @@ from alliance.samples import add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from flows.nightly import run_nightly, sweep_clinic
 from flows.pipeline import ingest_file
-from tests.conftest import TEST_KEY, add_clinic
+from tests.conftest import SOUTH_ROWS, TEST_KEY, add_clinic, put
 from tests.receivers import Hook
-from tests.test_pipeline import HEADER, NORTH, ROWS
+from tests.test_pipeline import NORTH, ROWS
 
-SOUTH = NORTH.replace("clinics.north", "clinics.south").replace('name = "North"', 'name = "South"')
 # Values that crashed a whole run before the safety net: beyond Int64 (mapping), year 0 (scoring).
 HUGE_SESSION = "C-201,t9,01/05/2026,99999999999999999999,9,9,9,9,,"
 YEAR_ZERO = "C-202,t9,0000-01-01,1,9,9,9,9,,"
 POISON_VALUES = ("99999999999999999999", "0000-01-01", "C-201", "C-202")
-SOUTH_ROWS = [r.replace(",t1,", ",s1,").replace(",t2,", ",s2,") for r in ROWS]  # south's own therapists
-
-
-@pytest.fixture
-def two_clinics(settings: Settings) -> Settings:
-    add_clinic(settings, NORTH)
-    add_clinic(settings, SOUTH)
-    for clinic in ("north", "south"):
-        (settings.inbox / clinic).mkdir()
-    return settings
-
-
-def put(settings: Settings, clinic: str, name: str, rows: list[str]) -> Path:
-    path = settings.inbox / clinic / name
-    path.write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
-    return path
 
 
 def query(settings: Settings, sql: str) -> list[tuple]:
