@@ -229,10 +229,14 @@ def _archive(data: bytes, path: Path, target: Path, signature: Signature, settin
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if not (target.is_file() and target.stat().st_size == len(data)):
-        partial = target.with_name(f".{target.name[:200]}.partial")
-        partial.write_bytes(data)
-        os.utime(partial, ns=(signature[1], signature[1]))
-        os.replace(partial, target)
+        partial = target.with_name(f".{target.name.encode()[:200].decode(errors='ignore')}.partial")
+        try:
+            partial.write_bytes(data)
+            os.utime(partial, ns=(signature[1], signature[1]))
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk must not keep half a copy
+            raise
     if _ours(path, settings) and file_signature(path) == signature:
         path.unlink(missing_ok=True)
     return target
