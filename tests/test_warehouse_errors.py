@@ -35,7 +35,9 @@ UNCHECKPOINTED = (
 
 
 def hold_open(path: Path, seconds: float) -> subprocess.Popen[str]:
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert reader.stdout is not None and reader.stdout.readline().strip() == "open"
     return reader
 
