@@ -157,6 +157,11 @@ CREATE TABLE IF NOT EXISTS reviews (
     to_status VARCHAR NOT NULL,
     note VARCHAR
 );
+CREATE TABLE IF NOT EXISTS flag_renames (
+    old_flag_id VARCHAR NOT NULL,
+    new_flag_id VARCHAR NOT NULL,
+    renamed_at TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dyads (
     dyad_id VARCHAR NOT NULL,
     clinic_id VARCHAR NOT NULL,
@@ -225,8 +230,14 @@ SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli
 # (free text a supervisor typed) and carry pseudonyms only.
 SNAPSHOT_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "dyad_sessions", "flags", "dyads", "reviews",
-    "calibrations", "alerts", "meta",
+    "calibrations", "alerts", "meta", "flag_renames",
 )  # fmt: skip
+
+# After a table aliased r with a flag_id column: joins flags f on the id that flag has now (after key rotations).
+CURRENT_FLAG = """LEFT JOIN (
+        SELECT old_flag_id, arg_max(new_flag_id, renamed_at) AS renamed FROM flag_renames GROUP BY 1
+    ) n ON n.old_flag_id = r.flag_id"""
+CURRENT_FLAG_ID = "coalesce(n.renamed, r.flag_id)"
 
 LEDGER_COUNTS = ("rows_total", "rows_new", "rows_updated", "rows_unchanged", "rows_quarantined")
 
@@ -620,15 +631,26 @@ class Writer:
         found = self.con.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchall()
         return str(found[0][0]) if found else None
 
-    def remap_ids(self, clients: pl.DataFrame, dyads: pl.DataFrame, flags: pl.DataFrame, fingerprint: str) -> None:
-        """Replace client pseudonyms, dyad ids and flag ids everywhere (key rotation), in the caller's transaction.
+    def remap_ids(
+        self,
+        clients: pl.DataFrame,
+        dyads: pl.DataFrame,
+        flags: pl.DataFrame,
+        alert_keys: pl.DataFrame,
+        fingerprint: str,
+    ) -> None:
+        """Replace client pseudonyms, dyad ids and flag ids (key rotation), in the caller's transaction.
 
-        ``clients``: clinic_id, old, new; ``dyads`` and ``flags``: old, new.
+        ``clients``: clinic_id, old, new; ``dyads``, ``flags`` and ``alert_keys``: old, new. The append-only
+        ``reviews``, ``audit`` and ``alerts`` keep their rows: old flag ids resolve through ``flag_renames``, and
+        each alert key already delivered is recorded again under the flag's new id.
         """
         con = self.con
+        now = _now()
         con.register("client_map", clients.to_arrow())
         con.register("dyad_map", dyads.to_arrow())
         con.register("flag_map", flags.to_arrow())
+        con.register("alert_key_map", alert_keys.to_arrow())
         for table in ("ratings", "rating_history", "client_refs", "dyad_sessions", "flags", "dyads"):
             con.execute(
                 f"""UPDATE {table} t SET client_id = m.new FROM client_map m
@@ -636,15 +658,34 @@ class Writer:
             )
         for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads"):
             con.execute(f"UPDATE {table} t SET dyad_id = m.new FROM dyad_map m WHERE t.dyad_id = m.old")
-        for table in ("flags", "reviews"):
-            con.execute(f"UPDATE {table} t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
+        con.execute("UPDATE flags t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
+        # ids renamed by an earlier rotation follow along, so every old id resolves in one step
+        con.execute(
+            """INSERT INTO flag_renames
+            SELECT r.old_flag_id, m.new, ?::TIMESTAMPTZ FROM flag_renames r JOIN flag_map m ON r.new_flag_id = m.old""",
+            [now],
+        )
+        con.execute("INSERT INTO flag_renames SELECT old, new, ?::TIMESTAMPTZ FROM flag_map", [now])
+        carried = con.execute(
+            """INSERT INTO alerts
+            SELECT DISTINCT m.new, a.kind, a.clinic_id, a.recipient, 'sent', ?::TIMESTAMPTZ, NULL
+            FROM alerts a JOIN alert_key_map m ON a.alert_key = m.old WHERE a.status = 'sent'""",
+            [now],
+        ).fetchall()[0][0]
         con.execute(
             """UPDATE quarantine q SET "values" = replace(q."values"::VARCHAR, m.old, m.new)::JSON
             FROM client_map m WHERE q.clinic_id = m.clinic_id AND contains(q."values"::VARCHAR, m.old)"""
         )
         con.execute("DELETE FROM meta WHERE key = 'key_fingerprint'")
         con.execute("INSERT INTO meta VALUES ('key_fingerprint', ?)", [fingerprint])
-        self.audit("alliance", "rekey", "pseudonym key", f"{clients.height} clients re-pseudonymised")
+        self.audit(
+            "alliance", "rekey", "pseudonym key",
+            f"{clients.height} clients re-pseudonymised; {flags.height} flag ids renamed (flag_renames); "
+            f"{carried} delivered alert(s) carried over",
+            now,
+        )  # fmt: skip
+        for name in ("client_map", "dyad_map", "flag_map", "alert_key_map"):
+            con.unregister(name)
 
     def verify(self, snapshots: Path) -> list[str]:
         """Every inconsistency found, one line each: ledger sums, orphans, duplicate keys, snapshot checksums."""
@@ -667,7 +708,12 @@ class Writer:
                 SELECT DISTINCT dyad_id FROM ratings ANTI JOIN dyads USING (dyad_id)""",
             "flags of unknown dyads": "SELECT flag_id FROM flags ANTI JOIN dyads USING (dyad_id)",
             "flags stored twice": "SELECT flag_id FROM flags GROUP BY 1 HAVING count(*) > 1",
-            "reviews of unknown flags": "SELECT DISTINCT flag_id FROM reviews ANTI JOIN flags USING (flag_id)",
+            "reviews of unknown flags": f"""
+                SELECT DISTINCT r.flag_id FROM reviews r {CURRENT_FLAG}
+                ANTI JOIN flags f ON f.flag_id = {CURRENT_FLAG_ID}""",
+            "review audit rows naming unknown flags": f"""
+                SELECT DISTINCT r.flag_id FROM (SELECT subject AS flag_id FROM audit WHERE action = 'review') r
+                {CURRENT_FLAG} ANTI JOIN flags f ON f.flag_id = {CURRENT_FLAG_ID}""",
             "more ratings than the ledger ever added": """
                 SELECT 1 WHERE (SELECT count(*) FROM ratings) <> (SELECT coalesce(sum(rows_new), 0) FROM exports)""",
         }
@@ -722,7 +768,10 @@ class Writer:
                 if clinic_id is not None and "clinic_id" in columns:
                     where = "clinic_id = $clinic"
                 elif clinic_id is not None and table == "reviews":
-                    where = "flag_id IN (SELECT flag_id FROM flags WHERE clinic_id = $clinic)"
+                    where = f"""flag_id IN (SELECT r.flag_id FROM reviews r {CURRENT_FLAG}
+                        JOIN flags f ON f.flag_id = {CURRENT_FLAG_ID} WHERE f.clinic_id = $clinic)"""
+                elif clinic_id is not None and table == "flag_renames":
+                    where = "new_flag_id IN (SELECT flag_id FROM flags WHERE clinic_id = $clinic)"
                 params = {"clinic": clinic_id} if "$clinic" in where else {}
                 self.con.execute(f"CREATE TABLE snap.{table} AS SELECT {select} FROM {table} WHERE {where}", params)
             if clinic_id is not None:
@@ -958,11 +1007,11 @@ def _disk_full(exc: BaseException) -> bool:
 VOLATILE_COLUMNS = {
     "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
     "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
-    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key",
+    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key", "renamed_at",
 }  # fmt: skip
 CHECKSUM_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
-    "reviews", "calibrations", "alerts",
+    "reviews", "calibrations", "alerts", "flag_renames",
 )  # fmt: skip
 
 
