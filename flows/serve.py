@@ -56,7 +56,7 @@ def nightly(home: str | None = None) -> dict[str, object]:
                for r in swept if r["status"] != "error"]  # fmt: skip
     per_clinic = clinic_summary(settings, started, exports).to_dicts()
     errors = [str(r["error"]) for r in swept if r["status"] == "error"]
-    rejected = [f"{r['file_name']}: {r['error']}" for r in swept if r["status"] == "rejected"]
+    rejected = [str(r["error"]) for r in swept if r["status"] == "rejected"]  # each starts with its file name
     _artifacts(per_clinic, scoring, alerts, rejected + errors)
     logger = get_run_logger()
     logger.info("nightly: %d clinics, %d file(s) failed", len(per_clinic), len(rejected) + len(errors))

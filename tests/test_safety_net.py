@@ -159,3 +159,24 @@ def test_the_poison_file_night(tmp_path: Path, hook: Hook, monkeypatch: pytest.M
     assert again.exports == [] and again.errors == []
     assert query(settings, "SELECT count(*) FROM exports") == [(len(ledger),)]
     assert len(hook.requests) == sent_before
+
+
+@pytest.mark.prefect
+def test_the_prefect_nightly_goes_on_past_a_failing_file(
+    two_clinics: Settings, monkeypatch: pytest.MonkeyPatch, prefect_api: None
+) -> None:
+    from flows.serve import nightly
+
+    put(two_clinics, "north", "broken.csv", ROWS)
+    put(two_clinics, "south", "fine.csv", SOUTH_ROWS)
+    monkeypatch.setenv("ALLIANCE_FAULT_AT", "prepare:broken")
+    state = nightly(home=str(two_clinics.home), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["errors"] == []
+    (rejected,) = summary["rejected"]
+    assert rejected.startswith("broken.csv: unexpected InjectedFault")
+    assert {r["clinic_id"]: r["exports"] for r in summary["per_clinic"]} == {"north": 1, "south": 1}
+    assert query(two_clinics, "SELECT file_name, status FROM exports ORDER BY file_name") == [
+        ("broken.csv", "rejected"), ("fine.csv", "loaded")
+    ]  # fmt: skip
