@@ -244,11 +244,13 @@ def _archive(data: bytes, path: Path, target: Path, signature: Signature, settin
 
 def _unexpected(exc: BaseException, stage: str) -> str:
     """A rejection reason for an unexpected failure: the error's class and where, never its message (cell values)."""
+    packages = [Path(__file__).resolve().parents[1] / p for p in ("alliance", "flows", "transforms", "expectations")]
     frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    ours = [f for f in frames if any(Path(f.filename).resolve().is_relative_to(p) for p in packages)]
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""  # our last line, not a library's
     return (
-        f"unexpected {type(exc).__name__}{where} while {stage}; nothing from the file was loaded and every other "
-        "file went on (report it with this export id)"
+        f"unexpected {type(exc).__name__}{where} while {stage}; nothing from the file was loaded, other files are "
+        "not affected (report it with this export id)"
     )
 
 
