@@ -99,3 +99,14 @@ def test_a_bad_setting_in_the_environment_is_one_error_line(
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: bad setting in the environment: ALLIANCE_LOCK_TIMEOUT_S:")
     assert line.endswith("fix or unset it")
+
+
+def test_half_written_snapshots_left_by_an_earlier_run_are_cleaned_up(two_clinics: Settings) -> None:
+    snapshots = two_clinics.home / "snapshots"
+    snapshots.mkdir()
+    leftovers = [snapshots / ".clinic-closed.duckdb.partial", snapshots / ".network.duckdb.partial.wal"]
+    for leftover in leftovers:  # what a run killed while publishing, or out of space, leaves
+        leftover.write_bytes(b"\0" * 4096)
+    ingest_file(put(two_clinics, "north", "a.csv", ROWS), two_clinics)
+    assert not [p for p in leftovers if p.exists()]
+    assert (snapshots / "clinic-north.duckdb").exists()
