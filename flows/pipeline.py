@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ import polars as pl
 
 from alliance.clinics import Clinic, load_clinics
 from alliance.errors import AllianceError, ConfigError, ExportGone, ExportRejected
-from alliance.exports import ReadLimits, read_export
+from alliance.exports import ReadLimits, read_export, sha256_of
 from alliance.faults import crash_point, fault_point
 from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
 from alliance.settings import Settings
@@ -220,14 +221,18 @@ def _ours(path: Path, settings: Settings) -> bool:
     return settings.inbox.resolve() in real.parents or settings.archive.resolve() in real.parents
 
 
-def _archive(data: bytes, path: Path, target: Path, signature: Signature, settings: Settings) -> Path:
+def _archive(data: bytes | None, path: Path, target: Path, signature: Signature, settings: Settings) -> Path:
     """Archive exactly the bytes that were read; the source leaves the inbox only if it is still those bytes.
 
     A file appended to after it was read stays in the inbox: the next run sees new bytes and loads the rest.
+    A file too large to have been read (``data`` None) is moved, or copied when it is the user's.
     """
     if path.resolve() == target.resolve():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        (shutil.move if _ours(path, settings) else shutil.copy2)(path, target)
+        return target
     if not (target.is_file() and target.stat().st_size == len(data)):
         partial = target.with_name(f".{target.name.encode()[:200].decode(errors='ignore')}.partial")
         try:
@@ -260,21 +265,25 @@ class _Source:
 
     path: Path
     name: str
-    data: bytes
+    data: bytes | None  # None: over the size cap, hashed as a stream and never parsed
     sha256: str
     signature: Signature
 
 
-def _read_settled(path: Path, settings: Settings) -> _Source | None:
-    """The file's bytes once it has settled (the watcher's definition); None while it is still being written."""
-    signature = wait_until_settled(path, settings.settle_s, timeout=max(3 * settings.settle_s, 1.0))
-    if signature is None:
-        return None
+def _read_settled(path: Path, settings: Settings, settled: Signature) -> _Source | None:
+    """The file's bytes, if it is still the settled file (the watcher's definition); None when it changed since."""
+    if settled[0] > settings.max_file_mb * 1e6:
+        sha = sha256_of(path)
+        return (
+            _Source(path, original_name(path, settings), None, sha, settled)
+            if file_signature(path) == settled
+            else None
+        )
     data = path.read_bytes()
-    if file_signature(path) != signature or len(data) != signature[0]:
+    if file_signature(path) != settled or len(data) != settled[0]:
         return None  # it changed while it was read
     sha = hashlib.sha256(data).hexdigest()
-    return _Source(path, original_name(path, settings), data, sha, signature)
+    return _Source(path, original_name(path, settings), data, sha, settled)
 
 
 def _duplicate_message(prior: dict[str, object]) -> str:
@@ -310,18 +319,25 @@ def ingest_file(
         raise (ExportGone if in_inbox else ConfigError)(f"{path}: no such file")
     key = load_key(settings)
     received_at = received_at or datetime.now(UTC)
+    unsettled = ExportResult(
+        path.name, clinic.id, "unsettled", "",
+        error="still being written (its size or time keeps changing); left in place for the next run",
+    )  # fmt: skip
+    # waited for outside the writer lock, so a file still growing never holds up other runs
+    settled = wait_until_settled(path, settings.settle_s, timeout=max(3 * settings.settle_s, 1.0))
+    if settled is None:
+        if not path.is_file():
+            raise ExportGone(f"{path.name}: no longer there; another run has taken it")
+        return unsettled
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         writer.check_key(key_fingerprint(key))
         # the file is read under the lock: a concurrent run may have archived it while we waited
         if not path.is_file():
             raise ExportGone(f"{path.name}: no longer there; another run has taken it")
-        source = _read_settled(path, settings)
+        source = _read_settled(path, settings, settled)
         if source is None:
-            return ExportResult(
-                path.name, clinic.id, "unsettled", "",
-                error="still being written (its size or time keeps changing); left in place for the next run",
-            )  # fmt: skip
+            return unsettled
         prior = writer.export_by_sha(clinic.id, source.sha256)
         if prior is not None and prior["status"] != "rejected":
             # Same bytes already committed (or a crash came after the commit): only the archive move may be left.
@@ -339,7 +355,7 @@ def ingest_file(
             clinic_id=clinic.id,
             file_name=source.name,
             sha256=source.sha256,
-            bytes=len(source.data),
+            bytes=source.signature[0],
             received_at=received_at,
             status="loaded",
             instruments=list(clinic.export.instruments),
@@ -353,6 +369,12 @@ def ingest_file(
             _archive(source.data, path, target, source.signature, settings)
             return ExportResult(source.name, clinic.id, "rejected", export_id, error=message, archived_as=str(target))
 
+        if source.data is None:
+            limit = settings.max_file_mb
+            return reject(
+                f"the file is {source.signature[0] / 1e6:.0f} MB, over the {limit:.0f} MB limit",
+                f"{source.name}: the file is {source.signature[0] / 1e6:.0f} MB, over the {limit:.0f} MB limit",
+            )
         try:
             fault_point("prepare", source.name)
             known_therapists = writer.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings")

@@ -110,3 +110,14 @@ def test_archive_names_stay_unique_when_shortened(settings: Settings) -> None:
     one = archive_path(settings, "north", "0" * 16, name, rejected=False)
     two = archive_path(settings, "north", "1" * 16, name, rejected=True)
     assert one.name != two.name and len(one.name.encode()) <= 255 and one.name.endswith("….csv")
+
+
+def test_a_file_over_the_size_cap_is_rejected_without_being_read_into_memory(two_clinics: Settings) -> None:
+    capped = two_clinics.model_copy(update={"max_file_mb": 0.0001})  # 100 bytes
+    path = put(capped, "north", "big.csv", ROWS)
+    original = path.read_bytes()
+    result = ingest_file(path, capped)
+    assert result.status == "rejected" and result.error == "big.csv: the file is 0 MB, over the 0 MB limit"
+    assert Path(result.archived_as or "").read_bytes() == original and not path.exists()
+    ((digest,),) = query(capped, "SELECT sha256 FROM exports")
+    assert digest == hashlib.sha256(original).hexdigest()
