@@ -30,7 +30,11 @@ def query(settings: Settings, sql: str) -> list[tuple]:
 
 
 def everything_stored(settings: Settings) -> str:
-    tables = ("exports", "ratings", "quarantine", "flags", "audit", "alerts")
+    """What the ledger, flags, audit and alerts hold: error columns and messages, never cell values.
+
+    (Quarantine rows keep a row's mapped values on purpose, for review: they are left out here.)
+    """
+    tables = ("exports", "flags", "audit", "alerts")
     return " ".join(str(row) for t in tables for row in query(settings, f"SELECT * FROM {t}"))
 
 
@@ -72,7 +76,7 @@ def test_a_real_crashing_value_no_longer_stops_other_files(two_clinics: Settings
         "fine.csv", "huge.csv", "year0.csv"
     ]  # fmt: skip
     stored = everything_stored(two_clinics)
-    assert not any(value in stored for value in ("99999999999999999999", "0000-01-01"))
+    assert not any(value in stored for value in POISON_VALUES)
     assert not any(r.error and any(v in r.error for v in POISON_VALUES) for r in results)
 
 
