@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from alliance.errors import AllianceError
+from alliance.errors import AllianceError, ConfigError
 from alliance.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -32,6 +32,11 @@ HomeOption = Annotated[
 ]
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Exit codes (README "Commands"): a cron wrapper can tell a clean run from one that needs a person.
+EXIT_ERROR = 1  # one `Error:` line: nothing was done, or the run stopped
+EXIT_REJECTED = 2  # at least one file was rejected (or failed): see archive/<clinic>/rejected/
+EXIT_QUARANTINED = 3  # no file rejected, but at least one quarantined whole: review, then `alliance release`
+
 
 def domain_errors(command: F) -> F:
     """Turn an AllianceError into one clear line on stderr and exit code 1."""
@@ -48,7 +53,22 @@ def domain_errors(command: F) -> F:
 
 
 def _settings(home: Path | None) -> Settings:
-    return load_settings(home)
+    from pydantic import ValidationError
+
+    try:
+        return load_settings(home)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ALLIANCE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].lower()}" for e in exc.errors()
+        )
+        raise ConfigError(f"bad setting in the environment: {problems}; fix or unset it") from None
+
+
+def _exit_code(results: list[Any], errors: int = 0) -> int:
+    """EXIT_REJECTED when a file was rejected or failed, else EXIT_QUARANTINED when one was quarantined whole."""
+    if errors or any(r.status in ("rejected", "failed") for r in results):
+        return EXIT_REJECTED
+    return EXIT_QUARANTINED if any(r.status == "quarantined" for r in results) else 0
 
 
 @app.command()
@@ -114,14 +134,39 @@ def _print_results(results: list[Any], settings: Settings) -> None:
         elif r.top_reasons:
             reasons = ", ".join(f"{rule} ×{n}" for rule, n in r.top_reasons)
             console.print(f"{r.file_name}: top quarantine reasons: {reasons}", markup=False)
-    last = next((r.scoring for r in reversed(results) if r.scoring is not None), None)
-    if last is not None:
-        _print_scoring(last)
+    by_status: dict[str, int] = {}
+    for r in results:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    totals = [sum(getattr(r, f"rows_{c}") for r in results) for c in ("total", "new", "updated", "quarantined")]
+    console.print(
+        f"{len(results)} file(s): " + ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+        + "; rows: {} ({} new, {} updated, {} quarantined)".format(*totals),
+        markup=False,
+    )  # fmt: skip
+    scored = [r.scoring for r in results if r.scoring is not None]
+    if scored:
+        _print_scoring(_scoring_totals(scored))
     console.print(f"warehouse: {settings.warehouse.resolve()}", markup=False)
 
 
+def _scoring_totals(runs: list[Any]) -> Any:
+    """One scoring line for several files: flag changes added up, the queue as the last run left it."""
+    from dataclasses import replace
+
+    last = runs[-1]
+    return replace(
+        last,
+        dyads_scored=sum(r.dyads_scored for r in runs),
+        new=sum(r.new for r in runs),
+        worsened=sum(r.worsened for r in runs),
+        reopened=sum(r.reopened for r in runs),
+        auto_resolved=sum(r.auto_resolved for r in runs),
+        recalibrated=any(r.recalibrated for r in runs),
+    )
+
+
 def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> list[Any]:
-    from alliance.errors import ExportGone
+    from alliance.errors import ExportGone, KeyMissing
     from flows.pipeline import ExportResult, ingest_file
 
     results = []
@@ -134,6 +179,16 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> li
                 results.append(ingest_file(path, settings, clinic_id=clinic))
             except ExportGone as gone:  # another run (watcher, nightly) took it first: not an error
                 results.append(ExportResult(path.name, clinic or path.parent.name, "taken", "", error=str(gone)))
+            except (ConfigError, OSError) as problem:  # this file's problem (wrong folder, unreadable): go on
+                if len(paths) == 1 or isinstance(problem, KeyMissing):
+                    raise
+                error = str(problem) if isinstance(problem, ConfigError) else f"{type(problem).__name__}"
+                results.append(ExportResult(path.name, clinic or path.parent.name, "failed", "", error=error))
+            except Exception as exc:  # ingest_file rejects what it can; this is the net around the rest
+                if isinstance(exc, AllianceError):
+                    raise
+                error = f"unexpected {type(exc).__name__}; the file was left in place"
+                results.append(ExportResult(path.name, clinic or path.parent.name, "failed", "", error=error))
             progress.advance(task)
     return results
 
@@ -147,6 +202,7 @@ def ingest(
 ) -> None:
     """Ingest export files: validate, load into the warehouse, quarantine bad rows, archive the file.
 
+    Exit code 0: all loaded (or already there); 2: a file was rejected; 3: a file was quarantined whole.
     Example: alliance ingest ~/Downloads/northside_2026-11-24.csv --clinic northside
     """
     from flows.pipeline import inbox_files
@@ -158,8 +214,9 @@ def ingest(
         return
     results = _ingest_all(files, settings, clinic)
     _print_results(results, settings)
-    if any(r.status == "rejected" for r in results):
-        raise typer.Exit(2)
+    code = _exit_code(results)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -281,6 +338,25 @@ def review(
 
 @app.command()
 @domain_errors
+def release(
+    export_id: Annotated[str, typer.Argument(help="The quarantined export's id (see the ingest output or `exports`).")],
+    by: Annotated[str, typer.Option("--by", help="Who reviewed the file and released it.")],
+    note: Annotated[str | None, typer.Option(help="Why it is released.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Load a file quarantined whole, after review: its passing rows load, rows that broke a rule stay quarantined.
+
+    Recorded in the audit table with who and why. Example: alliance release 3f9a2c1b7d0e4a55 --by "Dr Lee"
+    """
+    from flows.pipeline import release_export
+
+    settings = _settings(home)
+    result = release_export(settings, export_id, by, note)
+    _print_results([result], settings)
+
+
+@app.command()
+@domain_errors
 def rescore(
     recalibrate: Annotated[bool, typer.Option(help="Re-estimate reliable change from all data first.")] = False,
     home: HomeOption = None,
@@ -335,6 +411,7 @@ def _print_queue(settings: Settings, limit: int = 10) -> None:
 def nightly(home: HomeOption = None) -> None:
     """Run the nightly job now, without Prefect: sweep inboxes, re-score, alert, publish snapshots.
 
+    A file that fails is rejected alone and the night goes on; exit codes as for `ingest`.
     Example: alliance nightly --home /srv/alliance
     """
     from flows.nightly import run_nightly
@@ -359,8 +436,9 @@ def nightly(home: HomeOption = None) -> None:
     console.print(table)
     for error in report.errors:
         err_console.print(f"Error: {error}", markup=False)
-    if report.errors:
-        raise typer.Exit(2)
+    code = _exit_code(report.exports, len(report.errors))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

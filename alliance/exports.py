@@ -822,19 +822,27 @@ def read_ndjson_text(
 
 
 def read_export(
-    path: Path, profile: ExportProfile, max_bytes: int | None = None, limits: ReadLimits | None = None
+    path: Path,
+    profile: ExportProfile,
+    max_bytes: int | None = None,
+    limits: ReadLimits | None = None,
+    data: bytes | None = None,
 ) -> pl.DataFrame:
-    """Raw frame of one export as its profile describes it; ExportRejected when it cannot be read at all."""
+    """Raw frame of one export as its profile describes it; ExportRejected when it cannot be read at all.
+
+    ``data``, when given, are the file's bytes already read (and hashed) by the caller: they are parsed instead.
+    """
     limits = limits or ReadLimits()
     refused = REFUSED_SUFFIXES.get(path.suffix.lower())
     if refused:
         raise ExportRejected(path.name, f"{refused}; {EXPORT_AS}")
-    size = path.stat().st_size
+    size = path.stat().st_size if data is None else len(data)
     if size == 0:
         raise ExportRejected(path.name, "the file is empty (0 bytes)")
     if max_bytes is not None and size > max_bytes:
         raise ExportRejected(path.name, f"the file is {size / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
-    data = path.read_bytes()
+    if data is None:
+        data = path.read_bytes()
     if profile.format == "xlsx":
         return read_xlsx_bytes(data, profile, path.name, limits)
     _refuse_binary(data, profile.format, path.name)

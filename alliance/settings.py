@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     max_xlsx_cells: int = Field(
         default=25_000_000, gt=0, description="XLSX sheets whose cells span a larger rows × columns range are rejected."
     )
+    settle_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="A file is read only once its size and mtime have not changed for this long (still being written).",
+    )
     require_final_newline: bool = Field(
         default=True, description="CSV files not ending in a newline are rejected: truncated or still being written."
     )

@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,6 +157,11 @@ CREATE TABLE IF NOT EXISTS reviews (
     to_status VARCHAR NOT NULL,
     note VARCHAR
 );
+CREATE TABLE IF NOT EXISTS flag_renames (
+    old_flag_id VARCHAR NOT NULL,
+    new_flag_id VARCHAR NOT NULL,
+    renamed_at TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dyads (
     dyad_id VARCHAR NOT NULL,
     clinic_id VARCHAR NOT NULL,
@@ -224,8 +230,14 @@ SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli
 # (free text a supervisor typed) and carry pseudonyms only.
 SNAPSHOT_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "dyad_sessions", "flags", "dyads", "reviews",
-    "calibrations", "alerts", "meta",
+    "calibrations", "alerts", "meta", "flag_renames",
 )  # fmt: skip
+
+# After a table aliased r with a flag_id column: joins flags f on the id that flag has now (after key rotations).
+CURRENT_FLAG = """LEFT JOIN (
+        SELECT old_flag_id, arg_max(new_flag_id, renamed_at) AS renamed FROM flag_renames GROUP BY 1
+    ) n ON n.old_flag_id = r.flag_id"""
+CURRENT_FLAG_ID = "coalesce(n.renamed, r.flag_id)"
 
 LEDGER_COUNTS = ("rows_total", "rows_new", "rows_updated", "rows_unchanged", "rows_quarantined")
 
@@ -261,32 +273,63 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _ledger_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    keys = ("export_id", "status", "file_name", "archived_as", "received_at", "clinic_id")
+    return dict(zip(keys, row[:6], strict=True))
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """True when an error is the warehouse's own (disk full, I/O, a broken connection), not one file's content."""
+    return _disk_full(exc) or isinstance(
+        exc, StorageError | OSError | duckdb.IOException | duckdb.FatalException | duckdb.InternalException
+    )
+
+
 class Writer:
     """A read-write session on the warehouse, held under the writer lock."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
 
-    def export_by_sha(self, sha256: str) -> dict[str, Any] | None:
-        """The ledger row of the export with these bytes, if any."""
+    def export_by_sha(self, clinic_id: str, sha256: str) -> dict[str, Any] | None:
+        """The clinic's ledger row for these bytes, if any: a load or quarantine before the latest rejection."""
         rows = self.con.execute(
-            "SELECT export_id, status, file_name, archived_as, received_at FROM exports WHERE sha256 = ?",
-            [sha256],
+            """SELECT export_id, status, file_name, archived_as, received_at, clinic_id FROM exports
+            WHERE clinic_id = ? AND sha256 = ? ORDER BY status = 'rejected', received_at DESC""",
+            [clinic_id, sha256],
+        ).fetchall()
+        return _ledger_dict(rows[0]) if rows else None
+
+    def export_by_id(self, export_id: str) -> dict[str, Any] | None:
+        """The ledger row of one export id, with its sha256, if any."""
+        rows = self.con.execute(
+            """SELECT export_id, status, file_name, archived_as, received_at, clinic_id, sha256, bytes, instruments
+            FROM exports WHERE export_id = ?""",
+            [export_id],
         ).fetchall()
         if not rows:
             return None
-        export_id, status, file_name, archived_as, received_at = rows[0]
-        return {
-            "export_id": export_id,
-            "status": status,
-            "file_name": file_name,
-            "archived_as": archived_as,
-            "received_at": received_at,
-        }
+        found = _ledger_dict(rows[0])
+        found.update(sha256=rows[0][6], bytes=rows[0][7], instruments=rows[0][8])
+        return found
+
+    def attempts(self, clinic_id: str, sha256: str) -> int:
+        """How many ledger rows the clinic already has for these bytes (rejections retried after a fix)."""
+        return int(
+            self.con.execute(
+                "SELECT count(*) FROM exports WHERE clinic_id = ? AND sha256 = ?", [clinic_id, sha256]
+            ).fetchall()[0][0]
+        )
+
+    def drop_quarantine(self, export_id: str) -> int:
+        """Remove an export's quarantine rows (a released file's rows are re-screened), inside ``transaction()``."""
+        found = self.con.execute("SELECT count(*) FROM quarantine WHERE export_id = ?", [export_id]).fetchall()
+        self.con.execute("DELETE FROM quarantine WHERE export_id = ?", [export_id])
+        return int(found[0][0])
 
     def _write_ledger(self, ledger: Ledger, counts: LoadCounts) -> None:
-        # A rejected export retried after a profile fix replaces its earlier ledger row.
-        self.con.execute("DELETE FROM exports WHERE sha256 = ?", [ledger.sha256])
+        # Only a released export rewrites its own row; a retried rejection has a new export id, so both rows stay.
+        self.con.execute("DELETE FROM exports WHERE export_id = ?", [ledger.export_id])
         self.con.execute(
             """INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [
@@ -588,15 +631,26 @@ class Writer:
         found = self.con.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchall()
         return str(found[0][0]) if found else None
 
-    def remap_ids(self, clients: pl.DataFrame, dyads: pl.DataFrame, flags: pl.DataFrame, fingerprint: str) -> None:
-        """Replace client pseudonyms, dyad ids and flag ids everywhere (key rotation), in the caller's transaction.
+    def remap_ids(
+        self,
+        clients: pl.DataFrame,
+        dyads: pl.DataFrame,
+        flags: pl.DataFrame,
+        alert_keys: pl.DataFrame,
+        fingerprint: str,
+    ) -> None:
+        """Replace client pseudonyms, dyad ids and flag ids (key rotation), in the caller's transaction.
 
-        ``clients``: clinic_id, old, new; ``dyads`` and ``flags``: old, new.
+        ``clients``: clinic_id, old, new; ``dyads``, ``flags`` and ``alert_keys``: old, new. The append-only
+        ``reviews``, ``audit`` and ``alerts`` keep their rows: old flag ids resolve through ``flag_renames``, and
+        each alert key already delivered is recorded again under the flag's new id.
         """
         con = self.con
+        now = _now()
         con.register("client_map", clients.to_arrow())
         con.register("dyad_map", dyads.to_arrow())
         con.register("flag_map", flags.to_arrow())
+        con.register("alert_key_map", alert_keys.to_arrow())
         for table in ("ratings", "rating_history", "client_refs", "dyad_sessions", "flags", "dyads"):
             con.execute(
                 f"""UPDATE {table} t SET client_id = m.new FROM client_map m
@@ -604,15 +658,34 @@ class Writer:
             )
         for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads"):
             con.execute(f"UPDATE {table} t SET dyad_id = m.new FROM dyad_map m WHERE t.dyad_id = m.old")
-        for table in ("flags", "reviews"):
-            con.execute(f"UPDATE {table} t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
+        con.execute("UPDATE flags t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
+        # ids renamed by an earlier rotation follow along, so every old id resolves in one step
+        con.execute(
+            """INSERT INTO flag_renames
+            SELECT r.old_flag_id, m.new, ?::TIMESTAMPTZ FROM flag_renames r JOIN flag_map m ON r.new_flag_id = m.old""",
+            [now],
+        )
+        con.execute("INSERT INTO flag_renames SELECT old, new, ?::TIMESTAMPTZ FROM flag_map", [now])
+        carried = con.execute(
+            """INSERT INTO alerts
+            SELECT DISTINCT m.new, a.kind, a.clinic_id, a.recipient, 'sent', ?::TIMESTAMPTZ, NULL
+            FROM alerts a JOIN alert_key_map m ON a.alert_key = m.old WHERE a.status = 'sent'""",
+            [now],
+        ).fetchall()[0][0]
         con.execute(
             """UPDATE quarantine q SET "values" = replace(q."values"::VARCHAR, m.old, m.new)::JSON
             FROM client_map m WHERE q.clinic_id = m.clinic_id AND contains(q."values"::VARCHAR, m.old)"""
         )
         con.execute("DELETE FROM meta WHERE key = 'key_fingerprint'")
         con.execute("INSERT INTO meta VALUES ('key_fingerprint', ?)", [fingerprint])
-        self.audit("alliance", "rekey", "pseudonym key", f"{clients.height} clients re-pseudonymised")
+        self.audit(
+            "alliance", "rekey", "pseudonym key",
+            f"{clients.height} clients re-pseudonymised; {flags.height} flag ids renamed (flag_renames); "
+            f"{carried} delivered alert(s) carried over",
+            now,
+        )  # fmt: skip
+        for name in ("client_map", "dyad_map", "flag_map", "alert_key_map"):
+            con.unregister(name)
 
     def verify(self, snapshots: Path) -> list[str]:
         """Every inconsistency found, one line each: ledger sums, orphans, duplicate keys, snapshot checksums."""
@@ -635,7 +708,12 @@ class Writer:
                 SELECT DISTINCT dyad_id FROM ratings ANTI JOIN dyads USING (dyad_id)""",
             "flags of unknown dyads": "SELECT flag_id FROM flags ANTI JOIN dyads USING (dyad_id)",
             "flags stored twice": "SELECT flag_id FROM flags GROUP BY 1 HAVING count(*) > 1",
-            "reviews of unknown flags": "SELECT DISTINCT flag_id FROM reviews ANTI JOIN flags USING (flag_id)",
+            "reviews of unknown flags": f"""
+                SELECT DISTINCT r.flag_id FROM reviews r {CURRENT_FLAG}
+                ANTI JOIN flags f ON f.flag_id = {CURRENT_FLAG_ID}""",
+            "review audit rows naming unknown flags": f"""
+                SELECT DISTINCT r.flag_id FROM (SELECT subject AS flag_id FROM audit WHERE action = 'review') r
+                {CURRENT_FLAG} ANTI JOIN flags f ON f.flag_id = {CURRENT_FLAG_ID}""",
             "more ratings than the ledger ever added": """
                 SELECT 1 WHERE (SELECT count(*) FROM ratings) <> (SELECT coalesce(sum(rows_new), 0) FROM exports)""",
         }
@@ -650,6 +728,14 @@ class Writer:
                 problems.append(f"snapshot {name} is missing")
             elif sha256_of(path) != digest:
                 problems.append(f"snapshot {name} does not match the checksum recorded when it was published")
+        archived = self.con.execute(
+            "SELECT file_name, archived_as, sha256 FROM exports WHERE archived_as IS NOT NULL ORDER BY received_at"
+        ).fetchall()
+        for name, archived_as, digest in archived:
+            path = Path(archived_as)
+            # a file moved on (a retried rejection) or removed by retention is not checked; a changed one is
+            if path.is_file() and sha256_of(path) != digest:
+                problems.append(f"archived file {path.name} is not the bytes loaded from {name} (sha256 differs)")
         return problems
 
     def audit(self, actor: str, action: str, subject: str, detail: str | None, at: datetime | None = None) -> None:
@@ -659,6 +745,8 @@ class Writer:
     def publish(self, folder: Path, clinic_ids: list[str] | None) -> list[Path]:
         """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically."""
         folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(".*.partial*"):  # a run killed mid-publish (or out of space) left these
+            leftover.unlink(missing_ok=True)
         published = [self._snapshot(folder / "network.duckdb", None)]
         clinics = clinic_ids if clinic_ids is not None else [
             row[0] for row in self.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()
@@ -680,7 +768,10 @@ class Writer:
                 if clinic_id is not None and "clinic_id" in columns:
                     where = "clinic_id = $clinic"
                 elif clinic_id is not None and table == "reviews":
-                    where = "flag_id IN (SELECT flag_id FROM flags WHERE clinic_id = $clinic)"
+                    where = f"""flag_id IN (SELECT r.flag_id FROM reviews r {CURRENT_FLAG}
+                        JOIN flags f ON f.flag_id = {CURRENT_FLAG_ID} WHERE f.clinic_id = $clinic)"""
+                elif clinic_id is not None and table == "flag_renames":
+                    where = "new_flag_id IN (SELECT flag_id FROM flags WHERE clinic_id = $clinic)"
                 params = {"clinic": clinic_id} if "$clinic" in where else {}
                 self.con.execute(f"CREATE TABLE snap.{table} AS SELECT {select} FROM {table} WHERE {where}", params)
             if clinic_id is not None:
@@ -698,10 +789,15 @@ class Writer:
         finally:
             if attached:
                 self.con.execute("DETACH snap")
-        _add_views(partial)
-        partial.chmod(0o444)
-        digest = sha256_of(partial)
-        os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
+        try:
+            _add_views(partial)
+            partial.chmod(0o444)
+            digest = sha256_of(partial)
+            os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
+        except BaseException:
+            for leftover in (partial, partial.with_name(partial.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+            raise
         now = _now()
         self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
         self.con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [target.name, clinic_id, digest, now])
@@ -747,6 +843,7 @@ class Warehouse:
             log.warning("%s: only %.0f MB free (warning below %.0f MB); a full disk stops runs", self.path, free,
                         self.min_free_mb)  # fmt: skip
         lock = FileLock(self.lock_path)
+        deadline = time.monotonic() + self.lock_timeout_s
         try:
             lock.acquire(timeout=self.lock_timeout_s)
         except Timeout:
@@ -755,7 +852,7 @@ class Warehouse:
                 f"(lock file {self.lock_path}); try again when it finishes"
             ) from None
         try:
-            con = self._connect(read_only=False)
+            con = self._connect_for_writing(deadline)
             try:
                 _ensure_schema(con)
                 yield Writer(con)
@@ -828,11 +925,38 @@ class Warehouse:
         finally:
             con.close()
 
+    def _connect_for_writing(self, deadline: float) -> duckdb.DuckDBPyConnection:
+        """Open read-write, waiting (until the writer lock's deadline) for a process that holds DuckDB's own lock."""
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if "conflicting lock" not in str(exc).lower():
+                    raise self._unopenable(exc) from None
+                if time.monotonic() >= deadline:
+                    raise WarehouseBusy(
+                        f"{self.path}: another process has the warehouse file open (a reader holding it, "
+                        f"e.g. a duckdb shell or BI tool), and it was not closed within {self.lock_timeout_s:.0f} s; "
+                        f"close it: readers belong on the snapshots in {self.snapshots}/"
+                    ) from None
+                time.sleep(0.2)
+            except duckdb.Error as exc:
+                raise self._unopenable(exc) from None
+
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         try:
             return duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise StorageError(f"{self.path}: cannot open the warehouse: {str(exc).splitlines()[0]}") from None
+        except duckdb.Error as exc:
+            raise self._unopenable(exc) from None
+
+    def _unopenable(self, exc: duckdb.Error) -> StorageError:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if isinstance(exc, duckdb.IOException) and "lock" in first.lower():
+            return StorageError(f"{self.path}: cannot open the warehouse: {first}")
+        return StorageError(
+            f"{self.path}: cannot open the warehouse (damaged file or write-ahead log?): {first}; "
+            "restore the last backup with `alliance restore <backup folder> --force`"
+        )
 
 
 class Reader:
@@ -883,18 +1007,19 @@ def _disk_full(exc: BaseException) -> bool:
 VOLATILE_COLUMNS = {
     "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
     "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
-    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key",
+    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key", "renamed_at",
 }  # fmt: skip
 CHECKSUM_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
-    "reviews", "calibrations", "alerts",
+    "reviews", "calibrations", "alerts", "flag_renames",
 )  # fmt: skip
 
 
 def table_checksums(con: duckdb.DuckDBPyConnection, stable_only: bool = False) -> dict[str, tuple[int, str]]:
     """Row count and an order-independent md5 of every table's rows (without volatile columns when asked)."""
     out: dict[str, tuple[int, str]] = {}
-    for table in CHECKSUM_TABLES:
+    present = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    for table in [t for t in CHECKSUM_TABLES if t in present]:  # a backup from before a table was added lacks it
         columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
         kept = [c for c in columns if not (stable_only and c in VOLATILE_COLUMNS)]
         row = " || '|' || ".join(f"coalesce(CAST({_quote(c)} AS VARCHAR), '∅')" for c in kept)

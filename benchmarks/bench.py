@@ -229,7 +229,7 @@ def instrument(clock: StageClock) -> None:
         clock.call(pipeline, name, "validate.screen")
     clock.call(pipeline, "load_clinics", "other.profiles")
     clock.call(flows.reviews, "load_clinics", "other.profiles")
-    clock.call(pipeline, "sha256_of", "other.sha256")
+    clock.call(pipeline, "_read_settled", "other.sha256")
     clock.call(pipeline, "_archive", "other.archive")
     for name in ("export_by_sha", "check_key"):
         clock.call(writer, name, "load.ledger")

@@ -13,7 +13,7 @@ import polars as pl
 
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument, registry
-from alliance.storage import Reader, Warehouse
+from alliance.storage import CURRENT_FLAG, CURRENT_FLAG_ID, Reader, Warehouse
 from transforms.rules import Thresholds
 from transforms.trends import CHART_SCHEMA, chart_frame, weekly_alliance, weekly_flagged_share
 
@@ -193,7 +193,7 @@ def dyad_reviews(reader: Reader, dyad_id: str, clinic_id: str | None = None) -> 
     where, params = _scope(clinic_id, "f.clinic_id")
     return reader.frame(
         f"""SELECT r.reviewed_at, r.reviewed_by, f.rule, f.instrument, r.from_status, r.to_status, r.note, r.flag_id
-            FROM reviews r JOIN flags f USING (flag_id)
+            FROM reviews r {CURRENT_FLAG} JOIN flags f ON f.flag_id = {CURRENT_FLAG_ID}
             WHERE f.dyad_id = $dyad AND {where}
             ORDER BY r.reviewed_at DESC""",
         {**params, "dyad": dyad_id},

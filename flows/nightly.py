@@ -49,7 +49,16 @@ def sweep_clinic(settings: Settings, clinic_id: str | None = None) -> tuple[list
         except AllianceError as exc:
             errors.append(str(exc))
             log.warning("nightly sweep: %s", exc)
+        except Exception as exc:  # the last net: ingest_file rejects what it can; nothing here may stop the night
+            errors.append(f"{path.name}: unexpected {type(exc).__name__}; left in place, the night went on")
+            log.warning("nightly sweep: %s (clinic %s): unexpected %s", path.name, path.parent.name,
+                        type(exc).__name__)  # fmt: skip
     return results, errors
+
+
+def failed_files(exports: list[ExportResult], errors: list[str]) -> int:
+    """Files the run could not load at all: rejected ones, and errors outside any file's ledger row."""
+    return sum(r.status in ("rejected", "failed") for r in exports) + len(errors)
 
 
 def clinic_summary(settings: Settings, started_at: datetime, exports: list[ExportResult]) -> pl.DataFrame:

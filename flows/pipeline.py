@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import re
 import shutil
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -12,18 +16,21 @@ from pathlib import Path
 import polars as pl
 
 from alliance.clinics import Clinic, load_clinics
-from alliance.errors import ConfigError, ExportGone, ExportRejected
+from alliance.errors import AllianceError, ConfigError, ExportGone, ExportRejected
 from alliance.exports import ReadLimits, read_export, sha256_of
-from alliance.faults import crash_point
+from alliance.faults import crash_point, fault_point
 from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
 from alliance.settings import Settings
-from alliance.storage import Ledger, Warehouse
+from alliance.storage import Ledger, LoadCounts, Warehouse, Writer, is_storage_failure
 from expectations import validate_ratings
 from flows.events import is_candidate
 from flows.scoring import ScoringResult, score_dyads
+from flows.watcher import Signature, file_signature, wait_until_settled
 from transforms.mapping import rating_candidates, resolve_columns, to_canonical, unrated_rows
 from transforms.quarantine import QUARANTINE_SCHEMA, accepted_ratings, foreign_therapists, quarantine_rows, screen
 from transforms.trajectory import with_dyad_id
+
+log = logging.getLogger("alliance.pipeline")
 
 
 @dataclass
@@ -32,7 +39,7 @@ class ExportResult:
 
     file_name: str
     clinic_id: str
-    status: str  # loaded | quarantined | rejected | duplicate
+    status: str  # loaded | quarantined | rejected | duplicate | unsettled | released | taken
     export_id: str
     rows_total: int = 0
     rows_new: int = 0
@@ -85,14 +92,16 @@ def prepare_export(
     max_bytes: int | None = None,
     limits: ReadLimits | None = None,
     known_therapists: pl.DataFrame | None = None,
+    data: bytes | None = None,
 ) -> PreparedExport:
     """Read one export and split it into accepted ratings and quarantine rows; ExportRejected if unreadable.
 
     ``known_therapists`` (clinic_id, therapist_id already in the warehouse) quarantines rows whose therapist
-    belongs only to other clinics (``foreign_therapist:therapist_id``).
+    belongs only to other clinics (``foreign_therapist:therapist_id``). ``data`` are the file's bytes when the
+    caller has read (and hashed) them already.
     """
     profile = clinic.export
-    raw = read_export(path, profile, max_bytes, limits)
+    raw = read_export(path, profile, max_bytes, limits, data)
     resolved = resolve_columns(raw.columns, profile.columns, path.name)
     vendor_of = {canonical: vendor for vendor, canonical in resolved.items()}
     canonical = to_canonical(raw, resolved)
@@ -170,22 +179,123 @@ def top_reasons(quarantine: pl.DataFrame, limit: int = 3) -> list[tuple[str, int
     return counts.most_common(limit)
 
 
+ARCHIVED_PREFIX = re.compile(r"^[0-9a-f]{16}__")
+
+
+def export_id_of(clinic_id: str, sha256: str, attempt: int = 0) -> str:
+    """The id of one ingest of these bytes at this clinic; a rejected file retried after a fix gets a new one."""
+    return hashlib.sha256(f"{clinic_id}\x1f{sha256}\x1f{attempt}".encode()).hexdigest()[:16]
+
+
+def original_name(path: Path, settings: Settings) -> str:
+    """The export's own name: a file re-ingested from the archive loses the export-id prefix it was given there."""
+    inside_archive = settings.archive.resolve() in path.resolve().parents
+    return ARCHIVED_PREFIX.sub("", path.name) if inside_archive else path.name
+
+
+def _name_max(folder: Path) -> int:
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def archive_path(settings: Settings, clinic_id: str, export_id: str, file_name: str, rejected: bool) -> Path:
+    """archive/<clinic>/[rejected/]<export_id>__<name>, the name shortened (suffix kept) to fit the filesystem."""
     folder = settings.archive / clinic_id / ("rejected" if rejected else "")
-    return folder / f"{export_id}__{file_name}"
+    name = f"{export_id}__{file_name}"
+    limit = _name_max(folder)
+    if len(name.encode()) <= limit:
+        return folder / name
+    # the export id keeps shortened names unique; the start of the name and its suffix keep them recognisable
+    suffix = Path(file_name).suffix if len(Path(file_name).suffix.encode()) <= 16 else ""
+    room = limit - len(f"{export_id}__".encode()) - len("…".encode()) - len(suffix.encode())
+    stem = file_name[: len(file_name) - len(suffix)].encode()[:room].decode("utf-8", errors="ignore")
+    return folder / f"{export_id}__{stem}…{suffix}"
 
 
-def _archive(path: Path, target: Path, settings: Settings) -> Path:
-    """Move a file out of the inbox unchanged; files from elsewhere are copied, the user's original kept."""
+def _ours(path: Path, settings: Settings) -> bool:
+    """Files in the inbox or the rejected archive are moved on; a file from elsewhere is the user's, and stays."""
+    real = path.resolve()
+    return settings.inbox.resolve() in real.parents or settings.archive.resolve() in real.parents
+
+
+def _archive(data: bytes | None, path: Path, target: Path, signature: Signature, settings: Settings) -> Path:
+    """Archive exactly the bytes that were read; the source leaves the inbox only if it is still those bytes.
+
+    A file appended to after it was read stays in the inbox: the next run sees new bytes and loads the rest.
+    A file too large to have been read (``data`` None) is moved, or copied when it is the user's.
+    """
     if path.resolve() == target.resolve():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    inside_inbox = settings.inbox.resolve() in path.resolve().parents
-    if inside_inbox:
-        shutil.move(path, target)
-    else:
-        shutil.copy2(path, target)
+    if data is None:
+        (shutil.move if _ours(path, settings) else shutil.copy2)(path, target)
+        return target
+    if not (target.is_file() and target.stat().st_size == len(data)):
+        partial = target.with_name(f".{target.name.encode()[:200].decode(errors='ignore')}.partial")
+        try:
+            partial.write_bytes(data)
+            os.utime(partial, ns=(signature[1], signature[1]))
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk must not keep half a copy
+            raise
+    if _ours(path, settings) and file_signature(path) == signature:
+        path.unlink(missing_ok=True)
     return target
+
+
+def _unexpected(exc: BaseException, stage: str) -> str:
+    """A rejection reason for an unexpected failure: the error's class and where, never its message (cell values)."""
+    packages = [Path(__file__).resolve().parents[1] / p for p in ("alliance", "flows", "transforms", "expectations")]
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if any(Path(f.filename).resolve().is_relative_to(p) for p in packages)]
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""  # our last line, not a library's
+    return (
+        f"unexpected {type(exc).__name__}{where} while {stage}; nothing from the file was loaded, other files are "
+        "not affected (report it with this export id)"
+    )
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The bytes of one export as read once: what is hashed is what is parsed and archived."""
+
+    path: Path
+    name: str
+    data: bytes | None  # None: over the size cap, hashed as a stream and never parsed
+    sha256: str
+    signature: Signature
+
+
+def _read_settled(path: Path, settings: Settings, settled: Signature) -> _Source | None:
+    """The file's bytes, if it is still the settled file (the watcher's definition); None when it changed since."""
+    if settled[0] > settings.max_file_mb * 1e6:
+        sha = sha256_of(path)
+        return (
+            _Source(path, original_name(path, settings), None, sha, settled)
+            if file_signature(path) == settled
+            else None
+        )
+    data = path.read_bytes()
+    if file_signature(path) != settled or len(data) != settled[0]:
+        return None  # it changed while it was read
+    sha = hashlib.sha256(data).hexdigest()
+    return _Source(path, original_name(path, settings), data, sha, settled)
+
+
+def _duplicate_message(prior: dict[str, object]) -> str:
+    when = prior["received_at"]
+    day = when.date().isoformat() if isinstance(when, datetime) else str(when)
+    message = (
+        f"same bytes as {prior['file_name']}, ingested for clinic {prior['clinic_id']} on {day} "
+        f"(export {prior['export_id']}, {prior['status']}); nothing to do"
+    )
+    if prior["status"] == "quarantined":
+        message += f"; to load its passing rows after review: alliance release {prior['export_id']} --by NAME"
+    return message
 
 
 def ingest_file(
@@ -195,10 +305,12 @@ def ingest_file(
     received_at: datetime | None = None,
     publish: bool = True,
 ) -> ExportResult:
-    """Ingest one export end to end; the same bytes twice is a no-op reported as 'duplicate'.
+    """Ingest one export end to end; the same bytes twice at one clinic is a no-op reported as 'duplicate'.
 
     Example: ``ingest_file(Path("inbox/northside/export.csv"), load_settings())``. With ``publish=False``
-    the snapshots are left to the caller (the nightly sweep publishes once, after its re-score).
+    the snapshots are left to the caller (the nightly sweep publishes once, after its re-score). A file still
+    being written is left where it is (status ``unsettled``); an unexpected failure while reading or loading
+    rejects that file alone, with its error class in the ledger.
     """
     clinics = load_clinics(settings.clinics_file)
     clinic = clinic_for(path, clinics, settings, clinic_id)
@@ -207,35 +319,64 @@ def ingest_file(
         raise (ExportGone if in_inbox else ConfigError)(f"{path}: no such file")
     key = load_key(settings)
     received_at = received_at or datetime.now(UTC)
+    unsettled = ExportResult(
+        path.name, clinic.id, "unsettled", "",
+        error="still being written (its size or time keeps changing); left in place for the next run",
+    )  # fmt: skip
+    # waited for outside the writer lock, so a file still growing never holds up other runs
+    settled = wait_until_settled(path, settings.settle_s, timeout=max(3 * settings.settle_s, 1.0))
+    if settled is None:
+        if not path.is_file():
+            raise ExportGone(f"{path.name}: no longer there; another run has taken it")
+        return unsettled
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         writer.check_key(key_fingerprint(key))
         # the file is read under the lock: a concurrent run may have archived it while we waited
         if not path.is_file():
             raise ExportGone(f"{path.name}: no longer there; another run has taken it")
-        sha = sha256_of(path)
-        export_id = sha[:16]
+        source = _read_settled(path, settings, settled)
+        if source is None:
+            return unsettled
+        prior = writer.export_by_sha(clinic.id, source.sha256)
+        if prior is not None and prior["status"] != "rejected":
+            # Same bytes already committed (or a crash came after the commit): only the archive move may be left.
+            target = archive_path(settings, clinic.id, prior["export_id"], prior["file_name"], rejected=False)
+            _archive(source.data, path, target, source.signature, settings)
+            if publish:
+                writer.publish(warehouse.snapshots, [clinic.id])
+            return ExportResult(
+                source.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target),
+                error=_duplicate_message(prior),
+            )  # fmt: skip
+        export_id = export_id_of(clinic.id, source.sha256, writer.attempts(clinic.id, source.sha256))
         ledger = Ledger(
             export_id=export_id,
             clinic_id=clinic.id,
-            file_name=path.name,
-            sha256=sha,
-            bytes=path.stat().st_size,
+            file_name=source.name,
+            sha256=source.sha256,
+            bytes=source.signature[0],
             received_at=received_at,
             status="loaded",
             instruments=list(clinic.export.instruments),
         )
-        prior = writer.export_by_sha(sha)
-        if prior is not None and prior["status"] != "rejected":
-            # Same bytes already committed (or a crash came after the commit): only the archive move may be left.
-            target = archive_path(settings, clinic.id, prior["export_id"], prior["file_name"], rejected=False)
-            moved = _archive(path, target, settings) if not target.exists() else target
-            if moved == target and path.exists() and settings.inbox.resolve() in path.resolve().parents:
-                path.unlink()
+
+        def reject(problem: str, message: str) -> ExportResult:
+            target = archive_path(settings, clinic.id, export_id, source.name, rejected=True)
+            writer.record_rejection(replace(ledger, status="rejected", error=problem, archived_as=str(target)))
             if publish:
                 writer.publish(warehouse.snapshots, [clinic.id])
-            return ExportResult(path.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target))
+            _archive(source.data, path, target, source.signature, settings)
+            return ExportResult(source.name, clinic.id, "rejected", export_id, error=message, archived_as=str(target))
+
+        if source.data is None:
+            limit = settings.max_file_mb
+            return reject(
+                f"the file is {source.signature[0] / 1e6:.0f} MB, over the {limit:.0f} MB limit",
+                f"{source.name}: the file is {source.signature[0] / 1e6:.0f} MB, over the {limit:.0f} MB limit",
+            )
         try:
+            fault_point("prepare", source.name)
             known_therapists = writer.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings")
             prepared = prepare_export(
                 path,
@@ -246,47 +387,47 @@ def ingest_file(
                 int(settings.max_file_mb * 1e6),
                 ReadLimits.from_settings(settings),
                 known_therapists,
+                data=source.data,
             )
         except ExportRejected as rejection:
-            target = archive_path(settings, clinic.id, export_id, path.name, rejected=True)
-            writer.record_rejection(
-                replace(ledger, status="rejected", error=rejection.problem, archived_as=str(target))
-            )
-            if publish:
-                writer.publish(warehouse.snapshots, [clinic.id])
-            _archive(path, target, settings)
-            return ExportResult(
-                path.name, clinic.id, "rejected", export_id, error=str(rejection), archived_as=str(target)
-            )
+            return reject(rejection.problem, str(rejection))
+        except Exception as exc:  # the safety net: one file's surprise must not stop the others
+            if is_storage_failure(exc) and not isinstance(exc, OSError):
+                raise
+            log.warning("%s (clinic %s): rejected after %s", source.name, clinic.id, type(exc).__name__)
+            problem = _unexpected(exc, "reading and checking the file")
+            return reject(problem, f"{source.name}: {problem}")
         status = "quarantined" if prepared.whole_file_quarantined else "loaded"
-        target = archive_path(settings, clinic.id, export_id, path.name, rejected=False)
-        with writer.transaction():
-            counts = writer.load_export(
-                replace(
-                    ledger,
-                    status=status,
-                    rows_total=prepared.rows_total,
-                    rows_quarantined=prepared.quarantine.height,
-                    archived_as=str(target),
-                ),
-                prepared.ratings,
-                prepared.quarantine,
-                prepared.client_refs,
-            )
-            # scored in the same transaction: a crash never leaves ratings without their flags
-            scoring = (
-                score_dyads(writer, clinics, settings, list(counts.touched_dyads), export_id=export_id)
-                if counts.touched_dyads
-                else None
-            )
+        target = archive_path(settings, clinic.id, export_id, source.name, rejected=False)
+        try:
+            with writer.transaction():
+                counts, scoring = _load_and_score(
+                    writer,
+                    replace(
+                        ledger,
+                        status=status,
+                        rows_total=prepared.rows_total,
+                        rows_quarantined=prepared.quarantine.height,
+                        archived_as=str(target),
+                    ),
+                    prepared,
+                    clinics,
+                    settings,
+                )
+        except Exception as exc:  # rolled back: the file is rejected whole, the run goes on
+            if is_storage_failure(exc):
+                raise
+            log.warning("%s (clinic %s): rejected after %s", source.name, clinic.id, type(exc).__name__)
+            problem = _unexpected(exc, "loading and scoring the file")
+            return reject(problem, f"{source.name}: {problem}")
         crash_point("after_commit")
         # scoring may have touched other dyads' clinics only through recalibration, which rescored all
         if publish:  # a sweep publishes once at its end instead of after every file
             writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
         crash_point("after_publish")
-        _archive(path, target, settings)
+        _archive(source.data, path, target, source.signature, settings)
     return ExportResult(
-        path.name,
+        source.name,
         clinic.id,
         status,
         export_id,
@@ -297,6 +438,95 @@ def ingest_file(
         rows_quarantined=counts.quarantined,
         top_reasons=top_reasons(prepared.quarantine),
         archived_as=str(target),
+        scoring=scoring,
+    )
+
+
+def _load_and_score(
+    writer: Writer, ledger: Ledger, prepared: PreparedExport, clinics: dict[str, Clinic], settings: Settings
+) -> tuple[LoadCounts, ScoringResult | None]:
+    """Load one prepared export and score the dyads it touched, inside the caller's transaction."""
+    counts = writer.load_export(ledger, prepared.ratings, prepared.quarantine, prepared.client_refs)
+    fault_point("load", ledger.file_name)
+    # scored in the same transaction: a crash never leaves ratings without their flags
+    scoring = (
+        score_dyads(writer, clinics, settings, list(counts.touched_dyads), export_id=ledger.export_id)
+        if counts.touched_dyads
+        else None
+    )
+    return counts, scoring
+
+
+def release_export(settings: Settings, export_id: str, by: str, note: str | None = None) -> ExportResult:
+    """Load a file quarantined whole, as if the threshold allowed it: rows that broke a rule stay quarantined.
+
+    Reviewed (``by``) and recorded in ``audit``. Example: ``release_export(settings, "3f9a2c1b7d0e4a55", "Dr Lee")``.
+    """
+    clinics = load_clinics(settings.clinics_file)
+    key = load_key(settings)
+    warehouse = Warehouse.of(settings)
+    with warehouse.writer() as writer:
+        writer.check_key(key_fingerprint(key))
+        found = writer.export_by_id(export_id)
+        if found is None:
+            raise AllianceError(f"no export {export_id!r}; `alliance status` and the exports table list them")
+        if found["status"] != "quarantined":
+            status = found["status"]
+            raise AllianceError(f"export {export_id} ({found['file_name']}) is {status}, not quarantined whole")
+        if found["clinic_id"] not in clinics:
+            raise ConfigError(f"export {export_id}: clinic {found['clinic_id']!r} is not in clinics.toml")
+        clinic = clinics[found["clinic_id"]]
+        archived = Path(str(found["archived_as"] or ""))
+        if not archived.is_file():
+            raise AllianceError(f"export {export_id}: its archived file {archived.name} is missing; nothing released")
+        data = archived.read_bytes()
+        if hashlib.sha256(data).hexdigest() != found["sha256"]:
+            raise AllianceError(f"export {export_id}: the archived file is not the bytes quarantined; nothing released")
+        prepared = prepare_export(
+            archived.with_name(str(found["file_name"])),
+            clinic,
+            key,
+            export_id,
+            1.0,
+            None,
+            ReadLimits.from_settings(settings),
+            writer.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings"),
+            data=data,
+        )
+        ledger = Ledger(
+            export_id=export_id,
+            clinic_id=clinic.id,
+            file_name=str(found["file_name"]),
+            sha256=str(found["sha256"]),
+            bytes=len(data),
+            received_at=found["received_at"],
+            status="loaded",
+            instruments=list(found["instruments"] or clinic.export.instruments),
+            rows_total=prepared.rows_total,
+            rows_quarantined=prepared.quarantine.height,
+            archived_as=str(archived),
+        )
+        with writer.transaction():
+            writer.drop_quarantine(export_id)
+            counts, scoring = _load_and_score(writer, ledger, prepared, clinics, settings)
+            writer.audit(
+                by, "release", export_id,
+                f"{counts.new} new, {counts.updated} updated, {counts.quarantined} still quarantined"
+                + (f"; {note}" if note else ""),
+            )  # fmt: skip
+        writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
+    return ExportResult(
+        ledger.file_name,
+        clinic.id,
+        "released",
+        export_id,
+        rows_total=prepared.rows_total,
+        rows_new=counts.new,
+        rows_updated=counts.updated,
+        rows_unchanged=counts.unchanged,
+        rows_quarantined=counts.quarantined,
+        top_reasons=top_reasons(prepared.quarantine),
+        archived_as=str(archived),
         scoring=scoring,
     )
 

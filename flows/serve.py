@@ -56,15 +56,23 @@ def nightly(home: str | None = None) -> dict[str, object]:
                for r in swept if r["status"] != "error"]  # fmt: skip
     per_clinic = clinic_summary(settings, started, exports).to_dicts()
     errors = [str(r["error"]) for r in swept if r["status"] == "error"]
-    _artifacts(per_clinic, scoring, alerts)
-    get_run_logger().info("nightly: %d clinics, %d sweep errors", len(per_clinic), len(errors))
-    return {"per_clinic": per_clinic, "errors": errors, **scoring, "alerts": alerts}
+    rejected = [str(r["error"]) for r in swept if r["status"] == "rejected"]  # each starts with its file name
+    _artifacts(per_clinic, scoring, alerts, rejected + errors)
+    logger = get_run_logger()
+    logger.info("nightly: %d clinics, %d file(s) failed", len(per_clinic), len(rejected) + len(errors))
+    for line in rejected + errors:  # names and error classes only: rejection reasons never hold cell values
+        logger.warning("nightly: %s", line)
+    return {"per_clinic": per_clinic, "errors": errors, "rejected": rejected, **scoring, "alerts": alerts}
 
 
-def _artifacts(rows: list[dict[str, object]], scoring: dict[str, object], alerts: dict[str, object]) -> None:
+def _artifacts(
+    rows: list[dict[str, object]], scoring: dict[str, object], alerts: dict[str, object], failed: list[str]
+) -> None:
     create_table_artifact(key="nightly-clinics", table=rows, description="Nightly run per clinic")
+    failures = [f"**{len(failed)} file(s) failed** (see `archive/<clinic>/rejected/`):", *(f"- {f}" for f in failed)]
     lines = [
         "# Alliance Watch nightly run",
+        *([*failures, ""] if failed else []),
         f"Review queue: {scoring['queue_dyads']} of {scoring['active_dyads']} dyads. "
         f"Alerts: {alerts['sent']} sent, {alerts['failed']} failed (retried next run).",
         "",
@@ -112,7 +120,7 @@ def serve_everything(settings: Settings, polling: bool = False) -> None:
     from flows.watcher import InboxWatcher
 
     log.info("Prefect API %s; watching %s", os.environ.get("PREFECT_API_URL"), settings.inbox)
-    with InboxWatcher(settings, polling=polling):
+    with InboxWatcher(settings, polling=polling, settle_seconds=settings.settle_s):
         try:
             serve(*deployments(settings))  # type: ignore[arg-type]
         except KeyboardInterrupt:

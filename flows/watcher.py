@@ -56,6 +56,42 @@ def emit_to_prefect(event: dict[str, Any]) -> None:
         raise RuntimeError("Prefect did not accept the event (is PREFECT_API_URL set and the server up?)")
 
 
+def settled(size: int, stable_for: float, settle_seconds: float) -> bool:
+    """The one definition of a complete file: unchanged for settle_seconds (an empty file three times that).
+
+    Example: ``settled(1200, 2.5, 2.0)`` -> True; ``settled(0, 2.5, 2.0)`` -> False (it may still be filling).
+    """
+    return stable_for >= settle_seconds * (1 if size > 0 else 3)
+
+
+def file_signature(path: Path) -> Signature | None:
+    """(size, mtime_ns) of a file, None when it is gone."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def wait_until_settled(path: Path, settle_seconds: float, timeout: float) -> Signature | None:
+    """Wait until ``path`` has settled (by ``settled``) and return its signature; None if still changing at timeout.
+
+    A file last modified settle_seconds ago has been unchanged that long, so old files return at once.
+    Example: ``wait_until_settled(Path("inbox/north/a.csv"), 2.0, 10.0)`` -> ``(1200, 1764…)``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        signature = file_signature(path)
+        if signature is None or settle_seconds == 0:
+            return signature
+        stable_for = time.time() - signature[1] / 1e9
+        if settled(signature[0], stable_for, settle_seconds):
+            return signature
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(min(0.2, max(0.01, settle_seconds / 4)))
+
+
 @dataclass
 class _Pending:
     """What the settle loop knows about one path."""
@@ -195,8 +231,7 @@ class InboxWatcher:
 
     def _settled(self, signature: Signature, stable_for: float) -> bool:
         """Unchanged for settle_seconds; an empty file needs three times that, as it may still be filling."""
-        size, _ = signature
-        return stable_for >= self.settle_seconds * (1 if size > 0 else 3)
+        return settled(signature[0], stable_for, self.settle_seconds)
 
     def _emit_one(self, path: Path, entry: _Pending, touches: int, signature: Signature) -> bool:
         """Emit one settled file; on failure keep it pending so the next check retries."""
@@ -269,8 +304,4 @@ class InboxWatcher:
 
     @staticmethod
     def _signature(path: Path) -> Signature | None:
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        return info.st_size, info.st_mtime_ns
+        return file_signature(path)

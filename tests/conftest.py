@@ -15,6 +15,8 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="alliance-prefect-"))
 os.environ.pop("ALLIANCE_HMAC_KEY", None)
 os.environ.pop("ALLIANCE_HOME", None)
+# Test files are written whole before they are ingested; the settle wait itself is tested with its own setting.
+os.environ["ALLIANCE_SETTLE_S"] = "0"
 
 from alliance.home import init_home
 from alliance.settings import Settings, load_settings
@@ -46,3 +48,33 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture
+def two_clinics(settings: Settings) -> Settings:
+    """A home with clinics north and south sharing one CSV layout (tests/test_pipeline.py's NORTH)."""
+    from tests.test_pipeline import NORTH
+
+    add_clinic(settings, NORTH)
+    add_clinic(settings, NORTH.replace("clinics.north", "clinics.south").replace('name = "North"', 'name = "South"'))
+    for clinic in ("north", "south"):
+        (settings.inbox / clinic).mkdir()
+    return settings
+
+
+def put(settings: Settings, clinic: str, name: str, rows: list[str]) -> Path:
+    """Write a CSV export with tests/test_pipeline.py's header into a clinic's inbox."""
+    from tests.test_pipeline import HEADER
+
+    path = settings.inbox / clinic / name
+    path.write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+# test_pipeline.py's rows with south's own therapists (the same ids at two clinics look like a wrong inbox)
+SOUTH_ROWS = [
+    "C-101,s1,01/05/2026,1,9.5,9.0,9.1,9.2,20,first visit",
+    "C-101,s1,01/12/2026,2,9.5,9.5,9.1,9.2,,",
+    "C-102,s2,01/12/2026,1,8.0,8.0,8.0,8.0,18,",
+    "C-103,s2,01/13/2026,1,8.0,12.5,8.0,8.0,,out of range",
+]

@@ -41,7 +41,8 @@ def test_sample_ingest_status_round_trip(tmp_path: Path) -> None:
     code, out = run("ingest", "--home", home)
     assert code == 0, out
     assert "top quarantine reasons" in out and "warehouse:" in out
-    assert len(re.findall(r"\bloaded\b", out)) == 5
+    assert len(re.findall(r"│ loaded\b", out)) == 5
+    assert "5 file(s): 5 loaded; rows:" in out  # the run's totals, not only the last file's
     code, out = run("status", "--home", home)
     assert code == 0 and "northside" in out and "lakeview" in out
     code, out = run("ingest", "--home", home)

@@ -126,16 +126,21 @@ def test_missing_column_rejects_whole_file_and_is_recorded(north: Settings) -> N
     assert Path(result.archived_as or "").parent == north.archive / "north" / "rejected"
 
 
-def test_rejected_file_retried_after_a_fix_replaces_its_ledger_row(north: Settings) -> None:
+def test_rejected_file_retried_after_a_fix_keeps_both_ledger_rows(north: Settings) -> None:
     declared_utf8 = NORTH.replace('date_format = "%m/%d/%Y"', 'date_format = "%m/%d/%Y"\nencoding = "utf-8"')
     north.clinics_file.write_text(declared_utf8)
     rows = [ROWS[0].replace("first visit", "Grüße")]
     rejected = ingest_file(drop(north, "a.csv", rows, encoding="cp1252"), north)
     assert rejected.status == "rejected" and "not valid UTF-8 at line 2" in (rejected.error or "")
     north.clinics_file.write_text(declared_utf8.replace('"utf-8"', '"cp1252"'))
-    retried = ingest_file(Path(rejected.archived_as or ""), north, clinic_id="north")
+    rejected_copy = Path(rejected.archived_as or "")
+    retried = ingest_file(rejected_copy, north, clinic_id="north")
     assert retried.status == "loaded" and retried.rows_new == 2
-    assert query(north, "SELECT status, rows_total FROM exports") == [("loaded", 2)]
+    assert retried.export_id != rejected.export_id and retried.file_name == "a.csv"  # no second prefix
+    ledger = query(north, "SELECT status, rows_total, file_name FROM exports ORDER BY received_at")
+    assert ledger == [("rejected", 0, "a.csv"), ("loaded", 2, "a.csv")]  # the rejection stays on record
+    assert not rejected_copy.exists()  # moved on, not left behind as a second copy
+    assert Path(retried.archived_as or "").name == f"{retried.export_id}__a.csv"
 
 
 def test_most_rows_failing_quarantines_the_whole_file(north: Settings) -> None:
