@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from alliance.errors import StorageError, WarehouseBusy
 from alliance.exports import sha256_of
+from alliance.redaction import plain_text
 from alliance.settings import Settings
 
 log = logging.getLogger("alliance.storage")
@@ -534,6 +535,7 @@ class Writer:
         from_status = found[0][0]
         if from_status == to_status:
             raise StorageError(f"flag {flag_id} is already {to_status}")
+        reviewed_by = plain_text(reviewed_by)  # shown in terminals, dashboards and exports of the audit
         self.con.execute(
             "INSERT INTO reviews VALUES (?, ?, ?, ?, ?, ?)", [flag_id, reviewed_by, now, from_status, to_status, note]
         )
@@ -654,7 +656,8 @@ class Writer:
 
     def audit(self, actor: str, action: str, subject: str, detail: str | None, at: datetime | None = None) -> None:
         """Append one line to the audit trail: who did what to what."""
-        self.con.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", [at or _now(), actor, action, subject, detail])
+        row = [plain_text(actor), action, plain_text(subject), None if detail is None else plain_text(detail)]
+        self.con.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", [at or _now(), *row])
 
     def publish(self, folder: Path, clinic_ids: list[str] | None) -> list[Path]:
         """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically."""
