@@ -228,6 +228,13 @@ SNAPSHOT_TABLES = (
     "calibrations", "alerts", "meta",
 )  # fmt: skip
 
+# What the network snapshot leaves out of a table: review notes (free text a supervisor typed) and the raw
+# values of quarantined rows (a name typed into a score cell); rules, reasons and lines stay.
+NETWORK_REDACTED = {
+    "reviews": "* EXCLUDE (note), NULL::VARCHAR AS note",
+    "quarantine": '* EXCLUDE ("values"), NULL::JSON AS "values"',
+}
+
 LEDGER_COUNTS = ("rows_total", "rows_new", "rows_updated", "rows_unchanged", "rows_quarantined")
 
 
@@ -678,7 +685,7 @@ class Writer:
         try:
             for table in SNAPSHOT_TABLES:
                 columns = [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
-                select = "* EXCLUDE (note), NULL::VARCHAR AS note" if table == "reviews" and clinic_id is None else "*"
+                select = NETWORK_REDACTED.get(table, "*") if clinic_id is None else "*"
                 where = "TRUE"
                 if clinic_id is not None and "clinic_id" in columns:
                     where = "clinic_id = $clinic"
