@@ -413,19 +413,21 @@ def verify(home: HomeOption = None) -> None:
 
     Example: alliance verify --home /srv/alliance
     """
+    from alliance.permissions import wide_files
     from alliance.storage import Warehouse
 
     settings = _settings(home)
     if not settings.warehouse.exists():
         raise typer.BadParameter(f"{settings.warehouse}: no warehouse", param_hint="--home")
     warehouse = Warehouse.of(settings)
+    problems = wide_files(settings.home, warehouse.snapshot_groups)  # before the writer settles folder modes
     with warehouse.writer() as writer:
-        problems = writer.verify(warehouse.snapshots)
+        problems += writer.verify(warehouse.snapshots)
     for problem in problems:
         err_console.print(f"Error: {plain_text(problem)}", markup=False, highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
-    console.print(f"{settings.warehouse}: consistent (ledger, keys, references, snapshots)")
+    console.print(f"{settings.warehouse}: consistent (ledger, keys, references, snapshots, file modes)")
 
 
 @app.command()

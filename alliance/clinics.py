@@ -186,6 +186,8 @@ class Clinic(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     name: str
     timezone: str = "UTC"
+    # OS group whose members may read snapshots/clinic-<id>.duckdb (and nothing else in the home)
+    snapshot_group: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
     export: ExportProfile
     rules: RuleConfig = RuleConfig()
     alerts: AlertConfig = AlertConfig()

@@ -20,6 +20,14 @@ from filelock import FileLock, Timeout
 
 from alliance.errors import StorageError, WarehouseBusy
 from alliance.exports import sha256_of
+from alliance.permissions import (
+    OWNER_FILE,
+    make_private,
+    private_umask,
+    settle_folders,
+    settle_snapshot,
+    snapshot_groups,
+)
 from alliance.redaction import plain_text
 from alliance.settings import Settings
 
@@ -272,8 +280,9 @@ def _now() -> datetime:
 class Writer:
     """A read-write session on the warehouse, held under the writer lock."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, snapshot_groups: dict[str, str] | None = None) -> None:
         self.con = con
+        self.snapshot_groups = snapshot_groups or {}
 
     def export_by_sha(self, sha256: str) -> dict[str, Any] | None:
         """The ledger row of the export with these bytes, if any."""
@@ -709,7 +718,7 @@ class Writer:
             if attached:
                 self.con.execute("DETACH snap")
         _add_views(partial)
-        partial.chmod(0o444)
+        settle_snapshot(partial, self.snapshot_groups.get(clinic_id) if clinic_id else None)
         digest = sha256_of(partial)
         os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
         now = _now()
@@ -734,15 +743,23 @@ class Writer:
 class Warehouse:
     """The DuckDB warehouse file of one Alliance Watch home."""
 
-    def __init__(self, path: Path, lock_timeout_s: float = 600.0, min_free_mb: float = 500.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_timeout_s: float = 600.0,
+        min_free_mb: float = 500.0,
+        snapshot_groups: dict[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.lock_timeout_s = lock_timeout_s
         self.min_free_mb = min_free_mb
+        self.snapshot_groups = snapshot_groups or {}
 
     @classmethod
     def of(cls, settings: Settings) -> Warehouse:
         """The warehouse of a home, with its lock wait and free-space warning from settings."""
-        return cls(settings.warehouse, settings.lock_timeout_s, settings.min_free_mb)
+        groups = snapshot_groups(settings.clinics_file)
+        return cls(settings.warehouse, settings.lock_timeout_s, settings.min_free_mb, groups)
 
     @property
     def lock_path(self) -> Path:
@@ -750,13 +767,18 @@ class Warehouse:
 
     @contextmanager
     def writer(self) -> Iterator[Writer]:
-        """The one writer: a cross-process lock with a bounded wait, then a read-write connection."""
+        """The one writer: a cross-process lock with a bounded wait, then a read-write connection.
+
+        Files it creates (the warehouse, its WAL, snapshots) are owner-only whatever the umask.
+        """
+        private_umask()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        settle_folders(self.path.parent, bool(self.snapshot_groups))
         free = free_mb(self.path.parent)
         if free < self.min_free_mb:
             log.warning("%s: only %.0f MB free (warning below %.0f MB); a full disk stops runs", self.path, free,
                         self.min_free_mb)  # fmt: skip
-        lock = FileLock(self.lock_path)
+        lock = FileLock(self.lock_path, mode=OWNER_FILE)
         try:
             lock.acquire(timeout=self.lock_timeout_s)
         except Timeout:
@@ -767,8 +789,9 @@ class Warehouse:
         try:
             con = self._connect(read_only=False)
             try:
+                make_private(self.path)  # a warehouse from before owner-only homes, or copied in
                 _ensure_schema(con)
-                yield Writer(con)
+                yield Writer(con, self.snapshot_groups)
                 con.execute("CHECKPOINT")
             except (duckdb.Error, OSError) as exc:
                 if _disk_full(exc):
@@ -794,7 +817,7 @@ class Warehouse:
     def replace_with(self, source: Path) -> dict[str, tuple[int, str]]:
         """Swap in a warehouse file (e.g. from a backup) under the writer lock; returns the checksums it reads."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.lock_path)
+        lock = FileLock(self.lock_path, mode=OWNER_FILE)
         try:
             lock.acquire(timeout=self.lock_timeout_s)
         except Timeout:
@@ -802,6 +825,7 @@ class Warehouse:
         try:
             partial = self.path.with_name(f".{self.path.name}.restoring")
             shutil.copy2(source, partial)
+            make_private(partial)
             os.replace(partial, self.path)
             self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
             con = self._connect(read_only=True)

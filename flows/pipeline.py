@@ -15,6 +15,7 @@ from alliance.clinics import Clinic, load_clinics
 from alliance.errors import ConfigError, ExportGone, ExportRejected
 from alliance.exports import ReadLimits, read_export, sha256_of
 from alliance.faults import crash_point
+from alliance.permissions import make_private
 from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
 from alliance.settings import Settings
 from alliance.storage import Ledger, Warehouse
@@ -185,6 +186,7 @@ def _archive(path: Path, target: Path, settings: Settings) -> Path:
         shutil.move(path, target)
     else:
         shutil.copy2(path, target)
+    make_private(target)  # a moved file keeps the mode it was dropped with
     return target
 
 
