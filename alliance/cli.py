@@ -495,7 +495,9 @@ def rekey(
 @domain_errors
 def dashboard(
     clinic: Annotated[str | None, typer.Option(help="Only this clinic's data (its own snapshot).")] = None,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 8501,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port (on ALLIANCE_DASHBOARD_ADDRESS, 127.0.0.1).")
+    ] = 8501,
     home: HomeOption = None,
 ) -> None:
     """Open the supervisor dashboard: review queue, dyads, trends, data health.
@@ -504,7 +506,8 @@ def dashboard(
     """
     from dashboards.launch import run
 
-    raise typer.Exit(run(_settings(home).home, clinic, port))
+    settings = _settings(home)
+    raise typer.Exit(run(settings.home, clinic, port, settings))
 
 
 @app.command()

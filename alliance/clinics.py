@@ -219,7 +219,7 @@ def parse_clinics(text: str) -> dict[str, Clinic]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"clinics.toml: not valid TOML: {exc}") from None
-    unknown = set(raw) - {"clinics"}
+    unknown = set(raw) - {"clinics", "access"}  # [access]: dashboard sign-in grants (dashboards/access.py)
     if unknown:
         raise ProfileError(f"clinics.toml: unknown top-level key(s) {sorted(unknown)}; clinics go under [clinics.<id>]")
     clinics: dict[str, Clinic] = {}
