@@ -4,8 +4,8 @@ reference is anywhere it must not be."""
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import re
 from pathlib import Path
 
