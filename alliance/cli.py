@@ -55,6 +55,9 @@ def _cell(value: object) -> Text:
 
 
 def _settings(home: Path | None) -> Settings:
+    from alliance.permissions import private_umask
+
+    private_umask()  # whatever a command creates (Prefect's database, backups, the home) is owner-only
     return load_settings(home)
 
 
