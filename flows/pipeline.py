@@ -17,6 +17,7 @@ from alliance.exports import ReadLimits, read_export, sha256_of
 from alliance.faults import crash_point
 from alliance.permissions import make_private
 from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
+from alliance.redaction import engine_problem
 from alliance.settings import Settings
 from alliance.storage import Ledger, Warehouse
 from expectations import validate_ratings
@@ -249,7 +250,16 @@ def ingest_file(
                 ReadLimits.from_settings(settings),
                 known_therapists,
             )
-        except ExportRejected as rejection:
+        except ExportRejected as refused:
+            rejection: ExportRejected | None = refused
+        except (pl.exceptions.PolarsError, ValueError, KeyError, TypeError) as fault:
+            # an engine failure past the reader quotes the value it met: refuse the file with the kind only
+            rejection = ExportRejected(
+                path.name, f"could not be processed ({type(fault).__name__}: {engine_problem(fault)}); please report it"
+            )
+        else:
+            rejection = None
+        if rejection is not None:
             target = archive_path(settings, clinic.id, export_id, path.name, rejected=True)
             writer.record_rejection(
                 replace(ledger, status="rejected", error=rejection.problem, archived_as=str(target))

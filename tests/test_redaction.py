@@ -146,3 +146,33 @@ def test_a_rejected_export_keeps_cells_out_of_the_ledger_and_the_result(settings
     assert error == "cannot parse as CSV with delimiter ',': line 2, column 9: a text cell is quoted wrongly " + (
         "(a quote inside a field must be doubled, and a quoted field must end with a quote)"
     )
+
+
+def test_an_engine_fault_after_reading_rejects_the_file_without_its_value(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polars as pl
+
+    import flows.pipeline
+
+    # A fault past the reader cannot be produced on demand (the fuzz tests find none): it is simulated here.
+    def fault(*_args: object, **_kwargs: object) -> None:
+        raise pl.exceptions.ComputeError(f"conversion from `str` to `date` failed in column 'x' for value `{CANARY}`")
+
+    monkeypatch.setattr(flows.pipeline, "rating_candidates", fault)
+    add_clinic(settings, NORTH)
+    inbox = settings.inbox / "north"
+    inbox.mkdir(parents=True)
+    path = inbox / "fine.csv"
+    path.write_text(
+        "Client ID,Clinician,Session Date,Session #,SRS Relationship,SRS Goals,SRS Approach,SRS Overall\n"
+        "C1,t1,01/05/2026,1,9,9,9,9\n",
+        encoding="utf-8",
+    )
+    result = ingest_file(path, settings)
+    assert result.status == "rejected" and CANARY not in str(result)
+    assert result.error == (
+        "fine.csv: could not be processed (ComputeError: conversion from `str` to `date` failed in column <text> "
+        "for value <text>); please report it"
+    )
+    assert (settings.archive / "north" / "rejected").is_dir()  # archived, the rest of a run goes on
