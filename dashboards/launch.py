@@ -27,7 +27,7 @@ HOME_ENV = "ALLIANCE_HOME"
 CLINIC_ENV = "ALLIANCE_DASHBOARD_CLINIC"
 DEFAULT_PORT = 8501
 LOOPBACK = "127.0.0.1"
-GENERATED_SECRETS = ".dashboard-auth.toml"  # in the home, owner-only, rewritten at every start
+GENERATED_SECRETS = ".dashboard-auth-{port}.toml"  # in the home, owner-only, one per port, rewritten at start
 
 
 def command(port: int, address: str = LOOPBACK, secrets_files: tuple[Path, ...] = ()) -> list[str]:
@@ -104,7 +104,7 @@ def secrets_files(settings: Settings, port: int) -> tuple[Path, ...]:
     if own.exists():
         found.append(own)
     section = auth_section(settings, port)
-    generated = settings.home / GENERATED_SECRETS
+    generated = settings.home / GENERATED_SECRETS.format(port=port)  # two dashboards keep their own cookie secrets
     generated.unlink(missing_ok=True)
     if section is not None:
         fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_FILE)  # holds the client secret
