@@ -22,6 +22,7 @@ import polars as pl
 
 from alliance.clinics import Clinic, Supervisor
 from alliance.errors import AllianceError, ConfigError
+from alliance.redaction import plain_text
 from transforms.rules import SEVERITIES
 
 log = logging.getLogger("alliance.alerts")
@@ -215,8 +216,7 @@ def _scrubbed_logs(hidden: Sequence[str]) -> Iterator[None]:
 
 
 def _one_line(text: object, limit: int = MAX_REASON) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return plain_text(str(text), limit)
 
 
 def _rank(severity: str) -> int:
@@ -247,7 +247,8 @@ def _qualifying(flags: pl.DataFrame, clinic: Clinic) -> list[dict[str, Any]]:
 
 def _flag_line(row: dict[str, Any], link: Link) -> str:
     target = _one_line(link({k: row[k] for k in LINK_FIELDS if k in row}))
-    return (
+    # ids come from clinic files: no control characters or chat mentions reach a channel
+    return plain_text(
         f"[{row['severity']}] therapist {row['therapist_id']} · dyad {row['dyad_id']} · {row['rule']}: "
         f"{_one_line(row['reason'])} → {target}"
     )
@@ -255,7 +256,9 @@ def _flag_line(row: dict[str, Any], link: Link) -> str:
 
 def _rupture_message(clinic: Clinic, supervisor: Supervisor, rows: list[dict[str, Any]], link: Link) -> AlertMessage:
     n = len(rows)
-    title = f"Alliance Watch · {clinic.name}: {n} flag{'s' if n != 1 else ''} need{'s' if n == 1 else ''} review"
+    title = plain_text(
+        f"Alliance Watch · {clinic.name}: {n} flag{'s' if n != 1 else ''} need{'s' if n == 1 else ''} review"
+    )
     return AlertMessage(
         kind="rupture",
         clinic_id=clinic.id,
@@ -313,7 +316,7 @@ def _trend_line(row: dict[str, Any]) -> str:
     where = "clinic" if row["level"] == "clinic" else f"therapist {row['therapist_id']}"
     metric = row["metric"]
     limit, side = (row["lower"], "below the lower") if row["direction"] == "low" else (row["upper"], "above the upper")
-    return (
+    return plain_text(
         f"{where} · {row['instrument']} · {metric} · week of {row['week']}: {_metric_value(metric, row['value'])}, "
         f"EWMA {_metric_value(metric, row['ewma'])} {side} limit {_metric_value(metric, limit)}"
     )
@@ -341,7 +344,7 @@ def trend_messages(signals: pl.DataFrame, clinic: Clinic) -> list[AlertMessage]:
             clinic_id=clinic.id,
             recipient="leads",
             urls=tuple(clinic.alerts.leads),
-            title=f"Alliance Watch · {clinic.name}: {n} trend{'s' if n != 1 else ''} out of control",
+            title=plain_text(f"Alliance Watch · {clinic.name}: {n} trend{'s' if n != 1 else ''} out of control"),
             body="\n".join(_trend_line(r) for r in listed),
             keys=tuple(trend_key(r) for r in listed),
         )

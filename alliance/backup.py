@@ -10,6 +10,7 @@ from pathlib import Path
 
 from alliance.errors import AllianceError
 from alliance.exports import sha256_of
+from alliance.permissions import make_private, private_umask
 from alliance.settings import Settings
 from alliance.storage import SCHEMA_VERSION, Warehouse
 
@@ -25,6 +26,7 @@ def backup(settings: Settings, destination: Path) -> Path:
     if not settings.warehouse.exists():
         raise AllianceError(f"{settings.warehouse}: no warehouse to back up")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    private_umask()
     folder = destination / f"alliance-backup-{stamp}"
     folder.mkdir(parents=True)
     folder.chmod(0o700)
@@ -33,6 +35,8 @@ def backup(settings: Settings, destination: Path) -> Path:
     if settings.key_file.exists():
         shutil.copy2(settings.key_file, folder / "pseudonym.key")
         (folder / "pseudonym.key").chmod(0o600)
+    for path in folder.iterdir():
+        make_private(path)  # copies keep their source's mode: a backup is as private as the home
     files = {p.name: sha256_of(p) for p in sorted(folder.iterdir())}
     manifest = {
         "created_at": stamp,
@@ -62,6 +66,7 @@ def restore(settings: Settings, folder: Path, force: bool = False) -> dict[str, 
         differing = sorted(k for k in manifest["tables"] if restored.get(k) != manifest["tables"][k])
         raise AllianceError(f"restored tables differ from the backup's checksums: {', '.join(differing)}")
     shutil.copy2(folder / "clinics.toml", settings.clinics_file)
+    make_private(settings.clinics_file)
     if (folder / "pseudonym.key").exists() and settings.hmac_key is None:
         partial = settings.key_file.with_name(".pseudonym.key.restoring")
         shutil.copy2(folder / "pseudonym.key", partial)

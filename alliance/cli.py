@@ -13,8 +13,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from alliance.errors import AllianceError, ConfigError
+from alliance.redaction import plain_text
 from alliance.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -46,15 +48,23 @@ def domain_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except AllianceError as exc:
-            err_console.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            err_console.print(f"Error: {plain_text(str(exc))}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+def _cell(value: object) -> Text:
+    """A table cell shown as typed: no markup, no control characters, no chat mentions."""
+    return Text("" if value is None else plain_text(str(value)))
+
+
 def _settings(home: Path | None) -> Settings:
     from pydantic import ValidationError
 
+    from alliance.permissions import private_umask
+
+    private_umask()  # whatever a command creates (Prefect's database, backups, the home) is owner-only
     try:
         return load_settings(home)
     except ValidationError as exc:
@@ -126,14 +136,14 @@ def _print_results(results: list[Any], settings: Settings) -> None:
         table.add_column(column, justify="right")
     for r in results:
         counts = (r.rows_total, r.rows_new, r.rows_updated, r.rows_unchanged, r.rows_quarantined)
-        table.add_row(r.file_name, r.clinic_id, r.status, *map(str, counts))
+        table.add_row(*map(_cell, (r.file_name, r.clinic_id, r.status, *counts)))
     console.print(table)
     for r in results:
         if r.error:
-            console.print(f"{r.file_name}: {r.status}: {r.error}", markup=False)
+            console.print(plain_text(f"{r.file_name}: {r.status}: {r.error}"), markup=False)
         elif r.top_reasons:
             reasons = ", ".join(f"{rule} ×{n}" for rule, n in r.top_reasons)
-            console.print(f"{r.file_name}: top quarantine reasons: {reasons}", markup=False)
+            console.print(plain_text(f"{r.file_name}: top quarantine reasons: {reasons}"), markup=False)
     by_status: dict[str, int] = {}
     for r in results:
         by_status[r.status] = by_status.get(r.status, 0) + 1
@@ -238,7 +248,7 @@ def status(home: HomeOption = None) -> None:
     for column in summary.columns:
         table.add_column(column)
     for row in summary.iter_rows():
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*map(_cell, row))
     console.print(table)
 
 
@@ -286,13 +296,13 @@ def _write_flags(frame: Any, fmt: str) -> None:
         writer = csv.writer(sys.stdout)
         writer.writerow(frame.columns)
         for row in frame.iter_rows():
-            writer.writerow(["" if v is None else _neutralise(str(v)) if isinstance(v, str) else v for v in row])
+            writer.writerow(["" if v is None else _neutralise(plain_text(v)) if isinstance(v, str) else v for v in row])
     else:
         table = Table(title=f"{frame.height} flag(s)")
         for column in FLAG_COLUMNS:
             table.add_column(column, overflow="fold")
         for row in frame.select(FLAG_COLUMNS).iter_rows():
-            table.add_row(*("" if v is None else str(v) for v in row))
+            table.add_row(*map(_cell, row))
         console.print(table)
 
 
@@ -333,7 +343,7 @@ def review(
     from flows.reviews import review_flag
 
     previous = review_flag(_settings(home), flag_id, status, by, note)
-    console.print(f"flag {flag_id}: {previous} -> {status} (by {by})", markup=False)
+    console.print(plain_text(f"flag {flag_id}: {previous} -> {status} (by {by})"), markup=False)
 
 
 @app.command()
@@ -399,10 +409,10 @@ def _print_queue(settings: Settings, limit: int = 10) -> None:
         table.add_column(column, overflow="fold")
     for row in per_dyad.head(limit).iter_rows(named=True):
         more = f" (+{row['flags'] - 1} more)" if row["flags"] > 1 else ""
-        table.add_row(
+        table.add_row(*map(_cell, (
             row["flag_id"], row["clinic_id"], row["therapist_id"], row["dyad_id"], f"{row['risk_score']:.0f}",
             row["severity"], row["reason"] + more,
-        )  # fmt: skip
+        )))  # fmt: skip
     console.print(table)
 
 
@@ -432,10 +442,10 @@ def nightly(home: HomeOption = None) -> None:
     for column in report.per_clinic.columns:
         table.add_column(column)
     for row in report.per_clinic.iter_rows():
-        table.add_row(*map(str, row))
+        table.add_row(*map(_cell, row))
     console.print(table)
     for error in report.errors:
-        err_console.print(f"Error: {error}", markup=False)
+        err_console.print(f"Error: {plain_text(error)}", markup=False)
     code = _exit_code(report.exports, len(report.errors))
     if code:
         raise typer.Exit(code)
@@ -484,19 +494,21 @@ def verify(home: HomeOption = None) -> None:
 
     Example: alliance verify --home /srv/alliance
     """
+    from alliance.permissions import wide_files
     from alliance.storage import Warehouse
 
     settings = _settings(home)
     if not settings.warehouse.exists():
         raise typer.BadParameter(f"{settings.warehouse}: no warehouse", param_hint="--home")
     warehouse = Warehouse.of(settings)
+    problems = wide_files(settings.home, warehouse.snapshot_groups)  # before the writer settles folder modes
     with warehouse.writer() as writer:
-        problems = writer.verify(warehouse.snapshots)
+        problems += writer.verify(warehouse.snapshots)
     for problem in problems:
-        err_console.print(f"Error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"Error: {plain_text(problem)}", markup=False, highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
-    console.print(f"{settings.warehouse}: consistent (ledger, keys, references, snapshots)")
+    console.print(f"{settings.warehouse}: consistent (ledger, keys, references, snapshots, file modes)")
 
 
 @app.command()
@@ -564,7 +576,9 @@ def rekey(
 @domain_errors
 def dashboard(
     clinic: Annotated[str | None, typer.Option(help="Only this clinic's data (its own snapshot).")] = None,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 8501,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port (on ALLIANCE_DASHBOARD_ADDRESS, 127.0.0.1).")
+    ] = 8501,
     home: HomeOption = None,
 ) -> None:
     """Open the supervisor dashboard: review queue, dyads, trends, data health.
@@ -573,7 +587,8 @@ def dashboard(
     """
     from dashboards.launch import run
 
-    raise typer.Exit(run(_settings(home).home, clinic, port))
+    settings = _settings(home)
+    raise typer.Exit(run(settings.home, clinic, port, settings))
 
 
 @app.command()

@@ -192,6 +192,8 @@ class Clinic(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     name: str
     timezone: str = "UTC"
+    # OS group whose members may read snapshots/clinic-<id>.duckdb (and nothing else in the home)
+    snapshot_group: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
     export: ExportProfile
     rules: RuleConfig = RuleConfig()
     alerts: AlertConfig = AlertConfig()
@@ -223,7 +225,7 @@ def parse_clinics(text: str) -> dict[str, Clinic]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"clinics.toml: not valid TOML: {exc}") from None
-    unknown = set(raw) - {"clinics"}
+    unknown = set(raw) - {"clinics", "access"}  # [access]: dashboard sign-in grants (dashboards/access.py)
     if unknown:
         raise ProfileError(f"clinics.toml: unknown top-level key(s) {sorted(unknown)}; clinics go under [clinics.<id>]")
     clinics: dict[str, Clinic] = {}

@@ -19,8 +19,11 @@ class ExportRejected(AllianceError):
     """An export cannot be read at all; nothing from it is loaded."""
 
     def __init__(self, file_name: str, problem: str) -> None:
-        self.file_name = file_name
-        self.problem = problem
+        from alliance.redaction import plain_text  # the message goes to terminals, the ledger and logs
+
+        self.file_name = plain_text(file_name)
+        self.problem = plain_text(problem)
+        file_name, problem = self.file_name, self.problem
         super().__init__(f"{file_name}: {problem}")
 
 

@@ -28,6 +28,7 @@ import polars as pl
 
 from alliance.clinics import ExportProfile, normalise_column
 from alliance.errors import ExportRejected
+from alliance.redaction import engine_problem, value_kind
 
 if TYPE_CHECKING:
     from alliance.settings import Settings
@@ -187,7 +188,9 @@ def sniff_delimiter(text: str) -> str:
         return max(SNIFF_DELIMITERS, key=header.count)
 
 
-def _csv_records(text: str, delimiter: str, file_name: str) -> Iterator[tuple[int, list[str]]]:
+def _csv_records(
+    text: str, delimiter: str, file_name: str, columns: Sequence[str] = ()
+) -> Iterator[tuple[int, list[str]]]:
     """(start line, fields) of every CSV record, as Python's csv module reads them."""
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     line = 1
@@ -196,7 +199,7 @@ def _csv_records(text: str, delimiter: str, file_name: str) -> Iterator[tuple[in
             yield line, record
             line = reader.line_num + 1
     except csv.Error as exc:
-        problem = str(exc)
+        problem = engine_problem(exc, columns)
         if "new-line character seen in unquoted field" in problem:
             problem = "a line break inside a field that is not quoted (fields with line breaks must be in quotes)"
         raise ExportRejected(file_name, f"cannot parse as CSV at line {line}: {problem}") from None
@@ -240,7 +243,7 @@ def read_csv_text(text: str, profile: ExportProfile, file_name: str, limits: Rea
             "short); ingest it again once complete",
         )
     delimiter = sniff_delimiter(text) if profile.delimiter == "auto" else profile.delimiter
-    records = _csv_records(text, delimiter, file_name)
+    records = _csv_records(text, delimiter, file_name, list(profile.columns))
     header = next(records, (1, []))[1]
     _check_header(header, profile, file_name, lambda i: f"column {i + 1}")
     try:
@@ -254,7 +257,9 @@ def read_csv_text(text: str, profile: ExportProfile, file_name: str, limits: Rea
         if not _engine_failure(exc):
             raise
         raise ExportRejected(
-            file_name, f"cannot parse as CSV with delimiter {delimiter!r}: {_csv_problem(records, header, exc)}"
+            file_name,
+            f"cannot parse as CSV with delimiter {delimiter!r}: "
+            f"{_csv_problem(records, header, exc, profile, (text, delimiter))}",
         ) from None
     if frame.height > limits.max_rows:
         raise _too_many_rows(file_name, frame.height, limits)
@@ -273,15 +278,55 @@ def read_csv_text(text: str, profile: ExportProfile, file_name: str, limits: Rea
     return _without_blank_rows(frame.with_columns(lines.cast(pl.Int64).alias(SOURCE_LINE)))
 
 
-def _csv_problem(records: Iterator[tuple[int, list[str]]], header: list[str], exc: BaseException) -> str:
-    """Where a CSV the engine refused goes wrong: the first record with more fields than the header."""
+def _csv_problem(
+    records: Iterator[tuple[int, list[str]]],
+    header: list[str],
+    exc: BaseException,
+    profile: ExportProfile,
+    source: tuple[str, str],
+) -> str:
+    """Where a CSV the engine refused goes wrong: the first record with more fields than the header, or a cell
+    quoted wrongly; otherwise the engine's message with its quoted cells replaced by their kind.
+
+    The engine quotes the cell it choked on, so its message is never passed on as it is. Only mapped headers
+    (names from the clinic's profile) are named: other headers may be client data in a file without one.
+    """
     try:
         for line, record in records:
             if len(record) > len(header):
                 return f"line {line} has {len(record)} fields, the header has {len(header)}"
     except ExportRejected as rejection:
         return rejection.problem
-    return _first_line(exc)
+    unparsed = _UNPARSED.match(str(exc))
+    if unparsed is None:
+        return engine_problem(exc, list(profile.columns))
+    number = int(unparsed.group("number"))
+    name = header[number - 1] if 0 < number <= len(header) else None
+    mapped = {normalise_column(vendor) for vendor in profile.columns}
+    column = f"column {number}" + (f" ({name!r})" if name and normalise_column(name) in mapped else "")
+    where = _bad_quoting_line(*source)
+    kind = value_kind(unparsed.group("value"))
+    return (
+        f"{'line ' + str(where) + ', ' if where else ''}{column}: a {kind} cell is quoted wrongly "
+        "(a quote inside a field must be doubled, and a quoted field must end with a quote)"
+    )
+
+
+# Polars' message for a cell it cannot split: it quotes the cell, which is why only its shape is kept.
+_UNPARSED = re.compile(
+    r"could not parse `(?P<value>.*)` as dtype `\w+` at column '.*' \(column number (?P<number>\d+)\)", re.DOTALL
+)
+
+
+def _bad_quoting_line(text: str, delimiter: str) -> int | None:
+    """The line where strict CSV quoting first breaks (Python's csv module, which Polars does not tell)."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
+    try:
+        for _record in reader:
+            pass
+    except csv.Error:
+        return reader.line_num
+    return None
 
 
 def _without_blank_rows(frame: pl.DataFrame) -> pl.DataFrame:
@@ -517,7 +562,9 @@ def _inspect_xlsx(data: bytes, profile: ExportProfile, file_name: str, limits: R
         ) from None
     except ZIP_ERRORS as exc:
         raise ExportRejected(
-            file_name, f"cannot read as XLSX: the zip archive is truncated or damaged (still being written?): {exc}"
+            file_name,
+            f"cannot read as XLSX: the zip archive is truncated or damaged (still being written?): "
+            f"{engine_problem(exc)}",
         ) from None
 
 
@@ -635,7 +682,8 @@ def read_xlsx_bytes(
     except BaseException as exc:  # fastexcel raises its own types for every kind of broken workbook
         if not _engine_failure(exc):
             raise
-        raise ExportRejected(file_name, f"cannot read as XLSX{sheet}: {_first_line(exc)}") from None
+        problem = engine_problem(exc, [*profile.columns, profile.sheet or ""])
+        raise ExportRejected(file_name, f"cannot read as XLSX{sheet}: {problem}") from None
     grid = grid.select(pl.col(c).cast(pl.String) for c in grid.columns)
     header: list[str | None] = list(grid.row(0)) if grid.height else []
     _check_header(header, profile, file_name, lambda i: f"column {_column_letters(absolute[i] + 1)}")
@@ -695,6 +743,10 @@ class _DuplicateKey(ValueError):
     pass
 
 
+class _Collision(ValueError):
+    """Two fields flatten to one dotted name (its args: the name, made of JSON keys)."""
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """object_pairs_hook: a key given twice in one object is ambiguous, not 'the last one wins'."""
     obj: dict[str, Any] = {}
@@ -715,7 +767,7 @@ def _flatten(node: dict[str, Any], prefix: str, out: dict[str, str | None], skip
         elif isinstance(value, list):
             continue  # lists off the record path are not session fields
         elif name in out:
-            raise ValueError(f"two fields flatten to the same name {name!r} (a key with a dot in it?)")
+            raise _Collision(name)
         else:
             out[name] = _json_text(value)
 
@@ -772,12 +824,24 @@ def _frame_of_records(rows: list[dict[str, str | None]], lines: list[int], file_
         ) from None
 
 
-def _json_problem(exc: ValueError | RecursionError, where: str) -> str:
+def _key_label(exc: ValueError, known: Sequence[str]) -> str:
+    """A JSON key as a message may show it: named when the profile names it, else only its kind.
+
+    JSON keyed by client name is common, so a key the profile does not know is never quoted.
+    """
+    key = str(exc.args[0]) if exc.args else ""
+    return repr(key) if normalise_column(key) in {normalise_column(k) for k in known} else f"({value_kind(key)})"
+
+
+def _json_problem(exc: ValueError | RecursionError, where: str, path: Sequence[str] = ()) -> str:
     if isinstance(exc, RecursionError):
         return f"{where}JSON nested too deeply"
     if isinstance(exc, _DuplicateKey):
-        return f"{where}a JSON object has the key {str(exc)[:80]!r} twice: which value to use is ambiguous"
-    return f"{where}unexpected JSON shape: {exc}"
+        # JSON keyed by client name is common: the key is described, never quoted
+        return f"{where}a JSON object has the key {_key_label(exc, path)} twice: which value to use is ambiguous"
+    if isinstance(exc, _Collision):
+        return f"{where}two fields flatten to the same name {_key_label(exc, path)} (a key with a dot in it?)"
+    return f"{where}unexpected JSON shape: {engine_problem(exc, path)}"
 
 
 def read_json_text(text: str, profile: ExportProfile, file_name: str, limits: ReadLimits | None = None) -> pl.DataFrame:
@@ -789,7 +853,7 @@ def read_json_text(text: str, profile: ExportProfile, file_name: str, limits: Re
     except json.JSONDecodeError as exc:
         raise ExportRejected(file_name, f"not valid JSON at line {exc.lineno}, column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:
-        raise ExportRejected(file_name, _json_problem(exc, "")) from None
+        raise ExportRejected(file_name, _json_problem(exc, "", _profile_keys(profile))) from None
     if len(rows) > limits.max_rows:
         raise _too_many_rows(file_name, len(rows), limits, unit="records")
     return _frame_of_records(rows, list(range(1, len(rows) + 1)), file_name)
@@ -810,7 +874,7 @@ def read_ndjson_text(
         except json.JSONDecodeError as exc:
             raise ExportRejected(file_name, f"not valid JSON at line {number}, column {exc.colno}") from None
         except (ValueError, RecursionError) as exc:
-            raise ExportRejected(file_name, _json_problem(exc, f"line {number}: ")) from None
+            raise ExportRejected(file_name, _json_problem(exc, f"line {number}: ", _profile_keys(profile))) from None
         rows.extend(found)
         lines.extend([number] * len(found))
     if len(rows) > limits.max_rows:
@@ -854,5 +918,7 @@ def read_export(
     return read_csv_text(text, profile, path.name, limits)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+def _profile_keys(profile: ExportProfile) -> list[str]:
+    """Keys named in the profile (records path, mapped columns): configuration, so messages may name them."""
+    parts = profile.records.split(".") if profile.records else []
+    return [*parts, *(".".join(parts[: i + 1]) for i in range(len(parts))), *profile.columns]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alliance.permissions import OWNER_DIR, private_umask
 from alliance.pseudonyms import create_key_file
 from alliance.settings import Settings
 
@@ -41,12 +42,18 @@ EXAMPLE_CLINICS = """\
 
 
 def init_home(settings: Settings) -> list[Path]:
-    """Create the home's folders, an example clinics.toml and a pseudonym key; returns what was created."""
+    """Create the home's folders, an example clinics.toml and a pseudonym key; returns what was created.
+
+    Everything is created owner-only (folders 0700, files 0600) whatever the umask.
+    """
+    private_umask()
     created: list[Path] = []
     for folder in (settings.home, settings.inbox, settings.archive):
         if not folder.exists():
             folder.mkdir(parents=True)
             created.append(folder)
+    if settings.home in created:
+        settings.home.chmod(OWNER_DIR)  # mkdir(parents=True) leaves the umask's mode on the home itself
     if not settings.clinics_file.exists():
         settings.clinics_file.write_text(EXAMPLE_CLINICS, encoding="utf-8")
         created.append(settings.clinics_file)

@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     dashboard_url: str | None = Field(
         default=None, description="Base URL of the dashboard, for links in alerts; the CLI command is used without it."
     )
+    dashboard_address: str = Field(
+        default="127.0.0.1",
+        description="Address the dashboard binds to; beyond loopback only with sign-in (ALLIANCE_OIDC_*) configured.",
+    )
+    oidc_metadata_url: str | None = Field(
+        default=None,
+        description="The identity provider's OpenID Connect discovery URL (.well-known/openid-configuration).",
+    )
+    oidc_client_id: str | None = Field(default=None, description="The dashboard's client id at the identity provider.")
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="The dashboard's client secret at the identity provider."
+    )
     min_free_mb: float = Field(default=500.0, ge=0, description="Warn before a run when less disk space is free.")
     max_file_mb: float = Field(default=512.0, gt=0, description="Exports larger than this are rejected.")
     max_rows: int = Field(default=2_000_000, gt=0, description="Exports with more rows (records) are rejected.")

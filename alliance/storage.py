@@ -21,6 +21,15 @@ from filelock import FileLock, Timeout
 
 from alliance.errors import StorageError, WarehouseBusy
 from alliance.exports import sha256_of
+from alliance.permissions import (
+    OWNER_FILE,
+    make_private,
+    private_umask,
+    settle_folders,
+    settle_snapshot,
+    snapshot_groups,
+)
+from alliance.redaction import plain_text
 from alliance.settings import Settings
 
 log = logging.getLogger("alliance.storage")
@@ -238,6 +247,12 @@ CURRENT_FLAG = """LEFT JOIN (
         SELECT old_flag_id, arg_max(new_flag_id, renamed_at) AS renamed FROM flag_renames GROUP BY 1
     ) n ON n.old_flag_id = r.flag_id"""
 CURRENT_FLAG_ID = "coalesce(n.renamed, r.flag_id)"
+# What the network snapshot leaves out of a table: review notes (free text a supervisor typed) and the raw
+# values of quarantined rows (a name typed into a score cell); rules, reasons and lines stay.
+NETWORK_REDACTED = {
+    "reviews": "* EXCLUDE (note), NULL::VARCHAR AS note",
+    "quarantine": '* EXCLUDE ("values"), NULL::JSON AS "values"',
+}
 
 LEDGER_COUNTS = ("rows_total", "rows_new", "rows_updated", "rows_unchanged", "rows_quarantined")
 
@@ -288,8 +303,9 @@ def is_storage_failure(exc: BaseException) -> bool:
 class Writer:
     """A read-write session on the warehouse, held under the writer lock."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, snapshot_groups: dict[str, str] | None = None) -> None:
         self.con = con
+        self.snapshot_groups = snapshot_groups or {}
 
     def export_by_sha(self, clinic_id: str, sha256: str) -> dict[str, Any] | None:
         """The clinic's ledger row for these bytes, if any: a load or quarantine before the latest rejection."""
@@ -577,6 +593,7 @@ class Writer:
         from_status = found[0][0]
         if from_status == to_status:
             raise StorageError(f"flag {flag_id} is already {to_status}")
+        reviewed_by = plain_text(reviewed_by)  # shown in terminals, dashboards and exports of the audit
         self.con.execute(
             "INSERT INTO reviews VALUES (?, ?, ?, ?, ?, ?)", [flag_id, reviewed_by, now, from_status, to_status, note]
         )
@@ -740,7 +757,8 @@ class Writer:
 
     def audit(self, actor: str, action: str, subject: str, detail: str | None, at: datetime | None = None) -> None:
         """Append one line to the audit trail: who did what to what."""
-        self.con.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", [at or _now(), actor, action, subject, detail])
+        row = [plain_text(actor), action, plain_text(subject), None if detail is None else plain_text(detail)]
+        self.con.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", [at or _now(), *row])
 
     def publish(self, folder: Path, clinic_ids: list[str] | None) -> list[Path]:
         """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically."""
@@ -763,7 +781,7 @@ class Writer:
         try:
             for table in SNAPSHOT_TABLES:
                 columns = [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
-                select = "* EXCLUDE (note), NULL::VARCHAR AS note" if table == "reviews" and clinic_id is None else "*"
+                select = NETWORK_REDACTED.get(table, "*") if clinic_id is None else "*"
                 where = "TRUE"
                 if clinic_id is not None and "clinic_id" in columns:
                     where = "clinic_id = $clinic"
@@ -791,7 +809,7 @@ class Writer:
                 self.con.execute("DETACH snap")
         try:
             _add_views(partial)
-            partial.chmod(0o444)
+            settle_snapshot(partial, self.snapshot_groups.get(clinic_id) if clinic_id else None)
             digest = sha256_of(partial)
             os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
         except BaseException:
@@ -820,15 +838,23 @@ class Writer:
 class Warehouse:
     """The DuckDB warehouse file of one Alliance Watch home."""
 
-    def __init__(self, path: Path, lock_timeout_s: float = 600.0, min_free_mb: float = 500.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_timeout_s: float = 600.0,
+        min_free_mb: float = 500.0,
+        snapshot_groups: dict[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.lock_timeout_s = lock_timeout_s
         self.min_free_mb = min_free_mb
+        self.snapshot_groups = snapshot_groups or {}
 
     @classmethod
     def of(cls, settings: Settings) -> Warehouse:
         """The warehouse of a home, with its lock wait and free-space warning from settings."""
-        return cls(settings.warehouse, settings.lock_timeout_s, settings.min_free_mb)
+        groups = snapshot_groups(settings.clinics_file)
+        return cls(settings.warehouse, settings.lock_timeout_s, settings.min_free_mb, groups)
 
     @property
     def lock_path(self) -> Path:
@@ -836,13 +862,18 @@ class Warehouse:
 
     @contextmanager
     def writer(self) -> Iterator[Writer]:
-        """The one writer: a cross-process lock with a bounded wait, then a read-write connection."""
+        """The one writer: a cross-process lock with a bounded wait, then a read-write connection.
+
+        Files it creates (the warehouse, its WAL, snapshots) are owner-only whatever the umask.
+        """
+        private_umask()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        settle_folders(self.path.parent, bool(self.snapshot_groups))
         free = free_mb(self.path.parent)
         if free < self.min_free_mb:
             log.warning("%s: only %.0f MB free (warning below %.0f MB); a full disk stops runs", self.path, free,
                         self.min_free_mb)  # fmt: skip
-        lock = FileLock(self.lock_path)
+        lock = FileLock(self.lock_path, mode=OWNER_FILE)
         deadline = time.monotonic() + self.lock_timeout_s
         try:
             lock.acquire(timeout=self.lock_timeout_s)
@@ -854,8 +885,9 @@ class Warehouse:
         try:
             con = self._connect_for_writing(deadline)
             try:
+                make_private(self.path)  # a warehouse from before owner-only homes, or copied in
                 _ensure_schema(con)
-                yield Writer(con)
+                yield Writer(con, self.snapshot_groups)
                 con.execute("CHECKPOINT")
             except (duckdb.Error, OSError) as exc:
                 if _disk_full(exc):
@@ -881,7 +913,7 @@ class Warehouse:
     def replace_with(self, source: Path) -> dict[str, tuple[int, str]]:
         """Swap in a warehouse file (e.g. from a backup) under the writer lock; returns the checksums it reads."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.lock_path)
+        lock = FileLock(self.lock_path, mode=OWNER_FILE)
         try:
             lock.acquire(timeout=self.lock_timeout_s)
         except Timeout:
@@ -889,6 +921,7 @@ class Warehouse:
         try:
             partial = self.path.with_name(f".{self.path.name}.restoring")
             shutil.copy2(source, partial)
+            make_private(partial)
             os.replace(partial, self.path)
             self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
             con = self._connect(read_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,8 @@ from alliance.instruments import instrument
 from alliance.settings import load_settings
 from alliance.storage import Warehouse
 from dashboards import charts, data
-from dashboards.launch import CLINIC_ENV, HOME_ENV
+from dashboards.access import Viewer, load_access, viewer_of
+from dashboards.launch import CLINIC_ENV, HOME_ENV, is_loopback
 from flows.reviews import review_flag
 
 PAGES = ("Queue", "Dyad", "Trends", "Data health")
@@ -66,8 +68,9 @@ def clinic_rules(clinics_file: str, mtime_ns: int) -> dict[str, RuleConfig]:
 class Context:
     """Where this session reads from: home, snapshot (clinic or network) and the clinic in view."""
 
-    def __init__(self, home: Path, clinic: str | None) -> None:
+    def __init__(self, home: Path, clinic: str | None, viewer: Viewer | None = None) -> None:
         self.home = home
+        self.viewer = viewer or local_viewer()  # whose name reviews are recorded under
         self.clinic = clinic  # fixed by --clinic: only this clinic's snapshot is ever opened
         self.scope = clinic  # the clinic in view; in a network dashboard the sidebar may narrow it
         self.stamp = data.snapshot_stamp(Warehouse(home / "warehouse.duckdb"), clinic)
@@ -104,14 +107,13 @@ def _open_dyad(dyad_id: str | None) -> None:
         st.session_state["page"] = "Dyad"
 
 
-def _submit_review(home: str, allowed: list[str]) -> None:
-    """Apply the review form through flows.reviews.review_flag (the CLI's path), then report the outcome."""
+def _submit_review(home: str, allowed: list[str], by: str) -> None:
+    """Apply the review form through flows.reviews.review_flag (the CLI's path) as the signed-in person."""
     flag_id = st.session_state.get("review_flag")
     status = str(st.session_state.get("review_status") or "acknowledged")
-    by = (st.session_state.get("review_by") or "").strip()
     note = (st.session_state.get("review_note") or "").strip() or None
     if not by:
-        st.session_state["flash"] = ("error", "Type your name in 'Reviewed by' before saving a review.")
+        st.session_state["flash"] = ("error", "Reviews need a signed-in person; sign in again.")
         return
     if flag_id not in allowed:
         st.session_state["flash"] = ("error", "Pick one of this dyad's open or acknowledged flags.")
@@ -232,11 +234,12 @@ def _review_form(ctx: Context, flags: pl.DataFrame) -> None:
     with st.form("review", border=True):
         st.selectbox("Flag", list(labels), format_func=labels.__getitem__, key="review_flag")
         st.radio("Set status to", ["acknowledged", "resolved"], horizontal=True, key="review_status")
-        st.text_input("Reviewed by", key="review_by", placeholder="your name (required)", required=True)
+        st.caption(f"Recorded as {ctx.viewer.identity}")  # the signed-in identity: no name to type
         st.text_area("Note", key="review_note", placeholder="what was decided or done", height=80)
         st.form_submit_button(
-            "Save review", on_click=_submit_review, args=(str(ctx.home), list(labels)), type="primary"
-        )
+            "Save review", on_click=_submit_review, args=(str(ctx.home), list(labels), ctx.viewer.identity),
+            type="primary",
+        )  # fmt: skip
 
 
 def dyad_page(ctx: Context) -> None:
@@ -386,10 +389,73 @@ def _sidebar(ctx: Context) -> bool:
     return True
 
 
+def local_viewer() -> Viewer:
+    """Without sign-in only this machine reaches the dashboard: reviews carry the local account's name."""
+    return Viewer(identity=f"local:{getpass.getuser()}", clinics=frozenset(), network=True)
+
+
+def _sign_in_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file at all
+        return False
+
+
+def _viewer(home: Path) -> Viewer:
+    """Who is looking: the signed-in person and their clinics, or the local account; stops the page otherwise."""
+    if not _sign_in_configured():
+        address = str(st.get_option("server.address") or "")
+        if not is_loopback(address):
+            st.error(
+                "No identity provider is configured, so this dashboard serves only on this machine: start it with "
+                "`alliance dashboard` (127.0.0.1), or configure sign-in (ALLIANCE_OIDC_*)."
+            )
+            st.stop()
+        st.sidebar.warning(
+            "No sign-in configured: this dashboard serves only on this machine (127.0.0.1). "
+            f"Reviews are recorded as {local_viewer().identity}."
+        )
+        return local_viewer()
+    if not getattr(st.user, "is_logged_in", False):  # absent (not False) when no one has signed in yet
+        st.title("Alliance Watch")
+        st.write("Sign in with your organisation's account to see the clinics you supervise.")
+        st.button("Sign in", on_click=st.login, type="primary", key="sign_in")
+        st.stop()
+    viewer = viewer_of(st.user.to_dict(), load_access(home / "clinics.toml"))
+    st.sidebar.caption(f"Signed in as {viewer.identity}")
+    st.sidebar.button("Sign out", on_click=st.logout, key="sign_out")
+    if not viewer.network and not viewer.clinics:
+        st.warning(
+            f"Signed in as {viewer.identity}, but no clinic is open to this account. Ask the network's "
+            "administrator to add it under [access] in clinics.toml."
+        )
+        st.stop()
+    return viewer
+
+
+def _clinic_for(viewer: Viewer, fixed: str | None) -> str | None:
+    """The clinic this session opens: a network role may see all (None), others only their own; stops if refused."""
+    requested = st.query_params.get("clinic") or fixed
+    if requested is not None and (not viewer.may_see(requested) or (fixed is not None and requested != fixed)):
+        st.error(f"{viewer.identity} has no access to clinic {requested!r}.")
+        st.stop()
+    if viewer.network:
+        return requested
+    mine = sorted(viewer.clinics) if fixed is None else [fixed]
+    if len(mine) == 1:
+        return mine[0]
+    return str(st.sidebar.selectbox("Clinic", mine, key="clinic", bind="query-params"))
+
+
 def main() -> None:
     st.set_page_config(page_title="Alliance Watch", layout="wide")
     home = Path(os.environ.get(HOME_ENV) or load_settings().home)
-    ctx = Context(home, os.environ.get(CLINIC_ENV) or None)
+    try:
+        viewer = _viewer(home)
+    except AllianceError as exc:
+        st.error(f"Sign-in is misconfigured: {exc}")
+        return
+    ctx = Context(home, _clinic_for(viewer, os.environ.get(CLINIC_ENV) or None), viewer)
     try:
         if not _sidebar(ctx):
             where = f"clinic {ctx.clinic}" if ctx.clinic else str(home)

@@ -11,6 +11,7 @@ import polars as pl
 
 from alliance.errors import AllianceError, ConfigError
 from alliance.instruments import Instrument
+from alliance.redaction import engine_problem
 from expectations.suites import suite_path
 
 FAILURES_SCHEMA = {"row_id": pl.Int64, "rule": pl.String}
@@ -72,10 +73,9 @@ def validate_ratings(candidates: pl.DataFrame, inst: Instrument) -> pl.DataFrame
     for outcome in result.results:
         if outcome.exception_info and outcome.exception_info.get("raised_exception"):
             # GX reports engine errors as failed expectations; treating them as bad data would quarantine good rows.
-            raise AllianceError(
-                f"validation engine failed on {outcome.expectation_config.type}: "
-                f"{outcome.exception_info.get('exception_message')}"
-            )
+            # the engine's message can quote failing values: only their kind is passed on
+            problem = engine_problem(Exception(str(outcome.exception_info.get("exception_message"))), needed)
+            raise AllianceError(f"validation engine failed on {outcome.expectation_config.type}: {problem}")
         if outcome.success:
             continue
         rule = outcome.expectation_config.meta["rule"]

@@ -19,6 +19,7 @@ from alliance.clinics import Clinic, load_clinics
 from alliance.errors import AllianceError, ConfigError, ExportGone, ExportRejected
 from alliance.exports import ReadLimits, read_export, sha256_of
 from alliance.faults import crash_point, fault_point
+from alliance.permissions import make_private
 from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
 from alliance.settings import Settings
 from alliance.storage import Ledger, LoadCounts, Warehouse, Writer, is_storage_failure
@@ -232,6 +233,7 @@ def _archive(data: bytes | None, path: Path, target: Path, signature: Signature,
     target.parent.mkdir(parents=True, exist_ok=True)
     if data is None:
         (shutil.move if _ours(path, settings) else shutil.copy2)(path, target)
+        make_private(target)  # a moved file keeps the mode it was dropped with
         return target
     if not (target.is_file() and target.stat().st_size == len(data)):
         partial = target.with_name(f".{target.name.encode()[:200].decode(errors='ignore')}.partial")
@@ -244,6 +246,7 @@ def _archive(data: bytes | None, path: Path, target: Path, signature: Signature,
             raise
     if _ours(path, settings) and file_signature(path) == signature:
         path.unlink(missing_ok=True)
+    make_private(target)
     return target
 
 

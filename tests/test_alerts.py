@@ -365,3 +365,14 @@ def test_no_leads_or_no_signals_means_no_trend_message() -> None:
 def test_send_result_reports_every_url() -> None:
     result = SendResult("trend", "northside", "leads", ("k",), ())
     assert not result.ok and result.delivered == 0
+
+
+def test_hostile_therapist_ids_reach_a_channel_without_escapes_or_mentions(hook: Hook) -> None:
+    hostile = [("t1\x1b[2J<!channel>", "dy-1", "low_score", "high", "SRS low\r\n@here <@U024BE7LH> call now")]
+    sup = Supervisor(name="S", urls=[hook.url()])
+    (msg,) = rupture_messages(flags(hostile), clinic([sup]))
+    assert fast_send(msg).ok
+    body = json.loads(hook.requests[0]["body"])["message"]
+    assert "\x1b" not in body and "\r" not in body and "<!channel>" not in body
+    assert "@here" not in body and "<@U024BE7LH>" not in body
+    assert "therapist t1\u2039!channel\u203a · dyad dy-1" in body and "\uff20here \u2039@U024BE7LH\u203a" in body

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,10 @@ from typing import Any
 import duckdb
 import polars as pl
 import pytest
+from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from alliance.clinics import RuleConfig
+from alliance.clinics import RuleConfig, load_clinics
 from alliance.errors import ConfigError
 from alliance.home import init_home
 from alliance.samples import add_profiles, generate_sample
@@ -47,16 +49,33 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
+def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
     """Run the app on a home, as one clinic's dashboard or the network's, optionally on a given tab."""
+    address = st_config.get_option("server.address")
 
-    def run(home: Path, clinic: str | None = None, page: str | None = None, **state: Any) -> AppTest:
+    def run(
+        home: Path,
+        clinic: str | None = None,
+        page: str | None = None,
+        bound: str = "127.0.0.1",
+        auth: dict[str, str] | None = None,
+        user: dict[str, Any] | None = None,
+        query: dict[str, str] | None = None,
+        **state: Any,
+    ) -> AppTest:
         monkeypatch.setenv(launch.HOME_ENV, str(home))
         if clinic:
             monkeypatch.setenv(launch.CLINIC_ENV, clinic)
         else:
             monkeypatch.delenv(launch.CLINIC_ENV, raising=False)
         at = AppTest.from_file(str(APP), default_timeout=60)
+        st_config.set_option("server.address", bound)  # 127.0.0.1: as `alliance dashboard` starts it
+        if auth is not None:
+            at.secrets["auth"] = auth
+        if user is not None:
+            at.user = user
+        for key, value in (query or {}).items():
+            at.query_params[key] = value
         if page:
             at.session_state["page"] = page
         for key, value in state.items():
@@ -65,7 +84,8 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
         assert not at.exception, [e.value for e in at.exception]
         return at
 
-    return run
+    yield run
+    st_config.set_option("server.address", address)
 
 
 def warehouse_frame(settings: Settings, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
@@ -193,13 +213,8 @@ def test_acknowledge_from_the_page_goes_through_the_review_path(
     flag_id = at.selectbox(key="review_flag").value
     assert flag_id in set(queue["flag_id"])
     before = data.snapshot_stamp(Warehouse(network.warehouse), CLINIC)
-    at.text_area(key="review_note").input("raised in supervision")
-    at.form_submit_button[0].click().run()  # no name typed: refused
-    assert any("Type your name" in e.value for e in at.error)
     assert warehouse_frame(network, "SELECT * FROM reviews WHERE flag_id = ?", [flag_id]).is_empty()
-
     at.radio(key="review_status").set_value("acknowledged")
-    at.text_input(key="review_by").input("Dr Test")
     at.text_area(key="review_note").input("raised in supervision")
     at.form_submit_button[0].click().run()
     assert not at.exception and not at.error
@@ -208,8 +223,8 @@ def test_acknowledge_from_the_page_goes_through_the_review_path(
     assert status == "acknowledged"
     reviews = warehouse_frame(network, "SELECT * FROM reviews WHERE flag_id = ?", [flag_id])
     assert reviews.select("reviewed_by", "from_status", "to_status", "note").rows() == [
-        ("Dr Test", "open", "acknowledged", "raised in supervision")
-    ]
+        (f"local:{getpass.getuser()}", "open", "acknowledged", "raised in supervision")
+    ]  # no sign-in configured: the local account, never a typed name
     assert data.snapshot_stamp(Warehouse(network.warehouse), CLINIC) != before  # republished, so re-read
     history = pl.from_pandas(at.dataframe[0].value)
     assert history.filter(pl.col("flag_id") == flag_id)["status"].item() == "acknowledged"
@@ -480,3 +495,83 @@ def test_launch_refuses_an_unknown_clinic(network: Settings) -> None:
     with pytest.raises(ConfigError, match="no clinic 'nowhere'"):
         launch.check_clinic(network.home, "nowhere")
     launch.check_clinic(network.home, CLINIC)
+
+
+def test_without_sign_in_the_page_says_it_serves_only_on_this_machine(
+    app: Callable[..., AppTest], network: Settings
+) -> None:
+    at = app(network.home, CLINIC)
+    assert any("serves only on this machine (127.0.0.1)" in w.value for w in at.sidebar.warning)
+    assert at.dataframe  # and it works
+
+
+def test_without_sign_in_a_public_bind_shows_no_data(app: Callable[..., AppTest], network: Settings) -> None:
+    at = app(network.home, CLINIC, bound="0.0.0.0")
+    assert any("No identity provider is configured" in e.value for e in at.error)
+    assert not at.dataframe and not at.tabs
+
+
+AUTH = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "x" * 32,
+    "client_id": "dashboard",
+    "client_secret": "s",
+    "server_metadata_url": "http://localhost:1/.well-known/openid-configuration",
+}
+
+
+def test_with_sign_in_configured_nothing_shows_before_signing_in(
+    app: Callable[..., AppTest], network: Settings
+) -> None:
+    auth = AUTH
+    at = app(network.home, bound="0.0.0.0", auth=auth)
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.dataframe and not at.tabs and not at.metric
+
+
+@pytest.fixture(scope="module")
+def granted(network: Settings) -> Settings:
+    """The network home with sign-in grants: one person for two clinics, a group for one, a network lead."""
+    clinics = sorted(load_clinics(network.clinics_file))
+    with network.clinics_file.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[[access.grants]]\nemail = "both@example.org"\nclinics = {clinics!r}\n'.replace("'", '"')
+            + f'\n[[access.grants]]\ngroup = "north-sup"\nclinics = ["{CLINIC}"]\n'
+            + '\n[[access.grants]]\ngroup = "leads"\nrole = "network"\n'
+        )
+    return network
+
+
+def signed(email: str, **claims: Any) -> dict[str, Any]:
+    return {"is_logged_in": True, "email": email, "sub": email, **claims}
+
+
+def test_a_group_member_sees_only_their_clinic(app: Callable[..., AppTest], granted: Settings) -> None:
+    at = app(granted.home, bound="0.0.0.0", auth=AUTH, user=signed("kim@example.org", groups=["north-sup"]))
+    assert at.dataframe and "clinic_id" not in queue_table(at).columns  # a clinic's queue, from its own snapshot
+    assert any(f"Clinic **{CLINIC}**" in m.value for m in at.sidebar.markdown)
+    assert any("Signed in as kim@example.org" in c.value for c in at.sidebar.caption)
+    assert not at.sidebar.selectbox  # one clinic: no picker, and no network view
+    refused = app(
+        granted.home, bound="0.0.0.0", auth=AUTH, user=signed("kim@example.org", groups=["north-sup"]),
+        query={"clinic": "rheinpark"},
+    )  # fmt: skip
+    assert any("kim@example.org has no access to clinic 'rheinpark'." in e.value for e in refused.error)
+    assert not refused.dataframe and not refused.tabs
+
+
+def test_a_supervisor_of_two_clinics_picks_between_them(app: Callable[..., AppTest], granted: Settings) -> None:
+    at = app(granted.home, bound="0.0.0.0", auth=AUTH, user=signed("both@example.org"))
+    picker = at.sidebar.selectbox(key="clinic")
+    assert picker.options == sorted(load_clinics(granted.clinics_file)) and picker.value == CLINIC
+
+
+def test_a_network_lead_sees_the_network_view(app: Callable[..., AppTest], granted: Settings) -> None:
+    at = app(granted.home, bound="0.0.0.0", auth=AUTH, user=signed("lead@example.org", groups=["leads"]))
+    assert at.sidebar.selectbox(key="scope").options[0] == "All clinics"
+
+
+def test_an_account_without_a_grant_sees_nothing(app: Callable[..., AppTest], granted: Settings) -> None:
+    at = app(granted.home, bound="0.0.0.0", auth=AUTH, user=signed("stranger@example.org"))
+    assert any("no clinic is open to this account" in w.value for w in at.warning)
+    assert not at.dataframe and not at.tabs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from pydantic import SecretStr
 
 from alliance.settings import Settings
 from dashboards import launch
@@ -95,7 +97,7 @@ def test_acknowledge_a_flag_in_the_browser(demo: Settings, server: str, browser:
     assert "page=Dyad" in page.url
     page.screenshot(path=shots / "dyad.png")
 
-    page.get_by_label("Reviewed by").fill("Dr Browser")
+    expect(page.get_by_text("serves only on this machine (127.0.0.1)")).to_be_visible()
     page.get_by_label("Note").fill(NOTE)
     page.get_by_role("button", name="Save review").click()
     done = page.get_by_text(re.compile(r"Flag [0-9a-f]{16}: open → acknowledged"))
@@ -109,5 +111,92 @@ def test_acknowledge_a_flag_in_the_browser(demo: Settings, server: str, browser:
             "SELECT reviewed_by, from_status, to_status, note FROM reviews WHERE flag_id = ?", [flag_id]
         ).fetchall()
     assert status == ("acknowledged",)
-    assert reviews == [("Dr Browser", "open", "acknowledged", NOTE)]
+    assert reviews == [(f"local:{getpass.getuser()}", "open", "acknowledged", NOTE)]  # no sign-in: the local account
+    page.close()
+
+
+# --- sign-in through a real OpenID Connect provider (oidc-provider-mock, in this process) --------------------------
+
+LEE = "lee@northside.example"
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[str]:
+    from oidc_provider_mock import User, run_server_in_thread
+
+    people = [User(sub="lee", claims={"email": LEE}), User(sub="ray", claims={"email": "ray@rheinpark.example"})]
+    with run_server_in_thread(port=0, user_claims=people) as idp:
+        yield f"http://localhost:{idp.server_port}"
+
+
+@pytest.fixture(scope="module")
+def signed_server(demo: Settings, provider: str) -> Iterator[str]:
+    with demo.clinics_file.open("a", encoding="utf-8") as handle:
+        handle.write(f'\n[[access.grants]]\nemail = "{LEE}"\nclinics = ["{CLINIC}"]\n')
+    port = free_port()
+    settings = demo.model_copy(
+        update={
+            "oidc_metadata_url": f"{provider}/.well-known/openid-configuration",
+            "oidc_client_id": "alliance-dashboard",
+            "oidc_client_secret": SecretStr("dashboard-secret"),
+            "dashboard_url": f"http://localhost:{port}",
+        }
+    )
+    process = launch.start(demo.home, None, port, settings)  # no --clinic: access decides
+    try:
+        launch.wait_ready(port, 60, process)
+        yield f"http://localhost:{port}"
+    finally:
+        launch.stop(process)
+
+
+def sign_in(page: Page, server: str, who: str) -> None:
+    page.goto(server)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name=who, exact=True).click()  # the provider's consent page
+    expect(page.get_by_text("Signed in as").first).to_be_visible(timeout=30_000)
+
+
+def test_sign_in_scopes_clinics_and_records_the_identity(demo: Settings, signed_server: str, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(signed_server)
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Flags in queue")).to_have_count(0)  # nothing before signing in
+
+    sign_in(page, signed_server, "lee")
+    expect(page.get_by_text("Flags in queue")).to_be_visible(timeout=30_000)
+    settle(page)
+    assert "northside" in page.locator("[data-testid='stSidebar']").inner_text()
+
+    page.goto(f"{signed_server}/?clinic=rheinpark")  # another clinic, asked for by URL
+    expect(page.get_by_text(f"{LEE} has no access to clinic 'rheinpark'.")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Flags in queue")).to_have_count(0)
+
+    page.goto(signed_server)
+    page.get_by_role("button", name="Open dyad").click()
+    expect(page.get_by_text("Review a flag")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text(f"Recorded as {LEE}")).to_be_visible()
+    expect(page.get_by_label("Reviewed by")).to_have_count(0)  # no name to type
+    page.get_by_text("resolved", exact=True).click()  # the other test may have acknowledged this flag already
+    page.get_by_label("Note").fill(NOTE)
+    page.get_by_role("button", name="Save review").click()
+    done = page.get_by_text(re.compile(r"Flag [0-9a-f]{16}: (open|acknowledged) → resolved"))
+    expect(done).to_be_visible(timeout=30_000)
+    flag_id = re.search(r"Flag ([0-9a-f]{16})", done.inner_text()).group(1)  # type: ignore[union-attr]
+    with duckdb.connect(str(demo.warehouse), read_only=True) as con:
+        reviews = con.execute(
+            "SELECT reviewed_by FROM reviews WHERE flag_id = ? AND to_status = 'resolved'", [flag_id]
+        ).fetchall()
+        audit = con.execute(
+            "SELECT actor FROM audit WHERE action = 'review' AND subject = ? AND detail LIKE '%resolved'", [flag_id]
+        ).fetchall()
+    assert reviews == [(LEE,)] and audit == [(LEE,)]
+    page.close()
+
+
+def test_a_signed_in_person_without_a_grant_sees_no_clinic(signed_server: str, browser: Browser) -> None:
+    page = browser.new_page()
+    sign_in(page, signed_server, "ray")
+    expect(page.get_by_text("but no clinic is open to this account")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Flags in queue")).to_have_count(0)
     page.close()

@@ -225,3 +225,19 @@ def test_rescore_command(network: tuple[Settings, SampleSet], tmp_path: Path) ->
     result = CliRunner().invoke(app, ["rescore", "--recalibrate", "--home", str(settings.home)])
     assert result.exit_code == 0, result.output
     assert "review queue:" in result.output
+
+
+def test_a_hostile_reviewer_name_is_stored_and_echoed_plain(network: tuple[Settings, SampleSet]) -> None:
+    settings, _ = network
+    flag_id = list_flags(settings, status="queue")["flag_id"][1]
+    hostile = "Dr Lee\x1b[2J\r\nflag resolved by admin <!channel> @here"
+    result = CliRunner().invoke(
+        app, ["review", flag_id, "--status", "acknowledged", "--by", hostile, "--home", str(settings.home)]
+    )
+    assert result.exit_code == 0, result.output
+    clean = "Dr Lee flag resolved by admin \u2039!channel\u203a \uff20here"
+    assert f"(by {clean})" in result.output and "\x1b" not in result.output and "<!channel>" not in result.output
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        reviewed = con.execute("SELECT reviewed_by FROM reviews WHERE flag_id = ?", [flag_id]).fetchall()
+        actors = con.execute("SELECT actor FROM audit WHERE subject = ?", [flag_id]).fetchall()
+    assert reviewed == [(clean,)] and actors == [(clean,)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -104,6 +105,157 @@ urls = ["mailto://127.0.0.1:{smtp.port}/lee@example.org?from=alerts@example.org"
     # the clinic's own snapshot does carry its own references (that is its purpose)
     assert leaks(dump(warehouse.snapshot_path("northside")), own_refs["northside"])
     # Prefect's result store holds nothing: flows and tasks do not persist results
+    storage = Path.home() / ".prefect" / "storage"
+    assert not storage.exists() or not leaks(
+        " ".join(p.read_bytes().decode("latin-1") for p in storage.rglob("*") if p.is_file()), private
+    )
+
+
+# --- error paths: canaries in malformed cells, unmapped columns, JSON keys and quarantined values ---------------
+
+ERR = [f"CANARY-ERR-{i}" for i in range(1, 9)]
+QUARANTINED = ERR[6]  # typed into a score cell: kept in the warehouse's quarantine and the clinic's own snapshot
+CANARY_CLINICS = """
+[clinics.canarycsv]
+name = "Canary CSV"
+[clinics.canarycsv.export]
+date_format = "%m/%d/%Y"
+instruments = ["SRS"]
+[clinics.canarycsv.export.columns]
+"Client ID" = "client_ref"
+"Clinician" = "therapist_id"
+"Session Date" = "session_date"
+"Session #" = "session_number"
+"SRS Relationship" = "srs_relationship"
+"SRS Goals" = "srs_goals"
+"SRS Approach" = "srs_approach"
+"SRS Overall" = "srs_overall"
+
+[clinics.canaryjson]
+name = "Canary JSON"
+[clinics.canaryjson.export]
+format = "json"
+records = "sessions"
+instruments = ["SRS"]
+[clinics.canaryjson.export.columns]
+"client" = "client_ref"
+"therapist" = "therapist_id"
+"date" = "session_date"
+"session" = "session_number"
+"total" = "srs_total"
+"""
+HEADER = "Client ID,Clinician,Session Date,Session #,SRS Relationship,SRS Goals,SRS Approach,SRS Overall,Notes\n"
+GOOD = "C{n},t1,01/{n:02d}/2026,{n},9,9,9,9,fine\n"
+
+
+def error_exports(inbox: Path) -> list[Path]:
+    """Exports that fail in every way a parser can, each carrying canaries where the failure is."""
+    good = "".join(GOOD.format(n=n) for n in range(1, 6))
+    files = {
+        "canarycsv/notes_badly_quoted.csv": HEADER + good + f'C9,t1,01/09/2026,9,9,9,9,9,"Jane {ERR[0]}" cancelled\n',
+        "canarycsv/ref_badly_quoted.csv": HEADER + f'"{ERR[1]} Doe" x,t1,01/05/2026,1,9,9,9,9,\n',
+        "canarycsv/unclosed_note.csv": HEADER + good + f'C9,t1,01/09/2026,9,9,9,9,9,"{ERR[2]}\nstill the note\n',
+        "canarycsv/unmapped_breaks_parsing.csv": HEADER + good + f"C9,t1,01/09/2026,9,9,9,9,9,{ERR[3]}, moved, again\n",
+        "canaryjson/keys_twice.json": '{"sessions": [{"client": "C1", "KEY": 1, "KEY": 2}]}'.replace("KEY", ERR[4]),
+        "canaryjson/keys_collide.json": '{"sessions": [{"X.y": 1, "X": {"y": 2}}]}'.replace("X", ERR[5]),
+        "canarycsv/typed_into_scores.csv": HEADER + good + f"C9,t1,01/09/2026,9,9,{QUARANTINED},9,9,\n",
+        "canarycsv/ref_in_header.csv": f"Client ID,Clinician,Session Date,Session #,{ERR[7]}\n"
+        + "C1,t1,01/05/2026,1,x\n",
+    }
+    paths = []
+    for name, text in files.items():
+        path = inbox / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def dashboard_text(home: Path, clinic: str | None) -> str:
+    """Everything the dashboard draws on each page, as the AppTest element tree holds it."""
+    from streamlit import config as st_config
+    from streamlit.testing.v1 import AppTest
+
+    from dashboards import launch
+
+    st_config.set_option("server.address", "127.0.0.1")
+    os.environ[launch.HOME_ENV] = str(home)
+    os.environ.pop(launch.CLINIC_ENV, None)
+    if clinic:
+        os.environ[launch.CLINIC_ENV] = clinic
+    texts = []
+    try:
+        for page in ("Queue", "Dyad", "Trends", "Data health"):
+            at = AppTest.from_file(str(Path(launch.APP)), default_timeout=60)
+            at.session_state["page"] = page
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+            elements = [*at.markdown, *at.caption, *at.error, *at.warning, *at.info, *at.success, *at.metric]
+            texts += [str(getattr(e, "value", "")) + str(getattr(e, "label", "")) for e in elements]
+            texts += [frame.value.to_string() for frame in at.dataframe]
+    finally:
+        os.environ.pop(launch.HOME_ENV, None)
+        os.environ.pop(launch.CLINIC_ENV, None)
+    return "\n".join(texts)
+
+
+@pytest.mark.slow  # ~80 s: 13 flow runs, a nightly and eight dashboard renders
+@pytest.mark.prefect
+def test_no_canary_escapes_through_an_error_path(
+    tmp_path: Path, prefect_api: None, hook: Hook, caplog: pytest.LogCaptureFixture
+) -> None:
+    from typer.testing import CliRunner
+
+    from alliance.cli import app
+    from flows.ingest import ingest_export
+    from flows.serve import nightly
+
+    caplog.set_level(logging.DEBUG)
+    settings = load_settings(tmp_path / "home")
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(settings.inbox, clinics=2, weeks=10, seed=5, dyads_per_clinic=6)
+    add_profiles(settings.clinics_file, sample.profiles)
+    with settings.clinics_file.open("a") as handle:
+        handle.write(CANARY_CLINICS + f'\n[clinics.canarycsv.alerts]\nleads = ["json://127.0.0.1:{hook.port}/leads"]\n')
+    paths = error_exports(settings.inbox)
+    results = [ingest_export(str(p), home=str(settings.home)) for p in [f.path for f in sample.files] + paths[:5]]
+    cli = CliRunner().invoke(app, ["ingest", "--home", str(settings.home)])  # the rest through the CLI
+    nightly_summary = nightly(home=str(settings.home))
+    statuses = {str(r["file_name"]): r["status"] for r in results}
+    assert statuses["notes_badly_quoted.csv"] == "rejected" and statuses["keys_twice.json"] == "rejected"
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        ledger = dict(con.execute("SELECT file_name, status FROM exports").fetchall())
+        quarantined = " ".join(str(r) for r in con.execute('SELECT "values" FROM quarantine').fetchall())
+    assert ledger["typed_into_scores.csv"] == "loaded" and QUARANTINED in quarantined  # the value is kept, at home
+    assert sum(status == "rejected" for status in ledger.values()) == 7
+
+    private = set(ERR) | set(sample.canaries)
+    warehouse = Warehouse.of(settings)
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        # outside client_refs and quarantine.values, which are where the clinic's own data lives
+        ledger_text = " ".join(str(r) for r in con.execute("SELECT * FROM exports").fetchall())
+        rest = dump(settings.warehouse, ("client_refs", "quarantine")) + " ".join(
+            str(r) for r in con.execute('SELECT * EXCLUDE ("values") FROM quarantine').fetchall()
+        )
+    found = {
+        "ledger": leaks(ledger_text, private),
+        "warehouse (outside client_refs, quarantine values)": leaks(rest, private),
+        "network snapshot": leaks(dump(warehouse.snapshot_path()), private),
+        "flow results": leaks(str(results) + str(nightly_summary), private),
+        "CLI output": leaks(cli.output, private),
+        "logs": leaks(caplog.text, private),
+        "Prefect logs, artifacts, runs": leaks(asyncio.run(prefect_records()), private),
+        "alert payloads": leaks("\n".join(r["body"].decode("utf-8", "replace") for r in hook.requests), private),
+        "network dashboard": leaks(dashboard_text(settings.home, None), private),
+        "a clinic's dashboard": leaks(dashboard_text(settings.home, "canarycsv"), private - {QUARANTINED}),
+    }
+    for clinic in [*sample.profiles, "canaryjson"]:
+        found[f"snapshot of {clinic}"] = leaks(dump(warehouse.snapshot_path(clinic)), private)
+    found["snapshot of canarycsv"] = leaks(dump(warehouse.snapshot_path("canarycsv")), private - {QUARANTINED})
+    assert {where: hits for where, hits in found.items() if hits} == {}
+    # the clinic's own snapshot does keep its quarantined value, for its reviewers
+    assert leaks(dump(warehouse.snapshot_path("canarycsv")), {QUARANTINED})
     storage = Path.home() / ".prefect" / "storage"
     assert not storage.exists() or not leaks(
         " ".join(p.read_bytes().decode("latin-1") for p in storage.rglob("*") if p.is_file()), private

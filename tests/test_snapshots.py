@@ -18,7 +18,8 @@ from alliance.settings import Settings, load_settings
 from alliance.storage import Warehouse
 from flows.pipeline import ingest_file
 from flows.reviews import list_flags, review_flag
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, add_clinic
+from tests.test_hostile import NORTH
 
 DUCKDB_15 = Path(sys.executable).with_name("duckdb")  # the PyPI duckdb-cli 1.5.x, a dev dependency
 
@@ -131,3 +132,24 @@ def test_a_reader_holding_a_snapshot_never_blocks_a_run(home: tuple[Settings, Sa
         reader.wait()
     with duckdb.connect(str(snapshot), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM ratings").fetchall()[0][0] > before
+
+
+def test_quarantined_values_stay_out_of_the_network_snapshot(settings: Settings) -> None:
+    add_clinic(settings, NORTH)
+    inbox = settings.inbox / "north"
+    inbox.mkdir(parents=True)
+    path = inbox / "typed.csv"
+    path.write_text(
+        "Client ID,Clinician,Session Date,Session #,SRS Relationship,SRS Goals,SRS Approach,SRS Overall\n"
+        "C1,t1,01/05/2026,1,9,9,9,9\nC2,t1,01/05/2026,1,9,Jane CANARY-q1,9,9\nC3,t1,01/06/2026,1,9,9,9,9\n",
+        encoding="utf-8",
+    )
+    assert ingest_file(path, settings).rows_quarantined == 1
+    warehouse = Warehouse.of(settings)
+    with duckdb.connect(str(warehouse.snapshot_path()), read_only=True) as con:
+        rows = con.execute('SELECT source_line, rules, reasons, "values" FROM quarantine').fetchall()
+    reasons = ["line 3, column 'SRS Goals' (srs_goals): is not a number", "line 3, total: is empty"]
+    assert rows == [(3, ["not_a_number:srs_goals", "missing:total"], reasons, None)]
+    with duckdb.connect(str(warehouse.snapshot_path("north")), read_only=True) as con:
+        (own,) = con.execute('SELECT "values"::VARCHAR FROM quarantine').fetchone() or ("",)
+    assert "CANARY-q1" in own  # the clinic's own snapshot keeps them, for its reviewers
