@@ -108,18 +108,40 @@ def _lookup(name: str, secret: SecretLookup | None) -> str:
     return value
 
 
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+def _host_span(template: str) -> tuple[int, int]:
+    """Where the host (after any user:password@) stands in the template, as string offsets."""
+    head = _URL_HEAD.match(template)
+    if head is None:
+        return (0, 0)
+    start, end = head.span(2)
+    at = template.rfind("@", start, end)
+    return (at + 1 if at >= 0 else start, end)
+
+
 def _resolve(template: str, secret: SecretLookup | None) -> tuple[str, list[str]]:
     """The usable URL and the secret values put into it."""
     if "${" in PLACEHOLDER.sub("", template):
         raise ConfigError("alert URL has a malformed placeholder; write secrets as ${UPPER_CASE_NAME}")
     values: list[str] = []
     whole = PLACEHOLDER.fullmatch(template) is not None
+    host_start, host_end = _host_span(template)
 
     def substitute(match: re.Match[str]) -> str:
-        value = _lookup(match.group(1), secret)
+        name = match.group(1)
+        value = _lookup(name, secret)
         values.append(value)
-        # inside a URL, '@', '/' or ':' in a password must not change the URL's structure; apprise unquotes
-        return value if whole else quote(value, safe="")
+        if whole:
+            return value
+        if host_start <= match.start() and match.end() <= host_end:
+            # a host or host:port keeps its colon; anything else there would change the URL's structure
+            if not _HOST_PORT.match(value):
+                raise ConfigError(f"alert URL: ${{{name}}} stands for the host, so it must be a host or host:port")
+            return value
+        # in credentials, path or query, '@', '/' or ':' must not change the URL's structure; apprise unquotes
+        return quote(value, safe="")
 
     return PLACEHOLDER.sub(substitute, template), values
 
@@ -127,8 +149,9 @@ def _resolve(template: str, secret: SecretLookup | None) -> tuple[str, list[str]
 def resolve_url(template: str, secret: SecretLookup | None = None) -> str:
     """Replace each ``${NAME}`` with the environment variable NAME, else ``secret(NAME)``; missing → ConfigError.
 
-    A placeholder that is the whole template (a secret webhook URL) is inserted as is; any other is
-    percent-encoded so that its characters cannot change the URL's structure.
+    A placeholder that is the whole template (a secret webhook URL) is inserted as is, one in the host's place
+    must be a host or ``host:port`` and is inserted as is; any other is percent-encoded so that its characters
+    cannot change the URL's structure.
 
     Example: ``resolve_url("mailto://alerts:${SMTP_PW}@mail.example.org")`` with SMTP_PW=s3cret
     → ``"mailto://alerts:s3cret@mail.example.org"``.
@@ -428,11 +451,12 @@ def send(
     for outcome in outcomes:
         if not outcome.ok:
             log.warning(
-                "clinic %s: %s alert to %s failed on %s after %d attempt(s)",
+                "clinic %s: %s alert to %s failed on %s after %d attempt(s): %s",
                 message.clinic_id,
                 message.kind,
                 message.recipient,
                 outcome.url,
                 outcome.attempts,
+                outcome.error,  # secret-free: scrubbed, or the name of a missing variable
             )
     return result

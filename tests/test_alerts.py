@@ -365,3 +365,31 @@ def test_no_leads_or_no_signals_means_no_trend_message() -> None:
 def test_send_result_reports_every_url() -> None:
     result = SendResult("trend", "northside", "leads", ("k",), ())
     assert not result.ok and result.delivered == 0
+
+
+def test_a_host_placeholder_keeps_its_port(monkeypatch: pytest.MonkeyPatch, hook: Hook) -> None:
+    monkeypatch.setenv("LEADS_WEBHOOK_HOST", f"127.0.0.1:{hook.port}")
+    template = "json://${LEADS_WEBHOOK_HOST}/alliance"
+    assert resolve_url(template) == f"json://127.0.0.1:{hook.port}/alliance"
+    message = AlertMessage("trend", "northside", "leads", (template,), "t", "b", ("k",))
+    assert send(message, backoff_s=0).ok
+    assert [r["path"] for r in hook.requests] == ["/alliance"]
+
+
+def test_a_host_placeholder_that_is_not_a_host_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADS_WEBHOOK_HOST", "evil.example.org/x?y=@other")
+    with pytest.raises(ConfigError, match=r"\$\{LEADS_WEBHOOK_HOST\} stands for the host") as info:
+        resolve_url("json://${LEADS_WEBHOOK_HOST}/alliance")
+    assert "evil" not in str(info.value)
+
+
+def test_a_missing_variable_is_named_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    message = AlertMessage(
+        "trend", "northside", "leads", ("json://hooks.example.org/h/${NOT_SET_ANYWHERE}",), "t", "b", ("k",)
+    )
+    with caplog.at_level(logging.WARNING, logger="alliance.alerts"):
+        assert not send(message, backoff_s=0).ok
+    assert "NOT_SET_ANYWHERE" in caplog.text
