@@ -318,6 +318,14 @@ def rupture_messages(flags: pl.DataFrame, clinic: Clinic, link: Link | None = No
     return messages
 
 
+def channel_id(template: str) -> str:
+    """Stable id of one URL template (secrets still as ${VARS}), so deliveries are recorded per channel.
+
+    Example: ``channel_id("mailto://smtp.example.org/lee@example.org")`` → 12 hex digits.
+    """
+    return hashlib.sha256(template.encode()).hexdigest()[:12]
+
+
 def trend_key(row: dict[str, Any]) -> str:
     """Stable key of one out-of-control point: the same series, metric and week always give the same key.
 

@@ -187,7 +187,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     recipient VARCHAR NOT NULL,
     status VARCHAR NOT NULL,
     attempted_at TIMESTAMPTZ NOT NULL,
-    error VARCHAR
+    error VARCHAR,
+    channel VARCHAR
 );
 CREATE TABLE IF NOT EXISTS audit (
     happened_at TIMESTAMPTZ NOT NULL,
@@ -548,17 +549,20 @@ class Writer:
         )
         return str(from_status)
 
-    def sent_alert_keys(self, keys: list[str], recipient: str) -> set[str]:
-        """Which of these alert keys were already delivered to this recipient."""
+    def sent_alert_keys(self, keys: list[str], recipient: str) -> set[tuple[str, str | None]]:
+        """Which of these alert keys were already delivered to this recipient, as (key, channel) pairs.
+
+        A channel of None is a delivery recorded before channels were: it counts for every channel.
+        """
         if not keys:
             return set()
         scope = self._scope("scope_alert_keys", keys)
         rows = self.con.execute(
-            f"""SELECT DISTINCT alert_key FROM alerts
+            f"""SELECT DISTINCT alert_key, channel FROM alerts
             WHERE status = 'sent' AND recipient = ? AND alert_key IN (SELECT id FROM {scope})""",
             [recipient],
         ).fetchall()
-        return {row[0] for row in rows}
+        return {(row[0], row[1]) for row in rows}
 
     def record_alerts(self, rows: pl.DataFrame) -> None:
         """Append delivery outcomes (sent or failed); a failed key is tried again on the next run."""
@@ -920,8 +924,15 @@ def _add_views(path: Path) -> None:
         con.close()
 
 
+# Columns added after a table first shipped; a warehouse made by an earlier version gains them here.
+MIGRATIONS = """
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS channel VARCHAR;
+"""
+
+
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA)
+    con.execute(MIGRATIONS)
     con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
     found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     if not found:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import polars as pl
 
-from alliance.alerts import AlertMessage, rupture_messages, send, trend_messages
+from alliance.alerts import AlertMessage, channel_id, rupture_messages, send, trend_key, trend_messages
 from alliance.clinics import Clinic
 from alliance.faults import crash_point
 from alliance.settings import Settings
@@ -19,6 +19,7 @@ from transforms.trends import trend_signals, weekly_alliance, weekly_flagged_sha
 
 log = logging.getLogger("alliance.alerts")
 Secret = Callable[[str], str | None]
+Narrow = Callable[[AlertMessage, list[str]], AlertMessage]
 
 
 @dataclass
@@ -59,9 +60,26 @@ def pending_flags(warehouse: Warehouse, clinic_ids: list[str] | None) -> pl.Data
     return flags.with_columns(pl.Series("alert_key", keys, dtype=pl.String))
 
 
-def _unsent(warehouse: Warehouse, messages: list[AlertMessage]) -> dict[str, set[str]]:
+def _delivered(warehouse: Warehouse, messages: list[AlertMessage]) -> dict[str, set[tuple[str, str | None]]]:
     with warehouse.writer() as writer:
         return {m.recipient: writer.sent_alert_keys(list(m.keys), m.recipient) for m in messages}
+
+
+def _per_channel(
+    messages: list[AlertMessage], delivered: dict[str, set[tuple[str, str | None]]], narrow: Narrow
+) -> list[AlertMessage]:
+    """One message per channel that still lacks some of its keys, holding only those keys."""
+    todo_messages: list[AlertMessage] = []
+    for message in messages:
+        told = delivered[message.recipient]
+        for url in message.urls:
+            channel = channel_id(url)
+            todo = [k for k in message.keys if (k, channel) not in told and (k, None) not in told]
+            if not todo:
+                continue
+            one = replace(message, urls=(url,))
+            todo_messages.append(one if len(todo) == len(message.keys) else narrow(one, todo))
+    return todo_messages
 
 
 def _deliver(
@@ -85,7 +103,9 @@ def _deliver(
                 "status": "sent" if ok else "failed",
                 "attempted_at": now,
                 "error": "; ".join(e for e in errors if e) or None,
+                "channel": channel_id(url),
             }
+            for url in message.urls
             for key in message.keys
         ]
     return outcomes
@@ -107,6 +127,7 @@ def deliver_alerts(
     report = AlertReport()
     warehouse = Warehouse.of(settings)
     flags = pending_flags(warehouse, clinic_ids)
+    signals = pl.DataFrame()
     messages: list[AlertMessage] = []
     for clinic in (clinics[c] for c in sorted(clinics) if clinic_ids is None or c in clinic_ids):
         messages += rupture_messages(flags.filter(pl.col("clinic_id") == clinic.id), clinic, _link(settings))
@@ -117,20 +138,20 @@ def deliver_alerts(
             messages += trend_messages(signals.filter(pl.col("clinic_id") == clinic.id), clinic)
     if not messages:
         return report
-    sent = _unsent(warehouse, messages)
-    fresh: list[AlertMessage] = []
-    for message in messages:
-        todo = [k for k in message.keys if k not in sent[message.recipient]]
-        if not todo:
-            continue
-        if message.kind == "rupture" and len(todo) < len(message.keys):
-            # rebuild the batch from the flags not yet told to this supervisor
-            remaining = flags.filter(pl.col("alert_key").is_in(todo))
-            clinic = clinics[message.clinic_id]
-            message = next(
-                m for m in rupture_messages(remaining, clinic, _link(settings)) if m.recipient == message.recipient
-            )
-        fresh.append(message)
+
+    def narrow(message: AlertMessage, keys: list[str]) -> AlertMessage:
+        """The same message rebuilt from only the flags or signals this channel has not been told."""
+        clinic = clinics[message.clinic_id]
+        if message.kind == "rupture":
+            rebuilt = rupture_messages(flags.filter(pl.col("alert_key").is_in(keys)), clinic, _link(settings))
+        else:
+            mine = signals.filter(pl.col("clinic_id") == clinic.id)
+            todo = [trend_key(row) in keys for row in mine.iter_rows(named=True)]
+            rebuilt = trend_messages(mine.filter(pl.Series(todo, dtype=pl.Boolean)), clinic)
+        same = next(m for m in rebuilt if m.recipient == message.recipient)
+        return replace(same, urls=message.urls)
+
+    fresh = _per_channel(messages, _delivered(warehouse, messages), narrow)
     outcomes = _deliver(fresh, secret, backoff_s, report)
     crash_point("after_alert_sent")
     report.flags_alerted = len({o["alert_key"] for o in outcomes if o["status"] == "sent" and o["kind"] == "rupture"})

@@ -109,6 +109,32 @@ def test_failed_channel_is_recorded_and_retried_next_run(
     assert len(smtp.messages) == 1  # Dr Lee was already told
 
 
+def test_a_partial_failure_resends_only_to_the_channel_that_failed(
+    network: tuple[Settings, SampleSet], smtp: Mailbox, hook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, sample = network
+    # Dr Lee gets mail and a webhook; the webhook's host comes from the environment, so the channel stays the same
+    text = settings.clinics_file.read_text().replace(
+        '/lee@example.org?from=alerts@example.org"]',
+        '/lee@example.org?from=alerts@example.org", "json://${LEE_HOOK_HOST}/lee"]',
+    )
+    settings.clinics_file.write_text(text)
+    monkeypatch.setenv("LEE_HOOK_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there yet
+    ingest_all(settings, sample)
+    clinics = load_clinics(settings.clinics_file)
+    first = deliver_alerts(settings, clinics, clinic_ids=["northside"], backoff_s=0.01)
+    assert (first.sent, first.failed) == (1, 1)
+    assert len(smtp.messages) == 1 and hook.requests == []
+    monkeypatch.setenv("LEE_HOOK_HOST", f"127.0.0.1:{hook.port}")
+    retry = deliver_alerts(settings, clinics, clinic_ids=["northside"], backoff_s=0.01)
+    assert (retry.sent, retry.failed) == (1, 0)
+    assert [r["path"] for r in hook.requests] == ["/lee"]
+    assert len(smtp.messages) == 1  # the mail that arrived is not sent again
+    told = set(re.findall(r"dyad (d[0-9a-f]{11})", json.loads(hook.requests[0]["body"])["message"]))
+    assert told == set(re.findall(r"dyad (d[0-9a-f]{11})", smtp.text(0)))  # the same flags, on the late channel
+    assert deliver_alerts(settings, clinics, clinic_ids=["northside"], backoff_s=0.01).sent == 0
+
+
 def test_trend_alerts_reach_leads_once_per_week(network: tuple[Settings, SampleSet], hook: Hook) -> None:
     settings, sample = network
     ingest_all(settings, sample)
