@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     recalibrate_growth: float = Field(
         default=0.25, gt=0, description="Re-estimate reliable change when an instrument's ratings grew by this share."
     )
+    trend_min_sessions: int = Field(
+        default=5, ge=1, description="A week's trend point alerts only with at least this many sessions behind it."
+    )
     nightly_cron: str = Field(default="0 2 * * *", description="When the nightly run starts (cron).")
     nightly_timezone: str = Field(default="UTC", description="Timezone of the nightly cron (IANA name).")
     dashboard_url: str | None = Field(

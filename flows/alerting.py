@@ -15,7 +15,7 @@ from alliance.clinics import Clinic
 from alliance.faults import crash_point
 from alliance.settings import Settings
 from alliance.storage import Warehouse
-from transforms.trends import trend_signals, weekly_alliance, weekly_flagged_share
+from transforms.trends import complete_weeks, trend_signals, weekly_alliance, weekly_flagged_share
 
 log = logging.getLogger("alliance.alerts")
 Secret = Callable[[str], str | None]
@@ -132,7 +132,7 @@ def deliver_alerts(
     for clinic in (clinics[c] for c in sorted(clinics) if clinic_ids is None or c in clinic_ids):
         messages += rupture_messages(flags.filter(pl.col("clinic_id") == clinic.id), clinic, _link(settings))
     if trends:
-        signals = current_trend_signals(warehouse, settings)
+        signals = current_trend_signals(warehouse, settings, clinics)
         report.trend_signals = signals.height
         for clinic in (clinics[c] for c in sorted(clinics)):
             messages += trend_messages(signals.filter(pl.col("clinic_id") == clinic.id), clinic)
@@ -162,12 +162,20 @@ def deliver_alerts(
     return report
 
 
-def current_trend_signals(warehouse: Warehouse, settings: Settings) -> pl.DataFrame:
-    """Out-of-control weekly series at the latest week: low mean alliance, high flagged share."""
+def current_trend_signals(warehouse: Warehouse, settings: Settings, clinics: dict[str, Clinic]) -> pl.DataFrame:
+    """Out-of-control weekly series at the latest complete week: low mean alliance, high flagged share.
+
+    A week counts once it has ended in the clinic's timezone, and signals only with at least
+    ``settings.trend_min_sessions`` sessions (dyads, for the flagged share) behind it.
+    """
     with warehouse.reader() as reader:
         sessions = reader.frame("SELECT * FROM dyad_sessions")
     if sessions.is_empty():
         return pl.DataFrame()
-    low = trend_signals(weekly_alliance(sessions), "mean_score", "low")
-    high = trend_signals(weekly_flagged_share(sessions, settings.queue_min_risk), "flagged_share", "high")
+    today = {clinic_id: datetime.now(clinic.tz).date() for clinic_id, clinic in clinics.items()}
+    minimum = settings.trend_min_sessions
+    alliance = complete_weeks(weekly_alliance(sessions), today)
+    share = complete_weeks(weekly_flagged_share(sessions, settings.queue_min_risk), today)
+    low = trend_signals(alliance, "mean_score", "low", count="n_sessions", min_count=minimum)
+    high = trend_signals(share, "flagged_share", "high", count="n_dyads", min_count=minimum)
     return pl.concat([low, high], how="diagonal_relaxed")
