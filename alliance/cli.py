@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from alliance.errors import AllianceError
+from alliance.errors import AllianceError, ConfigError
 from alliance.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -47,8 +47,17 @@ def domain_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _settings(home: Path | None) -> Settings:
-    return load_settings(home)
+def _settings(home: Path | None, clinic: str | None = None) -> Settings:
+    """The settings of an existing home, checked before any work: a wrong --home, a broken clinics.toml or an
+    unknown --clinic fails here with one Error: line instead of an empty result (or a new, empty warehouse)."""
+    from alliance.clinics import load_clinics
+
+    settings = load_settings(home)
+    clinics = load_clinics(settings.clinics_file)
+    if clinic is not None and clinic not in clinics:
+        known = ", ".join(sorted(clinics)) or "none yet"
+        raise ConfigError(f"unknown clinic {clinic!r}: {settings.clinics_file} has {known}")
+    return settings
 
 
 @app.command()
@@ -61,7 +70,7 @@ def init(home: HomeOption = None) -> None:
     from alliance.clinics import load_clinics
     from alliance.home import ensure_inboxes, init_home
 
-    settings = _settings(home)
+    settings = load_settings(home)
     created = init_home(settings)
     ensure_inboxes(settings, list(load_clinics(settings.clinics_file)))
     for path in created:
@@ -86,7 +95,7 @@ def sample(
     from alliance.home import init_home
     from alliance.samples import add_profiles, generate_sample
 
-    settings = _settings(home)
+    settings = load_settings(home)
     init_home(settings)
     target = out or settings.inbox
     with console.status("generating sample exports…"):
@@ -151,7 +160,7 @@ def ingest(
     """
     from flows.pipeline import inbox_files
 
-    settings = _settings(home)
+    settings = _settings(home, clinic)
     files = list(paths) if paths else inbox_files(settings)
     if not files:
         console.print(f"nothing to ingest: {settings.inbox} is empty")
@@ -257,7 +266,7 @@ def flags(
 
     if format not in ("table", "json", "csv"):
         raise typer.BadParameter("use table, json or csv", param_hint="--format")
-    _write_flags(list_flags(_settings(home), clinic, status), format)
+    _write_flags(list_flags(_settings(home, clinic), clinic, status), format)
 
 
 @app.command()
@@ -410,7 +419,7 @@ def verify(home: HomeOption = None) -> None:
 
     settings = _settings(home)
     if not settings.warehouse.exists():
-        raise typer.BadParameter(f"{settings.warehouse}: no warehouse", param_hint="--home")
+        raise ConfigError(f"{settings.warehouse}: no warehouse yet; ingest an export first")
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         problems = writer.verify(warehouse.snapshots)
@@ -451,7 +460,7 @@ def restore(
     from alliance.backup import restore as restore_backup
     from alliance.storage import Warehouse
 
-    settings = _settings(home)
+    settings = load_settings(home)
     tables = restore_backup(settings, folder, force=force)
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
@@ -495,7 +504,43 @@ def dashboard(
     """
     from dashboards.launch import run
 
-    raise typer.Exit(run(_settings(home).home, clinic, port))
+    raise typer.Exit(run(_settings(home, clinic).home, clinic, port))
+
+
+def _duckdb_shell() -> str:
+    """The DuckDB 1.5 CLI installed beside this Python (the duckdb-cli package), else one on PATH."""
+    import shutil
+
+    found = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    if found is None:
+        raise ConfigError("the DuckDB CLI is not installed: pip install 'duckdb-cli>=1.5.6,<1.6'")
+    return found
+
+
+@app.command()
+@domain_errors
+def sql(
+    query: Annotated[str | None, typer.Argument(help="SQL to run; without it, an interactive DuckDB shell.")] = None,
+    clinic: Annotated[
+        str | None, typer.Option(help="Open this clinic's own snapshot (with its client references).")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Open the published snapshot read-only in the DuckDB shell: the network's, or one clinic's with --clinic.
+
+    Example: alliance sql --clinic northside "SELECT dyad_id, risk_score, reason FROM review_queue LIMIT 5"
+    """
+    import subprocess
+
+    from alliance.storage import Warehouse
+
+    snapshot = Warehouse.of(_settings(home, clinic)).snapshot_path(clinic)
+    if not snapshot.exists():
+        raise ConfigError(f"{snapshot}: no snapshot yet; snapshots are published after the first ingest")
+    command = [_duckdb_shell(), "-readonly", str(snapshot)]
+    if query is None:
+        err_console.print(f"{snapshot} (read-only; .tables lists the tables and views, .quit leaves)", markup=False)
+    raise typer.Exit(subprocess.run([*command, *(["-c", query] if query else [])], check=False).returncode)
 
 
 @app.command()
