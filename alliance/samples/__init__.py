@@ -15,22 +15,25 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import Table
 
-from alliance.samples.layouts import profile, write_eu_csv, write_json, write_us_csv, write_xlsx
-from alliance.samples.network import (
-    EXTENSIONS,
-    LAYOUTS,
-    MIN_WEEKS,
-    PATTERNS,
-    ClinicData,
-    PlantedDyad,
-    build_clinic,
-    clinic_plan,
-    corrected,
-    flat_rows,
-)
+from alliance.samples.clinics import LAYOUTS, ClinicData, PlantedDyad, clinic_plan
+from alliance.samples.layouts import profile as clinic_profile
+from alliance.samples.layouts import write_eu_csv, write_json, write_us_csv, write_xlsx
+from alliance.samples.network import EXTENSIONS, MIN_WEEKS, PATTERNS, build_clinic, corrected, flat_rows
+from alliance.samples.realistic import REALISTIC_PATTERNS
 from alliance.samples.trajectories import Scale
 
-__all__ = ["LAYOUTS", "PATTERNS", "PlantedDyad", "SampleFile", "SampleSet", "add_profiles", "generate_sample"]
+PROFILES = ("realistic", "clean")
+__all__ = [
+    "LAYOUTS",
+    "PATTERNS",
+    "PROFILES",
+    "REALISTIC_PATTERNS",
+    "PlantedDyad",
+    "SampleFile",
+    "SampleSet",
+    "add_profiles",
+    "generate_sample",
+]
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,21 @@ def generate_sample(
     seed: int = 7,
     today: date | None = None,
     dyads_per_clinic: int = 30,
+    profile: str = "realistic",
+    noise: float = 1.0,
 ) -> SampleSet:
     """Write exports under out/<clinic_id>/ and return what was planted.
+
+    ``profile="realistic"`` (the default) gives courses with the noise of real SRS data, ``noise`` scaling
+    the session-to-session spread; ``profile="clean"`` gives long courses near the ceiling with little noise.
 
     Example: ``generate_sample(Path("demo"), clinics=4, today=date(2025, 3, 1)).files[0].path``
     is ``demo/northside/northside_20250301.csv``.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}")
+    if noise <= 0:
+        raise ValueError("noise must be positive")
     if weeks < MIN_WEEKS:
         raise ValueError(f"weeks must be at least {MIN_WEEKS} so planted patterns have room")
     if clinics < 1 or dyads_per_clinic < 1:
@@ -112,14 +124,14 @@ def generate_sample(
     canaries: list[str] = []
     for index in range(clinics):
         plan = clinic_plan(index)
-        data = build_clinic(plan, seed, weeks, today, dyads_per_clinic, canaries)
+        data = build_clinic(plan, seed, weeks, today, dyads_per_clinic, canaries, profile, noise)
         folder = out / plan.id
         folder.mkdir(parents=True, exist_ok=True)
         # only the first US CSV clinic (index 0) sends a corrected re-export
         export, re_export = _write_clinic(data, folder, today, seed, re_export=index == 0)
         files.append(export)
         re_exports += [re_export] if re_export else []
-        profiles[plan.id] = profile(plan)
+        profiles[plan.id] = clinic_profile(plan)
         dyads += data.dyads
     return SampleSet(files + re_exports, profiles, dyads, canaries)
 

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import date, timedelta
 
-from alliance.instruments import Instrument, instrument
+from alliance.instruments import instrument
+from alliance.samples.clinics import (
+    Block,
+    CanaryMint,
+    ClinicData,
+    ClinicPlan,
+    PlantedDyad,
+    Row,
+    fake_name,
+    note,
+    plain_note,
+)
+from alliance.samples.realistic import REALISTIC_PATTERNS, course_ticks, realistic_course, therapist_offset
 from alliance.samples.trajectories import SHAPES, Scale, Value, ceiling_base, outcome_walk, rating, split_total, steady
 
 PATTERNS = ("stable", "sudden_loss", "slow_decline", "single_low", "rupture_repair")
-LAYOUTS = ("us_csv", "eu_csv", "xlsx", "json")
-
-# id, display name, client-ref prefix, therapist-id prefix
-_NAMED_CLINICS = (
-    ("northside", "Northside Counseling Center", "N", "north"),
-    ("rheinpark", "Praxis am Rheinpark", "R", "rhein"),
-    ("harbor", "Harbor Wellbeing Service", "H", "harbor"),
-    ("lakeview", "Lakeview Family Therapy", "L", "lake"),
-)
-_TIMEZONES = {
-    "us_csv": "America/Chicago",
-    "eu_csv": "Europe/Berlin",
-    "xlsx": "Europe/London",
-    "json": "America/Los_Angeles",
-}
 EXTENSIONS = {"us_csv": "csv", "eu_csv": "csv", "xlsx": "xlsx", "json": "json"}
 _INVALID_KINDS = (
     "out_of_range",
@@ -43,157 +40,7 @@ _MAX_SESSIONS = 24
 _SKIP_WEEK_CHANCE = 0.15
 _ORS_SKIP_CHANCE = 0.08
 _NAME_CANARY_EVERY = 7
-_NOTE_CANARY_CHANCE = 0.06
-_NOTE_CHANCE = 0.35
 _CORRECTIONS = 5
-
-
-@dataclass(frozen=True)
-class PlantedDyad:
-    """A client–therapist pair whose alliance trajectory was planted on purpose."""
-
-    clinic_id: str
-    client_ref: str
-    therapist_id: str
-    instrument: str
-    pattern: str
-    event_session: int | None
-
-
-@dataclass(frozen=True)
-class ClinicPlan:
-    id: str
-    name: str
-    layout: str
-    ref_prefix: str
-    therapist_prefix: str
-
-    @property
-    def timezone(self) -> str:
-        return _TIMEZONES[self.layout]
-
-    @property
-    def alliance(self) -> Instrument:
-        return instrument("WAI_SR" if self.layout == "xlsx" else "SRS")
-
-    @property
-    def has_outcome(self) -> bool:
-        return self.layout in ("us_csv", "json")
-
-
-def clinic_plan(index: int) -> ClinicPlan:
-    layout = LAYOUTS[index % len(LAYOUTS)]
-    if index < len(_NAMED_CLINICS):
-        clinic_id, name, ref_prefix, therapist_prefix = _NAMED_CLINICS[index]
-        return ClinicPlan(clinic_id, name, layout, ref_prefix, therapist_prefix)
-    number = f"{index + 1:02d}"
-    return ClinicPlan(f"clinic{number}", f"Community Clinic {number}", layout, f"C{number}", f"clinic{number}")
-
-
-class _CanaryMint:
-    """Hands out numbered canary strings for one clinic and remembers them."""
-
-    def __init__(self, clinic_id: str, issued: list[str]) -> None:
-        self._clinic_id = clinic_id
-        self._issued = issued
-        self._count = 0
-
-    def __call__(self) -> str:
-        self._count += 1
-        canary = f"CANARY-{self._clinic_id}-{self._count}"
-        self._issued.append(canary)
-        return canary
-
-
-@dataclass(slots=True)
-class Row:
-    """One session line of an export, before layout-specific formatting."""
-
-    client_ref: str
-    client_name: str
-    therapist: str
-    when: date | str
-    number: int
-    alliance: list[Value]
-    outcome: list[Value] | None
-    note: str
-    correctable: bool = False
-
-    @property
-    def ratings(self) -> int:
-        return 1 + (self.outcome is not None)
-
-
-@dataclass
-class Block:
-    """The rows of one client entry (a dyad, or one invalid case) as the JSON layout nests them."""
-
-    rows: list[Row]
-    invalid: int = 0
-
-
-@dataclass
-class ClinicData:
-    plan: ClinicPlan
-    blocks: list[Block] = field(default_factory=list)
-    dyads: list[PlantedDyad] = field(default_factory=list)
-
-
-_FIRST = {
-    "en": ("Maria", "James", "Aisha", "Daniel", "Priya", "Tom", "Grace", "Luis", "Emma", "Noah", "Chloe", "Omar"),
-    "de": ("Jürgen", "Özlem", "Lena", "Björn", "Käthe", "Mehmet", "Anna", "Jörg", "Sophie", "Lukas", "Hülya"),
-    "es": ("José", "Ana", "Chloé", "Itzel", "Zoë", "Renée", "Andrés", "Ingrid", "Kai", "Mei", "Sean"),
-}
-_LAST = {
-    "en": ("Lopez", "O'Brien", "Smith", "Nguyen", "Patel", "Johnson", "Walker", "Kim", "Brown", "Davies"),
-    "de": ("Müller", "Schäfer", "Weiß", "Yildiz", "Köhler", "Groß", "Becker", "Hoffmann", "Krüger"),
-    "es": ("Núñez", "García", "Okafor", "Müller-Lee", "Sánchez", "Chen", "Dubois", "Martín", "Reyes"),
-}
-_NOTES = {
-    "en": (
-        "Discussed work stress, sleep and family.",
-        'Client said "rough week", wants to focus on boundaries.',
-        "Homework: breathing exercise.\nFollow up next week.",
-        "Reviewed goals; client prefers more structure.",
-        "Arrived late, seemed tired, engaged later in session.",
-        "Talked about the move, finances, and the kids.",
-    ),
-    "de": (
-        "Klientin berichtet über Prüfungsangst; Schlaf etwas besser.",
-        "Thema Trennung, Gefühle von Schuld – weiter beobachten.",
-        "Hausaufgabe: Tagebuch führen.\nNächster Termin in 2 Wochen.",
-        "Zuzahlung 10 € noch offen, Überweisung angekündigt.",
-        'Klient sagt: "Es läuft gut", wirkt aber angespannt.',
-    ),
-}
-_CANARY_NOTES = {
-    "en": ("Call back re {c}, left voicemail.", "Supervisor check-in ({c}), no concerns.", "Ref {c}: see intake."),
-    "de": ("Rückruf wegen {c}, Nachricht hinterlassen.", "Supervision ({c}): keine Bedenken."),
-}
-_LANGUAGE = {"us_csv": "en", "eu_csv": "de", "xlsx": "en", "json": "es"}
-
-
-def _language(plan: ClinicPlan) -> str:
-    return _LANGUAGE[plan.layout]
-
-
-def _fake_name(plan: ClinicPlan, rng: random.Random) -> str:
-    names = _language(plan)
-    return f"{rng.choice(_FIRST[names])} {rng.choice(_LAST[names])}"
-
-
-def _note_language(plan: ClinicPlan) -> str:
-    return "de" if _language(plan) == "de" else "en"
-
-
-def _plain_note(plan: ClinicPlan, rng: random.Random) -> str:
-    return rng.choice(_NOTES[_note_language(plan)]) if rng.random() < _NOTE_CHANCE else ""
-
-
-def _note(plan: ClinicPlan, rng: random.Random, mint: _CanaryMint, force_canary: bool) -> str:
-    if force_canary or rng.random() < _NOTE_CANARY_CHANCE:
-        return rng.choice(_CANARY_NOTES[_note_language(plan)]).format(c=mint())
-    return _plain_note(plan, rng)
 
 
 def _assign_patterns(n: int, rng: random.Random) -> list[str]:
@@ -232,7 +79,7 @@ def _planted_block(
     weeks: int,
     last_day: date,
     rng: random.Random,
-    mint: _CanaryMint,
+    mint: CanaryMint,
 ) -> tuple[Block, PlantedDyad]:
     ref = f"{plan.ref_prefix}-{index + 1:04d}"
     low = _PATTERN_MIN_SESSIONS if pattern != "stable" else min(5, weeks)
@@ -242,7 +89,7 @@ def _planted_block(
     totals, event = SHAPES[pattern](scale, n, rng)
     outcome_scale = Scale.of(instrument("ORS"))
     outcomes = outcome_walk(outcome_scale, n, rng)
-    name = _fake_name(plan, rng)
+    name = fake_name(plan, rng)
     if index % _NAME_CANARY_EVERY == 0:
         name = f"{name} {mint()}"
     rows = []
@@ -257,7 +104,7 @@ def _planted_block(
                 number=s + 1,
                 alliance=rating(scale, totals[s], rng),
                 outcome=rating(outcome_scale, outcomes[s], rng) if measured else None,
-                note=_note(plan, rng, mint, force_canary=index == 0 and s == n - 1),
+                note=note(plan, rng, mint, force_canary=index == 0 and s == n - 1),
                 correctable=pattern == "stable",
             )
         )
@@ -300,13 +147,13 @@ def _invalid_block(
     last_day = today - timedelta(days=1)
     row = Row(
         client_ref=ref,
-        client_name=_fake_name(plan, rng),
+        client_name=fake_name(plan, rng),
         therapist=rng.choice(therapists),
         when=last_day - timedelta(days=rng.randrange(7 * weeks)),
         number=rng.randint(1, 12),
         alliance=alliance,
         outcome=None,
-        note=_plain_note(plan, rng),
+        note=plain_note(plan, rng),
     )
     if kind == "missing_ref":
         row.client_ref = ""
@@ -347,13 +194,92 @@ def _invalid_blocks(
 # ---------------------------------------------------------------- one clinic
 
 
-def build_clinic(plan: ClinicPlan, seed: int, weeks: int, today: date, dyads: int, canaries: list[str]) -> ClinicData:
+def _realistic_patterns(n: int, rng: random.Random) -> list[str]:
+    """About 80% stable and 4% of each planted shape, every shape at least once from 6 dyads up."""
+    each = max(1, round(n / 25)) if n >= 6 else 0
+    patterns = [p for p in REALISTIC_PATTERNS[1:] for _ in range(each)]
+    patterns += ["stable"] * (n - len(patterns))
+    rng.shuffle(patterns)
+    return patterns
+
+
+def _realistic_block(
+    plan: ClinicPlan,
+    index: int,
+    pattern: str,
+    therapist: tuple[str, float],
+    weeks: int,
+    last_day: date,
+    rng: random.Random,
+    mint: CanaryMint,
+    noise: float,
+) -> tuple[Block, PlantedDyad]:
+    """One dyad's course with real-world noise, placed at a random start; sessions past the window are cut."""
+    ref = f"{plan.ref_prefix}-{index + 1:04d}"
+    course = realistic_course(pattern, therapist[1], rng, noise)
+    span = sum(course.gaps)
+    window = 7 * weeks - 1
+    # planted shapes fit inside the window; a stable course may still be running at its end
+    latest = window - span if pattern != "stable" else window
+    day = last_day - timedelta(days=window) + timedelta(days=rng.randint(0, max(0, latest)))
+    scale = Scale.of(plan.alliance)
+    ticks = course_ticks(scale, course.scores)
+    outcome_scale = Scale.of(instrument("ORS"))
+    outcomes = outcome_walk(outcome_scale, len(ticks), rng)
+    name = fake_name(plan, rng)
+    if index % _NAME_CANARY_EVERY == 0:
+        name = f"{name} {mint()}"
+    rows = []
+    for s, (gap, total) in enumerate(zip(course.gaps, ticks, strict=True)):
+        day += timedelta(days=gap)
+        if day > last_day:
+            break
+        if total is None:
+            continue
+        measured = plan.has_outcome and rng.random() >= _ORS_SKIP_CHANCE
+        rows.append(
+            Row(
+                client_ref=ref,
+                client_name=name,
+                therapist=therapist[0],
+                when=day,
+                number=s + 1,
+                alliance=rating(scale, total, rng),
+                outcome=rating(outcome_scale, outcomes[s], rng) if measured else None,
+                note=note(plan, rng, mint, force_canary=index == 0 and s == 0),
+                correctable=pattern == "stable",
+            )
+        )
+    event = None if course.event is None else course.event + 1
+    dyad = PlantedDyad(plan.id, ref, therapist[0], plan.alliance.code, pattern, event, course.level, course.within_sd)
+    return Block(rows), dyad
+
+
+def build_clinic(
+    plan: ClinicPlan,
+    seed: int,
+    weeks: int,
+    today: date,
+    dyads: int,
+    canaries: list[str],
+    profile: str = "clean",
+    noise: float = 1.0,
+) -> ClinicData:
     rng = random.Random(f"{seed}/{plan.id}")
-    mint = _CanaryMint(plan.id, canaries)
+    mint = CanaryMint(plan.id, canaries)
     therapists = [f"{plan.therapist_prefix}-t{k:02d}" for k in range(1, rng.randint(3, 6) + 1)]
     data = ClinicData(plan)
     last_day = today - timedelta(days=1)
-    for index, pattern in enumerate(_assign_patterns(dyads, rng)):
+    if profile == "realistic":
+        offsets = {t: therapist_offset(rng) for t in therapists}
+        for index, pattern in enumerate(_realistic_patterns(dyads, rng)):
+            who = rng.choice(therapists)
+            args = (plan, index, pattern, (who, offsets[who]), weeks, last_day, rng, mint, noise)
+            block, dyad = _realistic_block(*args)
+            if block.rows:
+                data.blocks.append(block)
+                data.dyads.append(dyad)
+    for index, pattern in enumerate(_assign_patterns(dyads, rng) if profile == "clean" else []):
         block, dyad = _planted_block(plan, index, pattern, rng.choice(therapists), weeks, last_day, rng, mint)
         data.blocks.append(block)
         data.dyads.append(dyad)
