@@ -525,6 +525,24 @@ def bench(
 
 
 @app.command()
+def evaluate(
+    dyads: Annotated[int, typer.Option(min=50, help="Dyads in the generated network.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same figures.")] = 3,
+    noise: Annotated[float, typer.Option(min=0.1, help="Scale of session-to-session spread (1.0 = 1-2 points).")] = 1.0,
+) -> None:
+    """Measure detection on realistic generated data, loaded week by week through the scoring rules.
+
+    Example: alliance evaluate --dyads 2000 --seed 3
+    """
+    from benchmarks.detection import evaluate as run_evaluation
+    from benchmarks.detection import format_evaluation
+
+    with console.status("scoring a generated network week by week…"):
+        report = run_evaluation(dyads, seed, noise)
+    console.print(format_evaluation(report), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 @domain_errors
 def expectations(
     write: Annotated[bool, typer.Option("--write", help="Regenerate the suite files from the registry.")] = False,
