@@ -14,9 +14,10 @@ Example: ``python -m benchmarks.detection --dyads 2000 --seed 3`` or ``alliance 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -29,8 +30,8 @@ from alliance.instruments import instrument
 from alliance.samples.realistic import REALISTIC_PATTERNS, realistic_course, therapist_offset
 from alliance.samples.trajectories import Scale, outcome_walk
 from transforms.calibration import Calibration, estimate
-from transforms.flags import score, stopped_appearing
-from transforms.queue import QueuePolicy, Standing, standing
+from transforms.flags import FINDING_SCHEMA, declines_at_last_session, score, stopped_appearing
+from transforms.queue import QueuePolicy, Standing, select_by_clinic, standing
 from transforms.trajectory import session_features
 
 START = date(2024, 1, 1)
@@ -174,6 +175,7 @@ class Evaluation:
     by_baseline: dict[str, tuple[int, float]]
     by_noise: dict[str, tuple[int, float]]
     planted_counts: dict[str, int]
+    composition: dict[tuple[str, str], int]  # (planted pattern, headline rule) -> queued dyad-weeks
 
     def passes(self) -> bool:
         return (
@@ -188,6 +190,12 @@ def _band(value: float, bands: tuple[tuple[float, float, str], ...]) -> str:
     return next(label for lo, hi, label in bands if lo <= value < hi)
 
 
+def _cadence(dates: list[date]) -> float | None:
+    """The dyad's usual interval, as ``Writer.last_sessions`` gives it: the median gap between its sessions."""
+    gaps = [(b - a).days for a, b in itertools.pairwise(dates)]
+    return float(statistics.median(gaps)) if gaps else None
+
+
 def _window_end(c: Course) -> date:
     """The last day a planted event may be found on: the date of the second session after it, or
     two of the dyad's usual intervals after the event when the course ended first."""
@@ -195,7 +203,7 @@ def _window_end(c: Course) -> date:
     if c.event + 2 < len(c.dates):
         return c.dates[c.event + 2]
     gaps = [(b - a).days for a, b in zip(c.dates, c.dates[1:], strict=False)] or [7]
-    return c.dates[c.event] + timedelta(days=2 * int(statistics.median(gaps)) + 6)
+    return c.dates[c.event] + timedelta(days=2 * int(statistics.median(gaps)))
 
 
 def evaluate(
@@ -211,6 +219,7 @@ def evaluate(
     courses = network(dyads, seed, noise)
     calibrations = calibrate(network(dyads, seed + 10_000, noise))
     found = prefix_findings(courses, calibrations)
+    declines = declines_at_last_session(pl.DataFrame([f for fs in found.values() for f in fs], schema=FINDING_SCHEMA))
     loads = [START + timedelta(days=7 * w) for w in range(1, WEEKS + 1)]
     clinic_dates: dict[str, list[date]] = defaultdict(list)
     for c in courses:
@@ -218,6 +227,7 @@ def evaluate(
     ever: dict[str, bool] = {}
     detected: dict[str, bool] = {}
     queued_total = open_total = queued_rows = decline_headlines = 0
+    composition: Counter[tuple[str, str]] = Counter()
     for load in loads:
         latest = {cid: max((d for d in ds if d <= load), default=None) for cid, ds in clinic_dates.items()}
         visible = [(c, sum(d <= load for d in c.dates)) for c in courses if c.dates[0] <= load]
@@ -231,10 +241,11 @@ def evaluate(
                 "last_session": c.numbers[k - 1],
                 "last_session_date": c.dates[k - 1],
                 "clinic_latest": latest[c.clinic_id],
+                "cadence_days": _cadence(c.dates[:k]),
             }
             for c, k in visible
         ]
-        silent = stopped_appearing(pl.DataFrame(last_rows), {}) if last_rows else None
+        silent = stopped_appearing(pl.DataFrame(last_rows), {}, declines) if last_rows else None
         silent_by = {row["dyad_id"]: row for row in (silent.iter_rows(named=True) if silent is not None else [])}
         standings: list[tuple[Course, int, Standing]] = []
         for c, k in visible:
@@ -243,9 +254,9 @@ def evaluate(
                 *found.get(key, []),
                 *([silent_by[key]] if key in silent_by and silent_by[key]["ongoing"] else []),
             ]
-            clinic_latest = latest[c.clinic_id] or load
-            standings.append((c, k, standing(findings, c.dates[:k], clinic_latest, config)))
-        chosen = policy.select([s for _, _, s in standings])
+            silent_days = ((latest[c.clinic_id] or load) - c.dates[k - 1]).days
+            standings.append((c, k, standing(findings, silent_days, _cadence(c.dates[:k]), config)))
+        chosen = select_by_clinic(policy, [c.clinic_id for c, _, _ in standings], [s for _, _, s in standings])
         for (c, _, st), queued in zip(standings, chosen, strict=True):
             is_open = c.dates[0] <= load <= c.dates[-1]
             open_total += is_open
@@ -253,6 +264,7 @@ def evaluate(
                 continue
             queued_total += 1  # a dropout still queued counts against the open caseload too
             queued_rows += 1
+            composition[(c.pattern, st.headline or "")] += 1
             decline_headlines += st.headline_is_decline
             ever[c.dyad_id] = True
             if c.event is not None and c.dates[c.event] <= load <= _window_end(c) + timedelta(days=6):
@@ -283,6 +295,7 @@ def evaluate(
         },
         by_noise={b: (len(by_noise[b]), share(by_noise[b], ever)) for _, _, b in NOISE_BANDS if b in by_noise},
         planted_counts={p: len(g) for p, g in planted.items()},
+        composition=dict(composition.most_common()),
     )
 
 

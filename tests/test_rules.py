@@ -33,6 +33,7 @@ from transforms.rules import (
     reliable_decrease,
     risk_score,
     rupture,
+    series_episodes,
     session_gap,
     sudden_loss,
 )
@@ -105,9 +106,9 @@ def test_low_score_flags_below_36_not_at_36(score: float, flagged: bool) -> None
 
 def test_low_score_reason_names_score_session_and_cutoff() -> None:
     [episode] = low_score(series([38.0, 35.9]), thresholds())
-    assert episode.reason == "SRS 35.9 at session 2 is below the cutoff 36"
+    assert episode.reason == "SRS 35.9 at session 2 is below the cutoff 36: discuss"
     assert (episode.start, episode.last, episode.outcome, episode.end) == (1, 1, "ongoing", None)
-    assert episode.severity == "medium"
+    assert episode.severity == "advisory"  # a low level alone is shown, not queued
 
 
 def test_low_score_two_low_sessions_are_one_episode_repaired_at_36() -> None:
@@ -151,7 +152,7 @@ def test_drop_flags_at_minus_1_not_minus_0_9(before: float, after: float, flagge
     found = drop(series([before, after]), thresholds())
     assert len(found) == flagged
     if flagged:
-        assert found[0].start == 1 and found[0].severity == "low"
+        assert found[0].start == 1 and found[0].severity == "advisory"
         assert found[0].reason == f"SRS fell from {before:.1f} to {after:.1f} at session 2"
 
 
@@ -348,37 +349,42 @@ def test_sudden_loss_needs_a_calibrated_rc() -> None:
 
 # 6. Rupture and repair --------------------------------------------------------------------------
 
-# Seven sessions at 38 then a dip x, pooled SD 3 (larger than the dyad's own SD for these dips):
-# k = 2 rupture when x < mean − 6, i.e. x < 31.14; k = 1 when x < mean − 3, i.e. x < 34.57.
+# Seven sessions at 38 then a dip x, pooled SD 3 (the dyad's own earlier SD is 0): the earlier mean is 38,
+# so k = 2 flags x < 38 − 6 = 32 and k = 1 flags x < 35.
 
 
 @pytest.mark.parametrize(
     ("dip", "k", "flagged"),
     [
-        (31.2, 2.0, False),
-        (31.1, 2.0, True),
-        (34.5, 2.0, False),
-        (34.5, 1.0, True),  # lenient k = 1 flags a shallower dip
-        (34.6, 1.0, False),
+        (32.0, 2.0, False),
+        (31.9, 2.0, True),
+        (34.9, 1.0, True),  # lenient k = 1 flags a shallower dip
+        (35.0, 1.0, False),
     ],
 )
-def test_rupture_more_than_k_sd_below_own_mean(dip: float, k: float, flagged: bool) -> None:
+def test_rupture_more_than_k_sd_below_earlier_mean(dip: float, k: float, flagged: bool) -> None:
     found = rupture(series([38.0] * 7 + [dip]), thresholds(pooled_sd=3.0, rupture_k=k))
     assert len(found) == flagged
     if flagged:
-        assert found[0].start == 7 and found[0].evidence["sd"] == 3.0
+        assert found[0].start == 7 and found[0].evidence["sd"] == 3.0 and found[0].evidence["mean"] == 38.0
 
 
-def test_rupture_sd_is_the_larger_of_own_and_pooled() -> None:
-    scores = [38.0] * 7 + [31.1]
-    [episode] = rupture(series(scores), thresholds(pooled_sd=0.5))
-    assert episode.evidence["sd"] == pytest.approx(float(np.std(scores, ddof=1)))
-    assert rupture(series(scores), thresholds(pooled_sd=3.5)) == []  # floor 37.14 − 7 = 30.14
+def test_rupture_sd_is_the_larger_of_own_and_pooled_once_five_sessions_are_in() -> None:
+    earlier = [38.0, 34.0, 38.0, 34.0, 38.0]  # own SD 2.19, mean 36.4
+    [episode] = rupture(series([*earlier, 31.9]), thresholds(pooled_sd=2.0))
+    assert episode.evidence["sd"] == pytest.approx(float(np.std(earlier, ddof=1)))
+    assert rupture(series([*earlier, 32.1]), thresholds(pooled_sd=2.0)) == []  # 36.4 − 2·2.19 = 32.02
+
+
+def test_rupture_uses_the_pooled_sd_before_five_sessions() -> None:
+    # two earlier sessions far apart (own SD 4.2) do not widen the band: pooled SD 1.5, floor 37 − 3 = 34
+    [episode] = rupture(series([40.0, 34.0, 33.9]), thresholds(pooled_sd=1.5))
+    assert episode.start == 2 and episode.evidence["sd"] == 1.5
 
 
 @pytest.mark.parametrize("back", [35.0, 36.0])
 def test_rupture_repaired_on_return_to_baseline_minus_sd(back: float) -> None:
-    # baseline 38 − SD 3 = 35: 35.0 is a return to it
+    # earlier mean 38 − SD 3 = 35: 35.0 is a return to it
     [episode] = rupture(series([38.0] * 6 + [30.0, back]), thresholds(pooled_sd=3.0))
     assert (episode.start, episode.end, episode.outcome) == (6, 7, "repaired")
     assert "repaired: back to" in episode.reason and episode.severity == "medium"
@@ -392,7 +398,7 @@ def test_rupture_not_repaired_just_below_baseline_minus_sd() -> None:
 
 @pytest.mark.parametrize(("unrepaired_sessions", "severity"), [(3, "high"), (4, "medium")])
 def test_rupture_unrepaired_for_n_sessions_is_high(unrepaired_sessions: int, severity: str) -> None:
-    # the rupture at session 9 (29 < 36.45 − 6) stays at 34 ≤ 35: unrepaired for 3 sessions
+    # the rupture at session 9 (29 < 38 − 6) stays at 34 ≤ 35: unrepaired for 3 sessions
     [episode] = rupture(
         series([38.0] * 8 + [29.0, 34.0, 34.0]), thresholds(pooled_sd=3.0, unrepaired_sessions=unrepaired_sessions)
     )
@@ -400,9 +406,18 @@ def test_rupture_unrepaired_for_n_sessions_is_high(unrepaired_sessions: int, sev
     assert episode.severity == severity
 
 
-def test_rupture_needs_4_sessions() -> None:
-    assert rupture(series([38.0, 38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0)) == []
-    assert len(rupture(series([38.0, 38.0, 38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0))) == 1
+def test_rupture_fires_from_the_third_session_with_a_pooled_sd() -> None:
+    assert rupture(series([38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0)) == []
+    assert len(rupture(series([38.0, 38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0))) == 1
+    assert rupture(series([38.0, 38.0, 10.0]), thresholds(pooled_sd=None)) == []  # no SD to judge by yet
+
+
+def test_a_rupture_at_the_latest_session_is_provisional_until_the_next_agrees() -> None:
+    th = thresholds(pooled_sd=1.5)
+    [pending] = [e for e in series_episodes(series([38.0, 38.0, 38.0, 30.0]), th) if e.rule == "rupture"]
+    assert pending.provisional and pending.ongoing
+    [confirmed] = [e for e in series_episodes(series([38.0, 38.0, 38.0, 30.0, 31.0]), th) if e.rule == "rupture"]
+    assert not confirmed.provisional and confirmed.ongoing
 
 
 # 7. Declining trend -----------------------------------------------------------------------------
@@ -476,16 +491,16 @@ def test_not_on_track_only_for_outcome_instruments() -> None:
 
 def _escalation(srs: list[float], ors: list[float]) -> Episode | None:
     alliance = series(srs)
-    found = [e for rule in SERIES_RULES for e in rule(alliance, thresholds(rc=5.0))]
+    found = series_episodes(alliance, thresholds(rc=5.0))
     outcome_found = not_on_track(series(ors, inst=ORS), thresholds(ORS, rc=5.0))
     return escalation(alliance, found, outcome_found)
 
 
-def test_escalation_when_alliance_rule_and_not_on_track_are_both_ongoing() -> None:
-    episode = _escalation([38.0, 38.0, 35.0], [20.0, 20.0, 20.0])
+def test_escalation_when_a_confirmed_decline_and_not_on_track_are_both_ongoing() -> None:
+    episode = _escalation([38.0, 38.0, 38.0, 30.0, 30.0], [20.0] * 5)
     assert episode is not None and episode.severity == "critical" and episode.rule == "escalation"
-    assert episode.evidence["alliance_rules"] == ["low_score"]
-    assert "low score" in episode.reason and "not on track" in episode.reason
+    assert episode.evidence["alliance_rules"] == ["new_low", "reliable_decrease"]
+    assert "new low" in episode.reason and "not on track" in episode.reason
 
 
 @pytest.mark.parametrize(
@@ -495,6 +510,8 @@ def test_escalation_when_alliance_rule_and_not_on_track_are_both_ongoing() -> No
         ([38.0, 35.0, 38.0], [20.0, 20.0, 20.0]),  # low score already repaired
         ([38.0, 38.0, 35.0], [20.0, 20.0, 30.0]),  # on track
         ([38.0, 38.0, 35.0], [20.0, 20.0]),  # not-on-track starts at the third session
+        ([38.0, 38.0, 35.0], [20.0, 20.0, 20.0]),  # a low score alone is advisory, no decline
+        ([38.0, 38.0, 38.0, 30.0], [20.0] * 4),  # the fall waits for the next session
     ],
 )
 def test_escalation_needs_both_ongoing_and_more_than_a_drop(srs: list[float], ors: list[float]) -> None:
@@ -534,11 +551,16 @@ def _last_seen(silent_days: int) -> pl.DataFrame:
     )
 
 
+DECLINE = {"d1": "SRS 31.0 at session 9 is 4.0 SD below the dyad's earlier mean 38.0: rupture"}
+
+
 @pytest.mark.parametrize(
-    ("silent_days", "outcome"), [(27, None), (28, "ongoing"), (119, "ongoing"), (120, "inactive"), (400, "inactive")]
+    ("silent_days", "outcome"), [(10, None), (11, "ongoing"), (55, "ongoing"), (56, "inactive"), (400, "inactive")]
 )
-def test_stopped_appearing_after_28_days_inactive_after_120(silent_days: int, outcome: str | None) -> None:
-    found = stopped_appearing(_last_seen(silent_days), {})
+def test_stopped_appearing_after_a_decline_and_one_and_a_half_weekly_intervals(
+    silent_days: int, outcome: str | None
+) -> None:
+    found = stopped_appearing(_last_seen(silent_days).with_columns(cadence_days=pl.lit(7.0)), {}, DECLINE)
     if outcome is None:
         assert found.height == 0
         return
@@ -546,11 +568,24 @@ def test_stopped_appearing_after_28_days_inactive_after_120(silent_days: int, ou
     assert row["outcome"] == outcome and row["ongoing"] == (outcome == "ongoing")
     assert row["rule"] == "stopped_appearing" and row["last_session"] == 9
     assert json.loads(row["evidence"])["silent_days"] == silent_days
+    assert "after a decline (SRS 31.0 at session 9" in row["reason"]
+
+
+def test_a_course_that_ends_without_a_decline_is_not_stopped_appearing() -> None:
+    assert stopped_appearing(_last_seen(40), {}, {}).height == 0
+    assert stopped_appearing(_last_seen(40), {}, {"other": "x"}).height == 0
+
+
+@pytest.mark.parametrize(("cadence", "silent_days", "flagged"), [(14.0, 20, False), (14.0, 21, True), (30.0, 28, True)])
+def test_stopped_appearing_scales_with_cadence_up_to_gap_days(cadence: float, silent_days: int, flagged: bool) -> None:
+    frame = _last_seen(silent_days).with_columns(cadence_days=pl.lit(cadence))
+    assert stopped_appearing(frame, {}, DECLINE).height == flagged  # 1.5 intervals, at most gap_days 28
 
 
 def test_stopped_appearing_honours_clinic_gap_days() -> None:
-    assert stopped_appearing(_last_seen(20), {"c1": RuleConfig(gap_days=21)}).height == 0
-    assert stopped_appearing(_last_seen(21), {"c1": RuleConfig(gap_days=21)}).height == 1
+    config = {"c1": RuleConfig(gap_days=8)}
+    assert stopped_appearing(_last_seen(7), config, DECLINE).height == 0  # 1.5 weeks capped at 8 days
+    assert stopped_appearing(_last_seen(8), config, DECLINE).height == 1
 
 
 # 10. Risk score ---------------------------------------------------------------------------------
@@ -559,7 +594,8 @@ def test_stopped_appearing_honours_clinic_gap_days() -> None:
 def test_risk_score_examples() -> None:
     assert risk_score([]) == 0
     assert risk_score(["sudden_loss"]) == 55.0
-    assert risk_score(["sudden_loss", "low_score"]) == pytest.approx(100 * (1 - 0.45 * 0.70))
+    assert risk_score(["sudden_loss", "low_score"]) == pytest.approx(100 * (1 - 0.45 * 0.95), abs=0.05)
+    assert risk_score(["low_score", "drop", "low_item", "reliable_decrease"]) < 30  # advisory and one fall
 
 
 @given(st.sets(st.sampled_from(sorted(RULES))))

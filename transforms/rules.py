@@ -16,7 +16,11 @@ EPS = 1e-6  # scores carry one decimal; this absorbs float noise at the publishe
 SEVERITIES = ("advisory", "low", "medium", "high", "critical")
 # two-tailed t at alpha .05 by df = n_pre + n_post - 2 (Tang & DeRubeis criterion c)
 T_CRITICAL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
-ALLIANCE_RULES = ("low_score", "drop", "reliable_decrease", "sudden_loss", "rupture", "declining_trend")
+ALLIANCE_RULES = ("low_score", "new_low", "drop", "reliable_decrease", "sudden_loss", "rupture", "declining_trend")
+# rules whose reason describes a fall of the alliance relative to the dyad's own course
+DECLINE_RULES = frozenset({"new_low", "reliable_decrease", "sudden_loss", "rupture", "declining_trend"})
+# single-session evidence waits for the next session before it counts towards the queue
+PENDING_RULES = frozenset({"new_low", "reliable_decrease", "rupture"})
 
 
 @dataclass(frozen=True)
@@ -27,17 +31,18 @@ class RuleSpec:
 
 
 RULES: dict[str, RuleSpec] = {
-    "low_score": RuleSpec("medium", 0.30, "total below the instrument's cutoff (SRS < 36)"),
-    "drop": RuleSpec("low", 0.08, "fell at least 1 point from the last session"),
-    "low_item": RuleSpec("advisory", 0.03, "an item below 9 (SRS): practice advice"),
-    "reliable_decrease": RuleSpec("medium", 0.35, "fell by at least the reliable change RC"),
+    "low_score": RuleSpec("advisory", 0.05, "total below the instrument's cutoff (SRS < 36): discuss, not queued"),
+    "new_low": RuleSpec("medium", 0.30, "below the cutoff for the first time, a reliable change below own level"),
+    "drop": RuleSpec("advisory", 0.03, "fell at least 1 point from the last session"),
+    "low_item": RuleSpec("advisory", 0.02, "an item below 9 (SRS): practice advice"),
+    "reliable_decrease": RuleSpec("medium", 0.20, "fell by at least the reliable change RC"),
     "sudden_loss": RuleSpec("high", 0.55, "sudden alliance loss: criteria a, b and c"),
     "rupture": RuleSpec("medium", 0.45, "more than k SD below the dyad's own mean, until repaired"),
     "declining_trend": RuleSpec("medium", 0.30, "least-squares slope over the last W sessions below the threshold"),
     "not_on_track": RuleSpec("low", 0.08, "ORS below cutoff with no reliable improvement since intake"),
     "escalation": RuleSpec("critical", 0.60, "an alliance rule and not-on-track at once"),
     "engagement_gap": RuleSpec("low", 0.12, "N or more session numbers without a rating"),
-    "stopped_appearing": RuleSpec("low", 0.12, "no rating for gap_days while the clinic's other dyads go on"),
+    "stopped_appearing": RuleSpec("high", 0.40, "no session for two usual intervals after a decline"),
 }
 
 
@@ -203,11 +208,49 @@ def low_score(s: Series, th: Thresholds) -> list[Episode]:
         [v < cutoff - EPS for v in x],
         lambda a, b: (
             f"{s.instrument.code} {_fmt(min(x[a : b + 1]))} at {s.at(a + x[a : b + 1].index(min(x[a : b + 1])))} "
-            f"is below the cutoff {cutoff:g}" + (f" ({b - a + 1} sessions in a row)" if b > a else "")
+            f"is below the cutoff {cutoff:g}" + (f" ({b - a + 1} sessions in a row)" if b > a else "") + ": discuss"
         ),
         lambda a, b: cutoff - min(x[a : b + 1]),
         {"cutoff": cutoff},
     )
+
+
+def new_low(s: Series, th: Thresholds) -> list[Episode]:
+    """A low score that is new for this client: below the cutoff after at least two sessions at or above it,
+    and a reliable change below the mean of those sessions; open while the score stays below the cutoff."""
+    if th.cutoff is None or th.rc is None or s.instrument.construct != "alliance":
+        return []
+    cutoff, rc, x = th.cutoff, th.rc, s.scores
+
+    def opens(i: int) -> bool:
+        prior = x[:i]
+        return (
+            len(prior) >= 2
+            and x[i] < cutoff - EPS
+            and min(prior) >= cutoff - EPS
+            and statistics.mean(prior) - x[i] >= rc - EPS
+        )
+
+    episodes: list[Episode] = []
+    for i in range(len(x)):
+        if not opens(i):
+            continue
+        level = statistics.mean(x[:i])
+        j = i
+        while j + 1 < len(x) and x[j + 1] < cutoff - EPS:
+            j += 1
+        episode = Episode("new_low", i, j, "", RULES["new_low"].severity, magnitude=level - min(x[i : j + 1]))
+        episode.reason = (
+            f"{s.instrument.code} {_fmt(x[i])} at {s.at(i)} is below the cutoff {cutoff:g} for the first time, "
+            f"{_fmt(level - x[i])} points below the client's own level {_fmt(level)}"
+        )
+        episode.evidence = {"cutoff": cutoff, "rc": rc, "level": level, "sessions": s.points(i - 1, j)}
+        if j + 1 < len(x):
+            episode.end, episode.outcome = j + 1, "repaired"
+            episode.reason += f"; {s.at(j + 1)} back at or above the cutoff"
+        episodes.append(episode)
+        break  # only the first low of a course is new for the client
+    return episodes
 
 
 def low_item(s: Series, th: Thresholds) -> list[Episode]:
@@ -318,32 +361,45 @@ def sudden_loss(s: Series, th: Thresholds) -> list[Episode]:
     return episodes
 
 
+OWN_SD_SESSIONS = 5  # prior sessions before a dyad's own SD is trusted next to the pooled one
+
+
 def rupture(s: Series, th: Thresholds) -> list[Episode]:
-    """Rule 6: a session more than k·SD below the dyad's own mean; repaired on a return to its baseline."""
+    """Rule 6: a session more than k·SD below the mean of the dyad's earlier sessions; repaired on a return
+    to within one SD of that mean.
+
+    SD is the pooled within-dyad SD until the dyad has OWN_SD_SESSIONS earlier sessions, then the larger of
+    its own and the pooled one, so a rupture can fire from the third session on.
+    """
     x = s.scores
-    if len(x) < 4 or s.instrument.construct != "alliance":
+    if s.instrument.construct != "alliance":
         return []
-    mean, own_sd = statistics.mean(x), statistics.stdev(x)
-    sd = max(own_sd, th.pooled_sd or 0.0)  # the stricter (larger) of the two SDs
-    if sd <= 0:
-        return []
-    floor = mean - th.rupture_k * sd
-    baseline = statistics.mean(x[:3])
-    repaired_at = baseline - sd
+    means: list[float] = []
+    sds: list[float] = []
+    for i in range(len(x)):
+        prior = x[:i]
+        pooled = th.pooled_sd or 0.0
+        own = statistics.stdev(prior) if len(prior) >= OWN_SD_SESSIONS else 0.0
+        means.append(statistics.mean(prior) if prior else 0.0)
+        sds.append(max(own, pooled) if len(prior) >= 2 else 0.0)
+
+    def opens(i: int) -> float | None:
+        if sds[i] <= 0:
+            return None
+        return means[i] - sds[i] if x[i] < means[i] - th.rupture_k * sds[i] - EPS else None
 
     def describe(e: Episode, _ref: float) -> str:
-        depth = (mean - x[e.start]) / sd
+        mean, sd = means[e.start], sds[e.start]
         return (
-            f"{s.instrument.code} {_fmt(x[e.start])} at {s.at(e.start)} is {depth:.1f} SD below the dyad's "
-            f"mean {_fmt(mean)}: rupture"
+            f"{s.instrument.code} {_fmt(x[e.start])} at {s.at(e.start)} is {(mean - x[e.start]) / sd:.1f} SD "
+            f"below the dyad's earlier mean {_fmt(mean)}: rupture"
         )
 
-    # open while more than float noise below repaired_at (_referenced subtracts EPS): a score at it is a return
-    episodes = _referenced(
-        "rupture", s, lambda i: repaired_at if x[i] < floor - EPS else None, 2 * EPS, lambda e, r: describe(e, r)
-    )
+    # open while more than float noise below mean − SD (_referenced subtracts EPS): a score at it is a return
+    episodes = _referenced("rupture", s, opens, 2 * EPS, describe)
     for episode in episodes:
-        episode.evidence.update({"mean": mean, "sd": sd, "k": th.rupture_k, "baseline": baseline})
+        mean, sd = means[episode.start], sds[episode.start]
+        episode.evidence.update({"mean": mean, "sd": sd, "k": th.rupture_k, "baseline": mean})
         unrepaired = len(x) - episode.start
         if episode.ongoing:
             episode.reason += f", unrepaired for {unrepaired} session{'s' if unrepaired > 1 else ''}"
@@ -422,6 +478,7 @@ def session_gap(s: Series, th: Thresholds) -> list[Episode]:
 
 SERIES_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (
     low_score,
+    new_low,
     drop,
     low_item,
     reliable_decrease,
@@ -439,17 +496,23 @@ OUTCOME_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (not_
 def series_episodes(s: Series, th: Thresholds) -> list[Episode]:
     """Every applicable rule's episodes on one series: alliance rules on alliance instruments, rule 8 on outcome."""
     rules = OUTCOME_RULES if s.instrument.construct == "outcome" else SERIES_RULES
-    return [
+    found = [
         episode
         for rule in rules
         if rule is not not_on_track or s.instrument.construct == "outcome"
         for episode in rule(s, th)
     ]
+    last = len(s.scores) - 1
+    for episode in found:
+        # one session of evidence at the latest session: shown, but queued only once the next session agrees
+        if episode.rule in PENDING_RULES and episode.ongoing and episode.start == episode.last == last:
+            episode.provisional = True
+    return found
 
 
 def escalation(alliance: Series, found: list[Episode], outcome_found: list[Episode]) -> Episode | None:
-    """Rule 8 escalation: an alliance rule and not-on-track both ongoing now (OQ-Analyst's alliance check)."""
-    alliance_now = [e for e in found if e.ongoing and e.rule in ALLIANCE_RULES and e.rule != "drop"]
+    """Rule 8 escalation: a confirmed alliance decline and not-on-track both ongoing (OQ-Analyst's alliance check)."""
+    alliance_now = [e for e in found if e.ongoing and e.rule in DECLINE_RULES and not e.provisional]
     outcome_now = [e for e in outcome_found if e.ongoing and e.rule == "not_on_track"]
     if not alliance_now or not outcome_now:
         return None
