@@ -30,6 +30,7 @@ from alliance.instruments import instrument
 from alliance.samples.realistic import REALISTIC_PATTERNS, realistic_course, therapist_offset
 from alliance.samples.trajectories import Scale, outcome_walk
 from transforms.calibration import Calibration, estimate
+from transforms.expected import ExpectedCurve, estimate_expected
 from transforms.flags import FINDING_SCHEMA, declines_at_last_session, score, stopped_appearing
 from transforms.queue import QueuePolicy, Standing, select_by_clinic, standing
 from transforms.trajectory import session_features
@@ -143,18 +144,21 @@ def ratings(courses: Iterable[Course], prefixes: bool) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-def calibrate(history: list[Course]) -> dict[str, Calibration]:
-    """What the network's warehouse would hold: calibrations estimated from full past courses."""
-    return {c.instrument: c for c in estimate(session_features(ratings(history, prefixes=False)))}
+def calibrate(history: list[Course]) -> tuple[dict[str, Calibration], dict[str, ExpectedCurve]]:
+    """What the network's warehouse would hold: calibrations and expected trajectories from full past courses."""
+    features = session_features(ratings(history, prefixes=False))
+    return {c.instrument: c for c in estimate(features)}, {c.instrument: c for c in estimate_expected(features)}
 
 
-def prefix_findings(courses: list[Course], calibrations: dict[str, Calibration]) -> dict[str, list[dict[str, Any]]]:
+def prefix_findings(
+    courses: list[Course], calibrations: dict[str, Calibration], curves: dict[str, ExpectedCurve]
+) -> dict[str, list[dict[str, Any]]]:
     """Ongoing findings of every course prefix (the dyad as scored after its k-th session), keyed 'id:k'."""
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     chunk = 400  # bounded memory: prefixes grow quadratically with course length
     for start in range(0, len(courses), chunk):
         frame = ratings(courses[start : start + chunk], prefixes=True)
-        scored = score(session_features(frame), {}, calibrations)
+        scored = score(session_features(frame), {}, calibrations, curves)
         for row in scored.findings.filter(pl.col("ongoing")).iter_rows(named=True):
             found[row["dyad_id"]].append(row)
     return found
@@ -176,6 +180,7 @@ class Evaluation:
     by_noise: dict[str, tuple[int, float]]
     planted_counts: dict[str, int]
     composition: dict[tuple[str, str], int]  # (planted pattern, headline rule) -> queued dyad-weeks
+    missed: dict[str, list[str]]  # planted dyads not queued within two sessions of their event
 
     def passes(self) -> bool:
         return (
@@ -197,13 +202,15 @@ def _cadence(dates: list[date]) -> float | None:
 
 
 def _window_end(c: Course) -> date:
-    """The last day a planted event may be found on: the date of the second session after it, or
-    two of the dyad's usual intervals after the event when the course ended first."""
+    """The last day a planted event may be found on: the date of the second session after it, or, when the
+    course ended first, one of the dyad's usual intervals after each session that did not come."""
     assert c.event is not None
-    if c.event + 2 < len(c.dates):
-        return c.dates[c.event + 2]
-    gaps = [(b - a).days for a, b in zip(c.dates, c.dates[1:], strict=False)] or [7]
-    return c.dates[c.event] + timedelta(days=2 * int(statistics.median(gaps)))
+    after = c.dates[c.event + 1 : c.event + 3]
+    if len(after) == 2:
+        return after[1]
+    gaps = [(b - a).days for a, b in itertools.pairwise(c.dates)] or [7]
+    last = after[-1] if after else c.dates[c.event]
+    return last + timedelta(days=(2 - len(after)) * int(statistics.median(gaps)))
 
 
 def evaluate(
@@ -217,8 +224,8 @@ def evaluate(
     policy = policy or QueuePolicy()
     config = config or RuleConfig()
     courses = network(dyads, seed, noise)
-    calibrations = calibrate(network(dyads, seed + 10_000, noise))
-    found = prefix_findings(courses, calibrations)
+    calibrations, curves = calibrate(network(dyads, seed + 10_000, noise))
+    found = prefix_findings(courses, calibrations, curves)
     declines = declines_at_last_session(pl.DataFrame([f for fs in found.values() for f in fs], schema=FINDING_SCHEMA))
     loads = [START + timedelta(days=7 * w) for w in range(1, WEEKS + 1)]
     clinic_dates: dict[str, list[date]] = defaultdict(list)
@@ -280,7 +287,12 @@ def evaluate(
     for c in stable:
         by_baseline[_band(c.level, BASELINE_BANDS)].append(c)
         by_noise[_band(c.within_sd, NOISE_BANDS)].append(c)
-    planted = {p: [c for c in courses if c.pattern == p and c.event is not None] for p in REALISTIC_PATTERNS[1:]}
+    # a planted event counts when its window closes inside the year the loads cover
+    last_load = loads[-1]
+    planted = {
+        p: [c for c in courses if c.pattern == p and c.event is not None and _window_end(c) <= last_load]
+        for p in REALISTIC_PATTERNS[1:]
+    }
     return Evaluation(
         dyads=len(courses),
         seed=seed,
@@ -296,6 +308,7 @@ def evaluate(
         by_noise={b: (len(by_noise[b]), share(by_noise[b], ever)) for _, _, b in NOISE_BANDS if b in by_noise},
         planted_counts={p: len(g) for p, g in planted.items()},
         composition=dict(composition.most_common()),
+        missed={p: [c.dyad_id for c in g if not detected.get(c.dyad_id)] for p, g in planted.items()},
     )
 
 

@@ -14,6 +14,7 @@ import polars as pl
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
 from transforms.calibration import Calibration
+from transforms.expected import ExpectedCurve
 from transforms.rules import (
     DECLINE_RULES,
     RULES,
@@ -113,8 +114,15 @@ def _session_marks(n: int, episodes: list[Episode]) -> tuple[list[list[str]], li
     return [sorted(set(m)) for m in marks], [risk_score(sorted(set(a))) for a in active]
 
 
-def score(features: pl.DataFrame, configs: dict[str, RuleConfig], calibrations: dict[str, Calibration]) -> Scored:
-    """Run every rule over every dyad's series in ``features`` (from ``session_features``)."""
+def score(
+    features: pl.DataFrame,
+    configs: dict[str, RuleConfig],
+    calibrations: dict[str, Calibration],
+    curves: dict[str, ExpectedCurve] | None = None,
+) -> Scored:
+    """Run every rule over every dyad's series in ``features`` (from ``session_features``), with each
+    instrument's reliable change and, when estimated, its expected trajectory."""
+    curves = curves or {}
     series_cols = ["session_date", "session_number", "score", "items", "slope"]
     grouped = features.group_by(["dyad_id", "instrument"], maintain_order=True).agg(
         pl.first("clinic_id"), pl.first("client_id"), pl.first("therapist_id"), *series_cols
@@ -129,7 +137,7 @@ def score(features: pl.DataFrame, configs: dict[str, RuleConfig], calibrations: 
         rc, sd = (cal.rc, cal.within_sd) if cal else (None, None)
         config = configs.get(row["clinic_id"], RuleConfig())
         s = Series(inst, row["session_date"], row["session_number"], row["score"], row["items"], row["slope"])
-        episodes = series_episodes(s, Thresholds.of(config, inst, rc, sd))
+        episodes = series_episodes(s, Thresholds.of(config, inst, rc, sd, curves.get(inst.code)))
         dyads[row["dyad_id"]] = row
         by_dyad.setdefault(row["dyad_id"], []).append((s, episodes, cal))
     for dyad_id, series_list in by_dyad.items():
