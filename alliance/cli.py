@@ -86,20 +86,30 @@ def sample(
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 7,
     dyads: Annotated[int, typer.Option(min=1, help="Client-therapist dyads per clinic.")] = 30,
     out: Annotated[Path | None, typer.Option(help="Write here instead of the home's inbox.")] = None,
+    profile: Annotated[
+        str, typer.Option(help="realistic: the noise of real SRS data; clean: long courses near the ceiling.")
+    ] = "realistic",
+    noise: Annotated[
+        float, typer.Option(min=0.1, help="Scale of session-to-session spread (realistic; 1.0 = 1-2 points).")
+    ] = 1.0,
     home: HomeOption = None,
 ) -> None:
     """Generate realistic exports (four vendor layouts) and add their clinics to clinics.toml.
 
-    Example: alliance sample --clinics 8 --weeks 26 --seed 3
+    Example: alliance sample --clinics 8 --weeks 26 --seed 3 --noise 1.5
     """
     from alliance.home import init_home
-    from alliance.samples import add_profiles, generate_sample
+    from alliance.samples import PROFILES, add_profiles, generate_sample
 
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"choose one of {', '.join(PROFILES)}", param_hint="--profile")
     settings = load_settings(home)
     init_home(settings)
     target = out or settings.inbox
     with console.status("generating sample exports…"):
-        generated = generate_sample(target, clinics=clinics, weeks=weeks, seed=seed, dyads_per_clinic=dyads)
+        generated = generate_sample(
+            target, clinics=clinics, weeks=weeks, seed=seed, dyads_per_clinic=dyads, profile=profile, noise=noise
+        )
     add_profiles(settings.clinics_file, generated.profiles)
     for file in generated.files:
         console.print(f"wrote {file.path} ({file.layout}, {file.rows_expected} ratings)")
@@ -557,6 +567,24 @@ def bench(
     from benchmarks.bench import format_report, run
 
     console.print(format_report(run(scenario, scale, workdir)), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def evaluate(
+    dyads: Annotated[int, typer.Option(min=50, help="Dyads in the generated network.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same figures.")] = 3,
+    noise: Annotated[float, typer.Option(min=0.1, help="Scale of session-to-session spread (1.0 = 1-2 points).")] = 1.0,
+) -> None:
+    """Measure detection on realistic generated data, loaded week by week through the scoring rules.
+
+    Example: alliance evaluate --dyads 2000 --seed 3
+    """
+    from benchmarks.detection import evaluate as run_evaluation
+    from benchmarks.detection import format_evaluation
+
+    with console.status("scoring a generated network week by week…"):
+        report = run_evaluation(dyads, seed, noise)
+    console.print(format_evaluation(report), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

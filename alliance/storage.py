@@ -169,6 +169,7 @@ CREATE TABLE IF NOT EXISTS dyads (
     ongoing_rules VARCHAR[],
     in_queue BOOLEAN NOT NULL
 );
+ALTER TABLE dyads ADD COLUMN IF NOT EXISTS course_open BOOLEAN DEFAULT true;
 CREATE TABLE IF NOT EXISTS calibrations (
     calibration_id VARCHAR NOT NULL,
     instrument VARCHAR NOT NULL,
@@ -453,43 +454,43 @@ class Writer:
             self.con.execute("INSERT INTO dyad_sessions BY NAME SELECT * FROM incoming_sessions")
 
     def last_sessions(self, clinic_ids: list[str] | None) -> pl.DataFrame:
-        """Per dyad: its latest rated session (alliance instruments first), and its clinic's latest session date."""
+        """Per dyad: its latest rated session (alliance instruments first), its clinic's latest session date and
+        its usual interval (median days between sessions; NULL with one session)."""
         where = (
             "TRUE" if clinic_ids is None else f"clinic_id IN (SELECT id FROM {self._scope('scope_last', clinic_ids)})"
         )
         return self.frame(
             f"""
-            WITH r AS (SELECT * FROM ratings WHERE {where})
+            WITH r AS (SELECT * FROM ratings WHERE {where}),
+            gaps AS (
+                SELECT dyad_id,
+                       session_date - lag(session_date) OVER (PARTITION BY dyad_id ORDER BY session_date) AS gap
+                FROM (SELECT DISTINCT dyad_id, session_date FROM r)
+            ),
+            cadence AS (SELECT dyad_id, median(gap)::DOUBLE AS cadence_days FROM gaps WHERE gap IS NOT NULL GROUP BY 1)
             SELECT clinic_id, therapist_id, dyad_id, client_id, instrument,
                    session_number AS last_session, session_date AS last_session_date,
-                   max(session_date) OVER (PARTITION BY clinic_id) AS clinic_latest
-            FROM r
+                   max(session_date) OVER (PARTITION BY clinic_id) AS clinic_latest, c.cadence_days
+            FROM r LEFT JOIN cadence c USING (dyad_id)
             QUALIFY row_number() OVER (PARTITION BY dyad_id ORDER BY session_date DESC, session_number DESC,
                                        instrument IN ('ORS') ASC, instrument) = 1
             """
         )
 
     def refresh_dyads(
-        self, clinic_ids: list[str] | None, risk: pl.DataFrame, queue_min_risk: float, inactive_days: dict[str, int]
+        self, clinic_ids: list[str] | None, standing: pl.DataFrame, queue_min_risk: float, queue_setting: str
     ) -> None:
-        """Rebuild the dyads summary (sessions, dates, risk, queue membership) for these clinics.
+        """Rebuild the dyads summary (sessions, dates, risk, queue membership, open course) for these clinics.
 
-        A dyad is in the queue when its risk reaches ``queue_min_risk`` and it is not closed (silent for
-        its clinic's ``inactive_days`` while the clinic went on).
+        ``standing`` holds one row per dyad (dyad_id, risk_score, rules, in_queue, course_open), as
+        ``transforms.queue.queue_frame`` decides it; the threshold and the setting's wording are kept for readers.
         """
         where = (
             "TRUE"
             if clinic_ids is None
             else f"clinic_id IN (SELECT id FROM {self._scope('scope_dyads_cl', clinic_ids)})"
         )
-        self.con.register("incoming_risk", risk.to_arrow())
-        self.con.register(
-            "incoming_inactive",
-            pl.DataFrame(
-                {"clinic_id": list(inactive_days), "inactive_days": list(inactive_days.values())},
-                schema={"clinic_id": pl.String, "inactive_days": pl.Int32},
-            ).to_arrow(),
-        )
+        self.con.register("incoming_standing", standing.to_arrow())
         self.con.execute(f"DELETE FROM dyads WHERE {where}")
         self.con.execute(
             f"""
@@ -500,26 +501,21 @@ class Writer:
                    min(r.session_date) AS first_session_date, max(r.session_date) AS last_session_date,
                    coalesce(any_value(k.risk_score), 0) AS risk_score,
                    coalesce(any_value(k.rules), []::VARCHAR[]) AS ongoing_rules,
-                   coalesce(any_value(k.risk_score), 0) >= ?
-                   AND max(r.session_date)
-                       > any_value(l.clinic_latest) - to_days(any_value(coalesce(i.inactive_days, 120)))
-                   AS in_queue
+                   coalesce(any_value(k.in_queue), false) AS in_queue,
+                   coalesce(any_value(k.course_open), true) AS course_open
             FROM ratings r
-            LEFT JOIN incoming_risk k USING (dyad_id)
-            LEFT JOIN incoming_inactive i ON i.clinic_id = r.clinic_id
-            LEFT JOIN (SELECT clinic_id, max(session_date) AS clinic_latest FROM ratings GROUP BY 1) l
-              ON l.clinic_id = r.clinic_id
+            LEFT JOIN incoming_standing k USING (dyad_id)
             WHERE {where.replace("clinic_id", "r.clinic_id")}
             GROUP BY r.dyad_id
-            """,
-            [queue_min_risk],
+            """
         )
         self.con.execute(
             f"""UPDATE flags SET risk_score = d.risk_score FROM dyads d
             WHERE flags.dyad_id = d.dyad_id AND {where.replace("clinic_id", "d.clinic_id")}"""
         )
-        self.con.execute("DELETE FROM meta WHERE key = 'queue_min_risk'")
+        self.con.execute("DELETE FROM meta WHERE key IN ('queue_min_risk', 'queue_setting')")
         self.con.execute("INSERT INTO meta VALUES ('queue_min_risk', ?)", [str(queue_min_risk)])
+        self.con.execute("INSERT INTO meta VALUES ('queue_setting', ?)", [queue_setting])
 
     def record_scoring_run(self, run: dict[str, Any]) -> None:
         columns = ", ".join(run)

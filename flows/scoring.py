@@ -12,7 +12,8 @@ from alliance.clinics import Clinic, RuleConfig
 from alliance.settings import Settings
 from alliance.storage import Writer
 from transforms.calibration import Calibration, estimate
-from transforms.flags import dyad_risk, reconcile, score, stopped_appearing
+from transforms.flags import declines_at_last_session, reconcile, score, stopped_appearing
+from transforms.queue import QueuePolicy, queue_frame
 from transforms.trajectory import session_features
 
 SESSION_TABLE_COLUMNS = (
@@ -34,7 +35,7 @@ class ScoringResult:
     reopened: int
     auto_resolved: int
     queue_dyads: int
-    active_dyads: int
+    active_dyads: int  # dyads whose course is open (see transforms.queue.course_ended)
     changed_flags: pl.DataFrame  # flag_id, change
 
 
@@ -114,16 +115,19 @@ def score_dyads(
     writer.replace_flags(first.flags)
     writer.replace_dyad_sessions(dyad_ids, scored.sessions.select(SESSION_TABLE_COLUMNS))
     # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
-    silent = stopped_appearing(writer.last_sessions(scope_clinics), configs)
+    last_sessions = writer.last_sessions(scope_clinics)
+    declines = declines_at_last_session(writer.flags_of(clinic_ids=scope_clinics, except_rule="stopped_appearing"))
+    silent = stopped_appearing(last_sessions, configs, declines)
     second = reconcile(silent, writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing"), started)
     writer.replace_flags(second.flags)
-    risk = dyad_risk(writer.flags_of(clinic_ids=scope_clinics))
-    inactive = {cid: cfg.inactive_days for cid, cfg in configs.items()}
-    writer.refresh_dyads(scope_clinics, risk, settings.queue_min_risk, inactive)
+    policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
+    standing = queue_frame(writer.flags_of(clinic_ids=scope_clinics), last_sessions, configs, policy)
+    writer.refresh_dyads(scope_clinics, standing, policy.min_risk, policy.describe())
     changes = pl.concat([first.changes, second.changes])
     counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
     queue = writer.frame(
-        "SELECT count(*) FILTER (WHERE in_queue) AS q, count(*) FILTER (WHERE sessions > 0) AS a FROM dyads"
+        "SELECT count(*) FILTER (WHERE in_queue) AS q, count(*) FILTER (WHERE sessions > 0 AND course_open) AS a "
+        "FROM dyads"
     ).row(0)
     result = ScoringResult(
         run_id=uuid.uuid4().hex[:16],

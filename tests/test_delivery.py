@@ -46,7 +46,7 @@ def network(tmp_path: Path, smtp: Mailbox, hook: Hook) -> tuple[Settings, Sample
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(settings.inbox, clinics=4, weeks=20, seed=4, dyads_per_clinic=25)
+    sample = generate_sample(settings.inbox, clinics=4, weeks=20, seed=4, dyads_per_clinic=25, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     configure(settings, smtp, hook, f"json://127.0.0.1:{hook.port}/lakeview")
     return settings, sample

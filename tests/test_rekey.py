@@ -29,7 +29,7 @@ def test_rekey_rederives_every_id_and_keeps_everything(tmp_path: Path) -> None:
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(tmp_path / "outbox", clinics=2, weeks=12, seed=4, dyads_per_clinic=15)
+    sample = generate_sample(tmp_path / "outbox", clinics=2, weeks=12, seed=4, dyads_per_clinic=15, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     first, *later = sample.files
     ingest_file(first.path, settings, clinic_id=first.clinic_id)
