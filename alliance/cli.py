@@ -233,7 +233,17 @@ def _neutralise(value: str) -> str:
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-def _write_flags(frame: Any, fmt: str) -> None:
+def _cell(value: Any) -> Any:
+    """A CSV cell: lists joined with '; ', text neutralised so a spreadsheet never runs it as a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        value = "; ".join(map(str, value))
+    return _neutralise(value) if isinstance(value, str) else value
+
+
+def _write_frame(frame: Any, fmt: str) -> None:
+    """A listing as JSON (a list of objects; dates as ISO text, evidence as JSON) or spreadsheet-safe CSV."""
     import csv
     import json
 
@@ -242,20 +252,26 @@ def _write_flags(frame: Any, fmt: str) -> None:
             [frame[c].cast(str) for c in frame.columns if frame[c].dtype.is_temporal()]
         ).to_dicts()
         for record in records:
-            record["evidence"] = json.loads(record["evidence"]) if record.get("evidence") else None
+            if "evidence" in record:
+                record["evidence"] = json.loads(record["evidence"]) if record["evidence"] else None
         sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
-    elif fmt == "csv":
+    else:
         writer = csv.writer(sys.stdout)
         writer.writerow(frame.columns)
         for row in frame.iter_rows():
-            writer.writerow(["" if v is None else _neutralise(str(v)) if isinstance(v, str) else v for v in row])
-    else:
-        table = Table(title=f"{frame.height} flag(s)")
-        for column in FLAG_COLUMNS:
-            table.add_column(column, overflow="fold")
-        for row in frame.select(FLAG_COLUMNS).iter_rows():
-            table.add_row(*("" if v is None else str(v) for v in row))
-        console.print(table)
+            writer.writerow([_cell(v) for v in row])
+
+
+def _write_flags(frame: Any, fmt: str) -> None:
+    if fmt != "table":
+        _write_frame(frame, fmt)
+        return
+    table = Table(title=f"{frame.height} flag(s)")
+    for column in FLAG_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in frame.select(FLAG_COLUMNS).iter_rows():
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
 
 
 @app.command()
@@ -263,8 +279,9 @@ def _write_flags(frame: Any, fmt: str) -> None:
 def flags(
     clinic: Annotated[str | None, typer.Option(help="Only this clinic's flags.")] = None,
     status: Annotated[
-        str, typer.Option(help="open, acknowledged, resolved, auto_resolved, queue (the review queue) or all.")
-    ] = "open",
+        str,
+        typer.Option(help="queue (the flags behind open cases), open, acknowledged, resolved, auto_resolved or all."),
+    ] = "queue",
     format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     home: HomeOption = None,
 ) -> None:
@@ -279,23 +296,65 @@ def flags(
     _write_flags(list_flags(_settings(home, clinic), clinic, status), format)
 
 
+CASE_COLUMNS = (
+    "case_id", "clinic_id", "therapist_id", "dyad_id", "status", "severity", "risk_score", "change", "headline_reason",
+)  # fmt: skip
+
+
+@app.command()
+@domain_errors
+def queue(
+    clinic: Annotated[str | None, typer.Option(help="Only this clinic's cases.")] = None,
+    status: Annotated[
+        str, typer.Option(help="queue (open and acknowledged), open, acknowledged, resolved, closed or all.")
+    ] = "queue",
+    format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    home: HomeOption = None,
+) -> None:
+    """List cases — one per dyad at risk — ranked by risk, with the headline a supervisor reads and its rules.
+
+    Example: alliance queue --clinic northside --format json
+    """
+    from flows.reviews import list_cases
+
+    if format not in ("table", "json", "csv"):
+        raise typer.BadParameter("use table, json or csv", param_hint="--format")
+    cases = list_cases(_settings(home, clinic), clinic, status)
+    if format != "table":
+        _write_frame(cases, format)
+        return
+    table = Table(title=f"{cases.height} case(s)")
+    for column in (*CASE_COLUMNS, "rules"):
+        table.add_column(column, overflow="fold")
+    for row in cases.iter_rows(named=True):
+        cells = ["" if row[c] is None else f"{row[c]:.0f}" if c == "risk_score" else str(row[c]) for c in CASE_COLUMNS]
+        table.add_row(*cells, ", ".join(r for r in row["rules"] if r != row["headline_rule"]))
+    console.print(table)
+
+
 @app.command()
 @domain_errors
 def review(
-    flag_id: Annotated[str, typer.Argument(help="The flag's id (see `alliance flags`).")],
+    review_id: Annotated[str, typer.Argument(help="A case id (see `alliance queue`) or a flag id (`alliance flags`).")],
     status: Annotated[str, typer.Option(help="acknowledged, resolved, or open to reopen.")],
     by: Annotated[str, typer.Option("--by", help="Who reviewed it.")],
     note: Annotated[str | None, typer.Option(help="What was decided or done.")] = None,
     home: HomeOption = None,
 ) -> None:
-    """Acknowledge or resolve a flag; recorded with who, when and why in the reviews table.
+    """Acknowledge or resolve a case (and with it the flags behind it) or a single flag; recorded with who, when
+    and why in case_reviews and the append-only reviews table.
 
-    Example: alliance review 3f9a2c1b7d0e4a55 --status acknowledged --by "Dr Lee" --note "raised in supervision"
+    Example: alliance review f22876bed10f471e --status acknowledged --by "Dr Lee" --note "raised in supervision"
     """
-    from flows.reviews import review_flag
+    from flows.reviews import is_case, review_case, review_flag
 
-    previous = review_flag(_settings(home), flag_id, status, by, note)
-    console.print(f"flag {flag_id}: {previous} -> {status} (by {by})", markup=False)
+    settings = _settings(home)
+    if is_case(settings, review_id):
+        previous = review_case(settings, review_id, status, by, note)
+        console.print(f"case {review_id}: {previous} -> {status} (by {by})", markup=False)
+    else:
+        previous = review_flag(settings, review_id, status, by, note)
+        console.print(f"flag {review_id}: {previous} -> {status} (by {by})", markup=False)
 
 
 @app.command()
@@ -327,24 +386,21 @@ def _print_scoring(result: Any) -> None:
 
 
 def _print_queue(settings: Settings, limit: int = 10) -> None:
-    import polars as pl
+    from flows.reviews import list_cases
 
-    from flows.reviews import list_flags
-
-    queue = list_flags(settings, status="queue")
-    if queue.is_empty():
+    cases = list_cases(settings)
+    if cases.is_empty():
         console.print("review queue is empty")
         return
-    # one line per dyad: its most severe flag (the list is ranked), and how many more it has
-    per_dyad = queue.group_by("dyad_id", maintain_order=True).agg(pl.all().first(), pl.len().alias("flags"))
-    table = Table(title=f"Review queue: top {min(limit, per_dyad.height)} of {per_dyad.height} dyads")
-    for column in ("flag_id", "clinic", "therapist", "dyad", "risk", "severity", "reason"):
+    table = Table(title=f"Review queue: top {min(limit, cases.height)} of {cases.height} cases")
+    for column in ("case_id", "clinic", "therapist", "dyad", "risk", "severity", "reason"):
         table.add_column(column, overflow="fold")
-    for row in per_dyad.head(limit).iter_rows(named=True):
-        more = f" (+{row['flags'] - 1} more)" if row["flags"] > 1 else ""
+    for row in cases.head(limit).iter_rows(named=True):
+        more = len(row["rules"]) - 1
+        reason = (row["headline_reason"] or "") + (f" (+{more} more rule{'s' * (more > 1)})" if more > 0 else "")
         table.add_row(
-            row["flag_id"], row["clinic_id"], row["therapist_id"], row["dyad_id"], f"{row['risk_score']:.0f}",
-            row["severity"], row["reason"] + more,
+            row["case_id"], row["clinic_id"], row["therapist_id"], row["dyad_id"], f"{row['risk_score']:.0f}",
+            row["severity"], reason,
         )  # fmt: skip
     console.print(table)
 

@@ -170,6 +170,40 @@ CREATE TABLE IF NOT EXISTS dyads (
     in_queue BOOLEAN NOT NULL
 );
 ALTER TABLE dyads ADD COLUMN IF NOT EXISTS course_open BOOLEAN DEFAULT true;
+CREATE TABLE IF NOT EXISTS cases (
+    case_id VARCHAR NOT NULL,
+    dyad_id VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    therapist_id VARCHAR NOT NULL,
+    client_id VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    severity VARCHAR NOT NULL,
+    risk_score DOUBLE NOT NULL,
+    headline_rule VARCHAR,
+    headline_reason VARCHAR,
+    rules VARCHAR[],
+    flag_ids VARCHAR[],
+    opened_session_date DATE,
+    last_session_date DATE,
+    change VARCHAR NOT NULL,
+    change_session_date DATE,
+    previous_case_id VARCHAR,
+    close_reason VARCHAR,
+    opened_at TIMESTAMPTZ NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    closed_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS case_reviews (
+    case_id VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    reviewed_by VARCHAR NOT NULL,
+    reviewed_at TIMESTAMPTZ NOT NULL,
+    from_status VARCHAR NOT NULL,
+    to_status VARCHAR NOT NULL,
+    flag_ids VARCHAR[],
+    note VARCHAR
+);
 CREATE TABLE IF NOT EXISTS calibrations (
     calibration_id VARCHAR NOT NULL,
     instrument VARCHAR NOT NULL,
@@ -226,7 +260,7 @@ SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli
 # (free text a supervisor typed) and carry pseudonyms only.
 SNAPSHOT_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "dyad_sessions", "flags", "dyads", "reviews",
-    "calibrations", "alerts", "meta",
+    "cases", "case_reviews", "calibrations", "alerts", "meta",
 )  # fmt: skip
 
 LEDGER_COUNTS = ("rows_total", "rows_new", "rows_updated", "rows_unchanged", "rows_quarantined")
@@ -517,6 +551,57 @@ class Writer:
         self.con.execute("INSERT INTO meta VALUES ('queue_min_risk', ?)", [str(queue_min_risk)])
         self.con.execute("INSERT INTO meta VALUES ('queue_setting', ?)", [queue_setting])
 
+    def dyads_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
+        """The dyads summary of these clinics (all when None)."""
+        if clinic_ids is None:
+            return self.frame("SELECT * FROM dyads")
+        return self.frame(
+            f"SELECT * FROM dyads WHERE clinic_id IN (SELECT id FROM {self._scope('scope_dy', clinic_ids)})"
+        )
+
+    def cases_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
+        """Every case (any status) of these clinics (all when None)."""
+        if clinic_ids is None:
+            return self.frame("SELECT * FROM cases")
+        return self.frame(
+            f"SELECT * FROM cases WHERE clinic_id IN (SELECT id FROM {self._scope('scope_cs', clinic_ids)})"
+        )
+
+    def replace_cases(self, cases: pl.DataFrame) -> None:
+        """Write the new state of these cases (by case_id)."""
+        if cases.is_empty():
+            return
+        self.con.register("incoming_cases", cases.to_arrow())
+        self.con.execute("DELETE FROM cases WHERE case_id IN (SELECT case_id FROM incoming_cases)")
+        self.con.execute("INSERT INTO cases BY NAME SELECT * FROM incoming_cases")
+
+    def review_case(self, case_id: str, to_status: str, reviewed_by: str, note: str | None, now: datetime) -> str:
+        """Set a case's review status and apply it to the flags behind it (each reviewed, append-only, as if one
+        by one); the case review records which flags it covered. Returns the case's previous status."""
+        found = self.con.execute(
+            "SELECT status, clinic_id, flag_ids FROM cases WHERE case_id = ?", [case_id]
+        ).fetchall()
+        if not found:
+            raise StorageError(f"no case {case_id!r}; list cases with `alliance queue`")
+        from_status, clinic_id, flag_ids = found[0]
+        if from_status == "closed":
+            raise StorageError(f"case {case_id} is closed (its dyad left the queue); a new case opens if it returns")
+        if from_status == to_status:
+            raise StorageError(f"case {case_id} is already {to_status}")
+        covered = []
+        for flag_id in flag_ids or []:
+            current = self.con.execute("SELECT status FROM flags WHERE flag_id = ?", [flag_id]).fetchall()
+            if current and current[0][0] in REVIEW_STATUSES and current[0][0] != to_status:
+                self.review(flag_id, to_status, reviewed_by, note, now)
+                covered.append(flag_id)
+        self.con.execute(
+            "INSERT INTO case_reviews VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [case_id, clinic_id, reviewed_by, now, from_status, to_status, covered, note],
+        )
+        self.audit(reviewed_by, "review_case", case_id, f"{from_status} -> {to_status} ({len(covered)} flag(s))", now)
+        self.con.execute("UPDATE cases SET status = ?, updated_at = ? WHERE case_id = ?", [to_status, now, case_id])
+        return str(from_status)
+
     def record_scoring_run(self, run: dict[str, Any]) -> None:
         columns = ", ".join(run)
         self.con.execute(
@@ -675,7 +760,8 @@ class Writer:
         try:
             for table in SNAPSHOT_TABLES:
                 columns = [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
-                select = "* EXCLUDE (note), NULL::VARCHAR AS note" if table == "reviews" and clinic_id is None else "*"
+                noted = table in ("reviews", "case_reviews") and clinic_id is None
+                select = "* EXCLUDE (note), NULL::VARCHAR AS note" if noted else "*"
                 where = "TRUE"
                 if clinic_id is not None and "clinic_id" in columns:
                     where = "clinic_id = $clinic"
@@ -883,11 +969,12 @@ def _disk_full(exc: BaseException) -> bool:
 VOLATILE_COLUMNS = {
     "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
     "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
-    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key",
+    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key", "opened_at", "changed_at",
+    "closed_at",
 }  # fmt: skip
 CHECKSUM_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
-    "reviews", "calibrations", "alerts",
+    "reviews", "cases", "case_reviews", "calibrations", "alerts",
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from alliance.clinics import Clinic, RuleConfig
 from alliance.settings import Settings
 from alliance.storage import Writer
 from transforms.calibration import Calibration, estimate
+from transforms.cases import update_cases
 from transforms.flags import declines_at_last_session, reconcile, score, stopped_appearing
 from transforms.queue import QueuePolicy, queue_frame
 from transforms.trajectory import session_features
@@ -37,6 +38,9 @@ class ScoringResult:
     queue_dyads: int
     active_dyads: int  # dyads whose course is open (see transforms.queue.course_ended)
     changed_flags: pl.DataFrame  # flag_id, change
+    cases_opened: int = 0  # new cases, and cases of dyads back in the queue
+    cases_worse: int = 0
+    cases_closed: int = 0
 
 
 def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
@@ -123,6 +127,14 @@ def score_dyads(
     policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
     standing = queue_frame(writer.flags_of(clinic_ids=scope_clinics), last_sessions, configs, policy)
     writer.refresh_dyads(scope_clinics, standing, policy.min_risk, policy.describe())
+    cases = update_cases(
+        writer.cases_of(scope_clinics),
+        writer.dyads_of(scope_clinics),
+        writer.flags_of(clinic_ids=scope_clinics),
+        started,
+    )
+    writer.replace_cases(cases.cases)
+    case_changes = {name: cases.changes.filter(pl.col("change") == name).height for name in ("new", "back", "worse")}
     changes = pl.concat([first.changes, second.changes])
     counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
     queue = writer.frame(
@@ -140,6 +152,9 @@ def score_dyads(
         queue_dyads=queue[0] or 0,
         active_dyads=queue[1] or 0,
         changed_flags=changes,
+        cases_opened=case_changes["new"] + case_changes["back"],
+        cases_worse=case_changes["worse"],
+        cases_closed=cases.changes.filter(pl.col("change") == "closed").height,
     )
     writer.record_scoring_run(
         {
