@@ -223,7 +223,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     status VARCHAR NOT NULL,
     attempted_at TIMESTAMPTZ NOT NULL,
     error VARCHAR,
-    channel VARCHAR
+    channel VARCHAR,
+    case_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS audit (
     happened_at TIMESTAMPTZ NOT NULL,
@@ -645,6 +646,15 @@ class Writer:
         ).fetchall()
         return {(row[0], row[1]) for row in rows}
 
+    def case_alert_dates(self, case_ids: list[str]) -> dict[tuple[str, str], str]:
+        """(recipient, case_id) → the day (ISO) an alert about the case last reached that recipient."""
+        scope = self._scope("scope_alert_cases", case_ids)
+        rows = self.con.execute(
+            f"""SELECT recipient, case_id, max(attempted_at)::DATE::VARCHAR FROM alerts
+            WHERE status = 'sent' AND case_id IN (SELECT id FROM {scope}) GROUP BY ALL"""
+        ).fetchall()
+        return {(recipient, case_id): day for recipient, case_id, day in rows}
+
     def record_alerts(self, rows: pl.DataFrame) -> None:
         """Append delivery outcomes (sent or failed); a failed key is tried again on the next run."""
         if rows.height:
@@ -682,13 +692,21 @@ class Writer:
         con.register("client_map", clients.to_arrow())
         con.register("dyad_map", dyads.to_arrow())
         con.register("flag_map", flags.to_arrow())
-        for table in ("ratings", "rating_history", "client_refs", "dyad_sessions", "flags", "dyads"):
+        for table in ("ratings", "rating_history", "client_refs", "dyad_sessions", "flags", "dyads", "cases"):
             con.execute(
                 f"""UPDATE {table} t SET client_id = m.new FROM client_map m
                 WHERE t.clinic_id = m.clinic_id AND t.client_id = m.old"""
             )
-        for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads"):
+        for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads", "cases"):
             con.execute(f"UPDATE {table} t SET dyad_id = m.new FROM dyad_map m WHERE t.dyad_id = m.old")
+        # a case keeps its id; the flags behind it are named anew
+        con.execute(
+            """UPDATE cases c SET flag_ids = m.ids FROM (
+                SELECT u.case_id, list_sort(list(coalesce(f.new, u.flag_id))) AS ids
+                FROM (SELECT case_id, unnest(flag_ids) AS flag_id FROM cases) u
+                LEFT JOIN flag_map f ON f.old = u.flag_id GROUP BY u.case_id
+            ) m WHERE c.case_id = m.case_id"""
+        )
         for table in ("flags", "reviews"):
             con.execute(f"UPDATE {table} t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
         con.execute(
@@ -1010,6 +1028,7 @@ def _add_views(path: Path) -> None:
 # Columns added after a table first shipped; a warehouse made by an earlier version gains them here.
 MIGRATIONS = """
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS channel VARCHAR;
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS case_id VARCHAR;
 """
 
 

@@ -69,10 +69,16 @@ def test_each_flag_change_is_alerted_once(network: tuple[Settings, SampleSet], s
     first = deliver_alerts(settings, clinics, backoff_s=0.01)
     assert first.failed == 0 and first.sent == 2  # one batch per supervisor: Dr Lee by mail, Duty by webhook
     assert len(smtp.messages) == 1 and [r["path"] for r in hook.requests] == ["/lakeview"]
-    assert "flags need review" in str(smtp.messages[0]["Subject"])
+    assert re.search(r"\d+ cases? needs? review", str(smtp.messages[0]["Subject"]))
     body = smtp.text(0)
-    assert re.search(r"\[(medium|high|critical)\] therapist north-t\d+ · dyad d[0-9a-f]{11} · ", body)
-    assert "alliance flags --clinic northside --status queue" in body
+    assert re.search(r"\[(medium|high|critical)\] therapist north-t\d+ · dyad d[0-9a-f]{11} · new on 20\d\d-", body)
+    assert "alliance queue --clinic northside" in body
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        (told,) = con.execute(
+            """SELECT count(*) FROM cases WHERE clinic_id = 'northside' AND status = 'open'
+            AND severity IN ('medium', 'high', 'critical')"""
+        ).fetchone() or (0,)
+    assert told >= 1 and len(body.strip().splitlines()) == told  # one line per case, not per flag
     again = deliver_alerts(settings, clinics, backoff_s=0.01)
     assert (again.sent, again.failed) == (0, 0)
     assert len(smtp.messages) == 1 and len(hook.requests) == 1
