@@ -1,7 +1,7 @@
-"""Alerts: rupture messages to supervisors and trend messages to clinic leads, allow-listed and sent via apprise.
+"""Alerts: case messages to supervisors and trend messages to clinic leads, allow-listed and sent via apprise.
 
-An alert carries clinic, therapist, dyad code, rule, a one-line reason and a link or command: never a client
-reference, a name, a note or any other column of the frames it is built from.
+A case alert carries clinic, therapist, dyad code, what changed, the case's one-line headline and a link or
+command: never a client reference, a name, a note or any other column of the frames it is built from.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +29,7 @@ log = logging.getLogger("alliance.alerts")
 
 SecretLookup = Callable[[str], str | None]
 Link = Callable[[dict[str, Any]], str]
+Earlier = Mapping[tuple[str, str], str]  # (recipient, case_id) -> date of the last alert about that case
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")  # the form clinics.SECRET_PLACEHOLDER accepts
 _URL_HEAD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)")
@@ -42,10 +43,14 @@ MIN_SECRET_LEN = 3  # shorter values would scrub ordinary words out of error tex
 MIN_URL_TOKEN_LEN = 8  # literal URL parts this long may be tokens (webhook ids, keys)
 MAX_REASON = 240
 
-# The only flag columns an alert may use; everything else in the frame is dropped on entry.
-FLAG_FIELDS = ("flag_id", "clinic_id", "therapist_id", "dyad_id", "instrument", "rule", "severity", "reason")
-REQUIRED_FLAG_FIELDS = ("clinic_id", "therapist_id", "dyad_id", "rule", "severity", "reason", "alert_key")
-LINK_FIELDS = ("flag_id", "clinic_id", "therapist_id", "dyad_id", "instrument", "rule", "severity")
+# The only case columns an alert may use; everything else in the frame is dropped on entry.
+CASE_FIELDS = (
+    "case_id", "clinic_id", "therapist_id", "dyad_id", "severity", "headline_rule", "headline_reason", "change",
+    "change_session_date", "back_after",
+)  # fmt: skip
+REQUIRED_CASE_FIELDS = ("case_id", "clinic_id", "therapist_id", "dyad_id", "severity", "headline_reason", "change",
+                        "alert_key")  # fmt: skip
+LINK_FIELDS = ("case_id", "clinic_id", "therapist_id", "dyad_id", "severity")
 TREND_KEY_FIELDS = ("level", "clinic_id", "therapist_id", "instrument", "metric", "week")
 TREND_FIELDS = (*TREND_KEY_FIELDS, "value", "ewma", "lower", "upper", "direction")
 
@@ -109,18 +114,40 @@ def _lookup(name: str, secret: SecretLookup | None) -> str:
     return value
 
 
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+def _host_span(template: str) -> tuple[int, int]:
+    """Where the host (after any user:password@) stands in the template, as string offsets."""
+    head = _URL_HEAD.match(template)
+    if head is None:
+        return (0, 0)
+    start, end = head.span(2)
+    at = template.rfind("@", start, end)
+    return (at + 1 if at >= 0 else start, end)
+
+
 def _resolve(template: str, secret: SecretLookup | None) -> tuple[str, list[str]]:
     """The usable URL and the secret values put into it."""
     if "${" in PLACEHOLDER.sub("", template):
         raise ConfigError("alert URL has a malformed placeholder; write secrets as ${UPPER_CASE_NAME}")
     values: list[str] = []
     whole = PLACEHOLDER.fullmatch(template) is not None
+    host_start, host_end = _host_span(template)
 
     def substitute(match: re.Match[str]) -> str:
-        value = _lookup(match.group(1), secret)
+        name = match.group(1)
+        value = _lookup(name, secret)
         values.append(value)
-        # inside a URL, '@', '/' or ':' in a password must not change the URL's structure; apprise unquotes
-        return value if whole else quote(value, safe="")
+        if whole:
+            return value
+        if host_start <= match.start() and match.end() <= host_end:
+            # a host or host:port keeps its colon; anything else there would change the URL's structure
+            if not _HOST_PORT.match(value):
+                raise ConfigError(f"alert URL: ${{{name}}} stands for the host, so it must be a host or host:port")
+            return value
+        # in credentials, path or query, '@', '/' or ':' must not change the URL's structure; apprise unquotes
+        return quote(value, safe="")
 
     return PLACEHOLDER.sub(substitute, template), values
 
@@ -128,8 +155,9 @@ def _resolve(template: str, secret: SecretLookup | None) -> tuple[str, list[str]
 def resolve_url(template: str, secret: SecretLookup | None = None) -> str:
     """Replace each ``${NAME}`` with the environment variable NAME, else ``secret(NAME)``; missing → ConfigError.
 
-    A placeholder that is the whole template (a secret webhook URL) is inserted as is; any other is
-    percent-encoded so that its characters cannot change the URL's structure.
+    A placeholder that is the whole template (a secret webhook URL) is inserted as is, one in the host's place
+    must be a host or ``host:port`` and is inserted as is; any other is percent-encoded so that its characters
+    cannot change the URL's structure.
 
     Example: ``resolve_url("mailto://alerts:${SMTP_PW}@mail.example.org")`` with SMTP_PW=s3cret
     → ``"mailto://alerts:s3cret@mail.example.org"``.
@@ -226,46 +254,59 @@ def _rank(severity: str) -> int:
 
 
 def queue_command(clinic_id: str) -> Link:
-    """The default link: the CLI command that lists the clinic's review queue.
+    """The default link: the CLI command that lists the clinic's open cases.
 
-    Example: ``queue_command("northside")({}) == "alliance flags --clinic northside --status queue"``.
+    Example: ``queue_command("northside")({}) == "alliance queue --clinic northside"``.
     """
-    return lambda _row: f"alliance flags --clinic {clinic_id} --status queue"
+    return lambda _row: f"alliance queue --clinic {clinic_id}"
 
 
-def _qualifying(flags: pl.DataFrame, clinic: Clinic) -> list[dict[str, Any]]:
-    """The clinic's flags at or above its minimum severity, reduced to the allow-listed fields, worst first."""
-    missing = [c for c in REQUIRED_FLAG_FIELDS if c not in flags.columns]
+def _qualifying(cases: pl.DataFrame, clinic: Clinic) -> list[dict[str, Any]]:
+    """The clinic's cases at or above its minimum severity, reduced to the allow-listed fields, worst first."""
+    missing = [c for c in REQUIRED_CASE_FIELDS if c not in cases.columns]
     if missing:
-        raise AllianceError(f"rupture alerts need flag column(s) {', '.join(missing)}")
-    kept = flags.select([c for c in (*FLAG_FIELDS, "alert_key") if c in flags.columns])
+        raise AllianceError(f"case alerts need column(s) {', '.join(missing)}")
+    kept = cases.select([c for c in (*CASE_FIELDS, "alert_key") if c in cases.columns])
     kept = kept.filter(pl.col("clinic_id") == clinic.id).unique("alert_key", keep="first", maintain_order=True)
     floor = _rank(clinic.alerts.min_severity)
     rows = [r for r in kept.iter_rows(named=True) if _rank(r["severity"]) >= floor]
-    return sorted(rows, key=lambda r: (-_rank(r["severity"]), r["therapist_id"], r["dyad_id"], r["rule"]))
+    return sorted(rows, key=lambda r: (-_rank(r["severity"]), r["therapist_id"], r["dyad_id"]))
 
 
-def _flag_line(row: dict[str, Any], link: Link) -> str:
+def _what(row: dict[str, Any]) -> str:
+    """What happened to the case, in the words of the alert: new, worse since a date, back after repair."""
+    when = row.get("change_session_date")
+    on = f" on {when}" if when else ""
+    if row["change"] == "worse":
+        return f"worse since {when}" if when else "worse"
+    if row["change"] == "back":
+        return ("back after repair" if row.get("back_after") == "left_queue" else "back") + on
+    return "new" + on
+
+
+def _case_line(row: dict[str, Any], link: Link, earlier: str | None) -> str:
     target = _one_line(link({k: row[k] for k in LINK_FIELDS if k in row}))
+    updates = f" (updates the alert of {earlier})" if earlier else ""
     # ids come from clinic files: no control characters or chat mentions reach a channel
-    return plain_text(
-        f"[{row['severity']}] therapist {row['therapist_id']} · dyad {row['dyad_id']} · {row['rule']}: "
-        f"{_one_line(row['reason'])} → {target}"
+    return _one_line(
+        f"[{row['severity']}] therapist {row['therapist_id']} · dyad {row['dyad_id']} · {_what(row)}: "
+        f"{_one_line(row['headline_reason'])}{updates} → {target}",
+        4 * MAX_REASON,
     )
 
 
-def _rupture_message(clinic: Clinic, supervisor: Supervisor, rows: list[dict[str, Any]], link: Link) -> AlertMessage:
+def _case_message(
+    clinic: Clinic, supervisor: Supervisor, rows: list[dict[str, Any]], link: Link, earlier: Earlier
+) -> AlertMessage:
     n = len(rows)
-    title = plain_text(
-        f"Alliance Watch · {clinic.name}: {n} flag{'s' if n != 1 else ''} need{'s' if n == 1 else ''} review"
-    )
+    title = f"Alliance Watch · {clinic.name}: {n} case{'s' if n != 1 else ''} need{'s' if n == 1 else ''} review"
     return AlertMessage(
         kind="rupture",
         clinic_id=clinic.id,
         recipient=supervisor.name,
         urls=tuple(supervisor.urls),
-        title=title,
-        body="\n".join(_flag_line(r, link) for r in rows),
+        title=_one_line(title),
+        body="\n".join(_case_line(r, link, earlier.get((supervisor.name, r["case_id"]))) for r in rows),
         keys=tuple(str(r["alert_key"]) for r in rows),
     )
 
@@ -274,28 +315,40 @@ def _covers(supervisor: Supervisor, therapist_id: str) -> bool:
     return not supervisor.therapists or therapist_id in supervisor.therapists
 
 
-def rupture_messages(flags: pl.DataFrame, clinic: Clinic, link: Link | None = None) -> list[AlertMessage]:
-    """One message per supervisor with the clinic's new or worsened flags at or above ``min_severity``.
+def case_messages(
+    cases: pl.DataFrame, clinic: Clinic, link: Link | None = None, earlier: Earlier | None = None
+) -> list[AlertMessage]:
+    """One message per supervisor, one line per case that is new, worse or back, at or above ``min_severity``.
 
-    ``flags`` has the flags table's columns plus ``alert_key``; only severity, therapist, dyad, rule, reason and
-    ``link(row)`` reach the body, and ``link`` sees only flag id, clinic, therapist, dyad, instrument, rule and
-    severity. Without ``link`` each line ends with ``alliance flags --clinic <id> --status queue``.
+    ``cases`` has the cases table's columns plus ``alert_key`` (and ``back_after``, the close reason of the
+    dyad's previous case); only severity, therapist, dyad, what changed, the headline reason and ``link(row)``
+    reach the body, and ``link`` sees only case id, clinic, therapist, dyad and severity. ``earlier`` maps
+    (recipient, case_id) to the date of the last alert about that case, which the line says it updates.
+    Without ``link`` each line ends with ``alliance queue --clinic <id>``.
 
-    Example: ``rupture_messages(new_flags, clinics["northside"])`` → ``[AlertMessage(kind="rupture", …)]``.
+    Example: ``case_messages(pending, clinics["northside"])`` → ``[AlertMessage(kind="rupture", …)]``.
     """
-    rows = _qualifying(flags, clinic)
+    rows = _qualifying(cases, clinic)
     make_link = link or queue_command(clinic.id)
     messages = []
     for supervisor in clinic.alerts.supervisors:
         mine = [r for r in rows if _covers(supervisor, r["therapist_id"])]
         if mine:
-            messages.append(_rupture_message(clinic, supervisor, mine, make_link))
+            messages.append(_case_message(clinic, supervisor, mine, make_link, earlier or {}))
     orphans = sum(not any(_covers(s, r["therapist_id"]) for s in clinic.alerts.supervisors) for r in rows)
     if orphans:
         log.warning(
-            "clinic %s: %d flag(s) reach no supervisor (no supervisor lists their therapist)", clinic.id, orphans
+            "clinic %s: %d case(s) reach no supervisor (no supervisor lists their therapist)", clinic.id, orphans
         )
     return messages
+
+
+def channel_id(template: str) -> str:
+    """Stable id of one URL template (secrets still as ${VARS}), so deliveries are recorded per channel.
+
+    Example: ``channel_id("mailto://smtp.example.org/lee@example.org")`` → 12 hex digits.
+    """
+    return hashlib.sha256(template.encode()).hexdigest()[:12]
 
 
 def trend_key(row: dict[str, Any]) -> str:
@@ -431,11 +484,12 @@ def send(
     for outcome in outcomes:
         if not outcome.ok:
             log.warning(
-                "clinic %s: %s alert to %s failed on %s after %d attempt(s)",
+                "clinic %s: %s alert to %s failed on %s after %d attempt(s): %s",
                 message.clinic_id,
                 message.kind,
                 message.recipient,
                 outcome.url,
                 outcome.attempts,
+                outcome.error,  # secret-free: scrubbed, or the name of a missing variable
             )
     return result

@@ -59,7 +59,22 @@ def _cell(value: object) -> Text:
     return Text("" if value is None else plain_text(str(value)))
 
 
-def _settings(home: Path | None) -> Settings:
+def _settings(home: Path | None, clinic: str | None = None) -> Settings:
+    """The settings of an existing home, checked before any work: a bad ALLIANCE_* value, a wrong --home, a broken
+    clinics.toml or an unknown --clinic fails here with one Error: line instead of an empty result (or a new,
+    empty warehouse)."""
+    from alliance.clinics import load_clinics
+
+    settings = _environment(home)
+    clinics = load_clinics(settings.clinics_file)
+    if clinic is not None and clinic not in clinics:
+        known = ", ".join(sorted(clinics)) or "none yet"
+        raise ConfigError(f"unknown clinic {clinic!r}: {settings.clinics_file} has {known}")
+    return settings
+
+
+def _environment(home: Path | None) -> Settings:
+    """Settings from the environment, for any home (also one about to be created); owner-only file creation."""
     from pydantic import ValidationError
 
     from alliance.permissions import private_umask
@@ -91,7 +106,7 @@ def init(home: HomeOption = None) -> None:
     from alliance.clinics import load_clinics
     from alliance.home import ensure_inboxes, init_home
 
-    settings = _settings(home)
+    settings = _environment(home)
     created = init_home(settings)
     ensure_inboxes(settings, list(load_clinics(settings.clinics_file)))
     for path in created:
@@ -107,20 +122,30 @@ def sample(
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same files.")] = 7,
     dyads: Annotated[int, typer.Option(min=1, help="Client-therapist dyads per clinic.")] = 30,
     out: Annotated[Path | None, typer.Option(help="Write here instead of the home's inbox.")] = None,
+    profile: Annotated[
+        str, typer.Option(help="realistic: the noise of real SRS data; clean: long courses near the ceiling.")
+    ] = "realistic",
+    noise: Annotated[
+        float, typer.Option(min=0.1, help="Scale of session-to-session spread (realistic; 1.0 = 1-2 points).")
+    ] = 1.0,
     home: HomeOption = None,
 ) -> None:
     """Generate realistic exports (four vendor layouts) and add their clinics to clinics.toml.
 
-    Example: alliance sample --clinics 8 --weeks 26 --seed 3
+    Example: alliance sample --clinics 8 --weeks 26 --seed 3 --noise 1.5
     """
     from alliance.home import init_home
-    from alliance.samples import add_profiles, generate_sample
+    from alliance.samples import PROFILES, add_profiles, generate_sample
 
-    settings = _settings(home)
+    if profile not in PROFILES:
+        raise typer.BadParameter(f"choose one of {', '.join(PROFILES)}", param_hint="--profile")
+    settings = _environment(home)
     init_home(settings)
     target = out or settings.inbox
     with console.status("generating sample exports…"):
-        generated = generate_sample(target, clinics=clinics, weeks=weeks, seed=seed, dyads_per_clinic=dyads)
+        generated = generate_sample(
+            target, clinics=clinics, weeks=weeks, seed=seed, dyads_per_clinic=dyads, profile=profile, noise=noise
+        )
     add_profiles(settings.clinics_file, generated.profiles)
     for file in generated.files:
         console.print(f"wrote {file.path} ({file.layout}, {file.rows_expected} ratings)")
@@ -217,7 +242,7 @@ def ingest(
     """
     from flows.pipeline import inbox_files
 
-    settings = _settings(home)
+    settings = _settings(home, clinic)
     files = list(paths) if paths else inbox_files(settings)
     if not files:
         console.print(f"nothing to ingest: {settings.inbox} is empty")
@@ -281,7 +306,17 @@ def _neutralise(value: str) -> str:
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-def _write_flags(frame: Any, fmt: str) -> None:
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: lists joined with '; ', text plain and neutralised so a spreadsheet never runs it as a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        value = "; ".join(map(str, value))
+    return _neutralise(plain_text(value)) if isinstance(value, str) else value
+
+
+def _write_frame(frame: Any, fmt: str) -> None:
+    """A listing as JSON (a list of objects; dates as ISO text, evidence as JSON) or spreadsheet-safe CSV."""
     import csv
     import json
 
@@ -290,20 +325,26 @@ def _write_flags(frame: Any, fmt: str) -> None:
             [frame[c].cast(str) for c in frame.columns if frame[c].dtype.is_temporal()]
         ).to_dicts()
         for record in records:
-            record["evidence"] = json.loads(record["evidence"]) if record.get("evidence") else None
+            if "evidence" in record:
+                record["evidence"] = json.loads(record["evidence"]) if record["evidence"] else None
         sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
-    elif fmt == "csv":
+    else:
         writer = csv.writer(sys.stdout)
         writer.writerow(frame.columns)
         for row in frame.iter_rows():
-            writer.writerow(["" if v is None else _neutralise(plain_text(v)) if isinstance(v, str) else v for v in row])
-    else:
-        table = Table(title=f"{frame.height} flag(s)")
-        for column in FLAG_COLUMNS:
-            table.add_column(column, overflow="fold")
-        for row in frame.select(FLAG_COLUMNS).iter_rows():
-            table.add_row(*map(_cell, row))
-        console.print(table)
+            writer.writerow([_csv_cell(v) for v in row])
+
+
+def _write_flags(frame: Any, fmt: str) -> None:
+    if fmt != "table":
+        _write_frame(frame, fmt)
+        return
+    table = Table(title=f"{frame.height} flag(s)")
+    for column in FLAG_COLUMNS:
+        table.add_column(column, overflow="fold")
+    for row in frame.select(FLAG_COLUMNS).iter_rows():
+        table.add_row(*map(_cell, row))
+    console.print(table)
 
 
 @app.command()
@@ -311,8 +352,9 @@ def _write_flags(frame: Any, fmt: str) -> None:
 def flags(
     clinic: Annotated[str | None, typer.Option(help="Only this clinic's flags.")] = None,
     status: Annotated[
-        str, typer.Option(help="open, acknowledged, resolved, auto_resolved, queue (the review queue) or all.")
-    ] = "open",
+        str,
+        typer.Option(help="queue (the flags behind open cases), open, acknowledged, resolved, auto_resolved or all."),
+    ] = "queue",
     format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     home: HomeOption = None,
 ) -> None:
@@ -324,26 +366,68 @@ def flags(
 
     if format not in ("table", "json", "csv"):
         raise typer.BadParameter("use table, json or csv", param_hint="--format")
-    _write_flags(list_flags(_settings(home), clinic, status), format)
+    _write_flags(list_flags(_settings(home, clinic), clinic, status), format)
+
+
+CASE_COLUMNS = (
+    "case_id", "clinic_id", "therapist_id", "dyad_id", "status", "severity", "risk_score", "change", "headline_reason",
+)  # fmt: skip
+
+
+@app.command()
+@domain_errors
+def queue(
+    clinic: Annotated[str | None, typer.Option(help="Only this clinic's cases.")] = None,
+    status: Annotated[
+        str, typer.Option(help="queue (open and acknowledged), open, acknowledged, resolved, closed or all.")
+    ] = "queue",
+    format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    home: HomeOption = None,
+) -> None:
+    """List cases — one per dyad at risk — ranked by risk, with the headline a supervisor reads and its rules.
+
+    Example: alliance queue --clinic northside --format json
+    """
+    from flows.reviews import list_cases
+
+    if format not in ("table", "json", "csv"):
+        raise typer.BadParameter("use table, json or csv", param_hint="--format")
+    cases = list_cases(_settings(home, clinic), clinic, status)
+    if format != "table":
+        _write_frame(cases, format)
+        return
+    table = Table(title=f"{cases.height} case(s)")
+    for column in (*CASE_COLUMNS, "rules"):
+        table.add_column(column, overflow="fold")
+    for row in cases.iter_rows(named=True):
+        cells = ["" if row[c] is None else f"{row[c]:.0f}" if c == "risk_score" else str(row[c]) for c in CASE_COLUMNS]
+        table.add_row(*cells, ", ".join(r for r in row["rules"] if r != row["headline_rule"]))
+    console.print(table)
 
 
 @app.command()
 @domain_errors
 def review(
-    flag_id: Annotated[str, typer.Argument(help="The flag's id (see `alliance flags`).")],
+    review_id: Annotated[str, typer.Argument(help="A case id (see `alliance queue`) or a flag id (`alliance flags`).")],
     status: Annotated[str, typer.Option(help="acknowledged, resolved, or open to reopen.")],
     by: Annotated[str, typer.Option("--by", help="Who reviewed it.")],
     note: Annotated[str | None, typer.Option(help="What was decided or done.")] = None,
     home: HomeOption = None,
 ) -> None:
-    """Acknowledge or resolve a flag; recorded with who, when and why in the reviews table.
+    """Acknowledge or resolve a case (and with it the flags behind it) or a single flag; recorded with who, when
+    and why in case_reviews and the append-only reviews table.
 
-    Example: alliance review 3f9a2c1b7d0e4a55 --status acknowledged --by "Dr Lee" --note "raised in supervision"
+    Example: alliance review f22876bed10f471e --status acknowledged --by "Dr Lee" --note "raised in supervision"
     """
-    from flows.reviews import review_flag
+    from flows.reviews import is_case, review_case, review_flag
 
-    previous = review_flag(_settings(home), flag_id, status, by, note)
-    console.print(plain_text(f"flag {flag_id}: {previous} -> {status} (by {by})"), markup=False)
+    settings = _settings(home)
+    if is_case(settings, review_id):
+        previous = review_case(settings, review_id, status, by, note)
+        console.print(plain_text(f"case {review_id}: {previous} -> {status} (by {by})"), markup=False)
+    else:
+        previous = review_flag(settings, review_id, status, by, note)
+        console.print(plain_text(f"flag {review_id}: {previous} -> {status} (by {by})"), markup=False)
 
 
 @app.command()
@@ -394,24 +478,21 @@ def _print_scoring(result: Any) -> None:
 
 
 def _print_queue(settings: Settings, limit: int = 10) -> None:
-    import polars as pl
+    from flows.reviews import list_cases
 
-    from flows.reviews import list_flags
-
-    queue = list_flags(settings, status="queue")
-    if queue.is_empty():
+    cases = list_cases(settings)
+    if cases.is_empty():
         console.print("review queue is empty")
         return
-    # one line per dyad: its most severe flag (the list is ranked), and how many more it has
-    per_dyad = queue.group_by("dyad_id", maintain_order=True).agg(pl.all().first(), pl.len().alias("flags"))
-    table = Table(title=f"Review queue: top {min(limit, per_dyad.height)} of {per_dyad.height} dyads")
-    for column in ("flag_id", "clinic", "therapist", "dyad", "risk", "severity", "reason"):
+    table = Table(title=f"Review queue: top {min(limit, cases.height)} of {cases.height} cases")
+    for column in ("case_id", "clinic", "therapist", "dyad", "risk", "severity", "reason"):
         table.add_column(column, overflow="fold")
-    for row in per_dyad.head(limit).iter_rows(named=True):
-        more = f" (+{row['flags'] - 1} more)" if row["flags"] > 1 else ""
+    for row in cases.head(limit).iter_rows(named=True):
+        more = len(row["rules"]) - 1
+        reason = (row["headline_reason"] or "") + (f" (+{more} more rule{'s' * (more > 1)})" if more > 0 else "")
         table.add_row(*map(_cell, (
-            row["flag_id"], row["clinic_id"], row["therapist_id"], row["dyad_id"], f"{row['risk_score']:.0f}",
-            row["severity"], row["reason"] + more,
+            row["case_id"], row["clinic_id"], row["therapist_id"], row["dyad_id"], f"{row['risk_score']:.0f}",
+            row["severity"], reason,
         )))  # fmt: skip
     console.print(table)
 
@@ -499,7 +580,7 @@ def verify(home: HomeOption = None) -> None:
 
     settings = _settings(home)
     if not settings.warehouse.exists():
-        raise typer.BadParameter(f"{settings.warehouse}: no warehouse", param_hint="--home")
+        raise ConfigError(f"{settings.warehouse}: no warehouse yet; ingest an export first")
     warehouse = Warehouse.of(settings)
     problems = wide_files(settings.home, warehouse.snapshot_groups)  # before the writer settles folder modes
     with warehouse.writer() as writer:
@@ -541,7 +622,7 @@ def restore(
     from alliance.backup import restore as restore_backup
     from alliance.storage import Warehouse
 
-    settings = _settings(home)
+    settings = _environment(home)
     tables = restore_backup(settings, folder, force=force)
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
@@ -587,8 +668,44 @@ def dashboard(
     """
     from dashboards.launch import run
 
-    settings = _settings(home)
+    settings = _settings(home, clinic)
     raise typer.Exit(run(settings.home, clinic, port, settings))
+
+
+def _duckdb_shell() -> str:
+    """The DuckDB 1.5 CLI installed beside this Python (the duckdb-cli package), else one on PATH."""
+    import shutil
+
+    found = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    if found is None:
+        raise ConfigError("the DuckDB CLI is not installed: pip install 'duckdb-cli>=1.5.6,<1.6'")
+    return found
+
+
+@app.command()
+@domain_errors
+def sql(
+    query: Annotated[str | None, typer.Argument(help="SQL to run; without it, an interactive DuckDB shell.")] = None,
+    clinic: Annotated[
+        str | None, typer.Option(help="Open this clinic's own snapshot (with its client references).")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Open the published snapshot read-only in the DuckDB shell: the network's, or one clinic's with --clinic.
+
+    Example: alliance sql --clinic northside "SELECT dyad_id, risk_score, reason FROM review_queue LIMIT 5"
+    """
+    import subprocess
+
+    from alliance.storage import Warehouse
+
+    snapshot = Warehouse.of(_settings(home, clinic)).snapshot_path(clinic)
+    if not snapshot.exists():
+        raise ConfigError(f"{snapshot}: no snapshot yet; snapshots are published after the first ingest")
+    command = [_duckdb_shell(), "-readonly", str(snapshot)]
+    if query is None:
+        err_console.print(f"{snapshot} (read-only; .tables lists the tables and views, .quit leaves)", markup=False)
+    raise typer.Exit(subprocess.run([*command, *(["-c", query] if query else [])], check=False).returncode)
 
 
 @app.command()
@@ -605,6 +722,24 @@ def bench(
     from benchmarks.bench import format_report, run
 
     console.print(format_report(run(scenario, scale, workdir)), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def evaluate(
+    dyads: Annotated[int, typer.Option(min=50, help="Dyads in the generated network.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same figures.")] = 3,
+    noise: Annotated[float, typer.Option(min=0.1, help="Scale of session-to-session spread (1.0 = 1-2 points).")] = 1.0,
+) -> None:
+    """Measure detection on realistic generated data, loaded week by week through the scoring rules.
+
+    Example: alliance evaluate --dyads 2000 --seed 3
+    """
+    from benchmarks.detection import evaluate as run_evaluation
+    from benchmarks.detection import format_evaluation
+
+    with console.status("scoring a generated network week by week…"):
+        report = run_evaluation(dyads, seed, noise)
+    console.print(format_evaluation(report), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

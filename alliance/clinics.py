@@ -137,8 +137,14 @@ class RuleConfig(BaseModel):
     trend_decline: float = Field(default=2.5, ge=0, description="rule 7: and this fall across both windows")
     ors_cutoff: float | None = Field(default=None, description="rule 8: ORS clinical cutoff (default: registry, 25)")
     gap_sessions: int = Field(default=3, ge=1, description="rule 9: this many session numbers without a rating")
-    gap_days: int = Field(default=28, ge=1, description="rule 9: no rating for this many days while the clinic goes on")
-    inactive_days: int = Field(default=120, ge=1, description="rule 9: after this long a silent dyad counts as closed")
+    gap_days: int = Field(default=28, ge=1, description="rule 9: longest silence after a decline before it is flagged")
+    inactive_days: int = Field(default=56, ge=1, description="rule 9: after this long a silent dyad counts as closed")
+    silence_intervals: float = Field(
+        default=1.5, gt=0, description="rule 9: silent for this many usual intervals after a decline (at most gap_days)"
+    )
+    course_end_days: int = Field(
+        default=28, ge=1, description="a course has ended after this many days beyond its usual interval: unqueued"
+    )
 
 
 SECRET_PLACEHOLDER = r"\$\{[A-Z][A-Z0-9_]*\}"

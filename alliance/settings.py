@@ -33,8 +33,17 @@ class Settings(BaseSettings):
     queue_min_risk: float = Field(
         default=30.0, ge=0, le=100, description="Dyads at or above this risk score enter the review queue."
     )
+    queue_target_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="At most this share of each clinic's open dyads in the review queue, highest risk first.",
+    )
     recalibrate_growth: float = Field(
         default=0.25, gt=0, description="Re-estimate reliable change when an instrument's ratings grew by this share."
+    )
+    trend_min_sessions: int = Field(
+        default=5, ge=1, description="A week's trend point alerts only with at least this many sessions behind it."
     )
     nightly_cron: str = Field(default="0 2 * * *", description="When the nightly run starts (cron).")
     nightly_timezone: str = Field(default="UTC", description="Timezone of the nightly cron (IANA name).")

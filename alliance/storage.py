@@ -184,6 +184,41 @@ CREATE TABLE IF NOT EXISTS dyads (
     ongoing_rules VARCHAR[],
     in_queue BOOLEAN NOT NULL
 );
+ALTER TABLE dyads ADD COLUMN IF NOT EXISTS course_open BOOLEAN DEFAULT true;
+CREATE TABLE IF NOT EXISTS cases (
+    case_id VARCHAR NOT NULL,
+    dyad_id VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    therapist_id VARCHAR NOT NULL,
+    client_id VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    severity VARCHAR NOT NULL,
+    risk_score DOUBLE NOT NULL,
+    headline_rule VARCHAR,
+    headline_reason VARCHAR,
+    rules VARCHAR[],
+    flag_ids VARCHAR[],
+    opened_session_date DATE,
+    last_session_date DATE,
+    change VARCHAR NOT NULL,
+    change_session_date DATE,
+    previous_case_id VARCHAR,
+    close_reason VARCHAR,
+    opened_at TIMESTAMPTZ NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    closed_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS case_reviews (
+    case_id VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    reviewed_by VARCHAR NOT NULL,
+    reviewed_at TIMESTAMPTZ NOT NULL,
+    from_status VARCHAR NOT NULL,
+    to_status VARCHAR NOT NULL,
+    flag_ids VARCHAR[],
+    note VARCHAR
+);
 CREATE TABLE IF NOT EXISTS calibrations (
     calibration_id VARCHAR NOT NULL,
     instrument VARCHAR NOT NULL,
@@ -202,7 +237,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     recipient VARCHAR NOT NULL,
     status VARCHAR NOT NULL,
     attempted_at TIMESTAMPTZ NOT NULL,
-    error VARCHAR
+    error VARCHAR,
+    channel VARCHAR,
+    case_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS audit (
     happened_at TIMESTAMPTZ NOT NULL,
@@ -239,7 +276,7 @@ SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli
 # (free text a supervisor typed) and carry pseudonyms only.
 SNAPSHOT_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "dyad_sessions", "flags", "dyads", "reviews",
-    "calibrations", "alerts", "meta", "flag_renames",
+    "cases", "case_reviews", "calibrations", "alerts", "meta", "flag_renames",
 )  # fmt: skip
 
 # After a table aliased r with a flag_id column: joins flags f on the id that flag has now (after key rotations).
@@ -251,6 +288,7 @@ CURRENT_FLAG_ID = "coalesce(n.renamed, r.flag_id)"
 # values of quarantined rows (a name typed into a score cell); rules, reasons and lines stay.
 NETWORK_REDACTED = {
     "reviews": "* EXCLUDE (note), NULL::VARCHAR AS note",
+    "case_reviews": "* EXCLUDE (note), NULL::VARCHAR AS note",
     "quarantine": '* EXCLUDE ("values"), NULL::JSON AS "values"',
 }
 
@@ -511,43 +549,43 @@ class Writer:
             self.con.execute("INSERT INTO dyad_sessions BY NAME SELECT * FROM incoming_sessions")
 
     def last_sessions(self, clinic_ids: list[str] | None) -> pl.DataFrame:
-        """Per dyad: its latest rated session (alliance instruments first), and its clinic's latest session date."""
+        """Per dyad: its latest rated session (alliance instruments first), its clinic's latest session date and
+        its usual interval (median days between sessions; NULL with one session)."""
         where = (
             "TRUE" if clinic_ids is None else f"clinic_id IN (SELECT id FROM {self._scope('scope_last', clinic_ids)})"
         )
         return self.frame(
             f"""
-            WITH r AS (SELECT * FROM ratings WHERE {where})
+            WITH r AS (SELECT * FROM ratings WHERE {where}),
+            gaps AS (
+                SELECT dyad_id,
+                       session_date - lag(session_date) OVER (PARTITION BY dyad_id ORDER BY session_date) AS gap
+                FROM (SELECT DISTINCT dyad_id, session_date FROM r)
+            ),
+            cadence AS (SELECT dyad_id, median(gap)::DOUBLE AS cadence_days FROM gaps WHERE gap IS NOT NULL GROUP BY 1)
             SELECT clinic_id, therapist_id, dyad_id, client_id, instrument,
                    session_number AS last_session, session_date AS last_session_date,
-                   max(session_date) OVER (PARTITION BY clinic_id) AS clinic_latest
-            FROM r
+                   max(session_date) OVER (PARTITION BY clinic_id) AS clinic_latest, c.cadence_days
+            FROM r LEFT JOIN cadence c USING (dyad_id)
             QUALIFY row_number() OVER (PARTITION BY dyad_id ORDER BY session_date DESC, session_number DESC,
                                        instrument IN ('ORS') ASC, instrument) = 1
             """
         )
 
     def refresh_dyads(
-        self, clinic_ids: list[str] | None, risk: pl.DataFrame, queue_min_risk: float, inactive_days: dict[str, int]
+        self, clinic_ids: list[str] | None, standing: pl.DataFrame, queue_min_risk: float, queue_setting: str
     ) -> None:
-        """Rebuild the dyads summary (sessions, dates, risk, queue membership) for these clinics.
+        """Rebuild the dyads summary (sessions, dates, risk, queue membership, open course) for these clinics.
 
-        A dyad is in the queue when its risk reaches ``queue_min_risk`` and it is not closed (silent for
-        its clinic's ``inactive_days`` while the clinic went on).
+        ``standing`` holds one row per dyad (dyad_id, risk_score, rules, in_queue, course_open), as
+        ``transforms.queue.queue_frame`` decides it; the threshold and the setting's wording are kept for readers.
         """
         where = (
             "TRUE"
             if clinic_ids is None
             else f"clinic_id IN (SELECT id FROM {self._scope('scope_dyads_cl', clinic_ids)})"
         )
-        self.con.register("incoming_risk", risk.to_arrow())
-        self.con.register(
-            "incoming_inactive",
-            pl.DataFrame(
-                {"clinic_id": list(inactive_days), "inactive_days": list(inactive_days.values())},
-                schema={"clinic_id": pl.String, "inactive_days": pl.Int32},
-            ).to_arrow(),
-        )
+        self.con.register("incoming_standing", standing.to_arrow())
         self.con.execute(f"DELETE FROM dyads WHERE {where}")
         self.con.execute(
             f"""
@@ -558,26 +596,72 @@ class Writer:
                    min(r.session_date) AS first_session_date, max(r.session_date) AS last_session_date,
                    coalesce(any_value(k.risk_score), 0) AS risk_score,
                    coalesce(any_value(k.rules), []::VARCHAR[]) AS ongoing_rules,
-                   coalesce(any_value(k.risk_score), 0) >= ?
-                   AND max(r.session_date)
-                       > any_value(l.clinic_latest) - to_days(any_value(coalesce(i.inactive_days, 120)))
-                   AS in_queue
+                   coalesce(any_value(k.in_queue), false) AS in_queue,
+                   coalesce(any_value(k.course_open), true) AS course_open
             FROM ratings r
-            LEFT JOIN incoming_risk k USING (dyad_id)
-            LEFT JOIN incoming_inactive i ON i.clinic_id = r.clinic_id
-            LEFT JOIN (SELECT clinic_id, max(session_date) AS clinic_latest FROM ratings GROUP BY 1) l
-              ON l.clinic_id = r.clinic_id
+            LEFT JOIN incoming_standing k USING (dyad_id)
             WHERE {where.replace("clinic_id", "r.clinic_id")}
             GROUP BY r.dyad_id
-            """,
-            [queue_min_risk],
+            """
         )
         self.con.execute(
             f"""UPDATE flags SET risk_score = d.risk_score FROM dyads d
             WHERE flags.dyad_id = d.dyad_id AND {where.replace("clinic_id", "d.clinic_id")}"""
         )
-        self.con.execute("DELETE FROM meta WHERE key = 'queue_min_risk'")
+        self.con.execute("DELETE FROM meta WHERE key IN ('queue_min_risk', 'queue_setting')")
         self.con.execute("INSERT INTO meta VALUES ('queue_min_risk', ?)", [str(queue_min_risk)])
+        self.con.execute("INSERT INTO meta VALUES ('queue_setting', ?)", [queue_setting])
+
+    def dyads_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
+        """The dyads summary of these clinics (all when None)."""
+        if clinic_ids is None:
+            return self.frame("SELECT * FROM dyads")
+        return self.frame(
+            f"SELECT * FROM dyads WHERE clinic_id IN (SELECT id FROM {self._scope('scope_dy', clinic_ids)})"
+        )
+
+    def cases_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
+        """Every case (any status) of these clinics (all when None)."""
+        if clinic_ids is None:
+            return self.frame("SELECT * FROM cases")
+        return self.frame(
+            f"SELECT * FROM cases WHERE clinic_id IN (SELECT id FROM {self._scope('scope_cs', clinic_ids)})"
+        )
+
+    def replace_cases(self, cases: pl.DataFrame) -> None:
+        """Write the new state of these cases (by case_id)."""
+        if cases.is_empty():
+            return
+        self.con.register("incoming_cases", cases.to_arrow())
+        self.con.execute("DELETE FROM cases WHERE case_id IN (SELECT case_id FROM incoming_cases)")
+        self.con.execute("INSERT INTO cases BY NAME SELECT * FROM incoming_cases")
+
+    def review_case(self, case_id: str, to_status: str, reviewed_by: str, note: str | None, now: datetime) -> str:
+        """Set a case's review status and apply it to the flags behind it (each reviewed, append-only, as if one
+        by one); the case review records which flags it covered. Returns the case's previous status."""
+        found = self.con.execute(
+            "SELECT status, clinic_id, flag_ids FROM cases WHERE case_id = ?", [case_id]
+        ).fetchall()
+        if not found:
+            raise StorageError(f"no case {case_id!r}; list cases with `alliance queue`")
+        from_status, clinic_id, flag_ids = found[0]
+        if from_status == "closed":
+            raise StorageError(f"case {case_id} is closed (its dyad left the queue); a new case opens if it returns")
+        if from_status == to_status:
+            raise StorageError(f"case {case_id} is already {to_status}")
+        covered = []
+        for flag_id in flag_ids or []:
+            current = self.con.execute("SELECT status FROM flags WHERE flag_id = ?", [flag_id]).fetchall()
+            if current and current[0][0] in REVIEW_STATUSES and current[0][0] != to_status:
+                self.review(flag_id, to_status, reviewed_by, note, now)
+                covered.append(flag_id)
+        self.con.execute(
+            "INSERT INTO case_reviews VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [case_id, clinic_id, reviewed_by, now, from_status, to_status, covered, note],
+        )
+        self.audit(reviewed_by, "review_case", case_id, f"{from_status} -> {to_status} ({len(covered)} flag(s))", now)
+        self.con.execute("UPDATE cases SET status = ?, updated_at = ? WHERE case_id = ?", [to_status, now, case_id])
+        return str(from_status)
 
     def record_scoring_run(self, run: dict[str, Any]) -> None:
         columns = ", ".join(run)
@@ -608,17 +692,29 @@ class Writer:
         )
         return str(from_status)
 
-    def sent_alert_keys(self, keys: list[str], recipient: str) -> set[str]:
-        """Which of these alert keys were already delivered to this recipient."""
+    def sent_alert_keys(self, keys: list[str], recipient: str) -> set[tuple[str, str | None]]:
+        """Which of these alert keys were already delivered to this recipient, as (key, channel) pairs.
+
+        A channel of None is a delivery recorded before channels were: it counts for every channel.
+        """
         if not keys:
             return set()
         scope = self._scope("scope_alert_keys", keys)
         rows = self.con.execute(
-            f"""SELECT DISTINCT alert_key FROM alerts
+            f"""SELECT DISTINCT alert_key, channel FROM alerts
             WHERE status = 'sent' AND recipient = ? AND alert_key IN (SELECT id FROM {scope})""",
             [recipient],
         ).fetchall()
-        return {row[0] for row in rows}
+        return {(row[0], row[1]) for row in rows}
+
+    def case_alert_dates(self, case_ids: list[str]) -> dict[tuple[str, str], str]:
+        """(recipient, case_id) → the day (ISO) an alert about the case last reached that recipient."""
+        scope = self._scope("scope_alert_cases", case_ids)
+        rows = self.con.execute(
+            f"""SELECT recipient, case_id, max(attempted_at)::DATE::VARCHAR FROM alerts
+            WHERE status = 'sent' AND case_id IN (SELECT id FROM {scope}) GROUP BY ALL"""
+        ).fetchall()
+        return {(recipient, case_id): day for recipient, case_id, day in rows}
 
     def record_alerts(self, rows: pl.DataFrame) -> None:
         """Append delivery outcomes (sent or failed); a failed key is tried again on the next run."""
@@ -653,27 +749,25 @@ class Writer:
         clients: pl.DataFrame,
         dyads: pl.DataFrame,
         flags: pl.DataFrame,
-        alert_keys: pl.DataFrame,
         fingerprint: str,
     ) -> None:
         """Replace client pseudonyms, dyad ids and flag ids (key rotation), in the caller's transaction.
 
-        ``clients``: clinic_id, old, new; ``dyads``, ``flags`` and ``alert_keys``: old, new. The append-only
-        ``reviews``, ``audit`` and ``alerts`` keep their rows: old flag ids resolve through ``flag_renames``, and
-        each alert key already delivered is recorded again under the flag's new id.
+        ``clients``: clinic_id, old, new; ``dyads`` and ``flags``: old, new. The append-only ``reviews``,
+        ``case_reviews``, ``audit`` and ``alerts`` keep their rows: old flag ids resolve through ``flag_renames``;
+        cases keep their ids, so the alert keys of what was told stay valid.
         """
         con = self.con
         now = _now()
         con.register("client_map", clients.to_arrow())
         con.register("dyad_map", dyads.to_arrow())
         con.register("flag_map", flags.to_arrow())
-        con.register("alert_key_map", alert_keys.to_arrow())
-        for table in ("ratings", "rating_history", "client_refs", "dyad_sessions", "flags", "dyads"):
+        for table in ("ratings", "rating_history", "client_refs", "dyad_sessions", "flags", "dyads", "cases"):
             con.execute(
                 f"""UPDATE {table} t SET client_id = m.new FROM client_map m
                 WHERE t.clinic_id = m.clinic_id AND t.client_id = m.old"""
             )
-        for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads"):
+        for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads", "cases"):
             con.execute(f"UPDATE {table} t SET dyad_id = m.new FROM dyad_map m WHERE t.dyad_id = m.old")
         con.execute("UPDATE flags t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
         # ids renamed by an earlier rotation follow along, so every old id resolves in one step
@@ -683,12 +777,14 @@ class Writer:
             [now],
         )
         con.execute("INSERT INTO flag_renames SELECT old, new, ?::TIMESTAMPTZ FROM flag_map", [now])
-        carried = con.execute(
-            """INSERT INTO alerts
-            SELECT DISTINCT m.new, a.kind, a.clinic_id, a.recipient, 'sent', ?::TIMESTAMPTZ, NULL
-            FROM alerts a JOIN alert_key_map m ON a.alert_key = m.old WHERE a.status = 'sent'""",
-            [now],
-        ).fetchall()[0][0]
+        # a case keeps its id (so its alert keys, and what was told, stay as they are); its flags are named anew
+        con.execute(
+            """UPDATE cases c SET flag_ids = m.ids FROM (
+                SELECT u.case_id, list_sort(list(coalesce(f.new, u.flag_id))) AS ids
+                FROM (SELECT case_id, unnest(flag_ids) AS flag_id FROM cases) u
+                LEFT JOIN flag_map f ON f.old = u.flag_id GROUP BY u.case_id
+            ) m WHERE c.case_id = m.case_id"""
+        )
         con.execute(
             """UPDATE quarantine q SET "values" = replace(q."values"::VARCHAR, m.old, m.new)::JSON
             FROM client_map m WHERE q.clinic_id = m.clinic_id AND contains(q."values"::VARCHAR, m.old)"""
@@ -697,11 +793,10 @@ class Writer:
         con.execute("INSERT INTO meta VALUES ('key_fingerprint', ?)", [fingerprint])
         self.audit(
             "alliance", "rekey", "pseudonym key",
-            f"{clients.height} clients re-pseudonymised; {flags.height} flag ids renamed (flag_renames); "
-            f"{carried} delivered alert(s) carried over",
+            f"{clients.height} clients re-pseudonymised; {flags.height} flag ids renamed (flag_renames)",
             now,
         )  # fmt: skip
-        for name in ("client_map", "dyad_map", "flag_map", "alert_key_map"):
+        for name in ("client_map", "dyad_map", "flag_map"):
             con.unregister(name)
 
     def verify(self, snapshots: Path) -> list[str]:
@@ -1040,11 +1135,12 @@ def _disk_full(exc: BaseException) -> bool:
 VOLATILE_COLUMNS = {
     "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
     "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
-    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key", "renamed_at",
+    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key", "renamed_at", "opened_at",
+    "changed_at", "closed_at",
 }  # fmt: skip
 CHECKSUM_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
-    "reviews", "calibrations", "alerts", "flag_renames",
+    "reviews", "cases", "case_reviews", "calibrations", "alerts", "flag_renames",
 )  # fmt: skip
 
 
@@ -1078,8 +1174,16 @@ def _add_views(path: Path) -> None:
         con.close()
 
 
+# Columns added after a table first shipped; a warehouse made by an earlier version gains them here.
+MIGRATIONS = """
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS channel VARCHAR;
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS case_id VARCHAR;
+"""
+
+
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA)
+    con.execute(MIGRATIONS)
     con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
     found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     if not found:

@@ -405,7 +405,9 @@ def history_dyads(history_rows: float, clinics: int) -> int:
 
 def generate_backfill(src: Path, scale: float, today: date) -> tuple[list[TimedFile], dict[str, dict]]:
     clinics, dyads = backfill_shape(scale)
-    sample = generate_sample(src, clinics=clinics, weeks=HISTORY_WEEKS, seed=SEED, today=today, dyads_per_clinic=dyads)
+    sample = generate_sample(
+        src, clinics=clinics, weeks=HISTORY_WEEKS, seed=SEED, today=today, dyads_per_clinic=dyads, profile="clean"
+    )
     # the generator's corrected copy of clinic 0 is a re-send, not history: a backfill loads each clinic once
     files = [TimedFile(f.clinic_id, f.path, f.path.name) for f in sample.files if "_corrected" not in f.path.name]
     return files, sample.profiles
@@ -422,6 +424,7 @@ def generate_night(
         seed=SEED,
         today=today - timedelta(days=7),
         dyads_per_clinic=history_dyads(history_rows, clinics),
+        profile="clean",
     )
     nights = [
         generate_sample(
@@ -431,6 +434,7 @@ def generate_night(
             seed=SEED + 1 + k,
             today=today,
             dyads_per_clinic=NIGHT_DYADS,
+            profile="clean",
         )
         for k in range(NIGHT_FILES)
     ]

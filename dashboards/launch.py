@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -177,8 +178,15 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
         process.wait()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (systemd, a timeout) or SIGHUP stop the server like Ctrl-C
+
+
 def run(home: Path, clinic: str | None = None, port: int = DEFAULT_PORT, settings: Settings | None = None) -> int:
-    """Serve the dashboard in the foreground until Ctrl-C; returns streamlit's exit code (0 on Ctrl-C)."""
+    """Serve the dashboard in the foreground until Ctrl-C, SIGTERM or SIGHUP, which stop the server's whole
+    process group too; returns streamlit's exit code (0 when stopped)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     process = start(home, clinic, port, settings)
     address = (settings or Settings()).dashboard_address
     print(f"Alliance Watch dashboard on http://{address}:{port}" + (f" (clinic {clinic})" if clinic else ""))

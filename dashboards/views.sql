@@ -31,6 +31,33 @@ ORDER BY
     f.last_session_date DESC,
     f.flag_id;
 
+-- Open and acknowledged cases: one row per dyad at risk, its headline and the rules behind it, most urgent first.
+CREATE OR REPLACE VIEW case_queue AS
+SELECT
+    c.case_id,
+    c.clinic_id,
+    c.therapist_id,
+    c.dyad_id,
+    c.status,
+    c.severity,
+    c.risk_score,
+    c.headline_rule,
+    c.headline_reason,
+    c.rules,
+    len(c.flag_ids) AS flags,
+    c.change,
+    c.change_session_date,
+    c.opened_session_date,
+    c.last_session_date,
+    date_diff('day', c.opened_at, now()) AS age_days
+FROM cases c
+WHERE c.status IN ('open', 'acknowledged')
+ORDER BY
+    c.risk_score DESC,
+    list_position(['advisory', 'low', 'medium', 'high', 'critical'], c.severity) DESC,
+    c.last_session_date DESC,
+    c.case_id;
+
 -- Every scored session of every dyad, with its features and the rules with evidence there.
 CREATE OR REPLACE VIEW dyad_trajectory AS
 SELECT

@@ -1,71 +1,101 @@
-"""Alert delivery as plain functions: pending rupture and trend alerts, sent once per change, never dropped."""
+"""Alert delivery as plain functions: pending case and trend alerts, sent once per change, never dropped."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import polars as pl
 
-from alliance.alerts import AlertMessage, rupture_messages, send, trend_messages
+from alliance.alerts import AlertMessage, Earlier, case_messages, channel_id, send, trend_key, trend_messages
 from alliance.clinics import Clinic
 from alliance.faults import crash_point
 from alliance.settings import Settings
 from alliance.storage import Warehouse
-from transforms.trends import trend_signals, weekly_alliance, weekly_flagged_share
+from transforms.trends import complete_weeks, trend_signals, weekly_alliance, weekly_flagged_share
 
 log = logging.getLogger("alliance.alerts")
 Secret = Callable[[str], str | None]
+Narrow = Callable[[AlertMessage, list[str]], AlertMessage]
 
 
 @dataclass
 class AlertReport:
-    """What one delivery round did: messages sent and failed, flags covered, trend signals found."""
+    """What one delivery round did: messages sent and failed, cases covered, trend signals found."""
 
     sent: int = 0
     failed: int = 0
-    flags_alerted: int = 0
+    cases_alerted: int = 0
     trend_signals: int = 0
     failures: list[str] = field(default_factory=list)
 
 
-def alert_key(flag: dict[str, object]) -> str:
-    """One key per flag state worth telling: a new flag, and each time it worsens or is confirmed."""
-    state = (
-        f"{flag['flag_id']}|{flag['severity']}|{flag['provisional']}|{flag['worsened_at'] or flag['first_flagged_at']}"
-    )
+def alert_key(case: dict[str, object]) -> str:
+    """One key per case state worth telling: a case opened (new or back), and each time it gets worse."""
+    state = f"{case['case_id']}|{case['change']}|{case['change_session_date']}|{case['severity']}"
     return hashlib.sha256(state.encode()).hexdigest()[:20]
 
 
 def _link(settings: Settings) -> Callable[[dict], str]:
-    def link(flag: dict) -> str:
+    def link(case: dict) -> str:
         if settings.dashboard_url:
-            return f"{settings.dashboard_url.rstrip('/')}/?clinic={flag['clinic_id']}&flag={flag['flag_id']}"
-        return f"alliance flags --clinic {flag['clinic_id']} --status queue"
+            return f"{settings.dashboard_url.rstrip('/')}/?clinic={case['clinic_id']}&case={case['case_id']}"
+        return f"alliance queue --clinic {case['clinic_id']}"
 
     return link
 
 
-def pending_flags(warehouse: Warehouse, clinic_ids: list[str] | None) -> pl.DataFrame:
-    """Ongoing open or acknowledged flags, with their alert key; delivered keys are filtered per recipient later."""
+def pending_cases(warehouse: Warehouse, clinic_ids: list[str] | None) -> pl.DataFrame:
+    """Open and acknowledged cases with their alert key and the close reason of the dyad's previous case."""
     with warehouse.reader() as reader:
-        flags = reader.frame("SELECT * FROM flags WHERE ongoing AND status IN ('open', 'acknowledged')")
+        cases = reader.frame(
+            """SELECT c.*, p.close_reason AS back_after FROM cases c
+            LEFT JOIN cases p ON p.case_id = c.previous_case_id
+            WHERE c.status IN ('open', 'acknowledged')"""
+        )
     if clinic_ids is not None:
-        flags = flags.filter(pl.col("clinic_id").is_in(clinic_ids))
-    keys = [alert_key(row) for row in flags.iter_rows(named=True)]
-    return flags.with_columns(pl.Series("alert_key", keys, dtype=pl.String))
+        cases = cases.filter(pl.col("clinic_id").is_in(clinic_ids))
+    keys = [alert_key(row) for row in cases.iter_rows(named=True)]
+    return cases.with_columns(pl.Series("alert_key", keys, dtype=pl.String))
 
 
-def _unsent(warehouse: Warehouse, messages: list[AlertMessage]) -> dict[str, set[str]]:
+def _earlier(warehouse: Warehouse, case_ids: list[str]) -> Earlier:
+    """(recipient, case_id) → the day an alert about the case last reached that recipient."""
+    with warehouse.writer() as writer:
+        return writer.case_alert_dates(case_ids)
+
+
+def _delivered(warehouse: Warehouse, messages: list[AlertMessage]) -> dict[str, set[tuple[str, str | None]]]:
     with warehouse.writer() as writer:
         return {m.recipient: writer.sent_alert_keys(list(m.keys), m.recipient) for m in messages}
 
 
+def _per_channel(
+    messages: list[AlertMessage], delivered: dict[str, set[tuple[str, str | None]]], narrow: Narrow
+) -> list[AlertMessage]:
+    """One message per channel that still lacks some of its keys, holding only those keys."""
+    todo_messages: list[AlertMessage] = []
+    for message in messages:
+        told = delivered[message.recipient]
+        for url in message.urls:
+            channel = channel_id(url)
+            todo = [k for k in message.keys if (k, channel) not in told and (k, None) not in told]
+            if not todo:
+                continue
+            one = replace(message, urls=(url,))
+            todo_messages.append(one if len(todo) == len(message.keys) else narrow(one, todo))
+    return todo_messages
+
+
 def _deliver(
-    messages: list[AlertMessage], secret: Secret | None, backoff_s: float, report: AlertReport
+    messages: list[AlertMessage],
+    secret: Secret | None,
+    backoff_s: float,
+    report: AlertReport,
+    case_of: dict[str, str],
 ) -> list[dict[str, object]]:
     outcomes: list[dict[str, object]] = []
     now = datetime.now(UTC)
@@ -85,7 +115,10 @@ def _deliver(
                 "status": "sent" if ok else "failed",
                 "attempted_at": now,
                 "error": "; ".join(e for e in errors if e) or None,
+                "channel": channel_id(url),
+                "case_id": case_of.get(key),
             }
+            for url in message.urls
             for key in message.keys
         ]
     return outcomes
@@ -99,41 +132,46 @@ def deliver_alerts(
     secret: Secret | None = None,
     backoff_s: float = 1.0,
 ) -> AlertReport:
-    """Send rupture alerts for new or worsened flags (and trend alerts when ``trends``); record each outcome.
+    """Send case alerts for cases that are new, worse or back (and trend alerts when ``trends``); record each.
 
     Sending happens outside the writer lock; outcomes are recorded after. A crash in between may repeat a
     message on the next run, never drop one; a failed channel is retried on the next run.
     """
     report = AlertReport()
     warehouse = Warehouse.of(settings)
-    flags = pending_flags(warehouse, clinic_ids)
+    cases = pending_cases(warehouse, clinic_ids)
+    earlier = _earlier(warehouse, cases["case_id"].to_list()) if cases.height else {}
+    signals = pl.DataFrame()
     messages: list[AlertMessage] = []
     for clinic in (clinics[c] for c in sorted(clinics) if clinic_ids is None or c in clinic_ids):
-        messages += rupture_messages(flags.filter(pl.col("clinic_id") == clinic.id), clinic, _link(settings))
+        messages += case_messages(cases.filter(pl.col("clinic_id") == clinic.id), clinic, _link(settings), earlier)
     if trends:
-        signals = current_trend_signals(warehouse, settings)
+        signals = current_trend_signals(warehouse, settings, clinics)
         report.trend_signals = signals.height
         for clinic in (clinics[c] for c in sorted(clinics)):
             messages += trend_messages(signals.filter(pl.col("clinic_id") == clinic.id), clinic)
     if not messages:
         return report
-    sent = _unsent(warehouse, messages)
-    fresh: list[AlertMessage] = []
-    for message in messages:
-        todo = [k for k in message.keys if k not in sent[message.recipient]]
-        if not todo:
-            continue
-        if message.kind == "rupture" and len(todo) < len(message.keys):
-            # rebuild the batch from the flags not yet told to this supervisor
-            remaining = flags.filter(pl.col("alert_key").is_in(todo))
-            clinic = clinics[message.clinic_id]
-            message = next(
-                m for m in rupture_messages(remaining, clinic, _link(settings)) if m.recipient == message.recipient
-            )
-        fresh.append(message)
-    outcomes = _deliver(fresh, secret, backoff_s, report)
+
+    def narrow(message: AlertMessage, keys: list[str]) -> AlertMessage:
+        """The same message rebuilt from only the cases or signals this channel has not been told."""
+        clinic = clinics[message.clinic_id]
+        if message.kind == "rupture":
+            todo_cases = cases.filter(pl.col("alert_key").is_in(keys))
+            rebuilt = case_messages(todo_cases, clinic, _link(settings), earlier)
+        else:
+            mine = signals.filter(pl.col("clinic_id") == clinic.id)
+            todo = [trend_key(row) in keys for row in mine.iter_rows(named=True)]
+            rebuilt = trend_messages(mine.filter(pl.Series(todo, dtype=pl.Boolean)), clinic)
+        same = next(m for m in rebuilt if m.recipient == message.recipient)
+        return replace(same, urls=message.urls)
+
+    fresh = _per_channel(messages, _delivered(warehouse, messages), narrow)
+    case_of = dict(zip(cases["alert_key"].to_list(), cases["case_id"].to_list(), strict=True))
+    outcomes = _deliver(fresh, secret, backoff_s, report, case_of)
     crash_point("after_alert_sent")
-    report.flags_alerted = len({o["alert_key"] for o in outcomes if o["status"] == "sent" and o["kind"] == "rupture"})
+    sent_cases = {o["alert_key"] for o in outcomes if o["status"] == "sent" and o["kind"] == "rupture"}
+    report.cases_alerted = len(sent_cases)
     with warehouse.writer() as writer, writer.transaction():
         writer.record_alerts(pl.DataFrame(outcomes))
     if report.failed:
@@ -141,12 +179,20 @@ def deliver_alerts(
     return report
 
 
-def current_trend_signals(warehouse: Warehouse, settings: Settings) -> pl.DataFrame:
-    """Out-of-control weekly series at the latest week: low mean alliance, high flagged share."""
+def current_trend_signals(warehouse: Warehouse, settings: Settings, clinics: dict[str, Clinic]) -> pl.DataFrame:
+    """Out-of-control weekly series at the latest complete week: low mean alliance, high flagged share.
+
+    A week counts once it has ended in the clinic's timezone, and signals only with at least
+    ``settings.trend_min_sessions`` sessions (dyads, for the flagged share) behind it.
+    """
     with warehouse.reader() as reader:
         sessions = reader.frame("SELECT * FROM dyad_sessions")
     if sessions.is_empty():
         return pl.DataFrame()
-    low = trend_signals(weekly_alliance(sessions), "mean_score", "low")
-    high = trend_signals(weekly_flagged_share(sessions, settings.queue_min_risk), "flagged_share", "high")
+    today = {clinic_id: datetime.now(clinic.tz).date() for clinic_id, clinic in clinics.items()}
+    minimum = settings.trend_min_sessions
+    alliance = complete_weeks(weekly_alliance(sessions), today)
+    share = complete_weeks(weekly_flagged_share(sessions, settings.queue_min_risk), today)
+    low = trend_signals(alliance, "mean_score", "low", count="n_sessions", min_count=minimum)
+    high = trend_signals(share, "flagged_share", "high", count="n_dyads", min_count=minimum)
     return pl.concat([low, high], how="diagonal_relaxed")

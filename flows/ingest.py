@@ -50,7 +50,7 @@ def alert_task(home: str | None, clinic_ids: list[str] | None, trends: bool = Fa
     """Deliver pending alerts; a failing channel is recorded and retried, never failing the load."""
     settings = load_settings(Path(home) if home else None)
     report = deliver_alerts(settings, load_clinics(settings.clinics_file), clinic_ids, trends, secret=prefect_secret)
-    return {"sent": report.sent, "failed": report.failed, "flags_alerted": report.flags_alerted}
+    return {"sent": report.sent, "failed": report.failed, "cases_alerted": report.cases_alerted}
 
 
 def summary(result: ExportResult) -> dict[str, object]:

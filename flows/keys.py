@@ -13,7 +13,6 @@ from alliance.faults import crash_point
 from alliance.pseudonyms import create_key_file, key_fingerprint, load_key, new_key, pseudonym
 from alliance.settings import Settings
 from alliance.storage import Warehouse, Writer
-from flows.alerting import alert_key
 from transforms.flags import flag_id
 from transforms.trajectory import dyad_code
 
@@ -65,17 +64,17 @@ def rekey(settings: Settings, key: bytes | None = None) -> int:
         if fresh == old:
             raise AllianceError("the new key is the old key")
         create_key_file(pending, fresh)
-        clients_map, dyad_map, flag_map, alert_map = _id_maps(writer, fresh)
+        clients_map, dyad_map, flag_map = _id_maps(writer, fresh)
         with writer.transaction():
-            writer.remap_ids(clients_map, dyad_map, flag_map, alert_map, key_fingerprint(fresh))
+            writer.remap_ids(clients_map, dyad_map, flag_map, key_fingerprint(fresh))
         crash_point("after_rekey_commit")
         _swap(settings, pending)
         writer.publish(warehouse.snapshots, None)
     return clients_map.height
 
 
-def _id_maps(writer: Writer, fresh: bytes) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Old -> new client pseudonyms (per clinic), dyad ids, flag ids, and the alert keys of each flag's state."""
+def _id_maps(writer: Writer, fresh: bytes) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Old -> new client pseudonyms (per clinic), dyad ids and flag ids."""
     refs = writer.frame("SELECT clinic_id, client_id AS old, client_ref FROM client_refs")
     clients = refs.with_columns(
         pl.Series("new", [pseudonym(fresh, c, r) for c, r in zip(refs["clinic_id"], refs["client_ref"], strict=True)])
@@ -86,21 +85,15 @@ def _id_maps(writer: Writer, fresh: bytes) -> tuple[pl.DataFrame, pl.DataFrame, 
         row["dyad_id"]: dyad_code(row["clinic_id"], renamed[(row["clinic_id"], row["client_id"])], row["therapist_id"])
         for row in dyads.iter_rows(named=True)
     }
-    flags = writer.frame(
-        """SELECT flag_id, dyad_id, instrument, rule, first_session_date, first_session,
-                  severity, provisional, worsened_at, first_flagged_at FROM flags"""
-    )
-    flag_map, alert_map = {}, {}
-    for row in flags.iter_rows(named=True):
-        new = flag_id(
+    flags = writer.frame("SELECT flag_id, dyad_id, instrument, rule, first_session_date, first_session FROM flags")
+    flag_map = {
+        row["flag_id"]: flag_id(
             dyad_map[row["dyad_id"]], row["instrument"], row["rule"], row["first_session_date"], row["first_session"]
         )
-        flag_map[row["flag_id"]] = new
-        # a flag state already told stays told under its new id: the next run alerts nothing twice
-        alert_map[alert_key(row)] = alert_key({**row, "flag_id": new})
+        for row in flags.iter_rows(named=True)
+    }
     return (
         clients,
         pl.DataFrame({"old": list(dyad_map), "new": list(dyad_map.values())}, schema=ID_MAP),
         pl.DataFrame({"old": list(flag_map), "new": list(flag_map.values())}, schema=ID_MAP),
-        pl.DataFrame({"old": list(alert_map), "new": list(alert_map.values())}, schema=ID_MAP),
     )

@@ -1,4 +1,4 @@
-"""Supervisor actions and queries on flags, shared by the CLI and the dashboard."""
+"""Supervisor actions and queries on cases and flags, shared by the CLI and the dashboard."""
 
 from __future__ import annotations
 
@@ -11,8 +11,61 @@ from alliance.errors import AllianceError
 from alliance.settings import Settings
 from alliance.storage import REVIEW_STATUSES, Warehouse
 from flows.scoring import ScoringResult, score_dyads
+from transforms.cases import CASE_STATUSES
 
 FLAG_STATUSES = (*REVIEW_STATUSES, "auto_resolved")
+CASE_LISTINGS = ("queue", *CASE_STATUSES, "all")  # queue: open and acknowledged cases
+
+
+def _reviewer(status: str, reviewed_by: str) -> str:
+    if status not in REVIEW_STATUSES:
+        raise AllianceError(f"status must be one of {', '.join(REVIEW_STATUSES)}, not {status!r}")
+    if not reviewed_by.strip():
+        raise AllianceError("a review needs the reviewer's name (--by)")
+    return reviewed_by.strip()
+
+
+def review_case(settings: Settings, case_id: str, status: str, reviewed_by: str, note: str | None = None) -> str:
+    """Set a case's status, and with it its flags', as a named reviewer; returns the case's old status.
+
+    Example: ``review_case(settings, "f22876bed10f471e", "acknowledged", "dr.lee", "raised in supervision")``.
+    """
+    reviewer = _reviewer(status, reviewed_by)
+    warehouse = Warehouse.of(settings)
+    with warehouse.writer() as writer:
+        with writer.transaction():
+            previous = writer.review_case(case_id, status, reviewer, note, datetime.now(UTC))
+        clinic = writer.frame("SELECT clinic_id FROM cases WHERE case_id = ?", [case_id]).item()
+        writer.publish(warehouse.snapshots, [clinic])
+    return previous
+
+
+def is_case(settings: Settings, review_id: str) -> bool:
+    """Whether an id names a case (else it is taken as a flag id)."""
+    with Warehouse.of(settings).reader() as reader:
+        return not reader.frame("SELECT 1 FROM cases WHERE case_id = ?", [review_id]).is_empty()
+
+
+def list_cases(settings: Settings, clinic_id: str | None = None, status: str = "queue") -> pl.DataFrame:
+    """Cases ranked by risk; status 'queue' (open and acknowledged), one of CASE_STATUSES, or 'all'."""
+    if status not in CASE_LISTINGS:
+        raise AllianceError(f"status must be one of {', '.join(CASE_LISTINGS)}, not {status!r}")
+    where, params = ["TRUE"], []
+    if clinic_id:
+        where.append("clinic_id = ?")
+        params.append(clinic_id)
+    if status == "queue":
+        where.append("status IN ('open', 'acknowledged')")
+    elif status != "all":
+        where.append("status = ?")
+        params.append(status)
+    sql = (
+        f"SELECT * FROM cases WHERE {' AND '.join(where)} "
+        "ORDER BY status = 'closed', risk_score DESC, "
+        "list_position(['advisory','low','medium','high','critical'], severity) DESC, last_session_date DESC, case_id"
+    )
+    with Warehouse.of(settings).reader() as reader:
+        return reader.frame(sql, params)
 
 
 def review_flag(settings: Settings, flag_id: str, status: str, reviewed_by: str, note: str | None = None) -> str:
@@ -20,14 +73,11 @@ def review_flag(settings: Settings, flag_id: str, status: str, reviewed_by: str,
 
     Example: ``review_flag(settings, "3f9a2c1b7d0e4a55", "acknowledged", "dr.lee", "discussed in supervision")``.
     """
-    if status not in REVIEW_STATUSES:
-        raise AllianceError(f"status must be one of {', '.join(REVIEW_STATUSES)}, not {status!r}")
-    if not reviewed_by.strip():
-        raise AllianceError("a review needs the reviewer's name (--by)")
+    reviewer = _reviewer(status, reviewed_by)
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         with writer.transaction():
-            previous = writer.review(flag_id, status, reviewed_by.strip(), note, datetime.now(UTC))
+            previous = writer.review(flag_id, status, reviewer, note, datetime.now(UTC))
         clinic = writer.frame("SELECT clinic_id FROM flags WHERE flag_id = ?", [flag_id]).item()
         writer.publish(warehouse.snapshots, [clinic])
     return previous

@@ -12,7 +12,9 @@ from alliance.clinics import Clinic, RuleConfig
 from alliance.settings import Settings
 from alliance.storage import Writer
 from transforms.calibration import Calibration, estimate
-from transforms.flags import dyad_risk, reconcile, score, stopped_appearing
+from transforms.cases import update_cases
+from transforms.flags import declines_at_last_session, reconcile, score, stopped_appearing
+from transforms.queue import QueuePolicy, queue_frame
 from transforms.trajectory import session_features
 
 SESSION_TABLE_COLUMNS = (
@@ -34,8 +36,11 @@ class ScoringResult:
     reopened: int
     auto_resolved: int
     queue_dyads: int
-    active_dyads: int
+    active_dyads: int  # dyads whose course is open (see transforms.queue.course_ended)
     changed_flags: pl.DataFrame  # flag_id, change
+    cases_opened: int = 0  # new cases, and cases of dyads back in the queue
+    cases_worse: int = 0
+    cases_closed: int = 0
 
 
 def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
@@ -114,16 +119,27 @@ def score_dyads(
     writer.replace_flags(first.flags)
     writer.replace_dyad_sessions(dyad_ids, scored.sessions.select(SESSION_TABLE_COLUMNS))
     # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
-    silent = stopped_appearing(writer.last_sessions(scope_clinics), configs)
+    last_sessions = writer.last_sessions(scope_clinics)
+    declines = declines_at_last_session(writer.flags_of(clinic_ids=scope_clinics, except_rule="stopped_appearing"))
+    silent = stopped_appearing(last_sessions, configs, declines)
     second = reconcile(silent, writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing"), started)
     writer.replace_flags(second.flags)
-    risk = dyad_risk(writer.flags_of(clinic_ids=scope_clinics))
-    inactive = {cid: cfg.inactive_days for cid, cfg in configs.items()}
-    writer.refresh_dyads(scope_clinics, risk, settings.queue_min_risk, inactive)
+    policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
+    standing = queue_frame(writer.flags_of(clinic_ids=scope_clinics), last_sessions, configs, policy)
+    writer.refresh_dyads(scope_clinics, standing, policy.min_risk, policy.describe())
+    cases = update_cases(
+        writer.cases_of(scope_clinics),
+        writer.dyads_of(scope_clinics),
+        writer.flags_of(clinic_ids=scope_clinics),
+        started,
+    )
+    writer.replace_cases(cases.cases)
+    case_changes = {name: cases.changes.filter(pl.col("change") == name).height for name in ("new", "back", "worse")}
     changes = pl.concat([first.changes, second.changes])
     counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
     queue = writer.frame(
-        "SELECT count(*) FILTER (WHERE in_queue) AS q, count(*) FILTER (WHERE sessions > 0) AS a FROM dyads"
+        "SELECT count(*) FILTER (WHERE in_queue) AS q, count(*) FILTER (WHERE sessions > 0 AND course_open) AS a "
+        "FROM dyads"
     ).row(0)
     result = ScoringResult(
         run_id=uuid.uuid4().hex[:16],
@@ -136,6 +152,9 @@ def score_dyads(
         queue_dyads=queue[0] or 0,
         active_dyads=queue[1] or 0,
         changed_flags=changes,
+        cases_opened=case_changes["new"] + case_changes["back"],
+        cases_worse=case_changes["worse"],
+        cases_closed=cases.changes.filter(pl.col("change") == "closed").height,
     )
     writer.record_scoring_run(
         {

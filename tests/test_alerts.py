@@ -15,9 +15,9 @@ import pytest
 from alliance.alerts import (
     AlertMessage,
     SendResult,
+    case_messages,
     redact,
     resolve_url,
-    rupture_messages,
     send,
     trend_key,
     trend_messages,
@@ -53,32 +53,32 @@ def clinic(supervisors: list[Supervisor], leads: list[str] | None = None, min_se
     return Clinic(id="northside", name="Northside Counseling Center", export=PROFILE, alerts=alerts)
 
 
-def flags(rows: list[tuple[str, str, str, str, str]], clinic_id: str = "northside") -> pl.DataFrame:
-    """Flags rows (therapist, dyad, rule, severity, reason) with the columns a caller must never send."""
+def cases(rows: list[tuple[str, str, str, str, str]], clinic_id: str = "northside") -> pl.DataFrame:
+    """Case rows (therapist, dyad, headline rule, severity, headline reason) with columns a caller must never send."""
     return pl.DataFrame(
         {
-            "flag_id": [f"f{i}" for i in range(len(rows))],
+            "case_id": [f"c{i}" for i in range(len(rows))],
             "clinic_id": [clinic_id] * len(rows),
             "therapist_id": [r[0] for r in rows],
             "dyad_id": [r[1] for r in rows],
             "client_id": [CANARIES[0]] * len(rows),
             "client_ref": [CANARIES[1]] * len(rows),
-            "instrument": ["SRS"] * len(rows),
-            "rule": [r[2] for r in rows],
+            "headline_rule": [r[2] for r in rows],
             "severity": [r[3] for r in rows],
             "status": ["open"] * len(rows),
-            "reason": [r[4] for r in rows],
+            "headline_reason": [r[4] for r in rows],
             "evidence": [json.dumps({"sessions": [1, 2], "who": CANARIES[2]})] * len(rows),
             "note": [CANARIES[3]] * len(rows),
-            "last_session_date": [date(2026, 3, 2)] * len(rows),
-            "alert_key": [f"key-{r[1]}-{r[2]}" for r in rows],
+            "change": ["new"] * len(rows),
+            "change_session_date": [date(2026, 3, 2)] * len(rows),
+            "alert_key": [f"key-{r[1]}" for r in rows],
         }
     )
 
 
-FLAGS = [
+CASES = [
     ("t1", "dy-a1", "sudden_loss", "high", "SRS fell from 38.0 to 27.0 at session 6 (2026-03-02): sudden loss"),
-    ("t1", "dy-a2", "low_score", "medium", "SRS 33.5 at session 4 (2026-03-02) is below the cutoff 36"),
+    ("t1", "dy-a2", "new_low", "medium", "SRS 33.5 at session 4 (2026-03-02) is the lowest of this client"),
     ("t2", "dy-b1", "rupture", "high", "SRS 29.0 at session 7 (2026-03-03) is 2.4 SD below the dyad's mean 37.1"),
     ("t2", "dy-b2", "low_item", "advisory", "SRS item(s) goals below 9 at session 3 (2026-03-03)"),
     ("t2", "dy-b3", "drop", "low", "SRS fell from 38.0 to 37.0 at session 5 (2026-03-03)"),
@@ -259,40 +259,52 @@ def test_canaries_in_other_columns_never_reach_a_receiver(smtp: Mailbox, hook: H
 
     def link(row: dict[str, Any]) -> str:
         seen.append(row)
-        return f"https://watch.example.org/flags/{row['flag_id']}"
+        return f"https://watch.example.org/?case={row['case_id']}"
 
     rivera = Supervisor(name="Dr Rivera", urls=[mailto(smtp), hook.url()])
-    messages = rupture_messages(flags(FLAGS), clinic([rivera], min_severity="advisory"), link)
+    messages = case_messages(cases(CASES), clinic([rivera], min_severity="advisory"), link)
     results = [fast_send(m) for m in messages]
     assert all(r.ok for r in results)
     assert len(smtp.messages) == 1 and len(hook.requests) == 1
     everything = received_text(smtp, hook)
     assert "CANARY" not in everything
-    assert all(
-        set(row) <= {"flag_id", "clinic_id", "therapist_id", "dyad_id", "instrument", "rule", "severity"}
-        for row in seen
-    )
-    for therapist, dyad, rule, severity, reason in FLAGS:
-        line = f"[{severity}] therapist {therapist} · dyad {dyad} · {rule}: {reason}"
+    assert all(set(row) <= {"case_id", "clinic_id", "therapist_id", "dyad_id", "severity"} for row in seen)
+    for therapist, dyad, _rule, severity, reason in CASES:
+        line = f"[{severity}] therapist {therapist} · dyad {dyad} · new on 2026-03-02: {reason}"
         assert line in smtp.text() and line in json.loads(hook.requests[0]["body"])["message"]
-    assert "https://watch.example.org/flags/f0" in smtp.text()
-    assert smtp.messages[0]["Subject"] == "Alliance Watch · Northside Counseling Center: 5 flags need review"
+    assert "https://watch.example.org/?case=c0" in smtp.text()
+    assert smtp.messages[0]["Subject"] == "Alliance Watch · Northside Counseling Center: 5 cases need review"
+
+
+def test_one_line_per_case_says_what_changed_and_what_it_updates() -> None:
+    rows = cases(CASES[:3]).with_columns(
+        pl.Series("change", ["worse", "back", "back"]),
+        pl.Series("back_after", [None, "left_queue", "course_ended"]),
+    )
+    sup = Supervisor(name="S", urls=["json://s.example.org/h"])
+    (msg,) = case_messages(rows, clinic([sup]), earlier={("S", "c0"): "2026-02-23", ("other", "c1"): "2026-02-01"})
+    lines = msg.body.splitlines()
+    assert len(lines) == 3  # one line per case
+    assert "· dyad dy-a1 · worse since 2026-03-02: SRS fell" in lines[0]
+    assert "(updates the alert of 2026-02-23) → alliance queue --clinic northside" in lines[0]
+    assert "· dyad dy-b1 · back on 2026-03-02: SRS 29.0" in lines[1]  # its course had ended, then resumed
+    assert "· dyad dy-a2 · back after repair on 2026-03-02:" in lines[2] and "updates" not in lines[2]
 
 
 def test_default_link_is_the_queue_command(hook: Hook) -> None:
-    (msg,) = rupture_messages(flags(FLAGS[:1]), clinic([Supervisor(name="S", urls=[hook.url()])]))
-    assert msg.title == "Alliance Watch · Northside Counseling Center: 1 flag needs review"
-    assert msg.body.endswith("→ alliance flags --clinic northside --status queue")
-    assert msg.keys == ("key-dy-a1-sudden_loss",)
+    (msg,) = case_messages(cases(CASES[:1]), clinic([Supervisor(name="S", urls=[hook.url()])]))
+    assert msg.title == "Alliance Watch · Northside Counseling Center: 1 case needs review"
+    assert msg.body.endswith("→ alliance queue --clinic northside")
+    assert msg.keys == ("key-dy-a1",)
 
 
-def test_supervisors_get_the_flags_of_their_own_therapists() -> None:
+def test_supervisors_get_the_cases_of_their_own_therapists() -> None:
     a = Supervisor(name="A", urls=["json://a.example.org/h"], therapists=["t1"])
     b = Supervisor(name="B", urls=["json://b.example.org/h"], therapists=["t2"])
     everyone = Supervisor(name="Director", urls=["json://d.example.org/h"])
-    messages = {m.recipient: m for m in rupture_messages(flags(FLAGS), clinic([a, b, everyone]))}
-    assert set(messages["A"].keys) == {"key-dy-a1-sudden_loss", "key-dy-a2-low_score"}
-    assert set(messages["B"].keys) == {"key-dy-b1-rupture"}  # advisory and low fall under min_severity medium
+    messages = {m.recipient: m for m in case_messages(cases(CASES), clinic([a, b, everyone]))}
+    assert set(messages["A"].keys) == {"key-dy-a1", "key-dy-a2"}
+    assert set(messages["B"].keys) == {"key-dy-b1"}  # advisory and low fall under min_severity medium
     assert set(messages["Director"].keys) == set(messages["A"].keys) | set(messages["B"].keys)
     assert "dy-b" not in messages["A"].body and "dy-a" not in messages["B"].body
     assert messages["A"].urls == ("json://a.example.org/h",)
@@ -302,21 +314,21 @@ def test_supervisors_get_the_flags_of_their_own_therapists() -> None:
 
 def test_min_severity_filters_and_nothing_qualifying_means_no_message() -> None:
     sup = Supervisor(name="S", urls=["json://s.example.org/h"])
-    quiet = [f for f in FLAGS if f[3] in ("advisory", "low")]
-    assert rupture_messages(flags(quiet), clinic([sup])) == []
-    assert len(rupture_messages(flags(quiet), clinic([sup], min_severity="low"))[0].keys) == 1
-    assert rupture_messages(flags(FLAGS).head(0), clinic([sup])) == []
-    assert rupture_messages(flags(FLAGS), clinic([sup], min_severity="critical")) == []
+    quiet = [f for f in CASES if f[3] in ("advisory", "low")]
+    assert case_messages(cases(quiet), clinic([sup])) == []
+    assert len(case_messages(cases(quiet), clinic([sup], min_severity="low"))[0].keys) == 1
+    assert case_messages(cases(CASES).head(0), clinic([sup])) == []
+    assert case_messages(cases(CASES), clinic([sup], min_severity="critical")) == []
 
 
-def test_other_clinics_flags_are_never_sent() -> None:
+def test_other_clinics_cases_are_never_sent() -> None:
     sup = Supervisor(name="S", urls=["json://s.example.org/h"])
-    assert rupture_messages(flags(FLAGS, clinic_id="southside"), clinic([sup])) == []
+    assert case_messages(cases(CASES, clinic_id="southside"), clinic([sup])) == []
 
 
 def test_multiline_reasons_stay_on_one_line() -> None:
     sup = Supervisor(name="S", urls=["json://s.example.org/h"])
-    (msg,) = rupture_messages(flags([("t1", "dy-1", "low_score", "high", "first\nsecond")]), clinic([sup]))
+    (msg,) = case_messages(cases([("t1", "dy-1", "new_low", "high", "first\nsecond")]), clinic([sup]))
     assert len(msg.body.splitlines()) == 1 and "first second" in msg.body
 
 
@@ -370,9 +382,37 @@ def test_send_result_reports_every_url() -> None:
 def test_hostile_therapist_ids_reach_a_channel_without_escapes_or_mentions(hook: Hook) -> None:
     hostile = [("t1\x1b[2J<!channel>", "dy-1", "low_score", "high", "SRS low\r\n@here <@U024BE7LH> call now")]
     sup = Supervisor(name="S", urls=[hook.url()])
-    (msg,) = rupture_messages(flags(hostile), clinic([sup]))
+    (msg,) = case_messages(cases(hostile), clinic([sup]))
     assert fast_send(msg).ok
     body = json.loads(hook.requests[0]["body"])["message"]
     assert "\x1b" not in body and "\r" not in body and "<!channel>" not in body
     assert "@here" not in body and "<@U024BE7LH>" not in body
     assert "therapist t1\u2039!channel\u203a · dyad dy-1" in body and "\uff20here \u2039@U024BE7LH\u203a" in body
+
+
+def test_a_host_placeholder_keeps_its_port(monkeypatch: pytest.MonkeyPatch, hook: Hook) -> None:
+    monkeypatch.setenv("LEADS_WEBHOOK_HOST", f"127.0.0.1:{hook.port}")
+    template = "json://${LEADS_WEBHOOK_HOST}/alliance"
+    assert resolve_url(template) == f"json://127.0.0.1:{hook.port}/alliance"
+    message = AlertMessage("trend", "northside", "leads", (template,), "t", "b", ("k",))
+    assert send(message, backoff_s=0).ok
+    assert [r["path"] for r in hook.requests] == ["/alliance"]
+
+
+def test_a_host_placeholder_that_is_not_a_host_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADS_WEBHOOK_HOST", "evil.example.org/x?y=@other")
+    with pytest.raises(ConfigError, match=r"\$\{LEADS_WEBHOOK_HOST\} stands for the host") as info:
+        resolve_url("json://${LEADS_WEBHOOK_HOST}/alliance")
+    assert "evil" not in str(info.value)
+
+
+def test_a_missing_variable_is_named_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    message = AlertMessage(
+        "trend", "northside", "leads", ("json://hooks.example.org/h/${NOT_SET_ANYWHERE}",), "t", "b", ("k",)
+    )
+    with caplog.at_level(logging.WARNING, logger="alliance.alerts"):
+        assert not send(message, backoff_s=0).ok
+    assert "NOT_SET_ANYWHERE" in caplog.text

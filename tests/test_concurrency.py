@@ -34,7 +34,7 @@ def test_nightly_and_file_arrival_overlap_in_two_processes(tmp_path: Path) -> No
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(settings.inbox, clinics=4, weeks=30, seed=9, dyads_per_clinic=80)
+    sample = generate_sample(settings.inbox, clinics=4, weeks=30, seed=9, dyads_per_clinic=80, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     harbor = next(f for f in sample.files if f.clinic_id == "harbor")
     env = {**os.environ, "ALLIANCE_HOME": str(settings.home)}

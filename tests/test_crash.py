@@ -77,7 +77,9 @@ def verified(settings: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
-    return generate_sample(tmp_path_factory.mktemp("night"), clinics=4, weeks=20, seed=8, dyads_per_clinic=30)
+    return generate_sample(
+        tmp_path_factory.mktemp("night"), clinics=4, weeks=20, seed=8, dyads_per_clinic=30, profile="clean"
+    )
 
 
 @pytest.fixture(scope="module")

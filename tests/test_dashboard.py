@@ -36,7 +36,9 @@ def build_home(home: Path, clinics: int = 2, dyads_per_clinic: int = 24, weeks: 
     settings = load_settings(home)
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(settings.inbox, clinics=clinics, weeks=weeks, seed=7, dyads_per_clinic=dyads_per_clinic)
+    sample = generate_sample(
+        settings.inbox, clinics=clinics, weeks=weeks, seed=7, dyads_per_clinic=dyads_per_clinic, profile="clean"
+    )
     add_profiles(settings.clinics_file, sample.profiles)
     for file in sample.files:
         assert ingest_file(file.path, settings).status == "loaded"

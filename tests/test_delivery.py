@@ -46,7 +46,7 @@ def network(tmp_path: Path, smtp: Mailbox, hook: Hook) -> tuple[Settings, Sample
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(settings.inbox, clinics=4, weeks=20, seed=4, dyads_per_clinic=25)
+    sample = generate_sample(settings.inbox, clinics=4, weeks=20, seed=4, dyads_per_clinic=25, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     configure(settings, smtp, hook, f"json://127.0.0.1:{hook.port}/lakeview")
     return settings, sample
@@ -69,10 +69,16 @@ def test_each_flag_change_is_alerted_once(network: tuple[Settings, SampleSet], s
     first = deliver_alerts(settings, clinics, backoff_s=0.01)
     assert first.failed == 0 and first.sent == 2  # one batch per supervisor: Dr Lee by mail, Duty by webhook
     assert len(smtp.messages) == 1 and [r["path"] for r in hook.requests] == ["/lakeview"]
-    assert "flags need review" in str(smtp.messages[0]["Subject"])
+    assert re.search(r"\d+ cases? needs? review", str(smtp.messages[0]["Subject"]))
     body = smtp.text(0)
-    assert re.search(r"\[(medium|high|critical)\] therapist north-t\d+ · dyad d[0-9a-f]{11} · ", body)
-    assert "alliance flags --clinic northside --status queue" in body
+    assert re.search(r"\[(medium|high|critical)\] therapist north-t\d+ · dyad d[0-9a-f]{11} · new on 20\d\d-", body)
+    assert "alliance queue --clinic northside" in body
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        (told,) = con.execute(
+            """SELECT count(*) FROM cases WHERE clinic_id = 'northside' AND status = 'open'
+            AND severity IN ('medium', 'high', 'critical')"""
+        ).fetchone() or (0,)
+    assert told >= 1 and len(body.strip().splitlines()) == told  # one line per case, not per flag
     again = deliver_alerts(settings, clinics, backoff_s=0.01)
     assert (again.sent, again.failed) == (0, 0)
     assert len(smtp.messages) == 1 and len(hook.requests) == 1
@@ -107,6 +113,32 @@ def test_failed_channel_is_recorded_and_retried_next_run(
     assert (retry.sent, retry.failed) == (1, 0)
     assert [r["path"] for r in hook.requests] == ["/lakeview"]
     assert len(smtp.messages) == 1  # Dr Lee was already told
+
+
+def test_a_partial_failure_resends_only_to_the_channel_that_failed(
+    network: tuple[Settings, SampleSet], smtp: Mailbox, hook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, sample = network
+    # Dr Lee gets mail and a webhook; the webhook's host comes from the environment, so the channel stays the same
+    text = settings.clinics_file.read_text().replace(
+        '/lee@example.org?from=alerts@example.org"]',
+        '/lee@example.org?from=alerts@example.org", "json://${LEE_HOOK_HOST}/lee"]',
+    )
+    settings.clinics_file.write_text(text)
+    monkeypatch.setenv("LEE_HOOK_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there yet
+    ingest_all(settings, sample)
+    clinics = load_clinics(settings.clinics_file)
+    first = deliver_alerts(settings, clinics, clinic_ids=["northside"], backoff_s=0.01)
+    assert (first.sent, first.failed) == (1, 1)
+    assert len(smtp.messages) == 1 and hook.requests == []
+    monkeypatch.setenv("LEE_HOOK_HOST", f"127.0.0.1:{hook.port}")
+    retry = deliver_alerts(settings, clinics, clinic_ids=["northside"], backoff_s=0.01)
+    assert (retry.sent, retry.failed) == (1, 0)
+    assert [r["path"] for r in hook.requests] == ["/lee"]
+    assert len(smtp.messages) == 1  # the mail that arrived is not sent again
+    told = set(re.findall(r"dyad (d[0-9a-f]{11})", json.loads(hook.requests[0]["body"])["message"]))
+    assert told == set(re.findall(r"dyad (d[0-9a-f]{11})", smtp.text(0)))  # the same flags, on the late channel
+    assert deliver_alerts(settings, clinics, clinic_ids=["northside"], backoff_s=0.01).sent == 0
 
 
 def test_trend_alerts_reach_leads_once_per_week(network: tuple[Settings, SampleSet], hook: Hook) -> None:

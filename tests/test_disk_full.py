@@ -41,7 +41,7 @@ def test_disk_full_fails_clearly_keeps_commits_and_recovers(
     settings = load_settings(small_disk / "home").model_copy(update={"min_free_mb": 20.0})
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(tmp_path / "outbox", clinics=4, weeks=40, seed=3, dyads_per_clinic=60)
+    sample = generate_sample(tmp_path / "outbox", clinics=4, weeks=40, seed=3, dyads_per_clinic=60, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     targets = []
     for file in sample.files:  # the night's files arrive first; then the runs fill the disk

@@ -38,7 +38,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, SampleS
     settings = load_settings(tmp_path_factory.mktemp("network") / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(settings.inbox, clinics=4, weeks=26, seed=7, dyads_per_clinic=40)
+    sample = generate_sample(settings.inbox, clinics=4, weeks=26, seed=7, dyads_per_clinic=40, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     for file in sample.files:
         assert ingest_file(file.path, settings).status == "loaded"

@@ -43,7 +43,7 @@ def test_a_file_dropped_in_the_inbox_is_loaded_flagged_and_alerted(
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(tmp_path / "outbox", clinics=1, weeks=16, seed=2, dyads_per_clinic=25)
+    sample = generate_sample(tmp_path / "outbox", clinics=1, weeks=16, seed=2, dyads_per_clinic=25, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     with settings.clinics_file.open("a") as handle:
         handle.write(

@@ -27,7 +27,7 @@ def loaded(tmp_path: Path) -> Settings:
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(settings.inbox, clinics=4, weeks=12, seed=6, dyads_per_clinic=15)
+    sample = generate_sample(settings.inbox, clinics=4, weeks=12, seed=6, dyads_per_clinic=15, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     for file in sample.files:
         ingest_file(file.path, settings)

@@ -64,7 +64,7 @@ def test_no_client_data_outside_its_place_after_a_full_run(
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(settings.inbox, clinics=4, weeks=16, seed=12, dyads_per_clinic=20)
+    sample = generate_sample(settings.inbox, clinics=4, weeks=16, seed=12, dyads_per_clinic=20, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     with settings.clinics_file.open("a") as handle:
         handle.write(

@@ -37,7 +37,7 @@ def test_rekey_rederives_every_id_and_keeps_everything(tmp_path: Path) -> None:
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(tmp_path / "outbox", clinics=2, weeks=12, seed=4, dyads_per_clinic=15)
+    sample = generate_sample(tmp_path / "outbox", clinics=2, weeks=12, seed=4, dyads_per_clinic=15, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     first, *later = sample.files
     ingest_file(first.path, settings, clinic_id=first.clinic_id)
@@ -65,10 +65,16 @@ def test_rekey_rederives_every_id_and_keeps_everything(tmp_path: Path) -> None:
     old_ids = {pseudonym(TEST_KEY.encode(), c, r) for c, _, r in refs}
     text = " ".join(
         str(r)
-        for t in ("ratings", "quarantine", "flags", "dyads")
+        for t in ("ratings", "quarantine", "flags", "dyads", "cases")
         for r in rows(settings.warehouse, f"SELECT * FROM {t}")
     )
     assert not any(old in text for old in old_ids)
+    # every case still names its dyad and the flags behind it under their new ids
+    assert rows(settings.warehouse, "SELECT count(*) FROM cases ANTI JOIN dyads USING (dyad_id)") == [(0,)]
+    assert rows(
+        settings.warehouse,
+        "SELECT count(*) FROM (SELECT unnest(flag_ids) AS flag_id FROM cases) ANTI JOIN flags USING (flag_id)",
+    ) == [(0,)]
     # later exports join the same dyads under the new key: nothing is counted twice
     for file in later:
         ingest_file(file.path, settings, clinic_id=file.clinic_id)

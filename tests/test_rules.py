@@ -33,6 +33,7 @@ from transforms.rules import (
     reliable_decrease,
     risk_score,
     rupture,
+    series_episodes,
     session_gap,
     sudden_loss,
 )
@@ -105,9 +106,9 @@ def test_low_score_flags_below_36_not_at_36(score: float, flagged: bool) -> None
 
 def test_low_score_reason_names_score_session_and_cutoff() -> None:
     [episode] = low_score(series([38.0, 35.9]), thresholds())
-    assert episode.reason == "SRS 35.9 at session 2 is below the cutoff 36"
+    assert episode.reason == "SRS 35.9 at session 2 is below the cutoff 36: discuss"
     assert (episode.start, episode.last, episode.outcome, episode.end) == (1, 1, "ongoing", None)
-    assert episode.severity == "medium"
+    assert episode.severity == "advisory"  # a low level alone is shown, not queued
 
 
 def test_low_score_two_low_sessions_are_one_episode_repaired_at_36() -> None:
@@ -151,7 +152,7 @@ def test_drop_flags_at_minus_1_not_minus_0_9(before: float, after: float, flagge
     found = drop(series([before, after]), thresholds())
     assert len(found) == flagged
     if flagged:
-        assert found[0].start == 1 and found[0].severity == "low"
+        assert found[0].start == 1 and found[0].severity == "advisory"
         assert found[0].reason == f"SRS fell from {before:.1f} to {after:.1f} at session 2"
 
 
@@ -237,7 +238,7 @@ def test_reliable_change_is_jacobson_truax() -> None:
 
 
 def test_sudden_loss_all_three_criteria_with_3_plus_3_points() -> None:
-    # fall 38 → 28 = 10 ≥ RC 5 and ≥ 0.25·38 = 9.5; mean diff 10.7 > 2.776 · pooled SD 0.58
+    # fall 38 → 28 = 10 ≥ RC 5, 10.3 below the pre-loss mean 38.3; mean diff 10.7 > 2.776 · pooled SD 0.58
     [episode] = sudden_loss(series([38.0, 39.0, 38.0, 28.0, 27.0, 28.0]), thresholds(rc=5.0))
     assert episode.reason == "SRS fell from 38.0 to 28.0 at session 4: sudden loss, 3 criteria met"
     assert not episode.provisional and episode.ongoing and episode.severity == "high"
@@ -248,7 +249,7 @@ def test_sudden_loss_all_three_criteria_with_3_plus_3_points() -> None:
 @pytest.mark.parametrize(
     ("after", "flagged"),
     [
-        (11.1, False),  # fall 4.9 < RC 5 (b holds: 4.9 ≥ 0.25·16 = 4)
+        (11.1, False),  # fall 4.9 < RC 5 (b holds: 5.2 below the pre-loss mean 16.3)
         (11.0, True),  # fall 5.0 = RC
     ],
 )
@@ -259,23 +260,23 @@ def test_sudden_loss_criterion_a_fall_at_least_rc(after: float, flagged: bool) -
 @pytest.mark.parametrize(
     ("after", "flagged"),
     [
-        (30.1, False),  # fall 9.9 < 0.25·40 = 10 (a holds: 9.9 ≥ RC 5)
-        (30.0, True),  # fall 10.0 = 25% of 40
+        (34.4, False),  # 4.93 below the pre-loss mean 39.33 (a holds: 5.6 ≥ RC 5)
+        (34.3, True),  # 5.03 below it
     ],
 )
-def test_sudden_loss_criterion_b_fall_at_least_a_quarter(after: float, flagged: bool) -> None:
-    assert len(sudden_loss(series([40.0, 40.0, 40.0, after, after, after]), thresholds(rc=5.0))) == flagged
+def test_sudden_loss_criterion_b_a_reliable_change_below_the_pre_loss_mean(after: float, flagged: bool) -> None:
+    assert len(sudden_loss(series([39.0, 39.0, 40.0, after, after, after]), thresholds(rc=5.0))) == flagged
 
 
-@pytest.mark.parametrize(
-    ("after", "flagged"),
-    [
-        (34.0, False),  # fall 6 ≥ RC but only 15% of 40: the reversed (R suddengains) inequality would flag it
-        (28.0, True),  # fall 12 = 30% of 40: the reversed inequality would miss it
-    ],
-)
-def test_sudden_loss_criterion_b_is_not_the_reversed_inequality(after: float, flagged: bool) -> None:
-    assert len(sudden_loss(series([40.0, 40.0, 40.0, after, after, after]), thresholds(rc=5.0))) == flagged
+def test_sudden_loss_at_the_ceiling_needs_no_quarter_of_the_score() -> None:
+    # 40 → 34 is 15% of 40: Tang & DeRubeis's 25% would miss it; it is 6 points, beyond RC, below the level
+    [episode] = sudden_loss(series([40.0, 40.0, 40.0, 34.0, 34.0, 34.0]), thresholds(rc=5.0))
+    assert episode.ongoing and episode.evidence["criteria"] == {"a": True, "b": True, "c": True}
+
+
+def test_sudden_loss_after_one_high_session_is_not_a_loss_from_the_level() -> None:
+    # 40 → 34.5 is a fall ≥ RC, but the level before was 35.3: only 0.8 below it
+    assert sudden_loss(series([33.0, 33.0, 40.0, 34.5, 34.0, 34.0]), thresholds(rc=5.0)) == []
 
 
 def test_sudden_loss_criterion_c_fails_when_post_sessions_bounce_back_withdrawn() -> None:
@@ -348,37 +349,42 @@ def test_sudden_loss_needs_a_calibrated_rc() -> None:
 
 # 6. Rupture and repair --------------------------------------------------------------------------
 
-# Seven sessions at 38 then a dip x, pooled SD 3 (larger than the dyad's own SD for these dips):
-# k = 2 rupture when x < mean − 6, i.e. x < 31.14; k = 1 when x < mean − 3, i.e. x < 34.57.
+# Seven sessions at 38 then a dip x, pooled SD 3 (the dyad's own earlier SD is 0): the earlier mean is 38,
+# so k = 2 flags x < 38 − 6 = 32 and k = 1 flags x < 35.
 
 
 @pytest.mark.parametrize(
     ("dip", "k", "flagged"),
     [
-        (31.2, 2.0, False),
-        (31.1, 2.0, True),
-        (34.5, 2.0, False),
-        (34.5, 1.0, True),  # lenient k = 1 flags a shallower dip
-        (34.6, 1.0, False),
+        (32.0, 2.0, False),
+        (31.9, 2.0, True),
+        (34.9, 1.0, True),  # lenient k = 1 flags a shallower dip
+        (35.0, 1.0, False),
     ],
 )
-def test_rupture_more_than_k_sd_below_own_mean(dip: float, k: float, flagged: bool) -> None:
+def test_rupture_more_than_k_sd_below_earlier_mean(dip: float, k: float, flagged: bool) -> None:
     found = rupture(series([38.0] * 7 + [dip]), thresholds(pooled_sd=3.0, rupture_k=k))
     assert len(found) == flagged
     if flagged:
-        assert found[0].start == 7 and found[0].evidence["sd"] == 3.0
+        assert found[0].start == 7 and found[0].evidence["sd"] == 3.0 and found[0].evidence["mean"] == 38.0
 
 
-def test_rupture_sd_is_the_larger_of_own_and_pooled() -> None:
-    scores = [38.0] * 7 + [31.1]
-    [episode] = rupture(series(scores), thresholds(pooled_sd=0.5))
-    assert episode.evidence["sd"] == pytest.approx(float(np.std(scores, ddof=1)))
-    assert rupture(series(scores), thresholds(pooled_sd=3.5)) == []  # floor 37.14 − 7 = 30.14
+def test_rupture_sd_is_the_larger_of_own_and_pooled_once_five_sessions_are_in() -> None:
+    earlier = [38.0, 34.0, 38.0, 34.0, 38.0]  # own SD 2.19, mean 36.4
+    [episode] = rupture(series([*earlier, 31.9]), thresholds(pooled_sd=2.0))
+    assert episode.evidence["sd"] == pytest.approx(float(np.std(earlier, ddof=1)))
+    assert rupture(series([*earlier, 32.1]), thresholds(pooled_sd=2.0)) == []  # 36.4 − 2·2.19 = 32.02
+
+
+def test_rupture_uses_the_pooled_sd_before_five_sessions() -> None:
+    # two earlier sessions far apart (own SD 4.2) do not widen the band: pooled SD 1.5, floor 37 − 3 = 34
+    [episode] = rupture(series([40.0, 34.0, 33.9]), thresholds(pooled_sd=1.5))
+    assert episode.start == 2 and episode.evidence["sd"] == 1.5
 
 
 @pytest.mark.parametrize("back", [35.0, 36.0])
 def test_rupture_repaired_on_return_to_baseline_minus_sd(back: float) -> None:
-    # baseline 38 − SD 3 = 35: 35.0 is a return to it
+    # earlier mean 38 − SD 3 = 35: 35.0 is a return to it
     [episode] = rupture(series([38.0] * 6 + [30.0, back]), thresholds(pooled_sd=3.0))
     assert (episode.start, episode.end, episode.outcome) == (6, 7, "repaired")
     assert "repaired: back to" in episode.reason and episode.severity == "medium"
@@ -392,7 +398,7 @@ def test_rupture_not_repaired_just_below_baseline_minus_sd() -> None:
 
 @pytest.mark.parametrize(("unrepaired_sessions", "severity"), [(3, "high"), (4, "medium")])
 def test_rupture_unrepaired_for_n_sessions_is_high(unrepaired_sessions: int, severity: str) -> None:
-    # the rupture at session 9 (29 < 36.45 − 6) stays at 34 ≤ 35: unrepaired for 3 sessions
+    # the rupture at session 9 (29 < 38 − 6) stays at 34 ≤ 35: unrepaired for 3 sessions
     [episode] = rupture(
         series([38.0] * 8 + [29.0, 34.0, 34.0]), thresholds(pooled_sd=3.0, unrepaired_sessions=unrepaired_sessions)
     )
@@ -400,9 +406,18 @@ def test_rupture_unrepaired_for_n_sessions_is_high(unrepaired_sessions: int, sev
     assert episode.severity == severity
 
 
-def test_rupture_needs_4_sessions() -> None:
-    assert rupture(series([38.0, 38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0)) == []
-    assert len(rupture(series([38.0, 38.0, 38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0))) == 1
+def test_rupture_fires_from_the_third_session_with_a_pooled_sd() -> None:
+    assert rupture(series([38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0)) == []
+    assert len(rupture(series([38.0, 38.0, 10.0]), thresholds(pooled_sd=0.1, rupture_k=1.0))) == 1
+    assert rupture(series([38.0, 38.0, 10.0]), thresholds(pooled_sd=None)) == []  # no SD to judge by yet
+
+
+def test_a_rupture_at_the_latest_session_is_provisional_until_the_next_agrees() -> None:
+    th = thresholds(pooled_sd=1.5)
+    [pending] = [e for e in series_episodes(series([38.0, 38.0, 38.0, 30.0]), th) if e.rule == "rupture"]
+    assert pending.provisional and pending.ongoing
+    [confirmed] = [e for e in series_episodes(series([38.0, 38.0, 38.0, 30.0, 31.0]), th) if e.rule == "rupture"]
+    assert not confirmed.provisional and confirmed.ongoing
 
 
 # 7. Declining trend -----------------------------------------------------------------------------
@@ -423,12 +438,20 @@ def test_declining_trend_slope_at_most_minus_0_8(step: float, flagged: bool) -> 
 @pytest.mark.parametrize(
     ("last", "flagged"),
     [
-        (35.5, True),  # slopes −1.6 and −1.55, fall 38 → 35.5 = 2.5
-        (35.6, False),  # slopes −1.6 and −1.52, fall 2.4
+        (35.0, True),  # last two sessions' mean 35.5: 2.5 below the level 38 before the windows
+        (35.1, False),  # mean 35.55: 2.45 below
     ],
 )
-def test_declining_trend_needs_a_fall_of_2_5_across_both_windows(last: float, flagged: bool) -> None:
-    assert len(declining_trend(series([38.0, 40.0, 36.0, 34.0, last], slopes=True), thresholds(rc=None))) == flagged
+def test_declining_trend_needs_a_fall_of_2_5_from_the_level_before(last: float, flagged: bool) -> None:
+    scores = [38.0, 38.0, 37.0, 36.0, last]  # Theil–Sen slopes −0.83 and about −1
+    assert len(declining_trend(series(scores), thresholds(rc=None))) == flagged
+
+
+def test_declining_trend_is_robust_to_one_noisy_session() -> None:
+    # a slide of 1 point a session with one session 4 points off: least squares flattens, Theil–Sen holds
+    [episode] = declining_trend(series([40.0, 40.0, 39.0, 38.0, 41.0, 36.0, 35.0]), thresholds(rc=None))
+    assert episode.ongoing and episode.evidence["slope"] <= -0.8
+    assert declining_trend(series([38.0, 38.0, 38.0, 33.0, 38.0, 38.0, 38.0]), thresholds(rc=None)) == []
 
 
 def test_declining_trend_single_steep_window_is_not_a_slide() -> None:
@@ -476,16 +499,16 @@ def test_not_on_track_only_for_outcome_instruments() -> None:
 
 def _escalation(srs: list[float], ors: list[float]) -> Episode | None:
     alliance = series(srs)
-    found = [e for rule in SERIES_RULES for e in rule(alliance, thresholds(rc=5.0))]
+    found = series_episodes(alliance, thresholds(rc=5.0))
     outcome_found = not_on_track(series(ors, inst=ORS), thresholds(ORS, rc=5.0))
     return escalation(alliance, found, outcome_found)
 
 
-def test_escalation_when_alliance_rule_and_not_on_track_are_both_ongoing() -> None:
-    episode = _escalation([38.0, 38.0, 35.0], [20.0, 20.0, 20.0])
+def test_escalation_when_a_confirmed_decline_and_not_on_track_are_both_ongoing() -> None:
+    episode = _escalation([38.0, 38.0, 38.0, 30.0, 30.0], [20.0] * 5)
     assert episode is not None and episode.severity == "critical" and episode.rule == "escalation"
-    assert episode.evidence["alliance_rules"] == ["low_score"]
-    assert "low score" in episode.reason and "not on track" in episode.reason
+    assert {"new_low", "reliable_decrease", "sudden_loss"} <= set(episode.evidence["alliance_rules"])
+    assert "sudden loss" in episode.reason and "not on track" in episode.reason
 
 
 @pytest.mark.parametrize(
@@ -495,6 +518,8 @@ def test_escalation_when_alliance_rule_and_not_on_track_are_both_ongoing() -> No
         ([38.0, 35.0, 38.0], [20.0, 20.0, 20.0]),  # low score already repaired
         ([38.0, 38.0, 35.0], [20.0, 20.0, 30.0]),  # on track
         ([38.0, 38.0, 35.0], [20.0, 20.0]),  # not-on-track starts at the third session
+        ([38.0, 38.0, 35.0], [20.0, 20.0, 20.0]),  # a low score alone is advisory, no decline
+        ([38.0, 38.0, 38.0, 30.0], [20.0] * 4),  # the fall waits for the next session
     ],
 )
 def test_escalation_needs_both_ongoing_and_more_than_a_drop(srs: list[float], ors: list[float]) -> None:
@@ -534,11 +559,16 @@ def _last_seen(silent_days: int) -> pl.DataFrame:
     )
 
 
+DECLINE = {"d1": "SRS 31.0 at session 9 is 4.0 SD below the dyad's earlier mean 38.0: rupture"}
+
+
 @pytest.mark.parametrize(
-    ("silent_days", "outcome"), [(27, None), (28, "ongoing"), (119, "ongoing"), (120, "inactive"), (400, "inactive")]
+    ("silent_days", "outcome"), [(10, None), (11, "ongoing"), (55, "ongoing"), (56, "inactive"), (400, "inactive")]
 )
-def test_stopped_appearing_after_28_days_inactive_after_120(silent_days: int, outcome: str | None) -> None:
-    found = stopped_appearing(_last_seen(silent_days), {})
+def test_stopped_appearing_after_a_decline_and_one_and_a_half_weekly_intervals(
+    silent_days: int, outcome: str | None
+) -> None:
+    found = stopped_appearing(_last_seen(silent_days).with_columns(cadence_days=pl.lit(7.0)), {}, DECLINE)
     if outcome is None:
         assert found.height == 0
         return
@@ -546,11 +576,24 @@ def test_stopped_appearing_after_28_days_inactive_after_120(silent_days: int, ou
     assert row["outcome"] == outcome and row["ongoing"] == (outcome == "ongoing")
     assert row["rule"] == "stopped_appearing" and row["last_session"] == 9
     assert json.loads(row["evidence"])["silent_days"] == silent_days
+    assert "after a decline (SRS 31.0 at session 9" in row["reason"]
+
+
+def test_a_course_that_ends_without_a_decline_is_not_stopped_appearing() -> None:
+    assert stopped_appearing(_last_seen(40), {}, {}).height == 0
+    assert stopped_appearing(_last_seen(40), {}, {"other": "x"}).height == 0
+
+
+@pytest.mark.parametrize(("cadence", "silent_days", "flagged"), [(14.0, 20, False), (14.0, 21, True), (30.0, 28, True)])
+def test_stopped_appearing_scales_with_cadence_up_to_gap_days(cadence: float, silent_days: int, flagged: bool) -> None:
+    frame = _last_seen(silent_days).with_columns(cadence_days=pl.lit(cadence))
+    assert stopped_appearing(frame, {}, DECLINE).height == flagged  # 1.5 intervals, at most gap_days 28
 
 
 def test_stopped_appearing_honours_clinic_gap_days() -> None:
-    assert stopped_appearing(_last_seen(20), {"c1": RuleConfig(gap_days=21)}).height == 0
-    assert stopped_appearing(_last_seen(21), {"c1": RuleConfig(gap_days=21)}).height == 1
+    config = {"c1": RuleConfig(gap_days=8)}
+    assert stopped_appearing(_last_seen(7), config, DECLINE).height == 0  # 1.5 weeks capped at 8 days
+    assert stopped_appearing(_last_seen(8), config, DECLINE).height == 1
 
 
 # 10. Risk score ---------------------------------------------------------------------------------
@@ -559,7 +602,8 @@ def test_stopped_appearing_honours_clinic_gap_days() -> None:
 def test_risk_score_examples() -> None:
     assert risk_score([]) == 0
     assert risk_score(["sudden_loss"]) == 55.0
-    assert risk_score(["sudden_loss", "low_score"]) == pytest.approx(100 * (1 - 0.45 * 0.70))
+    assert risk_score(["sudden_loss", "low_score"]) == pytest.approx(100 * (1 - 0.45 * 0.96), abs=0.05)
+    assert risk_score(["low_score", "drop", "low_item", "reliable_decrease"]) < 30  # advisory and one fall
 
 
 @given(st.sets(st.sampled_from(sorted(RULES))))

@@ -20,7 +20,7 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Sample
     settings = load_settings(tmp_path_factory.mktemp("sample") / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(settings.inbox, clinics=5, weeks=14, seed=11, dyads_per_clinic=20)
+    sample = generate_sample(settings.inbox, clinics=5, weeks=14, seed=11, dyads_per_clinic=20, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     results = [ingest_file(f.path, settings) for f in sample.files]
     return settings, sample, results

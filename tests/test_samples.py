@@ -27,7 +27,7 @@ Record = dict[str, str]
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
-    return generate_sample(tmp_path_factory.mktemp("sample"), today=TODAY)
+    return generate_sample(tmp_path_factory.mktemp("sample"), today=TODAY, profile="clean")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,9 @@ def invalid_ratings(records: list[Record], clinic: Clinic) -> int:
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path: Path) -> None:
     def run(folder: str, seed: int) -> SampleSet:
-        return generate_sample(tmp_path / folder, weeks=10, seed=seed, today=TODAY, dyads_per_clinic=10)
+        return generate_sample(
+            tmp_path / folder, weeks=10, seed=seed, today=TODAY, dyads_per_clinic=10, profile="clean"
+        )
 
     first, again, other = run("a", 3), run("b", 3), run("c", 4)
     assert first.dyads == again.dyads and first.canaries == again.canaries
@@ -183,7 +185,7 @@ def test_files_are_named_by_clinic_and_day_with_the_re_export_last(sample: Sampl
 
 
 def test_later_clinics_cycle_layouts_with_numbered_ids(tmp_path: Path) -> None:
-    made = generate_sample(tmp_path, clinics=6, weeks=9, today=TODAY, dyads_per_clinic=5)
+    made = generate_sample(tmp_path, clinics=6, weeks=9, today=TODAY, dyads_per_clinic=5, profile="clean")
     assert list(parse_clinics(profiles_toml(made.profiles))) == [
         "northside", "rheinpark", "harbor", "lakeview", "clinic05", "clinic06",
     ]  # fmt: skip
@@ -373,4 +375,4 @@ def test_add_profiles_replaces_a_changed_profile(sample: SampleSet, tmp_path: Pa
 
 def test_generate_rejects_a_window_too_short_for_the_patterns(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="weeks"):
-        generate_sample(tmp_path, weeks=4, today=TODAY)
+        generate_sample(tmp_path, weeks=4, today=TODAY, profile="clean")

@@ -35,7 +35,7 @@ def test_nightly_fans_out_over_a_dask_cluster_with_the_same_result(tmp_path: Pat
 
     from flows.serve import nightly
 
-    sample = generate_sample(tmp_path / "outbox", clinics=4, weeks=12, seed=13, dyads_per_clinic=12)
+    sample = generate_sample(tmp_path / "outbox", clinics=4, weeks=12, seed=13, dyads_per_clinic=12, profile="clean")
     # the corrected re-export must follow its original; across parallel clinics only the per-clinic order matters
     plain = home_with_night(tmp_path / "plain", sample)
     run_nightly(plain)

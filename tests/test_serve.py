@@ -24,7 +24,7 @@ def test_serve_turns_a_dropped_file_into_flags_and_stops_cleanly(tmp_path: Path)
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(tmp_path / "outbox", clinics=1, weeks=12, seed=3, dyads_per_clinic=15)
+    sample = generate_sample(tmp_path / "outbox", clinics=1, weeks=12, seed=3, dyads_per_clinic=15, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-client")

@@ -29,7 +29,7 @@ def home(tmp_path: Path) -> tuple[Settings, SampleSet]:
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(tmp_path / "drop", clinics=4, weeks=12, seed=5, dyads_per_clinic=12)
+    sample = generate_sample(tmp_path / "drop", clinics=4, weeks=12, seed=5, dyads_per_clinic=12, profile="clean")
     add_profiles(settings.clinics_file, sample.profiles)
     return settings, sample
 

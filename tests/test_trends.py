@@ -9,7 +9,14 @@ from datetime import date, timedelta
 import polars as pl
 import pytest
 
-from transforms.trends import chart_frame, ewma_chart, trend_signals, weekly_alliance, weekly_flagged_share
+from transforms.trends import (
+    chart_frame,
+    complete_weeks,
+    ewma_chart,
+    trend_signals,
+    weekly_alliance,
+    weekly_flagged_share,
+)
 
 MONDAY = date(2026, 1, 5)
 BASELINE = [37.0, 38.0, 37.0, 38.0, 37.0, 38.0, 37.0, 38.0]  # mean 37.5; deviations ±0.5 → SD √(8·0.25/7)
@@ -208,3 +215,37 @@ def test_chart_frame_plots_every_series() -> None:
     assert chart.height == 3 * 8  # clinic + two therapists, 8 weeks each
     assert chart["signal"].null_count() == chart.height
     assert chart_frame(weekly.head(0), "mean_score").is_empty()
+
+
+def test_a_week_in_progress_is_not_judged() -> None:
+    # eleven full weeks falling at the end, then one Wednesday session of week 12 at a normal score
+    frame = pl.concat([one_dyad([*BASELINE, 34.0, 34.0, 34.0]), one_dyad([*BASELINE, 34.0, 34.0, 34.0, 38.0])])
+    weekly = weekly_alliance(frame.unique())
+    week12 = weeks(12)[-1]
+    on_wednesday = {"north": week12 + timedelta(days=2)}
+    kept = complete_weeks(weekly, on_wednesday)
+    assert week12 not in kept["week"].to_list() and kept["week"].max() == weeks(11)[-1]
+    assert set(trend_signals(kept, "mean_score", "low")["week"].to_list()) == {weeks(11)[-1]}
+    on_next_monday = {"north": week12 + timedelta(days=7)}
+    assert complete_weeks(weekly, on_next_monday)["week"].max() == week12
+    assert complete_weeks(weekly, {"south": week12}).is_empty()  # a clinic not asked about keeps nothing
+
+
+def test_a_week_in_progress_with_one_flagged_session_is_not_100_percent_flagged() -> None:
+    # ten dyads a week with one or two flagged; in the current week a single session so far, flagged
+    rows = [
+        ("north", "t1", f"d{d}", "SRS", w, 35.0, 55.0 if d < 1 + i % 2 else 10.0)
+        for i, w in enumerate(weeks(10))
+        for d in range(10)
+    ]
+    rows.append(("north", "t1", "d0", "SRS", weeks(11)[-1], 30.0, 60.0))
+    weekly = weekly_flagged_share(sessions(rows), threshold=30)
+    assert not trend_signals(weekly, "flagged_share", "high").is_empty()  # judged as it stood before
+    today = {"north": weeks(11)[-1] + timedelta(days=1)}
+    assert trend_signals(complete_weeks(weekly, today), "flagged_share", "high").is_empty()
+
+
+def test_a_point_needs_enough_sessions_behind_it() -> None:
+    weekly = weekly_alliance(one_dyad([*BASELINE, 34.0, 34.0, 34.0]))  # one session a week
+    assert trend_signals(weekly, "mean_score", "low", count="n_sessions", min_count=1).height == 2
+    assert trend_signals(weekly, "mean_score", "low", count="n_sessions", min_count=2).is_empty()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -13,7 +14,18 @@ import polars as pl
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
 from transforms.calibration import Calibration
-from transforms.rules import RULES, SEVERITIES, Episode, Series, Thresholds, escalation, risk_score, series_episodes
+from transforms.expected import ExpectedCurve
+from transforms.rules import (
+    DECLINE_RULES,
+    RULES,
+    SEVERITIES,
+    Episode,
+    Series,
+    Thresholds,
+    escalation,
+    risk_score,
+    series_episodes,
+)
 
 EPS = 1e-6
 FINDING_SCHEMA: dict[str, pl.DataType] = {
@@ -102,8 +114,15 @@ def _session_marks(n: int, episodes: list[Episode]) -> tuple[list[list[str]], li
     return [sorted(set(m)) for m in marks], [risk_score(sorted(set(a))) for a in active]
 
 
-def score(features: pl.DataFrame, configs: dict[str, RuleConfig], calibrations: dict[str, Calibration]) -> Scored:
-    """Run every rule over every dyad's series in ``features`` (from ``session_features``)."""
+def score(
+    features: pl.DataFrame,
+    configs: dict[str, RuleConfig],
+    calibrations: dict[str, Calibration],
+    curves: dict[str, ExpectedCurve] | None = None,
+) -> Scored:
+    """Run every rule over every dyad's series in ``features`` (from ``session_features``), with each
+    instrument's reliable change and, when estimated, its expected trajectory."""
+    curves = curves or {}
     series_cols = ["session_date", "session_number", "score", "items", "slope"]
     grouped = features.group_by(["dyad_id", "instrument"], maintain_order=True).agg(
         pl.first("clinic_id"), pl.first("client_id"), pl.first("therapist_id"), *series_cols
@@ -118,7 +137,7 @@ def score(features: pl.DataFrame, configs: dict[str, RuleConfig], calibrations: 
         rc, sd = (cal.rc, cal.within_sd) if cal else (None, None)
         config = configs.get(row["clinic_id"], RuleConfig())
         s = Series(inst, row["session_date"], row["session_number"], row["score"], row["items"], row["slope"])
-        episodes = series_episodes(s, Thresholds.of(config, inst, rc, sd))
+        episodes = series_episodes(s, Thresholds.of(config, inst, rc, sd, curves.get(inst.code)))
         dyads[row["dyad_id"]] = row
         by_dyad.setdefault(row["dyad_id"], []).append((s, episodes, cal))
     for dyad_id, series_list in by_dyad.items():
@@ -169,17 +188,32 @@ def score(features: pl.DataFrame, configs: dict[str, RuleConfig], calibrations: 
     return Scored(pl.DataFrame(findings, schema=FINDING_SCHEMA), sessions)
 
 
-def stopped_appearing(last_sessions: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
-    """Rule 9b: dyads with no rating for gap_days while their clinic went on; closed after inactive_days.
+def silence_threshold(config: RuleConfig, cadence_days: float | None) -> int:
+    """Days without a session that count as stopped appearing: 1.5 usual intervals, at most ``gap_days``."""
+    usual = cadence_days if cadence_days and cadence_days > 0 else 7.0
+    return min(config.gap_days, max(7, math.ceil(config.silence_intervals * usual - 1e-9)))
+
+
+def stopped_appearing(
+    last_sessions: pl.DataFrame, configs: dict[str, RuleConfig], declines: dict[str, str] | None = None
+) -> pl.DataFrame:
+    """Rule 9b: a dyad silent for 1.5 of its usual intervals after a decline; closed after inactive_days.
 
     Input: one row per dyad (clinic_id, therapist_id, dyad_id, client_id, instrument, last_session,
-    last_session_date, clinic_latest). Output: findings (ongoing, or outcome 'inactive').
+    last_session_date, clinic_latest, optional cadence_days); ``declines`` maps a dyad to the reason of the
+    decline its last session showed. A course that ends without a decline is no finding: it leaves the
+    queue (see transforms.queue). Output: findings (ongoing, or outcome 'inactive').
     """
+    declines = declines or {}
     rows = []
     for row in last_sessions.iter_rows(named=True):
+        decline = declines.get(row["dyad_id"])
+        if decline is None:
+            continue
         config = configs.get(row["clinic_id"], RuleConfig())
         silent = (row["clinic_latest"] - row["last_session_date"]).days
-        if silent < config.gap_days:
+        threshold = silence_threshold(config, row.get("cadence_days"))
+        if silent < threshold:
             continue
         ongoing = silent < config.inactive_days
         rows.append(
@@ -203,12 +237,16 @@ def stopped_appearing(last_sessions: pl.DataFrame, configs: dict[str, RuleConfig
                 "provisional": False,
                 "magnitude": float(silent),
                 "reason": (
-                    f"no rating for {silent} days since session {row['last_session']} "
-                    f"({row['last_session_date'].isoformat()}) while the clinic's latest session is "
+                    f"no session for {silent} days after a decline ({decline}); the clinic's latest session is "
                     f"{row['clinic_latest'].isoformat()}" + ("" if ongoing else "; now counted as closed")
                 ),
                 "evidence": json.dumps(
-                    {"silent_days": silent, "gap_days": config.gap_days, "inactive_days": config.inactive_days}
+                    {
+                        "silent_days": silent,
+                        "threshold_days": threshold,
+                        "gap_days": config.gap_days,
+                        "inactive_days": config.inactive_days,
+                    }
                 ),
                 "first_session": row["last_session"],
                 "first_session_date": row["last_session_date"],
@@ -219,6 +257,17 @@ def stopped_appearing(last_sessions: pl.DataFrame, configs: dict[str, RuleConfig
             }
         )
     return pl.DataFrame(rows, schema=FINDING_SCHEMA)
+
+
+def declines_at_last_session(findings: pl.DataFrame) -> dict[str, str]:
+    """Per dyad, the reason of an ongoing decline below its own level (confirmed or not): what silence after it means.
+
+    A fall from the previous session alone (reliable_decrease) is left out: after one high session it is noise.
+    """
+    below_level = sorted(DECLINE_RULES - {"reliable_decrease"})
+    ongoing = findings.filter(pl.col("ongoing") & pl.col("rule").is_in(below_level))
+    ranked = ongoing.sort(["dyad_id", "provisional", "magnitude"], descending=[False, False, True])
+    return {row["dyad_id"]: row["reason"] for row in ranked.unique("dyad_id", keep="first").iter_rows(named=True)}
 
 
 def _rank(severity: str | None) -> int:
@@ -299,6 +348,7 @@ def reconcile(findings: pl.DataFrame, existing: pl.DataFrame, now: datetime) -> 
 
 
 def dyad_risk(flags: pl.DataFrame) -> pl.DataFrame:
-    """Risk per dyad from its ongoing findings, whatever their review status: (dyad_id, risk_score, rules)."""
-    ongoing = flags.filter(pl.col("ongoing")).group_by("dyad_id").agg(pl.col("rule").unique().sort().alias("rules"))
+    """Risk per dyad from its ongoing confirmed findings, any review status: (dyad_id, risk_score, rules)."""
+    confirmed = flags.filter(pl.col("ongoing") & ~pl.col("provisional"))
+    ongoing = confirmed.group_by("dyad_id").agg(pl.col("rule").unique().sort().alias("rules"))
     return ongoing.with_columns(pl.col("rules").map_elements(risk_score, return_dtype=pl.Float64).alias("risk_score"))

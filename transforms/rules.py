@@ -11,12 +11,17 @@ from typing import Any
 
 from alliance.clinics import RuleConfig
 from alliance.instruments import Instrument
+from transforms.expected import ExpectedCurve
 
 EPS = 1e-6  # scores carry one decimal; this absorbs float noise at the published boundaries
 SEVERITIES = ("advisory", "low", "medium", "high", "critical")
 # two-tailed t at alpha .05 by df = n_pre + n_post - 2 (Tang & DeRubeis criterion c)
 T_CRITICAL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
-ALLIANCE_RULES = ("low_score", "drop", "reliable_decrease", "sudden_loss", "rupture", "declining_trend")
+ALLIANCE_RULES = ("low_score", "new_low", "drop", "reliable_decrease", "sudden_loss", "rupture", "declining_trend")
+# rules whose reason describes a fall of the alliance relative to the dyad's own course
+DECLINE_RULES = frozenset({"new_low", "reliable_decrease", "sudden_loss", "rupture", "declining_trend"})
+# single-session evidence waits for the next session before it counts towards the queue
+PENDING_RULES = frozenset({"new_low", "reliable_decrease", "rupture"})
 
 
 @dataclass(frozen=True)
@@ -27,17 +32,19 @@ class RuleSpec:
 
 
 RULES: dict[str, RuleSpec] = {
-    "low_score": RuleSpec("medium", 0.30, "total below the instrument's cutoff (SRS < 36)"),
-    "drop": RuleSpec("low", 0.08, "fell at least 1 point from the last session"),
-    "low_item": RuleSpec("advisory", 0.03, "an item below 9 (SRS): practice advice"),
-    "reliable_decrease": RuleSpec("medium", 0.35, "fell by at least the reliable change RC"),
-    "sudden_loss": RuleSpec("high", 0.55, "sudden alliance loss: criteria a, b and c"),
+    "low_score": RuleSpec("advisory", 0.04, "total below the instrument's cutoff (SRS < 36): discuss, not queued"),
+    "new_low": RuleSpec("medium", 0.30, "below the cutoff for the first time, a reliable change below own level"),
+    "drop": RuleSpec("advisory", 0.02, "fell at least 1 point from the last session"),
+    "low_item": RuleSpec("advisory", 0.01, "an item below 9 (SRS): practice advice"),
+    "reliable_decrease": RuleSpec("medium", 0.20, "fell by at least the reliable change RC"),
+    "sudden_loss": RuleSpec("high", 0.55, "sudden alliance loss: a fall ≥ RC, ≥ RC below the pre-loss mean, and c"),
     "rupture": RuleSpec("medium", 0.45, "more than k SD below the dyad's own mean, until repaired"),
     "declining_trend": RuleSpec("medium", 0.30, "least-squares slope over the last W sessions below the threshold"),
-    "not_on_track": RuleSpec("low", 0.08, "ORS below cutoff with no reliable improvement since intake"),
+    "not_on_track": RuleSpec("low", 0.08, "ORS below the lower band of the expected recovery curve"),
+    "below_expected": RuleSpec("advisory", 0.04, "alliance below the band similar clients score at this session"),
     "escalation": RuleSpec("critical", 0.60, "an alliance rule and not-on-track at once"),
     "engagement_gap": RuleSpec("low", 0.12, "N or more session numbers without a rating"),
-    "stopped_appearing": RuleSpec("low", 0.12, "no rating for gap_days while the clinic's other dyads go on"),
+    "stopped_appearing": RuleSpec("high", 0.40, "no session for two usual intervals after a decline"),
 }
 
 
@@ -99,9 +106,17 @@ class Thresholds:
     trend_slope: float
     trend_decline: float
     gap_sessions: int
+    expected: ExpectedCurve | None = None  # the network's expected trajectory for this instrument
 
     @classmethod
-    def of(cls, config: RuleConfig, inst: Instrument, rc: float | None, pooled_sd: float | None) -> Thresholds:
+    def of(
+        cls,
+        config: RuleConfig,
+        inst: Instrument,
+        rc: float | None,
+        pooled_sd: float | None,
+        expected: ExpectedCurve | None = None,
+    ) -> Thresholds:
         unit = inst.srs_point
         if inst.construct == "outcome":
             cutoff = config.ors_cutoff if config.ors_cutoff is not None else inst.cutoff
@@ -119,6 +134,7 @@ class Thresholds:
             trend_slope=config.trend_slope * unit,
             trend_decline=config.trend_decline * unit,
             gap_sessions=config.gap_sessions,
+            expected=expected,
         )
 
 
@@ -203,11 +219,49 @@ def low_score(s: Series, th: Thresholds) -> list[Episode]:
         [v < cutoff - EPS for v in x],
         lambda a, b: (
             f"{s.instrument.code} {_fmt(min(x[a : b + 1]))} at {s.at(a + x[a : b + 1].index(min(x[a : b + 1])))} "
-            f"is below the cutoff {cutoff:g}" + (f" ({b - a + 1} sessions in a row)" if b > a else "")
+            f"is below the cutoff {cutoff:g}" + (f" ({b - a + 1} sessions in a row)" if b > a else "") + ": discuss"
         ),
         lambda a, b: cutoff - min(x[a : b + 1]),
         {"cutoff": cutoff},
     )
+
+
+def new_low(s: Series, th: Thresholds) -> list[Episode]:
+    """A low score that is new for this client: below the cutoff after at least two sessions at or above it,
+    and a reliable change below the mean of those sessions; open while the score stays below the cutoff."""
+    if th.cutoff is None or th.rc is None or s.instrument.construct != "alliance":
+        return []
+    cutoff, rc, x = th.cutoff, th.rc, s.scores
+
+    def opens(i: int) -> bool:
+        prior = x[:i]
+        return (
+            len(prior) >= 2
+            and x[i] < cutoff - EPS
+            and min(prior) >= cutoff - EPS
+            and statistics.mean(prior) - x[i] >= rc - EPS
+        )
+
+    episodes: list[Episode] = []
+    for i in range(len(x)):
+        if not opens(i):
+            continue
+        level = statistics.mean(x[:i])
+        j = i
+        while j + 1 < len(x) and x[j + 1] < cutoff - EPS:
+            j += 1
+        episode = Episode("new_low", i, j, "", RULES["new_low"].severity, magnitude=level - min(x[i : j + 1]))
+        episode.reason = (
+            f"{s.instrument.code} {_fmt(x[i])} at {s.at(i)} is below the cutoff {cutoff:g} for the first time, "
+            f"{_fmt(level - x[i])} points below the client's own level {_fmt(level)}"
+        )
+        episode.evidence = {"cutoff": cutoff, "rc": rc, "level": level, "sessions": s.points(i - 1, j)}
+        if j + 1 < len(x):
+            episode.end, episode.outcome = j + 1, "repaired"
+            episode.reason += f"; {s.at(j + 1)} back at or above the cutoff"
+        episodes.append(episode)
+        break  # only the first low of a course is new for the client
+    return episodes
 
 
 def low_item(s: Series, th: Thresholds) -> list[Episode]:
@@ -266,7 +320,12 @@ def _pooled_sd(pre: list[float], post: list[float]) -> float:
 
 
 def sudden_loss(s: Series, th: Thresholds) -> list[Episode]:
-    """Rule 5: Tang & DeRubeis sudden-gain criteria reversed; provisional on (a)+(b) until later sessions arrive."""
+    """Rule 5: Tang & DeRubeis sudden-gain criteria reversed; provisional on (a)+(b) until later sessions arrive.
+
+    (a) the fall from the previous session is at least RC; (b) the score is at least RC below the mean of
+    the (up to) three sessions before it — Tang & DeRubeis's "25% of the pre-gain score" asks 9–10 points
+    at the SRS ceiling, more than most real losses; (c) the t-test of three sessions before against after.
+    """
     if th.rc is None:
         return []
     rc, x = th.rc, s.scores
@@ -284,9 +343,10 @@ def sudden_loss(s: Series, th: Thresholds) -> list[Episode]:
             current = None
             continue
         fall = x[n - 1] - x[n]
-        if not (fall >= rc - EPS and fall >= 0.25 * x[n - 1] - EPS):
-            continue
         pre, post = x[max(0, n - 3) : n], x[n : n + 3]
+        # (b) on a 0–40 ceiling scale: a reliable change below the pre-loss level, not a quarter of the score
+        if not (fall >= rc - EPS and statistics.mean(pre) - x[n] >= rc - EPS):
+            continue
         criteria = {"a": True, "b": True}
         head = f"{s.instrument.code} fell from {_fmt(x[n - 1])} to {_fmt(x[n])} at {s.at(n)}: sudden loss"
         episode = Episode("sudden_loss", n, n, "", RULES["sudden_loss"].severity, magnitude=fall)
@@ -318,32 +378,50 @@ def sudden_loss(s: Series, th: Thresholds) -> list[Episode]:
     return episodes
 
 
+OWN_SD_SESSIONS = 5  # prior sessions before a dyad's own SD is trusted next to the pooled one
+FALL_BEFORE_SD = 1.5
+SEVERE_RC = 2.0
+
+
 def rupture(s: Series, th: Thresholds) -> list[Episode]:
-    """Rule 6: a session more than k·SD below the dyad's own mean; repaired on a return to its baseline."""
+    """Rule 6: a session more than k·SD below the mean of the dyad's earlier sessions; repaired on a return
+    to within one SD of that mean.
+
+    SD is the pooled within-dyad SD until the dyad has OWN_SD_SESSIONS earlier sessions, then the larger of
+    its own and the pooled one, so a rupture can fire from the third session on.
+    """
     x = s.scores
-    if len(x) < 4 or s.instrument.construct != "alliance":
+    if s.instrument.construct != "alliance":
         return []
-    mean, own_sd = statistics.mean(x), statistics.stdev(x)
-    sd = max(own_sd, th.pooled_sd or 0.0)  # the stricter (larger) of the two SDs
-    if sd <= 0:
-        return []
-    floor = mean - th.rupture_k * sd
-    baseline = statistics.mean(x[:3])
-    repaired_at = baseline - sd
+    means: list[float] = []
+    sds: list[float] = []
+    for i in range(len(x)):
+        prior = x[:i]
+        pooled = th.pooled_sd or 0.0
+        own = statistics.stdev(prior) if len(prior) >= OWN_SD_SESSIONS else 0.0
+        means.append(statistics.mean(prior) if prior else 0.0)
+        sds.append(max(own, pooled) if len(prior) >= 2 else 0.0)
+
+    def opens(i: int) -> float | None:
+        if sds[i] <= 0:
+            return None
+        return means[i] - sds[i] if x[i] < means[i] - th.rupture_k * sds[i] - EPS else None
 
     def describe(e: Episode, _ref: float) -> str:
-        depth = (mean - x[e.start]) / sd
+        mean, sd = means[e.start], sds[e.start]
         return (
-            f"{s.instrument.code} {_fmt(x[e.start])} at {s.at(e.start)} is {depth:.1f} SD below the dyad's "
-            f"mean {_fmt(mean)}: rupture"
+            f"{s.instrument.code} {_fmt(x[e.start])} at {s.at(e.start)} is {(mean - x[e.start]) / sd:.1f} SD "
+            f"below the dyad's earlier mean {_fmt(mean)}: rupture"
         )
 
-    # open while more than float noise below repaired_at (_referenced subtracts EPS): a score at it is a return
-    episodes = _referenced(
-        "rupture", s, lambda i: repaired_at if x[i] < floor - EPS else None, 2 * EPS, lambda e, r: describe(e, r)
-    )
+    # open while more than float noise below mean − SD (_referenced subtracts EPS): a score at it is a return
+    episodes = _referenced("rupture", s, opens, 2 * EPS, describe)
     for episode in episodes:
-        episode.evidence.update({"mean": mean, "sd": sd, "k": th.rupture_k, "baseline": baseline})
+        mean, sd = means[episode.start], sds[episode.start]
+        episode.evidence.update({"mean": mean, "sd": sd, "k": th.rupture_k, "baseline": mean})
+        # the session before already sat 1.5 SD low: a fall over two sessions, confirmed as it stands
+        if episode.start >= 1 and x[episode.start - 1] < mean - FALL_BEFORE_SD * sd - EPS:
+            episode.evidence["fell_before"] = True
         unrepaired = len(x) - episode.start
         if episode.ongoing:
             episode.reason += f", unrepaired for {unrepaired} session{'s' if unrepaired > 1 else ''}"
@@ -354,24 +432,36 @@ def rupture(s: Series, th: Thresholds) -> list[Episode]:
     return episodes
 
 
+def theil_sen(values: list[float]) -> float:
+    """Median of pairwise slopes (Theil 1950, Sen 1968): one outlying session cannot tilt it."""
+    slopes = [(values[j] - values[i]) / (j - i) for i in range(len(values)) for j in range(i + 1, len(values))]
+    return statistics.median(slopes) if slopes else 0.0
+
+
 def declining_trend(s: Series, th: Thresholds) -> list[Episode]:
-    """Rule 7: the slope over the last W sessions at or below the threshold in two windows running,
-    with a real fall across them."""
+    """Rule 7: the Theil–Sen slope over the last W sessions at or below the threshold in two windows running,
+    and the last two sessions' mean at least ``trend_decline`` below the level before the windows (the
+    median of up to three sessions), so one noisy session neither makes nor hides a slide."""
     x, w = s.scores, th.trend_window
     rc = th.rc if th.rc is not None else th.trend_decline
+    slopes = [theil_sen(x[i - w + 1 : i + 1]) if i >= w - 1 else None for i in range(len(x))]
 
     def steep(i: int) -> bool:
-        slope = s.slopes[i] if i >= w - 1 else None
+        slope = slopes[i] if i >= 0 else None
         return slope is not None and slope <= th.trend_slope + EPS
+
+    def before(i: int) -> float:
+        return statistics.median(x[max(0, i - w - 2) : i - w + 1])
 
     def starts(i: int) -> float | None:
         # two steep windows in a row: one noisy window at the ceiling is not a slide
-        if not (steep(i) and steep(i - 1)):
+        if i < w or not (steep(i) and steep(i - 1)):
             return None
-        return x[i - w] if x[i - w] - x[i] >= th.trend_decline - EPS else None
+        level = before(i)
+        return level if level - statistics.mean(x[i - 1 : i + 1]) >= th.trend_decline - EPS else None
 
     def describe(e: Episode, ref: float) -> str:
-        slope = s.slopes[e.start] or 0.0
+        slope = slopes[e.start] or 0.0
         first = e.start - w
         return (
             f"{s.instrument.code} declining {abs(slope):.1f} points a session over sessions "
@@ -380,15 +470,41 @@ def declining_trend(s: Series, th: Thresholds) -> list[Episode]:
 
     episodes = _referenced("declining_trend", s, starts, min(rc, th.trend_decline), describe)
     for episode in episodes:
-        episode.evidence["slope"] = s.slopes[episode.start]
+        episode.evidence["slope"] = slopes[episode.start]
     return episodes
 
 
 def not_on_track(s: Series, th: Thresholds) -> list[Episode]:
-    """Rule 8: ORS below its cutoff from the third session on, with no reliable improvement since intake."""
-    if s.instrument.construct != "outcome" or th.cutoff is None or not s.scores:
+    """Rule 8: from the third session on, ORS below the lower band of the expected recovery curve for its
+    intake and session (OQ-Analyst's not-on-track signal); without a curve, below the cutoff with no reliable
+    improvement since intake."""
+    if s.instrument.construct != "outcome" or not s.scores:
         return []
-    x, cutoff = s.scores, th.cutoff
+    x = s.scores
+    curve = th.expected
+    if curve is not None:
+        bands = [curve.at(x[0], i + 1) for i in range(len(x))]
+        holds = [i >= 2 and (b := bands[i]) is not None and x[i] < b.lower - EPS for i in range(len(x))]
+
+        def describe(a: int, last: int) -> str:
+            band = bands[last]
+            assert band is not None
+            return (
+                f"{s.instrument.code} {_fmt(x[last])} at {s.at(last)} is below the expected recovery band "
+                f"(lower {_fmt(band.lower)}, expected {_fmt(band.expected)} for clients starting near {_fmt(x[0])})"
+            )
+
+        return _runs(
+            "not_on_track",
+            s,
+            holds,
+            describe,
+            lambda a, last: max(band.lower - x[i] for i in range(a, last + 1) if (band := bands[i]) is not None),
+            {"curve": curve.curve_id, "intake": x[0]},
+        )
+    if th.cutoff is None:
+        return []
+    cutoff = th.cutoff
     improvement = th.rc if th.rc is not None else 5.0 * s.instrument.srs_point
     holds = [i >= 2 and x[i] < cutoff - EPS and x[i] - x[0] < improvement - EPS for i in range(len(x))]
     return _runs(
@@ -402,6 +518,29 @@ def not_on_track(s: Series, th: Thresholds) -> list[Episode]:
         lambda a, b: cutoff - min(x[a : b + 1]),
         {"cutoff": cutoff, "intake": x[0]},
     )
+
+
+def below_expected(s: Series, th: Thresholds) -> list[Episode]:
+    """Alliance below the lower band of what similar clients scored at this session (advisory evidence)."""
+    curve = th.expected
+    if curve is None or s.instrument.construct != "alliance" or not s.scores:
+        return []
+    x = s.scores
+    bands = [curve.at(x[0], i + 1) for i in range(len(x))]
+    holds = [i >= 1 and (b := bands[i]) is not None and x[i] < b.lower - EPS for i in range(len(x))]
+
+    def describe(a: int, last: int) -> str:
+        band = bands[last]
+        assert band is not None
+        return (
+            f"{s.instrument.code} {_fmt(x[last])} at {s.at(last)} is below the band clients starting near "
+            f"{_fmt(x[0])} score at this session (lower {_fmt(band.lower)}, expected {_fmt(band.expected)})"
+        )
+
+    def depth(a: int, last: int) -> float:
+        return max(band.lower - x[i] for i in range(a, last + 1) if (band := bands[i]) is not None)
+
+    return _runs("below_expected", s, holds, describe, depth, {"curve": curve.curve_id})
 
 
 def session_gap(s: Series, th: Thresholds) -> list[Episode]:
@@ -422,12 +561,14 @@ def session_gap(s: Series, th: Thresholds) -> list[Episode]:
 
 SERIES_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (
     low_score,
+    new_low,
     drop,
     low_item,
     reliable_decrease,
     sudden_loss,
     rupture,
     declining_trend,
+    below_expected,
     not_on_track,
     session_gap,
 )
@@ -439,17 +580,27 @@ OUTCOME_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (not_
 def series_episodes(s: Series, th: Thresholds) -> list[Episode]:
     """Every applicable rule's episodes on one series: alliance rules on alliance instruments, rule 8 on outcome."""
     rules = OUTCOME_RULES if s.instrument.construct == "outcome" else SERIES_RULES
-    return [
+    found = [
         episode
         for rule in rules
         if rule is not not_on_track or s.instrument.construct == "outcome"
         for episode in rule(s, th)
     ]
+    last = len(s.scores) - 1
+    recent = s.scores[max(0, last - 3) : last]
+    # a fall of twice the reliable change below the recent level is no session-to-session noise
+    severe = bool(th.rc and recent and statistics.mean(recent) - s.scores[last] >= SEVERE_RC * th.rc - EPS)
+    for episode in found:
+        # one session of evidence at the latest session: shown, but queued only once the next session agrees
+        single = episode.start == episode.last == last and not episode.evidence.get("fell_before")
+        if episode.rule in PENDING_RULES and episode.ongoing and single and not severe:
+            episode.provisional = True
+    return found
 
 
 def escalation(alliance: Series, found: list[Episode], outcome_found: list[Episode]) -> Episode | None:
-    """Rule 8 escalation: an alliance rule and not-on-track both ongoing now (OQ-Analyst's alliance check)."""
-    alliance_now = [e for e in found if e.ongoing and e.rule in ALLIANCE_RULES and e.rule != "drop"]
+    """Rule 8 escalation: a confirmed alliance decline and not-on-track both ongoing (OQ-Analyst's alliance check)."""
+    alliance_now = [e for e in found if e.ongoing and e.rule in DECLINE_RULES and not e.provisional]
     outcome_now = [e for e in outcome_found if e.ongoing and e.rule == "not_on_track"]
     if not alliance_now or not outcome_now:
         return None

@@ -101,6 +101,22 @@ def weekly_flagged_share(sessions: pl.DataFrame, threshold: float = 30.0) -> pl.
     return weekly.select(*SERIES_KEY, "week", share, "n_dyads", "n_flagged")
 
 
+def complete_weeks(weekly: pl.DataFrame, today: dict[str, date]) -> pl.DataFrame:
+    """Only the weeks that have ended in each clinic's own today (Monday + 7 days ≤ today): a week in progress,
+    with the sessions of a day or two, is not yet a point to judge. Clinics missing from ``today`` keep none.
+
+    Example: ``complete_weeks(weekly, {"northside": date(2026, 11, 25)})`` drops the week of 2026-11-23.
+    """
+    clinics = pl.DataFrame(
+        {"clinic_id": list(today), "today": list(today.values())}, schema={"clinic_id": pl.String, "today": pl.Date}
+    )
+    return (
+        weekly.join(clinics, on="clinic_id", how="inner")
+        .filter(pl.col("week") + pl.duration(days=7) <= pl.col("today"))
+        .drop("today")
+    )
+
+
 def _check(lam: float, L: float, baseline_weeks: int) -> None:
     if not 0 < lam <= 1:
         raise ValueError(f"lam must be in (0, 1], got {lam}")
@@ -207,17 +223,28 @@ def trend_signals(
     lam: float = 0.2,
     L: float = 3.0,
     baseline_weeks: int = 8,
+    count: str | None = None,
+    min_count: int = 1,
 ) -> pl.DataFrame:
     """The series whose latest week is out of control in the bad ``direction`` (mean alliance: low; share: high).
 
-    Example: ``trend_signals(weekly_alliance(sessions), "mean_score", "low")`` → one row per series in trouble.
+    With ``count`` (a column such as ``n_sessions``), the latest week signals only when at least ``min_count``
+    sessions stand behind it: one flagged session in a quiet week is not a trend.
+
+    Example: ``trend_signals(weekly_alliance(sessions), "mean_score", "low", count="n_sessions", min_count=5)``
+    → one row per series in trouble.
     """
     if direction not in ("low", "high"):
         raise ValueError(f"direction must be 'low' or 'high', got {direction!r}")
+    latest_count = {}
+    if count is not None:
+        last_weeks = weekly.drop_nulls(metric).sort("week").group_by(list(SERIES_KEY), maintain_order=True).last()
+        latest_count = {tuple(r[k] for k in SERIES_KEY): r[count] for r in last_weeks.iter_rows(named=True)}
     rows = []
     for key, weeks, values in _series(weekly, metric):
         points = ewma_chart(values, lam, L, baseline_weeks, weeks)
         last = points[-1] if points else None
-        if last is not None and last.signal == direction:
+        enough = count is None or latest_count.get(tuple(key.values()), 0) >= min_count
+        if last is not None and last.signal == direction and enough:
             rows.append({**_row(key, metric, last), "direction": direction})
     return pl.DataFrame(rows, schema=SIGNAL_SCHEMA)

@@ -1,0 +1,186 @@
+"""The four vendor layouts: their columns, clinic profiles and file writers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import date, datetime
+from pathlib import Path
+
+import xlsxwriter
+
+from alliance.instruments import instrument
+from alliance.samples.network import Block, ClinicPlan, Row
+from alliance.samples.trajectories import Value
+
+
+def _us_columns() -> tuple[list[str], dict[str, str]]:
+    header = ["Client ID", "Client Name", "Clinician", "Session Date", "Session #"]
+    header += ["SRS Relationship", "SRS Goals & Topics", "SRS Approach/Method", "SRS Overall", "SRS Total"]
+    header += ["ORS Individually", "ORS Interpersonally", "ORS Socially", "ORS Overall", "ORS Total"]
+    header += ["Session Notes"]
+    canonical = [
+        "client_ref", None, "therapist_id", "session_date", "session_number",
+        "srs_relationship", "srs_goals", "srs_approach", "srs_overall", "srs_total",
+        "ors_individually", "ors_interpersonally", "ors_socially", "ors_overall", "ors_total",
+        None,
+    ]  # fmt: skip
+    return header, {h: c for h, c in zip(header, canonical, strict=True) if c}
+
+
+# profile name -> header as the vendor's export actually spells it (odd case and spacing)
+_EU_HEADER_QUIRKS = {"Klient-Nr.": "KLIENT-NR. ", "Ziele & Themen": "ziele  &  Themen"}
+
+
+def _eu_columns() -> tuple[list[str], dict[str, str]]:
+    names = ["Klient-Nr.", "Klient/in (Name)", "Therapeut/in", "Sitzungsdatum", "Sitzung"]
+    names += ["Beziehung", "Ziele & Themen", "Vorgehen/Methode", "Gesamteinschätzung", "Summe", "Notiz (frei)"]
+    canonical = [
+        "client_ref", None, "therapist_id", "session_date", "session_number",
+        "srs_relationship", "srs_goals", "srs_approach", "srs_overall", "srs_total", None,
+    ]  # fmt: skip
+    header = [_EU_HEADER_QUIRKS.get(n, n) for n in names]
+    return header, {n: c for n, c in zip(names, canonical, strict=True) if c}
+
+
+def _xlsx_columns() -> tuple[list[str], dict[str, str]]:
+    items = [f"WAI {k}" for k in range(1, 13)]
+    header = ["Client Code", "Client Name", "Therapist", "Date of Session", "Session No", *items, "WAI Total"]
+    header.append("Comments")
+    wai = instrument("WAI_SR")
+    columns = {"Client Code": "client_ref", "Therapist": "therapist_id"}
+    columns |= {"Date of Session": "session_date", "Session No": "session_number"}
+    columns |= dict(zip(items, wai.item_fields, strict=True))
+    columns["WAI Total"] = wai.total_field
+    return header, columns
+
+
+# the vendor's JSON keys per instrument, in registry item order
+_JSON_KEYS = {
+    "SRS": ("relationship", "goals", "approach", "overall"),
+    "ORS": ("individually", "interpersonally", "socially", "overall"),
+}
+
+
+def _json_columns() -> dict[str, str]:
+    columns = {"clients.client_ref": "client_ref", "clients.therapist": "therapist_id"}
+    columns |= {"clients.sessions.date": "session_date", "clients.sessions.number": "session_number"}
+    for code in ("SRS", "ORS"):
+        inst = instrument(code)
+        for key, target in zip(_JSON_KEYS[code], inst.item_fields, strict=True):
+            columns[f"clients.sessions.{code.lower()}.{key}"] = target
+        columns[f"clients.sessions.{code.lower()}.total"] = inst.total_field
+    return columns
+
+
+def profile(plan: ClinicPlan) -> dict:
+    export: dict[str, object]
+    if plan.layout == "us_csv":
+        export = {"format": "csv", "encoding": "utf-8", "delimiter": ",", "date_format": "%m/%d/%Y"}
+        export |= {"instruments": ["SRS", "ORS"], "columns": _us_columns()[1]}
+    elif plan.layout == "eu_csv":
+        export = {"format": "csv", "encoding": "cp1252", "delimiter": ";", "decimal_comma": True}
+        export |= {"date_format": "%d.%m.%Y", "instruments": ["SRS"], "columns": _eu_columns()[1]}
+    elif plan.layout == "xlsx":
+        export = {"format": "xlsx", "sheet": "Sessions", "date_format": "%Y-%m-%d"}
+        export |= {"instruments": ["WAI_SR"], "columns": _xlsx_columns()[1]}
+    else:
+        export = {"format": "json", "records": "clients.sessions", "date_format": "%Y-%m-%d"}
+        export |= {"instruments": ["SRS", "ORS"], "columns": _json_columns()}
+    return {"name": plan.name, "timezone": plan.timezone, "export": export}
+
+
+def _number(value: Value, decimal_comma: bool = False) -> str:
+    if isinstance(value, str):
+        return value
+    text = str(value) if isinstance(value, int) else f"{value:.1f}"
+    return text.replace(".", ",") if decimal_comma else text
+
+
+def _csv_date(when: date | str, fmt: str) -> str:
+    return when if isinstance(when, str) else when.strftime(fmt)
+
+
+def write_us_csv(path: Path, rows: list[Row]) -> None:
+    blank = [""] * 5
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\r\n")
+        writer.writerow(_us_columns()[0])
+        for row in rows:
+            outcome = [_number(v) for v in row.outcome] if row.outcome is not None else blank
+            writer.writerow(
+                [row.client_ref, row.client_name, row.therapist, _csv_date(row.when, "%m/%d/%Y"), row.number]
+                + [_number(v) for v in row.alliance]
+                + outcome
+                + [row.note]
+            )
+
+
+def write_eu_csv(path: Path, rows: list[Row]) -> None:
+    with path.open("w", encoding="cp1252", newline="") as handle:
+        writer = csv.writer(handle, delimiter=";", lineterminator="\r\n")
+        writer.writerow(_eu_columns()[0])
+        for row in rows:
+            writer.writerow(
+                [row.client_ref, row.client_name, row.therapist, _csv_date(row.when, "%d.%m.%Y"), row.number]
+                + [_number(v, decimal_comma=True) for v in row.alliance]
+                + [row.note]
+            )
+
+
+def write_xlsx(path: Path, rows: list[Row], plan: ClinicPlan, today: date) -> None:
+    book = xlsxwriter.Workbook(str(path), {"constant_memory": True})
+    # a fixed creation stamp keeps the workbook reproducible
+    book.set_properties({"created": datetime(today.year, today.month, today.day), "title": plan.name})
+    date_cell = book.add_format({"num_format": "yyyy-mm-dd"})
+    sheet = book.add_worksheet("Sessions")
+    sheet.write_row(0, 0, _xlsx_columns()[0])
+    for r, row in enumerate(rows, start=1):
+        if row.client_ref:
+            sheet.write_string(r, 0, row.client_ref)
+        sheet.write_string(r, 1, row.client_name)
+        sheet.write_string(r, 2, row.therapist)
+        if isinstance(row.when, str):
+            sheet.write_string(r, 3, row.when)
+        else:
+            sheet.write_datetime(r, 3, row.when, date_cell)
+        sheet.write_number(r, 4, row.number)
+        for c, value in enumerate(row.alliance, start=5):
+            sheet.write(r, c, value)
+        if row.note:
+            sheet.write_string(r, 5 + len(row.alliance), row.note)
+    about = book.add_worksheet("About")
+    about.write_string(0, 0, f"Session feedback export, {plan.name}")
+    about.write_string(1, 0, f"Generated {today.isoformat()}; instrument WAI-SR (12 items, 1-5).")
+    about.write_string(2, 0, "One row per session; sheet 'Sessions'.")
+    book.close()
+
+
+def _json_rating(code: str, values: list[Value] | None) -> dict[str, Value] | None:
+    if values is None:
+        return None
+    return dict(zip((*_JSON_KEYS[code], "total"), values, strict=True))
+
+
+def _json_session(row: Row) -> dict[str, object]:
+    return {
+        "date": row.when if isinstance(row.when, str) else row.when.isoformat(),
+        "number": row.number,
+        "srs": _json_rating("SRS", row.alliance),
+        "ors": _json_rating("ORS", row.outcome),
+        "note": row.note,
+    }
+
+
+def write_json(path: Path, blocks: list[Block], plan: ClinicPlan, today: date) -> None:
+    clients = [
+        {
+            "client_ref": block.rows[0].client_ref,
+            "name": block.rows[0].client_name,
+            "therapist": block.rows[0].therapist,
+            "sessions": [_json_session(row) for row in block.rows],
+        }
+        for block in blocks
+    ]
+    document = {"export": {"clinic": plan.name, "generated": f"{today.isoformat()}T02:00:00"}, "clients": clients}
+    path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

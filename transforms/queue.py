@@ -1,0 +1,151 @@
+"""The review queue as pure decisions: a dyad's standing from its ongoing findings, and which dyads a policy queues.
+
+A dyad is queued for its confirmed evidence of decline, not for a low level alone: advisory and provisional
+findings are shown but carry little or no risk. A course that has ended (no session for ``course_end_days``
+beyond its usual interval) leaves the queue, unless it ended right after a decline (``stopped_appearing``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from alliance.clinics import RuleConfig
+from transforms.rules import DECLINE_RULES, RULES, SEVERITIES, risk_score
+
+QUEUE_SCHEMA: dict[str, pl.DataType] = {
+    "dyad_id": pl.String(),
+    "risk_score": pl.Float64(),
+    "rules": pl.List(pl.String()),
+    "in_queue": pl.Boolean(),
+    "course_open": pl.Boolean(),
+}
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where one dyad stands today: its risk, the rule that heads its queue entry, and whether its course ended."""
+
+    risk: float
+    rules: tuple[str, ...]
+    headline: str | None
+    headline_is_decline: bool
+    course_open: bool
+    closed: bool
+
+    @property
+    def eligible(self) -> bool:
+        return not self.closed and self.headline is not None
+
+
+def names_decline(finding: dict[str, Any]) -> bool:
+    """Whether a finding's reason is about a fall of the alliance (escalation and silence cite theirs)."""
+    if finding["rule"] in DECLINE_RULES or finding["rule"] == "stopped_appearing":
+        return True
+    evidence = json.loads(finding.get("evidence") or "{}")
+    return bool(set(evidence.get("alliance_rules", [])) & DECLINE_RULES)
+
+
+def headline(findings: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The finding a queue entry leads with: most severe, then heaviest, then latest (as the queue view ranks)."""
+    if not findings:
+        return None
+    return max(
+        findings,
+        key=lambda f: (SEVERITIES.index(f["severity"]), RULES[f["rule"]].weight, f["last_session_date"]),
+    )
+
+
+def course_ended(silent_days: int, cadence_days: float | None, config: RuleConfig) -> bool:
+    """No session for ``course_end_days`` beyond the dyad's usual interval (weekly when unknown)."""
+    usual = cadence_days if cadence_days and cadence_days > 0 else 7.0
+    return silent_days > usual + config.course_end_days
+
+
+def standing(
+    findings: Sequence[dict[str, Any]], silent_days: int, cadence_days: float | None, config: RuleConfig
+) -> Standing:
+    """A dyad's standing from its findings and how long it has been silent (relative to its clinic's latest day)."""
+    confirmed = [f for f in findings if f["ongoing"] and not f["provisional"]]
+    rules = tuple(sorted({f["rule"] for f in confirmed}))
+    top = headline(confirmed)
+    ended = course_ended(silent_days, cadence_days, config)
+    dropped_out = "stopped_appearing" in rules  # only raised after a decline; it closes itself at inactive_days
+    return Standing(
+        risk=risk_score(list(rules)),
+        rules=rules,
+        headline=top["rule"] if top else None,
+        headline_is_decline=bool(top and names_decline(top)),
+        course_open=not ended,
+        closed=(ended and not dropped_out) or silent_days >= config.inactive_days,
+    )
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Which dyads enter the queue: risk at or above ``min_risk``, and at most ``target_share`` of open dyads
+    (highest risk first) when a share is set."""
+
+    min_risk: float = 30.0
+    target_share: float | None = None
+
+    def select(self, standings: Sequence[Standing]) -> list[bool]:
+        chosen = [s.eligible and s.risk >= self.min_risk - 1e-9 for s in standings]
+        if self.target_share is None:
+            return chosen
+        room = math.floor(self.target_share * sum(s.course_open for s in standings) + 1e-9)
+        ranked = sorted((i for i, c in enumerate(chosen) if c), key=lambda i: -standings[i].risk)
+        keep = set(ranked[:room])
+        return [i in keep for i in range(len(standings))]
+
+    def describe(self) -> str:
+        share = f", at most {self.target_share:.0%} of open dyads" if self.target_share is not None else ""
+        return f"risk ≥ {self.min_risk:g}{share}"
+
+
+def select_by_clinic(policy: QueuePolicy, clinic_ids: Sequence[str], standings: Sequence[Standing]) -> list[bool]:
+    """The policy applied to each clinic's dyads on their own: a target share is a share of that clinic's caseload."""
+    chosen = [False] * len(standings)
+    groups: dict[str, list[int]] = {}
+    for i, clinic_id in enumerate(clinic_ids):
+        groups.setdefault(clinic_id, []).append(i)
+    for members in groups.values():
+        for i, queued in zip(members, policy.select([standings[i] for i in members]), strict=True):
+            chosen[i] = queued
+    return chosen
+
+
+def queue_frame(
+    flags: pl.DataFrame, last_sessions: pl.DataFrame, configs: dict[str, RuleConfig], policy: QueuePolicy
+) -> pl.DataFrame:
+    """Per dyad of ``last_sessions``: risk, confirmed rules, queue membership and whether its course is open.
+
+    ``flags``: the dyads' findings (ongoing or not, any review status); ``last_sessions``: one row per dyad
+    with last_session_date, clinic_latest and cadence_days (as ``Writer.last_sessions`` returns).
+    """
+    by_dyad: dict[str, list[dict[str, Any]]] = {}
+    for row in flags.filter(pl.col("ongoing")).iter_rows(named=True):
+        by_dyad.setdefault(row["dyad_id"], []).append(row)
+    ids, clinics, standings = [], [], []
+    for row in last_sessions.iter_rows(named=True):
+        config = configs.get(row["clinic_id"], RuleConfig())
+        silent = (row["clinic_latest"] - row["last_session_date"]).days
+        ids.append(row["dyad_id"])
+        clinics.append(row["clinic_id"])
+        standings.append(standing(by_dyad.get(row["dyad_id"], []), silent, row.get("cadence_days"), config))
+    chosen = select_by_clinic(policy, clinics, standings)
+    return pl.DataFrame(
+        {
+            "dyad_id": ids,
+            "risk_score": [s.risk for s in standings],
+            "rules": [list(s.rules) for s in standings],
+            "in_queue": chosen,
+            "course_open": [s.course_open for s in standings],
+        },
+        schema=QUEUE_SCHEMA,
+    )
