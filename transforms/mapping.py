@@ -137,6 +137,11 @@ def _shape(raw: pl.Expr) -> pl.Expr:
     return raw.str.replace_all(r"[0-9]", "9").str.replace_all(r"\p{L}", "A").str.slice(0, 24)
 
 
+def _date_formats(formats: list[str]) -> list[str]:
+    """Every format a session date is read with, in order: the profile's, ISO, then ISO with an offset."""
+    return [*dict.fromkeys([*formats, *ISO_FORMATS]), *ISO_OFFSET_FORMATS]
+
+
 def _dates(field: str, formats: list[str], timezone: str | None = None) -> list[pl.Expr]:
     """The value parsed by each accepted format in turn (the profile's, then ISO), null where one does not fit."""
     tried = list(dict.fromkeys([*formats, *ISO_FORMATS]))
@@ -156,14 +161,19 @@ def _session_date(parses: list[pl.Expr]) -> pl.Expr:
     return pl.coalesce([pl.when(parsed >= pl.lit(EARLIEST_SESSION)).then(parsed) for parsed in parses])
 
 
-def _implausible_date(raw: pl.Expr, parsed: pl.Expr) -> pl.Expr:
+def _implausible_date(raw: pl.Expr, parses: list[pl.Expr], formats: list[str]) -> pl.Expr:
     """Why a date that parsed is not a session date, with its shape: 'written 99/99/99: a 2-digit year?'."""
+    parsed = pl.coalesce(parses)
     year = parsed.dt.year()
+    # the format that read the year as 26, with %y in place of %Y: what the profile could add
+    two_digit = pl.coalesce(
+        [pl.when(p.is_not_null()).then(pl.lit(f.replace("%Y", "%y"))) for p, f in zip(parses, formats, strict=True)]
+    )
     hint = (
         pl.when(year <= 0)
         .then(pl.lit("year 0 or earlier"))
         .when(year < 100)
-        .then(pl.lit("a 2-digit year? a profile can declare '%y' in its date_format"))
+        .then(pl.format("a 2-digit year? add '{}' to the clinic's date_format", two_digit))
         .otherwise(pl.lit("a typo in the year?"))
     )
     return pl.format(
@@ -248,6 +258,7 @@ def rating_candidates(
         pl.col("session_number").alias(f"session_number{RAW}"),
         _session_date(parses).alias("session_date"),
         pl.coalesce(parses).alias("session_date_any"),
+        *parses,  # kept until the failing rows' reasons are worked out
         _number("session_number", False).alias("session_number_value"),
         *item_exprs,
         *(pl.col(f).alias(f"{f}{RAW}") for f in inst.item_fields if f in canonical.columns),
@@ -291,7 +302,7 @@ def rating_candidates(
         _Failure(
             pl.col("session_date_any").is_not_null() & pl.col("session_date").is_null(),
             "implausible_date:session_date",
-            _implausible_date(pl.col(f"session_date{RAW}"), pl.col("session_date_any")),
+            _implausible_date(pl.col(f"session_date{RAW}"), parses, _date_formats(profile.date_formats)),
         ),
         _Failure(
             pl.col(f"session_number{RAW}").is_not_null() & (number.is_null() | ~whole) & ~too_large.fill_null(False),
@@ -315,7 +326,9 @@ def rating_candidates(
         (pl.col("session_date") - pl.lit(today)).dt.total_days().alias("days_ahead"),
         pl.concat_list(failure.rule_where() for failure in failures).list.drop_nulls().alias("parse_errors"),
     )
-    return _with_details(typed, failures).drop("session_number_value", "file_total", "session_date_any", HIDDEN_ROW)
+    return _with_details(typed, failures).drop(
+        "session_number_value", "file_total", "session_date_any", HIDDEN_ROW, *readings
+    )
 
 
 def _with_details(typed: pl.DataFrame, failures: list[_Failure]) -> pl.DataFrame:
