@@ -148,7 +148,10 @@ def test_quarantined_values_stay_out_of_the_network_snapshot(settings: Settings)
     warehouse = Warehouse.of(settings)
     with duckdb.connect(str(warehouse.snapshot_path()), read_only=True) as con:
         rows = con.execute('SELECT source_line, rules, reasons, "values" FROM quarantine').fetchall()
-    reasons = ["line 3, column 'SRS Goals' (srs_goals): is not a number", "line 3, total: is empty"]
+    reasons = [
+        "line 3, column 'SRS Goals' (srs_goals): is text, not a number",
+        "line 3, total: is empty, and not every item is there to compute it",
+    ]
     assert rows == [(3, ["not_a_number:srs_goals", "missing:total"], reasons, None)]
     with duckdb.connect(str(warehouse.snapshot_path("north")), read_only=True) as con:
         (own,) = con.execute('SELECT "values"::VARCHAR FROM quarantine').fetchone() or ("",)
