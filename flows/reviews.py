@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import polars as pl
@@ -9,7 +10,7 @@ import polars as pl
 from alliance.clinics import load_clinics
 from alliance.errors import AllianceError
 from alliance.settings import Settings
-from alliance.storage import REVIEW_STATUSES, Warehouse
+from alliance.storage import REVIEW_STATUSES, Warehouse, Writer
 from flows.scoring import ScoringResult, score_dyads
 from transforms.cases import CASE_STATUSES
 
@@ -31,11 +32,18 @@ def review_case(settings: Settings, case_id: str, status: str, reviewed_by: str,
     Example: ``review_case(settings, "f22876bed10f471e", "acknowledged", "dr.lee", "raised in supervision")``.
     """
     reviewer = _reviewer(status, reviewed_by)
+    return _recorded(
+        settings, "cases", "case_id", case_id, lambda w, now: w.review_case(case_id, status, reviewer, note, now)
+    )
+
+
+def _recorded(settings: Settings, table: str, column: str, subject: str, act: Callable[[Writer, datetime], str]) -> str:
+    """One review action in its own transaction, then the subject's clinic snapshot republished."""
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         with writer.transaction():
-            previous = writer.review_case(case_id, status, reviewer, note, datetime.now(UTC))
-        clinic = writer.frame("SELECT clinic_id FROM cases WHERE case_id = ?", [case_id]).item()
+            previous = act(writer, datetime.now(UTC))
+        clinic = writer.frame(f"SELECT clinic_id FROM {table} WHERE {column} = ?", [subject]).item()
         writer.publish(warehouse.snapshots, [clinic])
     return previous
 
@@ -74,13 +82,9 @@ def review_flag(settings: Settings, flag_id: str, status: str, reviewed_by: str,
     Example: ``review_flag(settings, "3f9a2c1b7d0e4a55", "acknowledged", "dr.lee", "discussed in supervision")``.
     """
     reviewer = _reviewer(status, reviewed_by)
-    warehouse = Warehouse.of(settings)
-    with warehouse.writer() as writer:
-        with writer.transaction():
-            previous = writer.review(flag_id, status, reviewer, note, datetime.now(UTC))
-        clinic = writer.frame("SELECT clinic_id FROM flags WHERE flag_id = ?", [flag_id]).item()
-        writer.publish(warehouse.snapshots, [clinic])
-    return previous
+    return _recorded(
+        settings, "flags", "flag_id", flag_id, lambda w, now: w.review(flag_id, status, reviewer, note, now)
+    )
 
 
 def rescore(settings: Settings, recalibrate: bool = False) -> ScoringResult:
