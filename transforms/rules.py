@@ -419,6 +419,8 @@ def rupture(s: Series, th: Thresholds) -> list[Episode]:
     for episode in episodes:
         mean, sd = means[episode.start], sds[episode.start]
         episode.evidence.update({"mean": mean, "sd": sd, "k": th.rupture_k, "baseline": mean})
+        # deep enough to be a reliable change below the earlier mean, not only k pooled SDs
+        episode.evidence["reliable"] = th.rc is not None and mean - x[episode.last] >= th.rc - EPS
         # the session before already sat 1.5 SD low: a fall over two sessions, confirmed as it stands
         if episode.start >= 1 and x[episode.start - 1] < mean - FALL_BEFORE_SD * sd - EPS:
             episode.evidence["fell_before"] = True
@@ -453,12 +455,20 @@ def declining_trend(s: Series, th: Thresholds) -> list[Episode]:
     def before(i: int) -> float:
         return statistics.median(x[max(0, i - w - 2) : i - w + 1])
 
+    def held_low(i: int) -> float | None:
+        # a slide too noisy for the slope: the last two sessions both below the first three's mean and
+        # on average a reliable change below it
+        if th.rc is None or i < 5:
+            return None
+        start, recent = statistics.mean(x[:3]), x[i - 1 : i + 1]
+        return start if max(recent) < start - EPS and start - statistics.mean(recent) >= th.rc - EPS else None
+
     def starts(i: int) -> float | None:
         # two steep windows in a row: one noisy window at the ceiling is not a slide
         if i < w or not (steep(i) and steep(i - 1)):
-            return None
+            return held_low(i)
         level = before(i)
-        return level if level - statistics.mean(x[i - 1 : i + 1]) >= th.trend_decline - EPS else None
+        return level if level - statistics.mean(x[i - 1 : i + 1]) >= th.trend_decline - EPS else held_low(i)
 
     def describe(e: Episode, ref: float) -> str:
         slope = slopes[e.start] or 0.0
