@@ -14,7 +14,7 @@ from alliance.storage import Writer
 from transforms.calibration import Calibration, estimate
 from transforms.expected import ExpectedCurve, curves_frame, curves_of, estimate_expected
 from transforms.flags import declines_at_last_session, reconcile, score, stopped_appearing
-from transforms.queue import QueuePolicy, queue_frame
+from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
 from transforms.trajectory import session_features
 
 SESSION_TABLE_COLUMNS = (
@@ -38,6 +38,7 @@ class ScoringResult:
     queue_dyads: int
     active_dyads: int  # dyads whose course is open (see transforms.queue.course_ended)
     changed_flags: pl.DataFrame  # flag_id, change
+    queue_options: pl.DataFrame | None = None  # what other queue settings would give (rescore only)
 
 
 def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
@@ -169,3 +170,10 @@ def score_dyads(
         }
     )
     return result
+
+
+def queue_options(writer: Writer, clinics: dict[str, Clinic], settings: Settings) -> pl.DataFrame:
+    """The queue each setting would give on the warehouse as scored now (see ``compare_policies``)."""
+    configs = {cid: clinic.rules for cid, clinic in clinics.items()}
+    current = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
+    return compare_policies(writer.flags_of(), writer.last_sessions(None), configs, policy_options(current))

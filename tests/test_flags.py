@@ -224,4 +224,19 @@ def test_rescore_command(network: tuple[Settings, SampleSet], tmp_path: Path) ->
     settings, _ = network
     result = CliRunner().invoke(app, ["rescore", "--recalibrate", "--home", str(settings.home)])
     assert result.exit_code == 0, result.output
-    assert "review queue:" in result.output
+    assert "review queue:" in result.output and "open dyads" in result.output
+    assert "Queue settings" in result.output and "at most 12% of open dyads" in result.output
+
+
+def test_rescore_tells_what_each_queue_setting_would_give(network: tuple[Settings, SampleSet]) -> None:
+    settings, _ = network
+    options = rescore(settings).queue_options
+    assert options is not None
+    current, *others = options.to_dicts()
+    assert current["setting"] == f"risk ≥ {settings.queue_min_risk:g}"
+    stricter = next(o for o in others if o["setting"] == "risk ≥ 55")
+    assert stricter["queued"] <= current["queued"]
+    for option in others:
+        if "at most" in option["setting"]:
+            share = float(option["setting"].split("at most ")[1].split("%")[0]) / 100
+            assert option["share_of_open"] <= share + 1 / max(1, option["open_dyads"])
