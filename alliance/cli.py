@@ -471,10 +471,19 @@ def _print_scoring(result: Any) -> None:
     console.print(
         f"scored {result.dyads_scored} dyads: {result.new} new, {result.worsened} worsened, "
         f"{result.reopened} reopened, {result.auto_resolved} auto-resolved flags; "
-        f"review queue: {result.queue_dyads} of {result.active_dyads} dyads ({share:.0%})"
+        f"review queue: {result.queue_dyads} of {result.active_dyads} open dyads ({share:.0%})"
         + (" [reliable change re-estimated]" if result.recalibrated else ""),
         markup=False,
     )
+    options = getattr(result, "queue_options", None)
+    if options is None or options.is_empty():
+        return
+    table = Table(title="Queue settings: what each would give (first row: current)")
+    for column in ("setting", "queued", "share of open", "headline rules"):
+        table.add_column(column, overflow="fold")
+    for row in options.iter_rows(named=True):
+        table.add_row(row["setting"], str(row["queued"]), f"{row['share_of_open']:.0%}", row["headlines"])
+    console.print(table)
 
 
 def _print_queue(settings: Settings, limit: int = 10) -> None:

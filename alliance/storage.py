@@ -230,6 +230,19 @@ CREATE TABLE IF NOT EXISTS calibrations (
     within_sd DOUBLE NOT NULL,
     estimated_at TIMESTAMPTZ NOT NULL
 );
+CREATE TABLE IF NOT EXISTS expected_trajectories (
+    curve_id VARCHAR NOT NULL,
+    instrument VARCHAR NOT NULL,
+    intake_band INTEGER NOT NULL,
+    intake_lo DOUBLE NOT NULL,
+    intake_hi DOUBLE NOT NULL,
+    session_index INTEGER NOT NULL,
+    expected DOUBLE NOT NULL,
+    lower DOUBLE NOT NULL,
+    upper DOUBLE NOT NULL,
+    n INTEGER NOT NULL,
+    estimated_at TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alerts (
     alert_key VARCHAR NOT NULL,
     kind VARCHAR NOT NULL,
@@ -276,7 +289,7 @@ SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli
 # (free text a supervisor typed) and carry pseudonyms only.
 SNAPSHOT_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "dyad_sessions", "flags", "dyads", "reviews",
-    "cases", "case_reviews", "calibrations", "alerts", "meta", "flag_renames",
+    "cases", "case_reviews", "calibrations", "expected_trajectories", "alerts", "meta", "flag_renames",
 )  # fmt: skip
 
 # After a table aliased r with a flag_id column: joins flags f on the id that flag has now (after key rotations).
@@ -501,6 +514,17 @@ class Writer:
             """SELECT * FROM calibrations
             QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY estimated_at DESC) = 1"""
         )
+
+    def current_expected(self) -> pl.DataFrame:
+        """The latest expected trajectory of each instrument (one row per intake band and session)."""
+        return self.frame(
+            """SELECT * EXCLUDE (estimated_at) FROM expected_trajectories
+            QUALIFY estimated_at = max(estimated_at) OVER (PARTITION BY instrument)"""
+        )
+
+    def save_expected(self, curves: pl.DataFrame) -> None:
+        self.con.register("incoming_expected", curves.to_arrow())
+        self.con.execute("INSERT INTO expected_trajectories BY NAME SELECT * FROM incoming_expected")
 
     def save_calibrations(self, calibrations: pl.DataFrame) -> None:
         self.con.register("incoming_calibrations", calibrations.to_arrow())
@@ -1140,7 +1164,7 @@ VOLATILE_COLUMNS = {
 }  # fmt: skip
 CHECKSUM_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
-    "reviews", "cases", "case_reviews", "calibrations", "alerts", "flag_renames",
+    "reviews", "cases", "case_reviews", "calibrations", "expected_trajectories", "alerts", "flag_renames",
 )  # fmt: skip
 
 

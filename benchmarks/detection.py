@@ -151,14 +151,20 @@ def calibrate(history: list[Course]) -> tuple[dict[str, Calibration], dict[str, 
 
 
 def prefix_findings(
-    courses: list[Course], calibrations: dict[str, Calibration], curves: dict[str, ExpectedCurve]
+    courses: list[Course],
+    calibrations: dict[str, Calibration],
+    curves: dict[str, ExpectedCurve],
+    config: RuleConfig | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Ongoing findings of every course prefix (the dyad as scored after its k-th session), keyed 'id:k'."""
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     chunk = 400  # bounded memory: prefixes grow quadratically with course length
     for start in range(0, len(courses), chunk):
         frame = ratings(courses[start : start + chunk], prefixes=True)
-        scored = score(session_features(frame), {}, calibrations, curves)
+        configs = {f"c{k:02d}": config for k in range(CLINICS)} if config else {}
+        scored = score(
+            session_features(frame, window=(config or RuleConfig()).trend_window), configs, calibrations, curves
+        )
         for row in scored.findings.filter(pl.col("ongoing")).iter_rows(named=True):
             found[row["dyad_id"]].append(row)
     return found
@@ -225,7 +231,7 @@ def evaluate(
     config = config or RuleConfig()
     courses = network(dyads, seed, noise)
     calibrations, curves = calibrate(network(dyads, seed + 10_000, noise))
-    found = prefix_findings(courses, calibrations, curves)
+    found = prefix_findings(courses, calibrations, curves, config)
     declines = declines_at_last_session(pl.DataFrame([f for fs in found.values() for f in fs], schema=FINDING_SCHEMA))
     loads = [START + timedelta(days=7 * w) for w in range(1, WEEKS + 1)]
     clinic_dates: dict[str, list[date]] = defaultdict(list)
@@ -252,7 +258,8 @@ def evaluate(
             }
             for c, k in visible
         ]
-        silent = stopped_appearing(pl.DataFrame(last_rows), {}, declines) if last_rows else None
+        configs = {c.clinic_id: config for c, _ in visible}
+        silent = stopped_appearing(pl.DataFrame(last_rows), configs, declines) if last_rows else None
         silent_by = {row["dyad_id"]: row for row in (silent.iter_rows(named=True) if silent is not None else [])}
         standings: list[tuple[Course, int, Standing]] = []
         for c, k in visible:

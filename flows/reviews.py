@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import polars as pl
@@ -11,7 +12,7 @@ from alliance.clinics import load_clinics
 from alliance.errors import AllianceError
 from alliance.settings import Settings
 from alliance.storage import REVIEW_STATUSES, Warehouse, Writer
-from flows.scoring import ScoringResult, score_dyads
+from flows.scoring import ScoringResult, queue_options, score_dyads
 from transforms.cases import CASE_STATUSES
 
 FLAG_STATUSES = (*REVIEW_STATUSES, "auto_resolved")
@@ -94,8 +95,9 @@ def rescore(settings: Settings, recalibrate: bool = False) -> ScoringResult:
     with warehouse.writer() as writer:
         with writer.transaction():
             result = score_dyads(writer, clinics, settings, None, kind="rescore", recalibrate=recalibrate)
+        options = queue_options(writer, clinics, settings)
         writer.publish(warehouse.snapshots, None)
-    return result
+    return replace(result, queue_options=options)
 
 
 def list_flags(settings: Settings, clinic_id: str | None = None, status: str = "open") -> pl.DataFrame:

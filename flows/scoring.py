@@ -13,8 +13,9 @@ from alliance.settings import Settings
 from alliance.storage import Writer
 from transforms.calibration import Calibration, estimate
 from transforms.cases import update_cases
+from transforms.expected import ExpectedCurve, curves_frame, curves_of, estimate_expected
 from transforms.flags import declines_at_last_session, reconcile, score, stopped_appearing
-from transforms.queue import QueuePolicy, queue_frame
+from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
 from transforms.trajectory import session_features
 
 SESSION_TABLE_COLUMNS = (
@@ -38,6 +39,7 @@ class ScoringResult:
     queue_dyads: int
     active_dyads: int  # dyads whose course is open (see transforms.queue.course_ended)
     changed_flags: pl.DataFrame  # flag_id, change
+    queue_options: pl.DataFrame | None = None  # what other queue settings would give (rescore only)
     cases_opened: int = 0  # new cases, and cases of dyads back in the queue
     cases_worse: int = 0
     cases_closed: int = 0
@@ -58,24 +60,29 @@ def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataF
     return pl.concat(parts) if parts else session_features(ratings)
 
 
-def _calibrations(writer: Writer, growth: float, force: bool) -> tuple[dict[str, Calibration], bool]:
-    """Current reliable-change estimates; re-estimated when missing, forced, or the data grew enough."""
+def _calibrations(
+    writer: Writer, growth: float, force: bool
+) -> tuple[dict[str, Calibration], dict[str, ExpectedCurve], bool]:
+    """Current reliable-change estimates and expected trajectories; re-estimated when missing, forced, or the
+    data grew enough."""
     stored = {
         row["instrument"]: Calibration(
             row["instrument"], row["sd"], row["r"], row["rc"], row["n_scores"], row["n_pairs"], row["within_sd"]
         )
         for row in writer.current_calibrations().iter_rows(named=True)
     }
+    curves = curves_of(writer.current_expected())
     counts = writer.rating_counts()
     stale = force or any(
         code not in stored or count > stored[code].n_scores * (1 + growth) for code, count in counts.items()
     )
     if not stale:
-        return stored, False
-    fresh = {c.instrument: c for c in estimate(session_features(writer.ratings_of(None)))}
+        return stored, curves, False
+    features = session_features(writer.ratings_of(None))
+    fresh = {c.instrument: c for c in estimate(features)}
     changed = [c for code, c in fresh.items() if stored.get(code) != c]
+    now = datetime.now(UTC)
     if changed:
-        now = datetime.now(UTC)
         writer.save_calibrations(
             pl.DataFrame(
                 [
@@ -94,7 +101,11 @@ def _calibrations(writer: Writer, growth: float, force: bool) -> tuple[dict[str,
                 ]
             )
         )
-    return {**stored, **fresh}, bool(changed)
+    new_curves = {c.instrument: c for c in estimate_expected(features)}
+    renewed = [c for code, c in new_curves.items() if curves.get(code) is None or curves[code].curve_id != c.curve_id]
+    if renewed:
+        writer.save_expected(curves_frame(renewed).with_columns(estimated_at=pl.lit(now)))
+    return {**stored, **fresh}, {**curves, **new_curves}, bool(changed or renewed)
 
 
 def score_dyads(
@@ -109,12 +120,12 @@ def score_dyads(
     """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full."""
     started = datetime.now(UTC)
     configs = {cid: clinic.rules for cid, clinic in clinics.items()}
-    calibrations, recalibrated = _calibrations(writer, settings.recalibrate_growth, recalibrate)
+    calibrations, curves, recalibrated = _calibrations(writer, settings.recalibrate_growth, recalibrate)
     if recalibrated:
         dyad_ids = None  # a new RC changes every dyad's findings: keep all flags on one calibration
     ratings = writer.ratings_of(dyad_ids)
     scope_clinics = None if dyad_ids is None else sorted(set(ratings["clinic_id"].to_list()))
-    scored = score(_features(ratings, configs), configs, calibrations)
+    scored = score(_features(ratings, configs), configs, calibrations, curves)
     first = reconcile(scored.findings, writer.flags_of(dyad_ids=dyad_ids, except_rule="stopped_appearing"), started)
     writer.replace_flags(first.flags)
     writer.replace_dyad_sessions(dyad_ids, scored.sessions.select(SESSION_TABLE_COLUMNS))
@@ -174,3 +185,10 @@ def score_dyads(
         }
     )
     return result
+
+
+def queue_options(writer: Writer, clinics: dict[str, Clinic], settings: Settings) -> pl.DataFrame:
+    """The queue each setting would give on the warehouse as scored now (see ``compare_policies``)."""
+    configs = {cid: clinic.rules for cid, clinic in clinics.items()}
+    current = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
+    return compare_policies(writer.flags_of(), writer.last_sessions(None), configs, policy_options(current))

@@ -224,7 +224,8 @@ def test_rescore_command(network: tuple[Settings, SampleSet], tmp_path: Path) ->
     settings, _ = network
     result = CliRunner().invoke(app, ["rescore", "--recalibrate", "--home", str(settings.home)])
     assert result.exit_code == 0, result.output
-    assert "review queue:" in result.output
+    assert "review queue:" in result.output and "open dyads" in result.output
+    assert "Queue settings" in result.output and "at most 12% of open dyads" in result.output
 
 
 def test_a_hostile_reviewer_name_is_stored_and_echoed_plain(network: tuple[Settings, SampleSet]) -> None:
@@ -241,3 +242,17 @@ def test_a_hostile_reviewer_name_is_stored_and_echoed_plain(network: tuple[Setti
         reviewed = con.execute("SELECT reviewed_by FROM reviews WHERE flag_id = ?", [flag_id]).fetchall()
         actors = con.execute("SELECT actor FROM audit WHERE subject = ?", [flag_id]).fetchall()
     assert reviewed == [(clean,)] and actors == [(clean,)]
+
+
+def test_rescore_tells_what_each_queue_setting_would_give(network: tuple[Settings, SampleSet]) -> None:
+    settings, _ = network
+    options = rescore(settings).queue_options
+    assert options is not None
+    current, *others = options.to_dicts()
+    assert current["setting"] == f"risk ≥ {settings.queue_min_risk:g}"
+    stricter = next(o for o in others if o["setting"] == "risk ≥ 55")
+    assert stricter["queued"] <= current["queued"]
+    for option in others:
+        if "at most" in option["setting"]:
+            share = float(option["setting"].split("at most ")[1].split("%")[0]) / 100
+            assert option["share_of_open"] <= share + 1 / max(1, option["open_dyads"])

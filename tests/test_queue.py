@@ -154,8 +154,9 @@ def test_queue_frame_judges_each_dyad_from_its_flags_and_silence() -> None:
 
 
 @pytest.mark.slow
-def test_detection_on_realistic_noise_meets_its_targets_at_a_small_scale() -> None:
-    result = evaluate(dyads=1000, seed=21)
+def test_detection_on_realistic_noise_meets_its_targets() -> None:
+    # the README's seed-5 column; with 80 dyads per planted shape one dyad moves a share by 1.25 points
+    result = evaluate(dyads=2000, seed=5)
     assert result.stable_ever_queued <= 0.05
     for pattern in ("sudden_loss", "slow_decline", "dropout_after_decline"):
         assert result.detected[pattern] >= 0.90, pattern

@@ -422,9 +422,12 @@ def test_a_rupture_at_the_latest_session_is_provisional_until_the_next_agrees() 
 
 # 7. Declining trend -----------------------------------------------------------------------------
 
+# the rule's mechanics at W = 4, slope −0.8 and a 2.5-point fall (the defaults are W = 3, −0.6, 3.5)
+W4 = {"trend_window": 4, "trend_slope": -0.8, "trend_decline": 2.5}
+
 
 def test_declining_trend_steady_slide_of_1_point_a_session() -> None:
-    [episode] = declining_trend(series([39.0, 38.0, 37.0, 36.0, 35.0, 34.0], slopes=True), thresholds(rc=None))
+    [episode] = declining_trend(series([39.0, 38.0, 37.0, 36.0, 35.0, 34.0], slopes=True), thresholds(rc=None, **W4))
     assert episode.start == 4 and episode.ongoing and episode.evidence["slope"] == pytest.approx(-1.0)
     assert episode.reason == "SRS declining 1.0 points a session over sessions 1–5 (39.0 → 35.0)"
 
@@ -432,7 +435,7 @@ def test_declining_trend_steady_slide_of_1_point_a_session() -> None:
 @pytest.mark.parametrize(("step", "flagged"), [(0.8, True), (0.7, False)])
 def test_declining_trend_slope_at_most_minus_0_8(step: float, flagged: bool) -> None:
     scores = [round(40.0 - step * i, 1) for i in range(5)]  # 5 sessions: two windows of 4
-    assert len(declining_trend(series(scores, slopes=True), thresholds(rc=None))) == flagged
+    assert len(declining_trend(series(scores, slopes=True), thresholds(rc=None, **W4))) == flagged
 
 
 @pytest.mark.parametrize(
@@ -444,24 +447,24 @@ def test_declining_trend_slope_at_most_minus_0_8(step: float, flagged: bool) -> 
 )
 def test_declining_trend_needs_a_fall_of_2_5_from_the_level_before(last: float, flagged: bool) -> None:
     scores = [38.0, 38.0, 37.0, 36.0, last]  # Theil–Sen slopes −0.83 and about −1
-    assert len(declining_trend(series(scores), thresholds(rc=None))) == flagged
+    assert len(declining_trend(series(scores), thresholds(rc=None, **W4))) == flagged
 
 
 def test_declining_trend_is_robust_to_one_noisy_session() -> None:
     # a slide of 1 point a session with one session 4 points off: least squares flattens, Theil–Sen holds
-    [episode] = declining_trend(series([40.0, 40.0, 39.0, 38.0, 41.0, 36.0, 35.0]), thresholds(rc=None))
+    [episode] = declining_trend(series([40.0, 40.0, 39.0, 38.0, 41.0, 36.0, 35.0]), thresholds(rc=None, **W4))
     assert episode.ongoing and episode.evidence["slope"] <= -0.8
-    assert declining_trend(series([38.0, 38.0, 38.0, 33.0, 38.0, 38.0, 38.0]), thresholds(rc=None)) == []
+    assert declining_trend(series([38.0, 38.0, 38.0, 33.0, 38.0, 38.0, 38.0]), thresholds(rc=None, **W4)) == []
 
 
 def test_declining_trend_single_steep_window_is_not_a_slide() -> None:
     # window ending at session 5 has slope −1.2; the windows either side are flat or −0.4
-    assert declining_trend(series([38.0, 38.0, 38.0, 38.0, 34.0, 38.0], slopes=True), thresholds(rc=None)) == []
+    assert declining_trend(series([38.0, 38.0, 38.0, 38.0, 34.0, 38.0], slopes=True), thresholds(rc=None, **W4)) == []
 
 
 def test_declining_trend_noisy_flat_series_is_silent() -> None:
     scores = [38.0, 36.0, 39.0, 37.0, 38.0, 36.0, 39.0, 37.0, 38.5, 36.5]
-    assert declining_trend(series(scores, slopes=True), thresholds(rc=None)) == []
+    assert declining_trend(series(scores, slopes=True), thresholds(rc=None, **W4)) == []
 
 
 # 8. Not on track and escalation -----------------------------------------------------------------
@@ -651,3 +654,12 @@ def test_every_rule_keeps_one_open_flag_and_ordered_spans(case: tuple[Series, Th
     s, th = case
     for rule in SERIES_RULES:
         spans_ok(rule(s, th), len(s.scores))
+
+
+@pytest.mark.parametrize(("rc", "flagged"), [(4.1, True), (4.2, False)])
+def test_declining_trend_holds_when_the_last_two_sessions_sit_a_reliable_change_below_the_first_three(
+    rc: float, flagged: bool
+) -> None:
+    # the slope is broken by one high session, but the level has moved: 33.9, 33.9 against 38 (defaults W = 3)
+    found = declining_trend(series([38.0, 38.0, 38.0, 33.9, 38.0, 33.9, 33.9]), thresholds(rc=rc))
+    assert [e.start for e in found] == ([6] if flagged else [])

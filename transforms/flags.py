@@ -266,6 +266,9 @@ def declines_at_last_session(findings: pl.DataFrame) -> dict[str, str]:
     """
     below_level = sorted(DECLINE_RULES - {"reliable_decrease"})
     ongoing = findings.filter(pl.col("ongoing") & pl.col("rule").is_in(below_level))
+    # a rupture counts once it is a reliable change below the earlier mean (k pooled SDs can be less)
+    shallow = (pl.col("rule") == "rupture") & ~pl.col("evidence").str.contains('"reliable": true', literal=True)
+    ongoing = ongoing.filter(~shallow)
     ranked = ongoing.sort(["dyad_id", "provisional", "magnitude"], descending=[False, False, True])
     return {row["dyad_id"]: row["reason"] for row in ranked.unique("dyad_id", keep="first").iter_rows(named=True)}
 

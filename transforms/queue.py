@@ -149,3 +149,56 @@ def queue_frame(
         },
         schema=QUEUE_SCHEMA,
     )
+
+
+OPTION_RISKS = (20.0, 30.0, 40.0, 55.0)
+OPTION_SHARES = (0.10, 0.12, 0.15)
+
+
+def compare_policies(
+    flags: pl.DataFrame, last_sessions: pl.DataFrame, configs: dict[str, RuleConfig], policies: Sequence[QueuePolicy]
+) -> pl.DataFrame:
+    """What each queue setting would give: queued dyads, their share of open dyads, and the declines that head them."""
+    by_dyad: dict[str, list[dict[str, Any]]] = {}
+    for row in flags.filter(pl.col("ongoing")).iter_rows(named=True):
+        by_dyad.setdefault(row["dyad_id"], []).append(row)
+    clinics, standings = [], []
+    for row in last_sessions.iter_rows(named=True):
+        config = configs.get(row["clinic_id"], RuleConfig())
+        silent = (row["clinic_latest"] - row["last_session_date"]).days
+        clinics.append(row["clinic_id"])
+        standings.append(standing(by_dyad.get(row["dyad_id"], []), silent, row.get("cadence_days"), config))
+    open_dyads = sum(s.course_open for s in standings)
+    rows = []
+    for policy in policies:
+        chosen = [s for s, c in zip(standings, select_by_clinic(policy, clinics, standings), strict=True) if c]
+        heads: dict[str, int] = {}
+        for s in chosen:
+            heads[s.headline or ""] = heads.get(s.headline or "", 0) + 1
+        rows.append(
+            {
+                "setting": policy.describe(),
+                "queued": len(chosen),
+                "open_dyads": open_dyads,
+                "share_of_open": round(len(chosen) / open_dyads, 4) if open_dyads else 0.0,
+                "headlines": ", ".join(f"{rule} {n}" for rule, n in sorted(heads.items(), key=lambda kv: -kv[1])),
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "setting": pl.String,
+            "queued": pl.Int64,
+            "open_dyads": pl.Int64,
+            "share_of_open": pl.Float64,
+            "headlines": pl.String,
+        },
+    )
+
+
+def policy_options(current: QueuePolicy) -> list[QueuePolicy]:
+    """The current setting first, then risk thresholds and target shares to compare it with."""
+    options = [current]
+    options += [QueuePolicy(r) for r in OPTION_RISKS if QueuePolicy(r) != current]
+    options += [QueuePolicy(current.min_risk, share) for share in OPTION_SHARES]
+    return [o for i, o in enumerate(options) if o not in options[:i]]
