@@ -1154,13 +1154,14 @@ def _disk_full(exc: BaseException) -> bool:
     return any(s in text for s in ("no space left", "disk is full", "file too large", "quota exceeded"))
 
 
-# Columns that record when or in which run something happened: they differ between two runs that
-# loaded the same data, so checksums that prove "same warehouse" leave them out.
+# Columns that record when or in which run something happened (or which channel URL, which names a host and
+# port): they differ between two runs that loaded the same data, so checksums that prove "same warehouse" leave
+# them out.
 VOLATILE_COLUMNS = {
     "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
     "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
     "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key", "renamed_at", "opened_at",
-    "changed_at", "closed_at",
+    "changed_at", "closed_at", "channel",
 }  # fmt: skip
 CHECKSUM_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
