@@ -25,6 +25,7 @@ from flows.reviews import review_case, review_flag
 PAGES = ("Queue", "Dyad", "Trends", "Data health")
 PAGE_SIZE = 25
 ROW_PX = 35  # st.dataframe's row height
+CHANGE_WORDS = {"new": "new", "worse": "worse since", "back": "back after repair, since"}
 CASE_ROW_PX = 68  # st.dataframe wraps text only in rows taller than 4rem (64 px): the headline then shows whole
 REVIEW_LOCK_WAIT_S = 20.0  # a click should not hang for the pipeline's 10-minute lock wait
 LOADERS: dict[str, Any] = {
@@ -162,7 +163,7 @@ def _queue_filters(frame: pl.DataFrame, rules: list[str]) -> tuple[list[str], li
         if "client_ref" in frame.columns and frame["client_ref"].is_not_null().any()
         else "dyad code"
     )
-    search = f5.text_input("Search dyad", key="f_dyad", placeholder=f"{hint}, e.g. d3f9")
+    search = f5.text_input("Search dyad", key="f_dyad", placeholder=hint)
     return therapists, chosen_rules, severities, statuses, search
 
 
@@ -198,34 +199,33 @@ def queue_page(ctx: Context) -> None:
     st.caption(f"{shown.height} of {cases.height} cases · {PAGE_SIZE} per page · pick a row to open its case")
     page = st.pagination(pages, key="queue_page") if pages > 1 else 1
     refs = ctx.clinic is not None and cases["client_ref"].is_not_null().any()
-    columns = ["rank", *(["clinic_id"] if ctx.clinic is None else []), "risk_score", "severity", "status",
-               "headline_reason", "change", "change_session_date", "therapist_id", "dyad_id",
-               *(["client_ref"] if refs else []), "rules", "flags"]  # fmt: skip
-    rows = data.page_of(shown, page, PAGE_SIZE).with_columns(
-        pl.col("rules").list.join(", "),
-        pl.col("change").replace({"new": "new", "worse": "worse since", "back": "back after repair"}),
+    columns = [*(["clinic_id"] if ctx.clinic is None else []), "risk_score", "severity", "status", "dyad_id",
+               *(["client_ref"] if refs else []), "therapist_id", "headline_reason", "change", "flags"]  # fmt: skip
+    rows = data.page_of(shown, page, PAGE_SIZE)
+    since = pl.col("change_session_date").cast(pl.String).fill_null("")
+    change = pl.concat_str(
+        pl.col("change").replace_strict(CHANGE_WORDS, default=pl.col("change")), since, separator=" "
     )
     event = st.dataframe(
-        rows.select([*columns, "case_id"]),
+        rows.with_columns(change.alias("change")).select(columns),
         hide_index=True,
         width="stretch",
-        row_height=CASE_ROW_PX,
-        height=CASE_ROW_PX * rows.height + ROW_PX + 3,  # the whole page, no inner scrolling
+        row_height=CASE_ROW_PX if ctx.clinic is not None else CASE_ROW_PX + 16,  # the clinic column narrows it
+        height=(CASE_ROW_PX + (16 if ctx.clinic is None else 0)) * rows.height + ROW_PX + 3,  # no inner scrolling
         key="queue_table",
         on_select="rerun",
         selection_mode="single-row",
         column_config={
-            "clinic_id": "clinic",
-            "risk_score": st.column_config.ProgressColumn("risk", min_value=0, max_value=100, format="%.0f"),
+            "clinic_id": st.column_config.TextColumn("clinic", width=80),
+            "risk_score": st.column_config.ProgressColumn("risk", min_value=0, max_value=100, format="%.0f", width=60),
+            "severity": st.column_config.TextColumn("severity", width=65),
+            "status": st.column_config.TextColumn("status", width=95),
+            "dyad_id": st.column_config.TextColumn("dyad", width=105),
+            "client_ref": st.column_config.TextColumn("client ref", width=70),
+            "therapist_id": st.column_config.TextColumn("therapist", width=80),
             "headline_reason": st.column_config.TextColumn("headline", width="large"),
-            "change": "change",
-            "change_session_date": st.column_config.DateColumn("since"),
-            "therapist_id": "therapist",
-            "dyad_id": "dyad",
-            "client_ref": "client ref",
-            "rules": "rules behind it",
-            "flags": st.column_config.NumberColumn("flags"),
-            "case_id": "case",
+            "change": st.column_config.TextColumn("change, since (session)", width=150),
+            "flags": st.column_config.NumberColumn("flags", width=45),
         },
     )
     selected = list(getattr(getattr(event, "selection", None), "rows", None) or [])
@@ -369,9 +369,6 @@ def _submit_case_review(home: str, case_id: str, by: str) -> None:
     st.session_state["case_note"] = ""
 
 
-CHANGE_WORDS = {"new": "new", "worse": "worse since", "back": "back after repair"}
-
-
 def _case_review_form(ctx: Context, case: dict[str, Any]) -> None:
     """Acknowledge or resolve the whole case (every flag behind it) in one action, with a note."""
     if case["status"] == "closed":
@@ -411,15 +408,28 @@ def case_page(ctx: Context, case_id: str) -> None:
     cols[0].metric("Status", case["status"])
     cols[1].metric("Severity", case["severity"])
     cols[2].metric("Risk", f"{case['risk_score']:.0f}")
-    cols[3].metric("Change", CHANGE_WORDS.get(case["change"], case["change"]))
+    cols[3].metric("Change", CHANGE_WORDS.get(case["change"], case["change"]).removesuffix(", since"))
     cols[4].metric("Since (session date)", str(case["change_session_date"] or case["opened_session_date"]))
     st.markdown(f"**{case['headline_reason'] or case['headline_rule']}**")
     flags: pl.DataFrame = ctx.get("case_flags", case_id, ctx.clinic)
     st.subheader(f"Rules behind it ({flags.height})")
     st.dataframe(
-        flags, hide_index=True, width="stretch", key="case_flags", row_height=CASE_ROW_PX,
-        column_config={"reason": st.column_config.TextColumn("reason", width="large"), "flag_id": "flag"},
-    )  # fmt: skip
+        flags,
+        hide_index=True,
+        width="stretch",
+        key="case_flags",
+        row_height=CASE_ROW_PX,
+        column_config={
+            "flag_id": st.column_config.TextColumn("flag", width=130),
+            "rule": st.column_config.TextColumn("rule", width=120),
+            "instrument": st.column_config.TextColumn("instrument", width=75),
+            "severity": st.column_config.TextColumn("severity", width=70),
+            "status": st.column_config.TextColumn("status", width=95),
+            "first_session_date": st.column_config.DateColumn("from", width=90),
+            "last_session_date": st.column_config.DateColumn("to", width=90),
+            "reason": st.column_config.TextColumn("reason", width="large"),
+        },
+    )
     st.subheader("Review the case")
     _case_review_form(ctx, case)
     dyad = ctx.get("summary", case["dyad_id"], ctx.clinic)

@@ -293,22 +293,26 @@ def test_queue_lists_one_row_per_case_with_the_headline_whole(
         network, "SELECT case_id, dyad_id, headline_reason FROM cases WHERE clinic_id = ? AND status IN "
         "('open', 'acknowledged') ORDER BY risk_score DESC", [CLINIC],
     )  # fmt: skip
-    assert table.height == expected.height > 0 and set(table["case_id"]) == set(expected["case_id"])
+    assert table.height == expected.height > 0 and set(table["dyad_id"]) == set(expected["dyad_id"])
     assert table["dyad_id"].n_unique() == table.height  # one row per dyad at risk, not per flag
     assert table["risk_score"].to_list() == sorted(table["risk_score"].to_list(), reverse=True)
-    assert {"severity", "status", "headline_reason", "change", "change_session_date", "therapist_id"} <= set(
-        table.columns
+    assert {"severity", "status", "headline_reason", "change", "therapist_id", "flags"} <= set(table.columns)
+    by_dyad = dict(expected.select("dyad_id", "headline_reason").iter_rows())
+    assert all(r["headline_reason"] == by_dyad[r["dyad_id"]] for r in table.iter_rows(named=True))  # not cut
+    dates = warehouse_frame(
+        network, "SELECT dyad_id, change, change_session_date FROM cases WHERE clinic_id = ?", [CLINIC]
     )
-    by_case = dict(expected.select("case_id", "headline_reason").iter_rows())
-    assert all(r["headline_reason"] == by_case[r["case_id"]] for r in table.iter_rows(named=True))  # not cut
+    changes = {d: f"{'new' if c == 'new' else 'worse since' if c == 'worse' else 'back after repair, since'} {t}"
+               for d, c, t in dates.iter_rows()}  # fmt: skip
+    assert all(r["change"] == changes[r["dyad_id"]] for r in table.iter_rows(named=True))  # what changed, since when
     assert at.dataframe[0].proto.row_height > 64  # Streamlit wraps text only in rows taller than 4rem
     assert "clinic_id" not in table.columns
     refs = warehouse_frame(
-        network, "SELECT c.case_id, r.client_ref FROM cases c JOIN client_refs r USING (clinic_id, client_id) "
+        network, "SELECT c.dyad_id, r.client_ref FROM cases c JOIN client_refs r USING (clinic_id, client_id) "
         "WHERE c.clinic_id = ?", [CLINIC],
     )  # fmt: skip
-    assert dict(table.select("case_id", "client_ref").iter_rows()) == {
-        k: v for k, v in refs.iter_rows() if k in set(table["case_id"])
+    assert dict(table.select("dyad_id", "client_ref").iter_rows()) == {
+        k: v for k, v in refs.iter_rows() if k in set(table["dyad_id"])
     }  # the clinic's own reference beside the dyad code
     assert at.metric[0].label == "Cases in queue" and at.metric[0].value == str(expected.height)
 
@@ -329,11 +333,11 @@ def test_case_queue_filters(app: Callable[..., AppTest], network: Settings, case
     at = app(network.home, CLINIC)
     rule = cases["rules"][0][-1]
     at.multiselect(key="f_rule").set_value([rule]).run()
-    assert set(queue_table(at)["case_id"]) == set(cases.filter(pl.col("rules").list.contains(rule))["case_id"])
+    assert set(queue_table(at)["dyad_id"]) == set(cases.filter(pl.col("rules").list.contains(rule))["dyad_id"])
     at.multiselect(key="f_rule").set_value([]).run()
     ref = cases["client_ref"][-1]
     at.text_input(key="f_dyad").input(ref.lower()).run()
-    assert queue_table(at)["case_id"].to_list() == [cases["case_id"][-1]]
+    assert queue_table(at)["dyad_id"].to_list() == [cases["dyad_id"][-1]]
     at.text_input(key="f_dyad").input("zzzz").run()
     assert not at.dataframe and "No case matches" in at.info[0].value
 
