@@ -26,7 +26,7 @@ PAGES = ("Queue", "Dyad", "Trends", "Data health")
 PAGE_SIZE = 25
 ROW_PX = 35  # st.dataframe's row height
 CHANGE_WORDS = {"new": "new", "worse": "worse since", "back": "back after repair, since"}
-CASE_ROW_PX = 68  # st.dataframe wraps text only in rows taller than 4rem (64 px): the headline then shows whole
+CASE_ROW_PX = 84  # st.dataframe wraps text only in rows taller than 4rem (64 px): four lines of headline
 REVIEW_LOCK_WAIT_S = 20.0  # a click should not hang for the pipeline's 10-minute lock wait
 LOADERS: dict[str, Any] = {
     "queue": data.load_queue,
@@ -200,7 +200,9 @@ def queue_page(ctx: Context) -> None:
     page = st.pagination(pages, key="queue_page") if pages > 1 else 1
     refs = ctx.clinic is not None and cases["client_ref"].is_not_null().any()
     columns = [*(["clinic_id"] if ctx.clinic is None else []), "risk_score", "severity", "status", "dyad_id",
-               *(["client_ref"] if refs else []), "therapist_id", "headline_reason", "change", "flags"]  # fmt: skip
+               *(["client_ref"] if refs else []), "therapist_id", "headline_reason", "change"]  # fmt: skip
+    network = ctx.clinic is None
+    row_px = CASE_ROW_PX + (20 if network else 0)  # the clinic column narrows the headline: one more line
     rows = data.page_of(shown, page, PAGE_SIZE)
     since = pl.col("change_session_date").cast(pl.String).fill_null("")
     change = pl.concat_str(
@@ -210,8 +212,8 @@ def queue_page(ctx: Context) -> None:
         rows.with_columns(change.alias("change")).select(columns),
         hide_index=True,
         width="stretch",
-        row_height=CASE_ROW_PX if ctx.clinic is not None else CASE_ROW_PX + 16,  # the clinic column narrows it
-        height=(CASE_ROW_PX + (16 if ctx.clinic is None else 0)) * rows.height + ROW_PX + 3,  # no inner scrolling
+        row_height=row_px,
+        height=row_px * rows.height + ROW_PX + 3,  # the whole page, no inner scrolling
         key="queue_table",
         on_select="rerun",
         selection_mode="single-row",
@@ -219,13 +221,13 @@ def queue_page(ctx: Context) -> None:
             "clinic_id": st.column_config.TextColumn("clinic", width=80),
             "risk_score": st.column_config.ProgressColumn("risk", min_value=0, max_value=100, format="%.0f", width=60),
             "severity": st.column_config.TextColumn("severity", width=65),
-            "status": st.column_config.TextColumn("status", width=95),
-            "dyad_id": st.column_config.TextColumn("dyad", width=105),
+            "status": st.column_config.TextColumn("status", width=90),
+            "dyad_id": st.column_config.TextColumn("dyad", width=100),
             "client_ref": st.column_config.TextColumn("client ref", width=70),
             "therapist_id": st.column_config.TextColumn("therapist", width=80),
-            "headline_reason": st.column_config.TextColumn("headline", width="large"),
-            "change": st.column_config.TextColumn("change, since (session)", width=150),
-            "flags": st.column_config.NumberColumn("flags", width=45),
+            # fixed widths that fit a laptop screen, so the headline is never pushed off to the right
+            "headline_reason": st.column_config.TextColumn("headline", width=220 if network else 290),
+            "change": st.column_config.TextColumn("change, since", width=135),
         },
     )
     selected = list(getattr(getattr(event, "selection", None), "rows", None) or [])
@@ -420,14 +422,14 @@ def case_page(ctx: Context, case_id: str) -> None:
         key="case_flags",
         row_height=CASE_ROW_PX,
         column_config={
-            "flag_id": st.column_config.TextColumn("flag", width=130),
             "rule": st.column_config.TextColumn("rule", width=120),
-            "instrument": st.column_config.TextColumn("instrument", width=75),
-            "severity": st.column_config.TextColumn("severity", width=70),
-            "status": st.column_config.TextColumn("status", width=95),
+            "severity": st.column_config.TextColumn("severity", width=65),
+            "status": st.column_config.TextColumn("status", width=90),
+            "instrument": st.column_config.TextColumn("instrument", width=70),
             "first_session_date": st.column_config.DateColumn("from", width=90),
             "last_session_date": st.column_config.DateColumn("to", width=90),
-            "reason": st.column_config.TextColumn("reason", width="large"),
+            "reason": st.column_config.TextColumn("reason", width=400),  # whole, wrapped
+            "flag_id": st.column_config.TextColumn("flag", width=130),
         },
     )
     st.subheader("Review the case")

@@ -145,8 +145,8 @@ def case_flags(reader: Reader, case_id: str, clinic_id: str | None = None) -> pl
     """The flags behind a case (its evidence), most severe first, each with its reason."""
     where, params = _scope(clinic_id, "f.clinic_id")
     return reader.frame(
-        f"""SELECT f.flag_id, f.rule, f.instrument, f.severity, f.status, f.first_session_date, f.last_session_date,
-                   f.reason
+        f"""SELECT f.rule, f.severity, f.status, f.instrument, f.first_session_date, f.last_session_date, f.reason,
+                   f.flag_id
             FROM cases c, unnest(c.flag_ids) AS u(flag_id) JOIN flags f ON f.flag_id = u.flag_id
             WHERE c.case_id = $case AND {where}
             ORDER BY list_position({list(SEVERITIES)}, f.severity) DESC, f.last_session_date DESC, f.rule""",

@@ -296,7 +296,7 @@ def test_queue_lists_one_row_per_case_with_the_headline_whole(
     assert table.height == expected.height > 0 and set(table["dyad_id"]) == set(expected["dyad_id"])
     assert table["dyad_id"].n_unique() == table.height  # one row per dyad at risk, not per flag
     assert table["risk_score"].to_list() == sorted(table["risk_score"].to_list(), reverse=True)
-    assert {"severity", "status", "headline_reason", "change", "therapist_id", "flags"} <= set(table.columns)
+    assert {"severity", "status", "headline_reason", "change", "therapist_id"} <= set(table.columns)
     by_dyad = dict(expected.select("dyad_id", "headline_reason").iter_rows())
     assert all(r["headline_reason"] == by_dyad[r["dyad_id"]] for r in table.iter_rows(named=True))  # not cut
     dates = warehouse_frame(
