@@ -476,6 +476,8 @@ def dyad_page(ctx: Context) -> None:
     cols[2].metric("In queue", "yes" if dyad["in_queue"] else "no")
     cols[3].metric("Sessions", dyad["sessions"])
     cols[4].metric("Last session", str(dyad["last_session_date"]))
+    if dyad["client_ref"]:
+        st.caption(f"Client {dyad['client_ref']} (this clinic's own reference)")
     if dyad["ongoing_rules"]:
         st.caption("Ongoing rules: " + ", ".join(dyad["ongoing_rules"]))
     _flash()

@@ -231,12 +231,17 @@ def dyad_options(reader: Reader, clinic_id: str | None = None) -> pl.DataFrame:
 
 
 def dyad_summary(reader: Reader, dyad_id: str, clinic_id: str | None = None) -> dict[str, Any] | None:
-    """The dyad's row of the dyads table (no client id), or None when it is not in scope."""
-    where, params = _scope(clinic_id)
+    """The dyad's row of the dyads table (no client id; the client reference in a clinic's own snapshot), or None
+    when it is not in scope."""
+    where, params = _scope(clinic_id, "d.clinic_id")
+    refs = clinic_id is not None and has_client_refs(reader)
+    ref = "r.client_ref" if refs else "NULL::VARCHAR"
+    join = "LEFT JOIN client_refs r ON r.clinic_id = d.clinic_id AND r.client_id = d.client_id" if refs else ""
     found = reader.frame(
-        f"""SELECT dyad_id, clinic_id, therapist_id, instruments, sessions, first_session_date, last_session_date,
-                   round(risk_score, 1) AS risk_score, ongoing_rules, in_queue
-            FROM dyads WHERE dyad_id = $dyad AND {where}""",
+        f"""SELECT d.dyad_id, d.clinic_id, d.therapist_id, {ref} AS client_ref, d.instruments, d.sessions,
+                   d.first_session_date, d.last_session_date, round(d.risk_score, 1) AS risk_score, d.ongoing_rules,
+                   d.in_queue
+            FROM dyads d {join} WHERE d.dyad_id = $dyad AND {where}""",
         {**params, "dyad": dyad_id},
     )
     return found.row(0, named=True) if found.height else None

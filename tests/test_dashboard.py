@@ -196,6 +196,11 @@ def test_dyad_page_shows_the_trajectory_and_flag_history(
     assert {"cutoff", "baseline_band", "sessions", "flag_starts"} <= set(layer_names(srs))
     tooltips = [t["field"] for layer in srs["layer"] for t in layer.get("encoding", {}).get("tooltip", [])]
     assert {"relationship", "goals", "approach", "overall"} <= set(tooltips)  # item scores on hover
+    ref = warehouse_frame(
+        network, "SELECT r.client_ref FROM dyads d JOIN client_refs r USING (clinic_id, client_id) WHERE dyad_id = ?",
+        [dyad],
+    ).item()  # fmt: skip
+    assert any(f"Client {ref} " in c.value for c in at.caption)  # the clinic's own reference beside the code
     history = pl.from_pandas(at.dataframe[0].value)
     flags = warehouse_frame(network, "SELECT flag_id FROM flags WHERE dyad_id = ?", [dyad])
     assert set(history["flag_id"]) == set(flags["flag_id"])
@@ -327,6 +332,9 @@ def test_the_network_queue_has_the_clinic_column_and_no_client_reference(
     refs = warehouse_frame(network, "SELECT client_ref FROM client_refs")["client_ref"].to_list()
     shown = json.dumps([at.dataframe[0].value.astype(str).values.tolist()])
     assert refs and not any(f'"{ref}"' in shown for ref in refs)
+    dyad = table["dyad_id"][0]
+    page = app(network.home, page="Dyad", dyad=dyad)
+    assert page.metric and not any(c.value.startswith("Client ") for c in page.caption)
 
 
 def test_case_queue_filters(app: Callable[..., AppTest], network: Settings, cases: pl.DataFrame) -> None:
