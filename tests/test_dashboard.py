@@ -619,6 +619,11 @@ def test_trajectory_chart_has_cutoff_band_flags_and_events() -> None:
     cutoff_data = spec["datasets"][layers["cutoff"]["data"]["name"]]
     assert cutoff_data == [{"cutoff": 36.0, "label": "cutoff 36", "session_number": 4}]
     assert layers["cutoff"]["mark"]["type"] == "rule"
+    assert layers["cutoff"]["encoding"]["strokeDash"]["legend"]["title"] == "line"  # named off the plot area
+    assert "cutoff_label" not in layers  # an in-plot label ran into the baseline and the last session's labels
+    x_domain = layers["sessions"]["encoding"]["x"]["scale"]["domain"]
+    sessions_shown = [row["session_number"] for row in spec["datasets"][layers["sessions"]["data"]["name"]]]
+    assert x_domain == [min(sessions_shown) - 0.5, max(sessions_shown) + 0.5]  # edge labels clear of the axes
     band = layers["baseline_band"]
     assert band["mark"]["type"] == "area"
     assert (band["encoding"]["y"]["field"], band["encoding"]["y2"]["field"]) == ("band_low", "band_high")
