@@ -80,9 +80,13 @@ def trajectory_chart(
     if cutoff is not None:
         line = pl.DataFrame({"cutoff": [cutoff], "label": [f"cutoff {cutoff:g}"], "session_number": [max(numbers)]})
         # named in the legend, not on the plot, where it ran into the baseline and the last session's labels
-        rule = alt.Chart(line).mark_rule(color=FLAG_RED).encode(
-            y=y("cutoff"),
-            strokeDash=alt.StrokeDash("label:N", scale=alt.Scale(range=[[6, 4]]), legend=alt.Legend(title="line")),
+        rule = (
+            alt.Chart(line)
+            .mark_rule(color=FLAG_RED)
+            .encode(
+                y=y("cutoff"),
+                strokeDash=alt.StrokeDash("label:N", scale=alt.Scale(range=[[6, 4]]), legend=alt.Legend(title="line")),
+            )
         )
         layers.append(rule.properties(name="cutoff"))
     layers.append(
