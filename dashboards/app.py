@@ -148,6 +148,8 @@ def _close_case() -> None:
     """Back from the case page to the queue."""
     st.query_params.pop("case", None)
     st.session_state.pop("case_pick", None)
+    # a fresh table: the browser would otherwise send the row picked before and open the case again
+    st.session_state["queue_table_generation"] = st.session_state.get("queue_table_generation", 0) + 1
 
 
 def _queue_filters(frame: pl.DataFrame, rules: list[str]) -> tuple[list[str], list[str], list[str], list[str], str]:
@@ -214,7 +216,7 @@ def queue_page(ctx: Context) -> None:
         width="stretch",
         row_height=row_px,
         height=row_px * rows.height + ROW_PX + 3,  # the whole page, no inner scrolling
-        key="queue_table",
+        key=f"queue_table_{st.session_state.get('queue_table_generation', 0)}",
         on_select="rerun",
         selection_mode="single-row",
         column_config={

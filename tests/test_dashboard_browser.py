@@ -98,6 +98,17 @@ def test_acknowledge_a_case_in_the_browser(demo: Settings, server: str, browser:
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=shots / "queue.png")
 
+    grid = page.locator("[data-testid='stDataFrame']").first.bounding_box()
+    assert grid is not None
+    page.mouse.click(grid["x"] + 15, grid["y"] + 35 + 40)  # the first row's selection box (the grid is a canvas)
+    expect(page.get_by_text("Review the case")).to_be_visible(timeout=30_000)
+    assert "case=" in page.url
+    page.get_by_role("button", name="← Back to the queue").click()
+    expect(page.get_by_text("Cases in queue")).to_be_visible(timeout=30_000)
+    settle(page)
+    expect(page.get_by_text("Review the case")).to_have_count(0)  # back stays back: the old pick is not resent
+    assert "case=" not in page.url
+
     page.get_by_role("button", name="Open case").click()
     expect(page.get_by_text("Review the case")).to_be_visible(timeout=30_000)
     expect(page.locator("[data-testid='stVegaLiteChart']").first).to_be_visible()
