@@ -27,6 +27,7 @@ PAGE_SIZE = 25
 ROW_PX = 35  # st.dataframe's row height
 CHANGE_WORDS = {"new": "new", "worse": "worse since", "back": "back after repair, since"}
 CASE_ROW_PX = 84  # st.dataframe wraps text only in rows taller than 4rem (64 px): four lines of headline
+EVIDENCE_ROW_PX = 68  # three lines of a flag's reason in the case page's wider reason column
 REVIEW_LOCK_WAIT_S = 20.0  # a click should not hang for the pipeline's 10-minute lock wait
 LOADERS: dict[str, Any] = {
     "queue": data.load_queue,
@@ -222,7 +223,7 @@ def queue_page(ctx: Context) -> None:
         column_config={
             "clinic_id": st.column_config.TextColumn("clinic", width=80),
             "risk_score": st.column_config.ProgressColumn("risk", min_value=0, max_value=100, format="%.0f", width=60),
-            "severity": st.column_config.TextColumn("severity", width=65),
+            "severity": st.column_config.TextColumn("severity", width=75),
             "status": st.column_config.TextColumn("status", width=90),
             "dyad_id": st.column_config.TextColumn("dyad", width=100),
             "client_ref": st.column_config.TextColumn("client ref", width=70),
@@ -422,12 +423,13 @@ def case_page(ctx: Context, case_id: str) -> None:
         hide_index=True,
         width="stretch",
         key="case_flags",
-        row_height=CASE_ROW_PX,
+        row_height=EVIDENCE_ROW_PX,
+        height=EVIDENCE_ROW_PX * flags.height + ROW_PX + 3,  # every rule behind the case, no inner scrolling
         column_config={
             "rule": st.column_config.TextColumn("rule", width=120),
-            "severity": st.column_config.TextColumn("severity", width=65),
+            "severity": st.column_config.TextColumn("severity", width=75),
             "status": st.column_config.TextColumn("status", width=90),
-            "instrument": st.column_config.TextColumn("instrument", width=70),
+            "instrument": st.column_config.TextColumn("instrument", width=80),
             "first_session_date": st.column_config.DateColumn("from", width=90),
             "last_session_date": st.column_config.DateColumn("to", width=90),
             "reason": st.column_config.TextColumn("reason", width=400),  # whole, wrapped

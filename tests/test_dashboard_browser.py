@@ -116,7 +116,7 @@ def test_acknowledge_a_case_in_the_browser(demo: Settings, server: str, browser:
     match = re.search(r"[?&]case=([0-9a-f]{16})", page.url)
     assert match, page.url  # a link to share
     case_id = match.group(1)
-    page.set_viewport_size({"width": 1400, "height": 2300})  # Streamlit scrolls inside its own frame
+    page.set_viewport_size({"width": 1400, "height": 3000})  # Streamlit scrolls inside its own frame
     settle(page)
     page.screenshot(path=shots / "case.png")
     page.set_viewport_size({"width": 1400, "height": 1100})
