@@ -20,14 +20,21 @@ from alliance.storage import Warehouse
 from dashboards import charts, data
 from dashboards.access import Viewer, load_access, viewer_of
 from dashboards.launch import CLINIC_ENV, HOME_ENV, is_loopback
-from flows.reviews import review_flag
+from flows.reviews import review_case, review_flag
 
 PAGES = ("Queue", "Dyad", "Trends", "Data health")
 PAGE_SIZE = 25
 ROW_PX = 35  # st.dataframe's row height
+CHANGE_WORDS = {"new": "new", "worse": "worse since", "back": "back after repair, since"}
+CASE_ROW_PX = 84  # st.dataframe wraps text only in rows taller than 4rem (64 px): four lines of headline
+EVIDENCE_ROW_PX = 68  # three lines of a flag's reason in the case page's wider reason column
 REVIEW_LOCK_WAIT_S = 20.0  # a click should not hang for the pipeline's 10-minute lock wait
 LOADERS: dict[str, Any] = {
     "queue": data.load_queue,
+    "cases": data.load_cases,
+    "case": data.case_detail,
+    "case_flags": data.case_flags,
+    "case_history": data.case_history,
     "dyads": data.dyad_options,
     "summary": data.dyad_summary,
     "trajectory": data.trajectory,
@@ -132,8 +139,112 @@ def _submit_review(home: str, allowed: list[str], by: str) -> None:
     st.session_state["review_note"] = ""
 
 
+def _open_case(case_id: str | None) -> None:
+    """Go to the case page (a callback); the case id in the URL makes the page a link to share."""
+    if case_id:
+        st.query_params["case"] = case_id
+
+
+def _close_case() -> None:
+    """Back from the case page to the queue."""
+    st.query_params.pop("case", None)
+    st.session_state.pop("case_pick", None)
+    # a fresh table: the browser would otherwise send the row picked before and open the case again
+    st.session_state["queue_table_generation"] = st.session_state.get("queue_table_generation", 0) + 1
+
+
+def _queue_filters(frame: pl.DataFrame, rules: list[str]) -> tuple[list[str], list[str], list[str], list[str], str]:
+    """The queue's filters (therapist, rule, severity, status, dyad search), shared by the case and flag views."""
+    f1, f2, f3, f4, f5 = st.columns([1.2, 1.2, 1, 1, 1.2])
+    therapists = f1.multiselect("Therapist", sorted(frame["therapist_id"].unique()), key="f_therapist")
+    chosen_rules = f2.multiselect("Rule", rules, key="f_rule")
+    present = set(frame["severity"].unique())
+    severities = f3.multiselect("Severity", [s for s in data.SEVERITIES if s in present], key="f_severity")
+    statuses = f4.multiselect("Status", list(data.QUEUE_STATUSES), key="f_status")
+    hint = (
+        "dyad code or client ref"
+        if "client_ref" in frame.columns and frame["client_ref"].is_not_null().any()
+        else "dyad code"
+    )
+    search = f5.text_input("Search dyad", key="f_dyad", placeholder=hint)
+    return therapists, chosen_rules, severities, statuses, search
+
+
+def _case_label(case: dict[str, Any], refs: bool) -> str:
+    """How a case reads in the picker: dyad (and client ref), therapist, risk, headline rule."""
+    parts = [case["dyad_id"], case["client_ref"] if refs else None, case["therapist_id"]]
+    return " · ".join(str(p) for p in [*parts, f"risk {case['risk_score']:.0f}", case["headline_rule"]] if p)
+
+
 def queue_page(ctx: Context) -> None:
-    """The review queue: open and acknowledged flags of queued dyads, ranked by risk, with filters and paging."""
+    """The review queue: one row per case (a dyad at risk), ranked by risk; the per-flag view on request."""
+    if st.toggle("One row per flag", key="f_per_flag", help="Every open flag behind the cases, as evidence"):
+        _flag_queue(ctx)
+        return
+    cases: pl.DataFrame = ctx.get("cases", ctx.scope)
+    threshold = ctx.get("threshold")
+    if cases.is_empty():
+        st.success(f"No open case: no dyad has a risk of {threshold:g} or more.")
+        return
+    cols = st.columns(4)
+    cols[0].metric("Cases in queue", cases.height)
+    cols[1].metric("Still open", cases.filter(pl.col("status") == "open").height)
+    cols[2].metric("Worse or back", cases.filter(pl.col("change") != "new").height)
+    cols[3].metric("Queue threshold (risk)", f"{threshold:g}")
+    rules = sorted(set(cases["rules"].explode().drop_nulls().to_list()))
+    shown = data.filter_cases(cases, *_queue_filters(cases, rules))
+    if shown.is_empty():
+        st.info("No case matches these filters.")
+        return
+    pages = data.page_count(shown.height, PAGE_SIZE)
+    if st.session_state.get("queue_page", 1) > pages:
+        st.session_state["queue_page"] = 1  # the filters shrank the list under the current page
+    st.caption(f"{shown.height} of {cases.height} cases · {PAGE_SIZE} per page · pick a row to open its case")
+    page = st.pagination(pages, key="queue_page") if pages > 1 else 1
+    refs = ctx.clinic is not None and cases["client_ref"].is_not_null().any()
+    columns = [*(["clinic_id"] if ctx.clinic is None else []), "risk_score", "severity", "status", "dyad_id",
+               *(["client_ref"] if refs else []), "therapist_id", "headline_reason", "change"]  # fmt: skip
+    network = ctx.clinic is None
+    row_px = CASE_ROW_PX + (20 if network else 0)  # the clinic column narrows the headline: one more line
+    rows = data.page_of(shown, page, PAGE_SIZE)
+    since = pl.col("change_session_date").cast(pl.String).fill_null("")
+    change = pl.concat_str(
+        pl.col("change").replace_strict(CHANGE_WORDS, default=pl.col("change")), since, separator=" "
+    )
+    event = st.dataframe(
+        rows.with_columns(change.alias("change")).select(columns),
+        hide_index=True,
+        width="stretch",
+        row_height=row_px,
+        height=row_px * rows.height + ROW_PX + 3,  # the whole page, no inner scrolling
+        key=f"queue_table_{st.session_state.get('queue_table_generation', 0)}",
+        on_select="rerun",
+        selection_mode="single-row",
+        column_config={
+            "clinic_id": st.column_config.TextColumn("clinic", width=80),
+            "risk_score": st.column_config.ProgressColumn("risk", min_value=0, max_value=100, format="%.0f", width=60),
+            "severity": st.column_config.TextColumn("severity", width=75),
+            "status": st.column_config.TextColumn("status", width=90),
+            "dyad_id": st.column_config.TextColumn("dyad", width=100),
+            "client_ref": st.column_config.TextColumn("client ref", width=70),
+            "therapist_id": st.column_config.TextColumn("therapist", width=80),
+            # fixed widths that fit a laptop screen, so the headline is never pushed off to the right
+            "headline_reason": st.column_config.TextColumn("headline", width=220 if network else 290),
+            "change": st.column_config.TextColumn("change, since", width=135),
+        },
+    )
+    selected = list(getattr(getattr(event, "selection", None), "rows", None) or [])
+    if selected:
+        _open_case(rows["case_id"][selected[0]])
+        st.rerun()
+    labels = {r["case_id"]: _case_label(r, refs) for r in shown.iter_rows(named=True)}
+    pick, go = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = pick.selectbox("Open a case from this list", list(labels), format_func=labels.__getitem__, key="case_pick")
+    go.button("Open case", on_click=_open_case, args=(chosen,), key="open_case", type="primary")
+
+
+def _flag_queue(ctx: Context) -> None:
+    """The per-flag view: open and acknowledged flags of queued dyads, ranked by risk, with filters and paging."""
     queue: pl.DataFrame = ctx.get("queue", ctx.scope)
     threshold = ctx.get("threshold")
     if queue.is_empty():
@@ -151,7 +262,7 @@ def queue_page(ctx: Context) -> None:
     severities = f3.multiselect("Severity", [s for s in data.SEVERITIES if s in present], key="f_severity")
     statuses = f4.multiselect("Status", list(data.QUEUE_STATUSES), key="f_status")
     search = f5.text_input("Search dyad", key="f_dyad", placeholder="dyad code, e.g. d3f9")
-    per_dyad = st.toggle("One row per dyad (its top flag)", key="f_per_dyad")
+    per_dyad = st.checkbox("One row per dyad (its top flag)", key="f_per_dyad")
     shown = data.filter_queue(queue, therapists, rules, severities, statuses, search)
     if per_dyad:
         shown = data.one_per_dyad(shown)
@@ -242,6 +353,107 @@ def _review_form(ctx: Context, flags: pl.DataFrame) -> None:
         )  # fmt: skip
 
 
+def _submit_case_review(home: str, case_id: str, by: str) -> None:
+    """Apply the case form through flows.reviews.review_case (the CLI's path) as the signed-in person."""
+    status = str(st.session_state.get("case_status") or "acknowledged")
+    note = (st.session_state.get("case_note") or "").strip() or None
+    if not by:
+        st.session_state["flash"] = ("error", "Reviews need a signed-in person; sign in again.")
+        return
+    settings = load_settings(Path(home))
+    settings = settings.model_copy(update={"lock_timeout_s": min(settings.lock_timeout_s, REVIEW_LOCK_WAIT_S)})
+    try:
+        previous = review_case(settings, case_id, status, by, note)
+    except WarehouseBusy:
+        st.session_state["flash"] = ("error", "The pipeline is writing right now; try again in a minute.")
+        return
+    except AllianceError as exc:
+        st.session_state["flash"] = ("error", str(exc))
+        return
+    st.session_state["flash"] = ("success", f"Case {case_id}: {previous} → {status} (by {by}).")
+    st.session_state["case_note"] = ""
+
+
+def _case_review_form(ctx: Context, case: dict[str, Any]) -> None:
+    """Acknowledge or resolve the whole case (every flag behind it) in one action, with a note."""
+    if case["status"] == "closed":
+        st.caption(
+            f"This case is closed ({case['close_reason'] or 'left the queue'}); a new case opens if the dyad returns."
+        )
+        return
+    choices = [s for s in ("acknowledged", "resolved") if s != case["status"]]
+    with st.form("case_review", border=True):
+        st.radio("Set the case to", choices, horizontal=True, key="case_status")
+        st.caption(
+            f"Applies to the {len(case['flag_ids'] or [])} flag(s) behind it · recorded as {ctx.viewer.identity}"
+        )
+        st.text_area("Note", key="case_note", placeholder="what was decided or done", height=80)
+        st.form_submit_button(
+            "Save case review",
+            on_click=_submit_case_review,
+            args=(str(ctx.home), case["case_id"], ctx.viewer.identity),
+            type="primary",
+        )
+
+
+def case_page(ctx: Context, case_id: str) -> None:
+    """One case at its own URL (?case=<id>): header, the rules behind it, the trajectory, reviews, one action."""
+    st.button("← Back to the queue", on_click=_close_case, key="back_to_queue")
+    case = ctx.get("case", case_id, ctx.clinic)
+    if case is None or not ctx.viewer.may_see(case["clinic_id"]):
+        st.error(f"Case {case_id!r} is not among the clinics open to {ctx.viewer.identity}.")
+        return
+    _flash()
+    who = f"dyad {case['dyad_id']}" + (f" · client {case['client_ref']}" if case["client_ref"] else "")
+    st.header(f"Case {case['case_id']}")
+    st.caption(
+        f"{who} · therapist {case['therapist_id']}" + (f" · clinic {case['clinic_id']}" if ctx.clinic is None else "")
+    )
+    cols = st.columns(5)
+    cols[0].metric("Status", case["status"])
+    cols[1].metric("Severity", case["severity"])
+    cols[2].metric("Risk", f"{case['risk_score']:.0f}")
+    cols[3].metric("Change", CHANGE_WORDS.get(case["change"], case["change"]).removesuffix(", since"))
+    cols[4].metric("Since (session date)", str(case["change_session_date"] or case["opened_session_date"]))
+    st.markdown(f"**{case['headline_reason'] or case['headline_rule']}**")
+    flags: pl.DataFrame = ctx.get("case_flags", case_id, ctx.clinic)
+    st.subheader(f"Rules behind it ({flags.height})")
+    st.dataframe(
+        flags,
+        hide_index=True,
+        width="stretch",
+        key="case_flags",
+        row_height=EVIDENCE_ROW_PX,
+        height=EVIDENCE_ROW_PX * flags.height + ROW_PX + 3,  # every rule behind the case, no inner scrolling
+        column_config={
+            "rule": st.column_config.TextColumn("rule", width=120),
+            "severity": st.column_config.TextColumn("severity", width=75),
+            "status": st.column_config.TextColumn("status", width=90),
+            "instrument": st.column_config.TextColumn("instrument", width=80),
+            "first_session_date": st.column_config.DateColumn("from", width=90),
+            "last_session_date": st.column_config.DateColumn("to", width=90),
+            "reason": st.column_config.TextColumn("reason", width=400),  # whole, wrapped
+            "flag_id": st.column_config.TextColumn("flag", width=130),
+        },
+    )
+    st.subheader("Review the case")
+    _case_review_form(ctx, case)
+    dyad = ctx.get("summary", case["dyad_id"], ctx.clinic)
+    if dyad is not None:
+        sessions: pl.DataFrame = ctx.get("trajectory", case["dyad_id"], ctx.clinic)
+        history: pl.DataFrame = ctx.get("flags", case["dyad_id"], ctx.clinic)
+        st.subheader("Trajectory")
+        _dyad_charts(ctx, dyad, sessions, history)
+    st.subheader("Review history")
+    reviews: pl.DataFrame = ctx.get("case_history", case_id, ctx.clinic)
+    if reviews.is_empty():
+        st.caption("No review yet.")
+    else:
+        st.dataframe(reviews, hide_index=True, width="stretch", key="case_history")
+    if ctx.clinic is None:
+        st.caption("Review notes are kept out of the network snapshot; open the clinic's dashboard to read them.")
+
+
 def dyad_page(ctx: Context) -> None:
     """One dyad: trajectory charts, its flags and their review history, and the review form."""
     options: pl.DataFrame = ctx.get("dyads", ctx.scope)
@@ -268,6 +480,8 @@ def dyad_page(ctx: Context) -> None:
     cols[2].metric("In queue", "yes" if dyad["in_queue"] else "no")
     cols[3].metric("Sessions", dyad["sessions"])
     cols[4].metric("Last session", str(dyad["last_session_date"]))
+    if dyad["client_ref"]:
+        st.caption(f"Client {dyad['client_ref']} (this clinic's own reference)")
     if dyad["ongoing_rules"]:
         st.caption("Ongoing rules: " + ", ".join(dyad["ongoing_rules"]))
     _flash()
@@ -289,6 +503,12 @@ def dyad_page(ctx: Context) -> None:
     _review_form(ctx, flags)
 
 
+def _first(leading: list[Any], rest: list[Any]) -> list[Any]:
+    """``rest`` reordered so that the items of ``leading`` (in its order) come first, without repeats."""
+    ahead = [x for x in dict.fromkeys(leading) if x in set(rest)]
+    return ahead + [x for x in rest if x not in set(ahead)]
+
+
 def trends_page(ctx: Context) -> None:
     """Weekly control charts (clinic, then one therapist at a time) and the funnel plot of queue share by caseload."""
     trend = load_trends(str(ctx.home), ctx.clinic, ctx.stamp, ctx.scope)
@@ -296,15 +516,30 @@ def trends_page(ctx: Context) -> None:
         st.info("No scored sessions yet, so no weekly series.")
         return
     c1, c2, c3 = st.columns(3)
-    clinics = sorted(trend["clinic_id"].unique())
+    clinics = _first(data.out_of_control(trend)["clinic_id"].to_list(), sorted(trend["clinic_id"].unique()))
     clinic = ctx.scope or c1.selectbox("Clinic", clinics, key="trend_clinic")
     if ctx.scope:
         c1.metric("Clinic", clinic)
     mine = trend.filter(pl.col("clinic_id") == clinic)
-    codes = sorted(mine["instrument"].unique())
+    alarms = data.out_of_control(mine)
+    # the series out of control come first, so the tab opens on them
+    codes = _first(alarms["instrument"].to_list(), sorted(mine["instrument"].unique()))
     code = c2.selectbox("Instrument", codes, key="trend_instrument")
-    therapists = sorted(mine.filter(pl.col("level") == "therapist")["therapist_id"].unique())
-    therapist = c3.selectbox("Therapist", therapists, key="trend_therapist")
+    flagged = alarms.filter((pl.col("level") == "therapist") & (pl.col("instrument") == code))["therapist_id"]
+    therapists = _first(flagged.to_list(), sorted(mine.filter(pl.col("level") == "therapist")["therapist_id"].unique()))
+    marked = set(flagged.to_list())
+    therapist = c3.selectbox(
+        "Therapist",
+        therapists,
+        key="trend_therapist",
+        format_func=lambda t: f"{t} · out of control" if t in marked else t,
+    )
+    if alarms.height:
+        named = [f"{r['therapist_id'] or clinic} ({r['instrument']}, {r['metric'].replace('_', ' ')})"
+                 for r in alarms.iter_rows(named=True)]  # fmt: skip
+        st.warning("Out of control in the last 4 weeks: " + "; ".join(named))
+    else:
+        st.success("No series left its limits in the worrying direction in the last 4 weeks.")
     st.caption(
         "EWMA (λ 0.2) with ±3σ limits from each series' first 8 weeks. Big points leave the limits: "
         "red in the worrying direction (alliance down, flagged share up), green in the good one."
@@ -463,6 +698,10 @@ def main() -> None:
                 f"No data yet for {where}. Exports appear here after the pipeline has loaded them "
                 "(`alliance ingest`, or `alliance demo --home DIR` for sample data)."
             )
+            return
+        case_id = st.query_params.get("case")
+        if case_id:
+            case_page(ctx, case_id)
             return
         tabs = st.tabs(list(PAGES), key="page", bind="query-params")
         for tab, draw in zip(tabs, (queue_page, dyad_page, trends_page, health_page), strict=True):

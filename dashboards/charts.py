@@ -54,7 +54,8 @@ def trajectory_chart(
         "session_number:Q",
         title="session",
         axis=alt.Axis(tickMinStep=1, format="d"),
-        scale=alt.Scale(domain=[min(numbers), max(numbers)], nice=False),  # the dyad's sessions, not from 0
+        # the dyad's sessions, not from 0, with half a session either side so edge labels are not cut by the axis
+        scale=alt.Scale(domain=[min(numbers) - 0.5, max(numbers) + 0.5], nice=False),
     )
     evidence = pl.when(pl.col("rules").list.len() > 0).then(pl.lit("rule evidence")).otherwise(pl.lit("none"))
     data = sessions.with_columns(evidence.alias("evidence"))
@@ -78,13 +79,16 @@ def trajectory_chart(
         layers.append(base.mark_line(color=CALM, strokeDash=[2, 2]).encode(y=y("baseline")).properties(name="baseline"))
     if cutoff is not None:
         line = pl.DataFrame({"cutoff": [cutoff], "label": [f"cutoff {cutoff:g}"], "session_number": [max(numbers)]})
-        rule = alt.Chart(line).mark_rule(color=FLAG_RED, strokeDash=[6, 4]).encode(y=y("cutoff"))
-        label = (
+        # named in the legend, not on the plot, where it ran into the baseline and the last session's labels
+        rule = (
             alt.Chart(line)
-            .mark_text(align="right", dy=-7, color=FLAG_RED)
-            .encode(x=x, y=y("cutoff"), text="label:N")  # at the right end, clear of the first sessions
+            .mark_rule(color=FLAG_RED)
+            .encode(
+                y=y("cutoff"),
+                strokeDash=alt.StrokeDash("label:N", scale=alt.Scale(range=[[6, 4]]), legend=alt.Legend(title="line")),
+            )
         )
-        layers += [rule.properties(name="cutoff"), label.properties(name="cutoff_label")]
+        layers.append(rule.properties(name="cutoff"))
     layers.append(
         base.mark_line(color="#2c3e50").encode(y=y("score"))
         .properties(name="score")

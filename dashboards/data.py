@@ -78,6 +78,108 @@ def load_queue(reader: Reader, clinic_id: str | None = None) -> pl.DataFrame:
     ).with_row_index("rank", offset=1)
 
 
+def has_client_refs(reader: Reader) -> bool:
+    """Whether this snapshot carries client references (only a clinic's own snapshot does)."""
+    found = reader.frame(
+        "SELECT 1 FROM duckdb_tables() WHERE table_name = 'client_refs' AND database_name = current_database()"
+    )
+    return found.height > 0
+
+
+def load_cases(reader: Reader, clinic_id: str | None = None) -> pl.DataFrame:
+    """Open and acknowledged cases, one row per dyad at risk, most urgent first; ``client_ref`` from a clinic's
+    own snapshot only (null in the network view)."""
+    where, params = _scope(clinic_id, "q.clinic_id")
+    refs = clinic_id is not None and has_client_refs(reader)
+    ref = "r.client_ref" if refs else "NULL::VARCHAR"
+    join = "LEFT JOIN client_refs r ON r.clinic_id = c.clinic_id AND r.client_id = c.client_id" if refs else ""
+    return reader.frame(
+        f"""SELECT q.case_id, q.clinic_id, q.therapist_id, q.dyad_id, {ref} AS client_ref, q.status, q.severity,
+                   round(q.risk_score, 1) AS risk_score, q.headline_rule, q.headline_reason, q.rules, q.flags,
+                   q.change, q.change_session_date, q.opened_session_date, q.last_session_date, q.age_days
+            FROM case_queue q JOIN cases c USING (case_id) {join}
+            WHERE {where}
+            ORDER BY q.risk_score DESC, list_position({list(SEVERITIES)}, q.severity) DESC,
+                     q.last_session_date DESC, q.case_id""",
+        params,
+    ).with_row_index("rank", offset=1)
+
+
+def filter_cases(
+    cases: pl.DataFrame,
+    therapists: Sequence[str] = (),
+    rules: Sequence[str] = (),
+    severities: Sequence[str] = (),
+    statuses: Sequence[str] = (),
+    dyad: str = "",
+) -> pl.DataFrame:
+    """Cases narrowed by the queue's filters: a rule matches a case with it among its rules; the search matches
+    the dyad code or (in a clinic's view) the client reference."""
+    out = filter_queue(cases.drop("rules"), therapists, (), severities, statuses).join(
+        cases.select("case_id", "rules"), on="case_id", how="left", maintain_order="left"
+    )
+    if rules:
+        out = out.filter(pl.col("rules").list.eval(pl.element().is_in(list(rules))).list.any())
+    needle = dyad.strip().lower()
+    if needle:
+        ref = pl.col("client_ref").fill_null("").str.to_lowercase()
+        out = out.filter(pl.col("dyad_id").str.contains(needle, literal=True) | ref.str.contains(needle, literal=True))
+    return out.select(cases.columns)
+
+
+def case_detail(reader: Reader, case_id: str, clinic_id: str | None = None) -> dict[str, Any] | None:
+    """One case (any status) with its client reference in a clinic's own snapshot, or None when not in scope."""
+    where, params = _scope(clinic_id, "c.clinic_id")
+    refs = clinic_id is not None and has_client_refs(reader)
+    ref = "r.client_ref" if refs else "NULL::VARCHAR"
+    join = "LEFT JOIN client_refs r ON r.clinic_id = c.clinic_id AND r.client_id = c.client_id" if refs else ""
+    found = reader.frame(
+        f"""SELECT c.* EXCLUDE (client_id), {ref} AS client_ref FROM cases c {join}
+            WHERE c.case_id = $case AND {where}""",
+        {**params, "case": case_id},
+    )
+    return found.row(0, named=True) if found.height else None
+
+
+def case_flags(reader: Reader, case_id: str, clinic_id: str | None = None) -> pl.DataFrame:
+    """The flags behind a case (its evidence), most severe first, each with its reason."""
+    where, params = _scope(clinic_id, "f.clinic_id")
+    return reader.frame(
+        f"""SELECT f.rule, f.severity, f.status, f.instrument, f.first_session_date, f.last_session_date, f.reason,
+                   f.flag_id
+            FROM cases c, unnest(c.flag_ids) AS u(flag_id) JOIN flags f ON f.flag_id = u.flag_id
+            WHERE c.case_id = $case AND {where}
+            ORDER BY list_position({list(SEVERITIES)}, f.severity) DESC, f.last_session_date DESC, f.rule""",
+        {**params, "case": case_id},
+    )
+
+
+def case_history(reader: Reader, case_id: str, clinic_id: str | None = None) -> pl.DataFrame:
+    """The review actions on a case, newest first, with how many flags each covered (notes blank in the network
+    snapshot)."""
+    where, params = _scope(clinic_id)
+    return reader.frame(
+        f"""SELECT reviewed_at, reviewed_by, from_status, to_status, len(flag_ids) AS flags_covered, note
+            FROM case_reviews WHERE case_id = $case AND {where} ORDER BY reviewed_at DESC""",
+        {**params, "case": case_id},
+    )
+
+
+def out_of_control(trend: pl.DataFrame, recent_weeks: int = 4) -> pl.DataFrame:
+    """Series whose EWMA left its limits in the worrying direction (alliance down, flagged share up) in their
+    last ``recent_weeks`` weeks, the most signals first: clinic, level, therapist, instrument, metric, signals."""
+    keys = ["clinic_id", "level", "therapist_id", "instrument", "metric"]
+    worrying = pl.when(pl.col("metric") == "flagged_share").then(pl.lit("high")).otherwise(pl.lit("low"))
+    recent = trend.filter(pl.col("week") > pl.col("week").max().over(keys) - pl.duration(weeks=recent_weeks))
+    return (
+        recent.filter(pl.col("signal") == worrying)
+        .group_by(keys)
+        .agg(pl.len().alias("signals"), pl.col("week").max().alias("last_signal"))
+        .sort(["signals", "last_signal", "clinic_id", "therapist_id"], descending=[True, True, False, False],
+              nulls_last=True)
+    )  # fmt: skip
+
+
 def filter_queue(
     queue: pl.DataFrame,
     therapists: Sequence[str] = (),
@@ -129,12 +231,17 @@ def dyad_options(reader: Reader, clinic_id: str | None = None) -> pl.DataFrame:
 
 
 def dyad_summary(reader: Reader, dyad_id: str, clinic_id: str | None = None) -> dict[str, Any] | None:
-    """The dyad's row of the dyads table (no client id), or None when it is not in scope."""
-    where, params = _scope(clinic_id)
+    """The dyad's row of the dyads table (no client id; the client reference in a clinic's own snapshot), or None
+    when it is not in scope."""
+    where, params = _scope(clinic_id, "d.clinic_id")
+    refs = clinic_id is not None and has_client_refs(reader)
+    ref = "r.client_ref" if refs else "NULL::VARCHAR"
+    join = "LEFT JOIN client_refs r ON r.clinic_id = d.clinic_id AND r.client_id = d.client_id" if refs else ""
     found = reader.frame(
-        f"""SELECT dyad_id, clinic_id, therapist_id, instruments, sessions, first_session_date, last_session_date,
-                   round(risk_score, 1) AS risk_score, ongoing_rules, in_queue
-            FROM dyads WHERE dyad_id = $dyad AND {where}""",
+        f"""SELECT d.dyad_id, d.clinic_id, d.therapist_id, {ref} AS client_ref, d.instruments, d.sessions,
+                   d.first_session_date, d.last_session_date, round(d.risk_score, 1) AS risk_score, d.ongoing_rules,
+                   d.in_queue
+            FROM dyads d {join} WHERE d.dyad_id = $dyad AND {where}""",
         {**params, "dyad": dyad_id},
     )
     return found.row(0, named=True) if found.height else None

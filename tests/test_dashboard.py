@@ -25,6 +25,7 @@ from alliance.storage import Warehouse
 from dashboards import charts, data, launch
 from flows.pipeline import ingest_file
 from tests.conftest import TEST_KEY
+from transforms.trends import CHART_SCHEMA
 
 APP = Path(__file__).parents[1] / "dashboards" / "app.py"
 CLINIC = "northside"
@@ -117,10 +118,10 @@ def queue(network: Settings) -> pl.DataFrame:
 # --- the app -----------------------------------------------------------------------------------------------------
 
 
-def test_queue_shows_the_clinics_open_flags_ranked_by_risk(
+def test_the_per_flag_view_shows_the_clinics_open_flags_ranked_by_risk(
     app: Callable[..., AppTest], network: Settings, queue: pl.DataFrame
 ) -> None:
-    at = app(network.home, CLINIC)
+    at = app(network.home, CLINIC, f_per_flag=True)
     table = queue_table(at)
     assert table.height == min(queue.height, 25) > 0
     assert table["flag_id"].to_list() == queue["flag_id"].head(25).to_list()
@@ -157,8 +158,8 @@ def test_a_clinic_dashboard_reads_only_its_own_snapshot(network: Settings) -> No
         pass  # never the working file of every clinic, nor the network snapshot
 
 
-def test_queue_filters(app: Callable[..., AppTest], network: Settings, queue: pl.DataFrame) -> None:
-    at = app(network.home, CLINIC)
+def test_flag_view_filters(app: Callable[..., AppTest], network: Settings, queue: pl.DataFrame) -> None:
+    at = app(network.home, CLINIC, f_per_flag=True)
     therapist = queue["therapist_id"][0]
     at.multiselect(key="f_therapist").set_value([therapist]).run()
     assert set(queue_table(at)["therapist_id"]) == {therapist}
@@ -183,7 +184,7 @@ def test_queue_filters(app: Callable[..., AppTest], network: Settings, queue: pl
 def test_dyad_page_shows_the_trajectory_and_flag_history(
     app: Callable[..., AppTest], network: Settings, queue: pl.DataFrame
 ) -> None:
-    at = app(network.home, CLINIC)
+    at = app(network.home, CLINIC, f_per_flag=True)
     dyad = at.selectbox(key="queue_pick").value
     assert dyad == queue["dyad_id"][0]
     at.button(key="open_dyad").click().run()
@@ -195,6 +196,11 @@ def test_dyad_page_shows_the_trajectory_and_flag_history(
     assert {"cutoff", "baseline_band", "sessions", "flag_starts"} <= set(layer_names(srs))
     tooltips = [t["field"] for layer in srs["layer"] for t in layer.get("encoding", {}).get("tooltip", [])]
     assert {"relationship", "goals", "approach", "overall"} <= set(tooltips)  # item scores on hover
+    ref = warehouse_frame(
+        network, "SELECT r.client_ref FROM dyads d JOIN client_refs r USING (clinic_id, client_id) WHERE dyad_id = ?",
+        [dyad],
+    ).item()  # fmt: skip
+    assert any(f"Client {ref} " in c.value for c in at.caption)  # the clinic's own reference beside the code
     history = pl.from_pandas(at.dataframe[0].value)
     flags = warehouse_frame(network, "SELECT flag_id FROM flags WHERE dyad_id = ?", [dyad])
     assert set(history["flag_id"]) == set(flags["flag_id"])
@@ -272,6 +278,196 @@ def test_an_empty_home_gets_a_friendly_message(app: Callable[..., AppTest], tmp_
 def test_an_unknown_clinic_gets_a_friendly_message(app: Callable[..., AppTest], network: Settings) -> None:
     at = app(network.home, "nowhere")
     assert "No data yet for clinic nowhere" in at.info[0].value
+
+
+# --- cases ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cases(network: Settings) -> pl.DataFrame:
+    with data.open_reader(network.home, CLINIC) as reader:
+        return data.load_cases(reader, CLINIC)
+
+
+def test_queue_lists_one_row_per_case_with_the_headline_whole(
+    app: Callable[..., AppTest], network: Settings, cases: pl.DataFrame
+) -> None:
+    at = app(network.home, CLINIC)
+    table = queue_table(at)
+    expected = warehouse_frame(
+        network, "SELECT case_id, dyad_id, headline_reason FROM cases WHERE clinic_id = ? AND status IN "
+        "('open', 'acknowledged') ORDER BY risk_score DESC", [CLINIC],
+    )  # fmt: skip
+    assert table.height == expected.height > 0 and set(table["dyad_id"]) == set(expected["dyad_id"])
+    assert table["dyad_id"].n_unique() == table.height  # one row per dyad at risk, not per flag
+    assert table["risk_score"].to_list() == sorted(table["risk_score"].to_list(), reverse=True)
+    assert {"severity", "status", "headline_reason", "change", "therapist_id"} <= set(table.columns)
+    by_dyad = dict(expected.select("dyad_id", "headline_reason").iter_rows())
+    assert all(r["headline_reason"] == by_dyad[r["dyad_id"]] for r in table.iter_rows(named=True))  # not cut
+    dates = warehouse_frame(
+        network, "SELECT dyad_id, change, change_session_date FROM cases WHERE clinic_id = ?", [CLINIC]
+    )
+    changes = {d: f"{'new' if c == 'new' else 'worse since' if c == 'worse' else 'back after repair, since'} {t}"
+               for d, c, t in dates.iter_rows()}  # fmt: skip
+    assert all(r["change"] == changes[r["dyad_id"]] for r in table.iter_rows(named=True))  # what changed, since when
+    assert at.dataframe[0].proto.row_height > 64  # Streamlit wraps text only in rows taller than 4rem
+    assert "clinic_id" not in table.columns
+    refs = warehouse_frame(
+        network, "SELECT c.dyad_id, r.client_ref FROM cases c JOIN client_refs r USING (clinic_id, client_id) "
+        "WHERE c.clinic_id = ?", [CLINIC],
+    )  # fmt: skip
+    assert dict(table.select("dyad_id", "client_ref").iter_rows()) == {
+        k: v for k, v in refs.iter_rows() if k in set(table["dyad_id"])
+    }  # the clinic's own reference beside the dyad code
+    assert at.metric[0].label == "Cases in queue" and at.metric[0].value == str(expected.height)
+
+
+def test_the_network_queue_has_the_clinic_column_and_no_client_reference(
+    app: Callable[..., AppTest], network: Settings
+) -> None:
+    at = app(network.home)
+    table = queue_table(at)
+    assert set(table["clinic_id"]) == {CLINIC, OTHER}
+    assert "client_ref" not in table.columns
+    refs = warehouse_frame(network, "SELECT client_ref FROM client_refs")["client_ref"].to_list()
+    shown = json.dumps([at.dataframe[0].value.astype(str).values.tolist()])
+    assert refs and not any(f'"{ref}"' in shown for ref in refs)
+    dyad = table["dyad_id"][0]
+    page = app(network.home, page="Dyad", dyad=dyad)
+    assert page.metric and not any(c.value.startswith("Client ") for c in page.caption)
+
+
+def test_case_queue_filters(app: Callable[..., AppTest], network: Settings, cases: pl.DataFrame) -> None:
+    at = app(network.home, CLINIC)
+    rule = cases["rules"][0][-1]
+    at.multiselect(key="f_rule").set_value([rule]).run()
+    assert set(queue_table(at)["dyad_id"]) == set(cases.filter(pl.col("rules").list.contains(rule))["dyad_id"])
+    at.multiselect(key="f_rule").set_value([]).run()
+    ref = cases["client_ref"][-1]
+    at.text_input(key="f_dyad").input(ref.lower()).run()
+    assert queue_table(at)["dyad_id"].to_list() == [cases["dyad_id"][-1]]
+    at.text_input(key="f_dyad").input("zzzz").run()
+    assert not at.dataframe and "No case matches" in at.info[0].value
+
+
+def test_filter_cases_by_rule_and_reference() -> None:
+    cases = pl.DataFrame(
+        {
+            "case_id": ["c1", "c2", "c3"],
+            "dyad_id": ["d1aa", "d2bb", "d3cc"],
+            "client_ref": ["N-01", None, "N-03"],
+            "therapist_id": ["t1", "t2", "t1"],
+            "severity": ["high", "medium", "low"],
+            "status": ["open", "acknowledged", "open"],
+            "rules": [["drop", "rupture"], ["rupture"], ["low_score"]],
+        }
+    )
+    assert data.filter_cases(cases, rules=["rupture"])["case_id"].to_list() == ["c1", "c2"]
+    assert data.filter_cases(cases, therapists=["t1"], rules=["drop", "low_score"])["case_id"].to_list() == ["c1", "c3"]
+    assert data.filter_cases(cases, dyad=" n-03")["case_id"].to_list() == ["c3"]
+    assert data.filter_cases(cases, dyad="d2b")["case_id"].to_list() == ["c2"]
+    assert data.filter_cases(cases, statuses=["acknowledged"]).columns == cases.columns
+
+
+def test_a_case_page_opens_from_the_queue_and_at_its_url(
+    app: Callable[..., AppTest], network: Settings, cases: pl.DataFrame
+) -> None:
+    at = app(network.home, CLINIC)
+    case_id = at.selectbox(key="case_pick").value
+    assert case_id == cases["case_id"][0]
+    at.button(key="open_case").click().run()
+    assert at.query_params["case"] == case_id  # the page's URL: /?case=<case_id>
+    linked = app(network.home, CLINIC, query={"clinic": CLINIC, "case": case_id})  # as an alert links it
+    for page in (at, linked):
+        assert page.header[0].value == f"Case {case_id}"
+        metrics = {m.label: m.value for m in page.metric}
+        assert metrics["Severity"] == cases["severity"][0] and metrics["Status"] == cases["status"][0]
+        assert any(cases["headline_reason"][0] in m.value for m in page.markdown)
+        assert any(f"client {cases['client_ref'][0]}" in c.value for c in page.caption)
+        evidence = pl.from_pandas(page.dataframe[0].value)
+        flag_ids = warehouse_frame(network, "SELECT unnest(flag_ids) AS f FROM cases WHERE case_id = ?", [case_id])
+        assert set(evidence["flag_id"]) == set(flag_ids["f"]) and evidence["reason"].is_not_null().all()
+        assert "SRS: score per session" in [spec["title"] for spec in chart_specs(page)]
+    at.button(key="back_to_queue").click().run()
+    assert "case" not in at.query_params and at.metric[0].label == "Cases in queue"
+
+
+def test_a_case_of_another_clinic_is_refused(app: Callable[..., AppTest], granted: Settings) -> None:
+    foreign = warehouse_frame(granted, "SELECT case_id FROM cases WHERE clinic_id = ? LIMIT 1", [OTHER]).item()
+    at = app(granted.home, CLINIC, query={"case": foreign})
+    assert any(f"Case {foreign!r} is not among the clinics open to" in e.value for e in at.error)
+    assert not at.dataframe and not chart_specs(at)
+    kim = signed("kim@example.org", groups=["north-sup"])
+    refused = app(granted.home, bound="0.0.0.0", auth=AUTH, user=kim, query={"case": foreign})
+    assert any("kim@example.org" in e.value for e in refused.error) and not refused.dataframe
+
+
+def test_acknowledge_a_case_in_one_action(app: Callable[..., AppTest], network: Settings, cases: pl.DataFrame) -> None:
+    case_id = cases.filter(pl.col("status") == "open")["case_id"][0]
+    at = app(network.home, CLINIC, query={"case": case_id})
+    assert at.radio(key="case_status").options == ["acknowledged", "resolved"]
+    at.radio(key="case_status").set_value("acknowledged")
+    at.text_area(key="case_note").input("raised in supervision")
+    at.form_submit_button[0].click().run()
+    assert not at.exception and not at.error
+    assert any(f"Case {case_id}: open → acknowledged" in s.value for s in at.success)
+    recorded = warehouse_frame(
+        network, "SELECT reviewed_by, from_status, to_status, note, flag_ids FROM case_reviews WHERE case_id = ?",
+        [case_id],
+    )  # fmt: skip
+    assert recorded.select("reviewed_by", "from_status", "to_status", "note").rows() == [
+        (f"local:{getpass.getuser()}", "open", "acknowledged", "raised in supervision")
+    ]
+    flags = warehouse_frame(
+        network, "SELECT status FROM flags WHERE flag_id IN (SELECT unnest(flag_ids) FROM cases WHERE case_id = ?)",
+        [case_id],
+    )  # fmt: skip
+    assert set(flags["status"]) == {"acknowledged"}
+    assert recorded["flag_ids"][0].len() > 0
+    assert {m.label: m.value for m in at.metric}["Status"] == "acknowledged"  # the republished snapshot, re-read
+    history = pl.from_pandas(at.dataframe[1].value)
+    assert history["note"].to_list() == ["raised in supervision"] and history["to_status"].to_list() == ["acknowledged"]
+    assert at.radio(key="case_status").options == ["resolved"]
+
+
+def test_trends_open_on_the_series_out_of_control(app: Callable[..., AppTest], network: Settings) -> None:
+    with data.open_reader(network.home, CLINIC) as reader:
+        trend = data.trend_frames(data.scored_sessions(reader, CLINIC), data.queue_min_risk(reader))
+    alarms = data.out_of_control(trend)
+    assert alarms.height  # the generated network has declining dyads
+    at = app(network.home, CLINIC, page="Trends")
+    code = at.selectbox(key="trend_instrument").value
+    assert code == alarms["instrument"][0]
+    therapists = alarms.filter((pl.col("level") == "therapist") & (pl.col("instrument") == code))["therapist_id"]
+    assert at.selectbox(key="trend_therapist").value == therapists[0]
+    assert any("Out of control in the last 4 weeks" in w.value for w in at.warning)
+
+
+def test_out_of_control_takes_worrying_signals_of_recent_weeks() -> None:
+    weeks = [date(2026, 9, 7) + timedelta(weeks=i) for i in range(8)]
+
+    def series(therapist: str, metric: str, signals: list[str | None]) -> pl.DataFrame:
+        n = len(signals)
+        return pl.DataFrame(
+            {"level": ["therapist"] * n, "clinic_id": ["c"] * n, "therapist_id": [therapist] * n,
+             "instrument": ["SRS"] * n, "metric": [metric] * n, "week": weeks[:n], "value": [1.0] * n,
+             "ewma": [1.0] * n, "lower": [0.0] * n, "upper": [2.0] * n, "signal": signals},
+            schema=CHART_SCHEMA,
+        )  # fmt: skip
+
+    trend = pl.concat(
+        [
+            series("a", "mean_score", [None] * 6 + ["low", "low"]),  # alliance down lately: out of control
+            series("b", "mean_score", ["low"] * 2 + [None] * 6),  # long ago only
+            series("c", "mean_score", [None] * 7 + ["high"]),  # alliance up: good news
+            series("d", "flagged_share", [None] * 7 + ["high"]),  # flagged share up: out of control
+        ]
+    )
+    alarms = data.out_of_control(trend)
+    assert alarms.select("therapist_id", "metric", "signals").rows() == [
+        ("a", "mean_score", 2),
+        ("d", "flagged_share", 1),
+    ]
 
 
 # --- data.py -----------------------------------------------------------------------------------------------------
@@ -423,6 +619,11 @@ def test_trajectory_chart_has_cutoff_band_flags_and_events() -> None:
     cutoff_data = spec["datasets"][layers["cutoff"]["data"]["name"]]
     assert cutoff_data == [{"cutoff": 36.0, "label": "cutoff 36", "session_number": 4}]
     assert layers["cutoff"]["mark"]["type"] == "rule"
+    assert layers["cutoff"]["encoding"]["strokeDash"]["legend"]["title"] == "line"  # named off the plot area
+    assert "cutoff_label" not in layers  # an in-plot label ran into the baseline and the last session's labels
+    x_domain = layers["sessions"]["encoding"]["x"]["scale"]["domain"]
+    sessions_shown = [row["session_number"] for row in spec["datasets"][layers["sessions"]["data"]["name"]]]
+    assert x_domain == [min(sessions_shown) - 0.5, max(sessions_shown) + 0.5]  # edge labels clear of the axes
     band = layers["baseline_band"]
     assert band["mark"]["type"] == "area"
     assert (band["encoding"]["y"]["field"], band["encoding"]["y2"]["field"]) == ("band_low", "band_high")
