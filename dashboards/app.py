@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,18 +126,32 @@ def _submit_review(home: str, allowed: list[str], by: str) -> None:
     if flag_id not in allowed:
         st.session_state["flash"] = ("error", "Pick one of this dyad's open or acknowledged flags.")
         return
+    _apply_review(home, review_flag, "Flag", str(flag_id), status, by, note, "review_note")
+
+
+def _apply_review(
+    home: str,
+    review: Callable[..., str],
+    what: str,
+    subject: str,
+    status: str,
+    by: str,
+    note: str | None,
+    key: str,
+) -> None:
+    """Run one review through flows.reviews (the CLI's path) with a short lock wait; the outcome becomes a flash."""
     settings = load_settings(Path(home))
     settings = settings.model_copy(update={"lock_timeout_s": min(settings.lock_timeout_s, REVIEW_LOCK_WAIT_S)})
     try:
-        previous = review_flag(settings, flag_id, status, by, note)
+        previous = review(settings, subject, status, by, note)
     except WarehouseBusy:
         st.session_state["flash"] = ("error", "The pipeline is writing right now; try again in a minute.")
         return
     except AllianceError as exc:
         st.session_state["flash"] = ("error", str(exc))
         return
-    st.session_state["flash"] = ("success", f"Flag {flag_id}: {previous} → {status} (by {by}).")
-    st.session_state["review_note"] = ""
+    st.session_state["flash"] = ("success", f"{what} {subject}: {previous} → {status} (by {by}).")
+    st.session_state[key] = ""  # the form's note field
 
 
 def _open_case(case_id: str | None) -> None:
@@ -360,18 +375,7 @@ def _submit_case_review(home: str, case_id: str, by: str) -> None:
     if not by:
         st.session_state["flash"] = ("error", "Reviews need a signed-in person; sign in again.")
         return
-    settings = load_settings(Path(home))
-    settings = settings.model_copy(update={"lock_timeout_s": min(settings.lock_timeout_s, REVIEW_LOCK_WAIT_S)})
-    try:
-        previous = review_case(settings, case_id, status, by, note)
-    except WarehouseBusy:
-        st.session_state["flash"] = ("error", "The pipeline is writing right now; try again in a minute.")
-        return
-    except AllianceError as exc:
-        st.session_state["flash"] = ("error", str(exc))
-        return
-    st.session_state["flash"] = ("success", f"Case {case_id}: {previous} → {status} (by {by}).")
-    st.session_state["case_note"] = ""
+    _apply_review(home, review_case, "Case", case_id, status, by, note, "case_note")
 
 
 def _case_review_form(ctx: Context, case: dict[str, Any]) -> None:
