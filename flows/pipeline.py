@@ -174,6 +174,33 @@ def _quarantine_all(ratings: pl.DataFrame, export_id: str) -> pl.DataFrame:
     )
 
 
+def _loaded(
+    name: str,
+    clinic_id: str,
+    status: str,
+    export_id: str,
+    prepared: PreparedExport,
+    counts: LoadCounts,
+    archived: Path,
+    scoring: ScoringResult | None,
+) -> ExportResult:
+    """The result of an export whose rows went into the warehouse (loaded, quarantined whole, or released)."""
+    return ExportResult(
+        name,
+        clinic_id,
+        status,
+        export_id,
+        rows_total=prepared.rows_total,
+        rows_new=counts.new,
+        rows_updated=counts.updated,
+        rows_unchanged=counts.unchanged,
+        rows_quarantined=counts.quarantined,
+        top_reasons=top_reasons(prepared.quarantine),
+        archived_as=str(archived),
+        scoring=scoring,
+    )
+
+
 def top_reasons(quarantine: pl.DataFrame, limit: int = 3) -> list[tuple[str, int]]:
     """Most frequent broken rules of an export, e.g. [('out_of_range:srs_goals', 3)]."""
     counts: Counter[str] = Counter(rule for rules in quarantine["rules"].to_list() for rule in rules)
@@ -429,20 +456,7 @@ def ingest_file(
             writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
         crash_point("after_publish")
         _archive(source.data, path, target, source.signature, settings)
-    return ExportResult(
-        source.name,
-        clinic.id,
-        status,
-        export_id,
-        rows_total=prepared.rows_total,
-        rows_new=counts.new,
-        rows_updated=counts.updated,
-        rows_unchanged=counts.unchanged,
-        rows_quarantined=counts.quarantined,
-        top_reasons=top_reasons(prepared.quarantine),
-        archived_as=str(target),
-        scoring=scoring,
-    )
+    return _loaded(source.name, clinic.id, status, export_id, prepared, counts, target, scoring)
 
 
 def _load_and_score(
@@ -518,20 +532,7 @@ def release_export(settings: Settings, export_id: str, by: str, note: str | None
                 + (f"; {note}" if note else ""),
             )  # fmt: skip
         writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
-    return ExportResult(
-        ledger.file_name,
-        clinic.id,
-        "released",
-        export_id,
-        rows_total=prepared.rows_total,
-        rows_new=counts.new,
-        rows_updated=counts.updated,
-        rows_unchanged=counts.unchanged,
-        rows_quarantined=counts.quarantined,
-        top_reasons=top_reasons(prepared.quarantine),
-        archived_as=str(archived),
-        scoring=scoring,
-    )
+    return _loaded(ledger.file_name, clinic.id, "released", export_id, prepared, counts, archived, scoring)
 
 
 def inbox_files(settings: Settings) -> list[Path]:
