@@ -136,14 +136,11 @@ def score_dyads(
     second = reconcile(silent, writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing"), started)
     writer.replace_flags(second.flags)
     policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
-    standing = queue_frame(writer.flags_of(clinic_ids=scope_clinics), last_sessions, configs, policy)
+    scope_flags = writer.flags_of(clinic_ids=scope_clinics)
+    standing = queue_frame(scope_flags, last_sessions, configs, policy)
     writer.refresh_dyads(scope_clinics, standing, policy.min_risk, policy.describe())
-    cases = update_cases(
-        writer.cases_of(scope_clinics),
-        writer.dyads_of(scope_clinics),
-        writer.flags_of(clinic_ids=scope_clinics),
-        started,
-    )
+    # the same flags: refresh_dyads changes only their risk_score, which cases do not read
+    cases = update_cases(writer.cases_of(scope_clinics), writer.dyads_of(scope_clinics), scope_flags, started)
     writer.replace_cases(cases.cases)
     case_changes = {name: cases.changes.filter(pl.col("change") == name).height for name in ("new", "back", "worse")}
     changes = pl.concat([first.changes, second.changes])
