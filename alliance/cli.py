@@ -772,3 +772,37 @@ def expectations(
         path = suite_path(code)
         state = "present" if path.exists() else "MISSING (run with --write)"
         console.print(f"{code:8} {inst.name}: {path.name} {state}")
+
+
+profile_app = typer.Typer(help="Clinic profiles: draft one from an export file.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("draft")
+@domain_errors
+def profile_draft(
+    file: Annotated[Path, typer.Argument(help="One export file (CSV or XLSX) as the vendor writes it.")],
+    clinic: Annotated[str, typer.Option(help="Clinic id for the [clinics.<id>] table.")] = "new_clinic",
+    write: Annotated[bool, typer.Option("--write", help="Append the draft to the home's clinics.toml.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Print a commented clinic profile drafted from one export; never prints a client value.
+
+    Example: alliance profile draft ~/Downloads/rheinpark_export.csv --clinic rheinpark
+    """
+    from alliance.clinics import parse_clinics
+    from alliance.drafting import draft_profile, render
+
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such file")
+    text = render(draft_profile(file, clinic))
+    console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+    if write:
+        settings = _settings(home)
+        existing = settings.clinics_file.read_text(encoding="utf-8") if settings.clinics_file.exists() else ""
+        if clinic in parse_clinics(existing):
+            raise ConfigError(f"clinic {clinic!r} is already in {settings.clinics_file}; nothing written")
+        parse_clinics(existing + "\n" + text)  # the draft must load before it is written
+        with settings.clinics_file.open("a", encoding="utf-8") as handle:
+            handle.write("\n" + text)
+        err_console.print(f"appended [clinics.{clinic}] to {settings.clinics_file}")

@@ -1,0 +1,24 @@
+"""Drafting a clinic profile from one export: layout, dates and a column mapping, each with how sure it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alliance.drafting.columns import map_columns
+from alliance.drafting.dates import infer_date_format
+from alliance.drafting.render import Draft, render
+from alliance.drafting.sniff import sniff_export
+
+__all__ = ["Draft", "draft_profile", "render"]
+
+
+def draft_profile(path: Path, clinic_id: str) -> Draft:
+    """A draft profile for the clinic that sends this file.
+
+    Example: ``print(render(draft_profile(Path("export.csv"), "northside")))``.
+    """
+    sniffed = sniff_export(path)
+    mapping = map_columns(sniffed.header, sniffed.values, sniffed.decimal_comma)
+    date_column = next((v for v, m in mapping.mapped.items() if m.field == "session_date"), None)
+    dates = infer_date_format(sniffed.values.get(date_column, []) if date_column else [])
+    return Draft(clinic_id, sniffed, mapping, dates)

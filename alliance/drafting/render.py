@@ -1,0 +1,75 @@
+"""A draft as a commented [clinics.<id>] table for clinics.toml: every choice says how sure it is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from alliance.drafting.columns import Mapping
+from alliance.drafting.dates import DateGuess
+from alliance.drafting.sniff import Sniffed
+
+# date-times as spreadsheets store them are read by their ISO date (transforms.mapping.ISO_FORMATS)
+ISO_READS = {"%Y-%m-%d %H:%M:%S": "%Y-%m-%d"}
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What was found in one file, ready to render."""
+
+    clinic_id: str
+    sniffed: Sniffed
+    mapping: Mapping
+    dates: DateGuess
+
+
+def _s(text: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _date_lines(guess: DateGuess) -> list[str]:
+    if guess.format:
+        fmt = ISO_READS.get(guess.format, guess.format)
+        return [f"# sure: {guess.share:.0%} of the dates read as {fmt}", f"date_format = {_s(fmt)}"]
+    if guess.ambiguous:
+        first, second = guess.ambiguous
+        return [
+            "# NOT SURE: every date fits both day/month orders (no day above 12 in the file); refusing to guess.",
+            "# Check one date you know (e.g. a session on the 3rd of a month) in the vendor's export, then keep one:",
+            f"# date_format = {_s(first)}",
+            f"# date_format = {_s(second)}",
+        ]
+    return ["# NOT SURE: no date format read the session dates; set date_format (strftime) by hand"]
+
+
+def render(draft: Draft) -> str:
+    """The commented profile; names and value ranges only, never a cell of a client column."""
+    sniffed, mapping = draft.sniffed, draft.mapping
+    lines = [
+        f"[clinics.{draft.clinic_id}]",
+        f"name = {_s(draft.clinic_id)}",
+        'timezone = "UTC"  # set the clinic\'s IANA timezone, e.g. "Europe/Berlin"',
+        "",
+        f"[clinics.{draft.clinic_id}.export]",
+        f"format = {_s(sniffed.format)}",
+    ]
+    if sniffed.format == "csv":
+        lines += [f"encoding = {_s(sniffed.encoding)}", f"delimiter = {_s(sniffed.delimiter or ',')}"]
+        lines += ["# header row: line 1"]
+    if sniffed.sheet:
+        lines += [f"sheet = {_s(sniffed.sheet)}  # the sheet with the most columns"]
+    if sniffed.decimal_comma:
+        lines += ["# sure: numbers are written with a decimal comma", "decimal_comma = true"]
+    lines += _date_lines(draft.dates)
+    instruments = mapping.instruments or ["SRS"]
+    if not mapping.instruments:
+        lines.append("# NOT SURE: no instrument column recognised; SRS assumed")
+    lines += [f"instruments = [{', '.join(_s(c) for c in instruments)}]", ""]
+    lines.append(f"[clinics.{draft.clinic_id}.export.columns]")
+    for vendor, match in mapping.mapped.items():
+        lines.append(f"# {'sure' if match.sure else 'likely'}: {match.why}")
+        lines.append(f"{_s(vendor)} = {_s(match.field)}")
+    if mapping.left_out:
+        lines.append("# left out (never loaded): " + ", ".join(_s(n) for n in mapping.left_out))
+    return "\n".join(lines) + "\n"
