@@ -233,6 +233,7 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> li
 def ingest(
     paths: Annotated[list[Path] | None, typer.Argument(help="Export files; default: everything in the inbox.")] = None,
     clinic: Annotated[str | None, typer.Option(help="Clinic id, when a file is not in inbox/<clinic_id>/.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read, check and count; write nothing.")] = False,
     home: HomeOption = None,
 ) -> None:
     """Ingest export files: validate, load into the warehouse, quarantine bad rows, archive the file.
@@ -247,11 +248,34 @@ def ingest(
     if not files:
         console.print(f"nothing to ingest: {settings.inbox} is empty")
         return
+    if dry_run:
+        raise typer.Exit(max((_print_rehearsal(path, settings, clinic) for path in files), default=0))
     results = _ingest_all(files, settings, clinic)
     _print_results(results, settings)
     code = _exit_code(results)
     if code:
         raise typer.Exit(code)
+
+
+def _print_rehearsal(path: Path, settings: Settings, clinic: str | None) -> int:
+    """One file's dry run, printed; its exit code."""
+    from flows.rehearsal import rehearse
+
+    seen = rehearse(path, settings, clinic)
+    console.print(f"{seen.file_name} (clinic {seen.clinic_id}): would be {seen.status}; nothing written", markup=False)
+    if seen.error:
+        console.print(f"  {plain_text(seen.error)}", markup=False)
+        return seen.exit_code
+    console.print(f"  rows read {seen.rows_read}, would load {seen.would_load}, quarantined {seen.quarantined_rows}")
+    for rule, count in list(seen.quarantined.items())[:5]:
+        lines = ", ".join(map(str, seen.reason_lines[rule]))
+        console.print(f"  {count} × {rule} (lines {lines}{', …' if count > len(seen.reason_lines[rule]) else ''})")
+    if seen.preview is not None and seen.preview.height:
+        table = Table("line", "instrument", "client (pseudonym)", "therapist", "date", "session", "total")
+        for row in seen.preview.iter_rows():
+            table.add_row(*(_cell(v) for v in row))
+        console.print(table)
+    return seen.exit_code
 
 
 @app.command()
