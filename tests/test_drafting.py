@@ -24,7 +24,7 @@ TODAY = date(2026, 3, 1)
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
-    return generate_sample(tmp_path_factory.mktemp("drafts"), clinics=3, weeks=16, dyads_per_clinic=6, today=TODAY)
+    return generate_sample(tmp_path_factory.mktemp("drafts"), clinics=4, weeks=16, dyads_per_clinic=6, today=TODAY)
 
 
 def _ratings(path: Path, clinic: Clinic) -> pl.DataFrame:
@@ -131,3 +131,9 @@ def test_write_appends_a_profile_that_loads(settings: Settings, sample: SampleSe
     assert "newclinic" in parse_clinics(settings.clinics_file.read_text(encoding="utf-8"))
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 1 and "already in" in again.output
+
+
+def test_a_json_export_is_refused_with_one_error_line(sample: SampleSet) -> None:
+    export = next(f for f in sample.files if f.layout == "json")
+    result = CliRunner().invoke(app, ["profile", "draft", str(export.path)])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "records path" in result.output

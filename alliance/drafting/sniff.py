@@ -77,6 +77,10 @@ def sniff_export(path: Path) -> Sniffed:
     """The layout of one export file; ExportRejected when it is not a readable CSV or XLSX."""
     if path.suffix.lower() == ".xlsx":
         return _sniff_xlsx(path)
+    if path.suffix.lower() in (".json", ".ndjson", ".jsonl"):
+        raise ExportRejected(
+            path.name, "drafting reads CSV and XLSX exports; a JSON profile needs its records path written by hand"
+        )
     data = path.read_bytes()
     text = decode(data, "auto", path.name)
     if not text.strip():
