@@ -744,17 +744,29 @@ def sql(
 @app.command()
 @domain_errors
 def bench(
-    scenario: Annotated[str, typer.Option(help="backfill, night or scaling.")] = "night",
+    scenario: Annotated[
+        str, typer.Option(help="backfill, night, history, latency, peer, or all (scaling = history).")
+    ] = "night",
     scale: Annotated[float, typer.Option(min=0.0001, help="1.0 is the issue's full size (a national network).")] = 0.01,
     workdir: Annotated[Path | None, typer.Option(help="Where to generate data (default: a temporary folder).")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="cProfile the timed runs (needs --workdir).")] = False,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the report(s) as JSON here.")] = None,
 ) -> None:
-    """Benchmark the real pipeline against a plain read + append floor measured in the same run.
+    """Benchmark the real pipeline against the issue's targets: each scenario prints its target, figure, ratio
+    and verdict (floor, peer and Prefect comparisons are measured in the same run).
 
     Example: alliance bench --scenario night --scale 0.05
     """
-    from benchmarks.bench import format_report, run
+    from benchmarks.bench import main as bench_main
 
-    console.print(format_report(run(scenario, scale, workdir)), markup=False, highlight=False, soft_wrap=True)
+    if profile and workdir is None:
+        raise ConfigError("--profile needs --workdir to keep the profile files")
+    argv = ["--scenario", scenario, "--scale", str(scale), *(["--profile"] if profile else [])]
+    argv += [*(["--workdir", str(workdir)] if workdir else []), *(["--json", str(json_file)] if json_file else [])]
+    try:
+        bench_main(argv)
+    except ValueError as bad:
+        raise ConfigError(str(bad)) from None
 
 
 @app.command()
