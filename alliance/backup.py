@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from alliance.errors import AllianceError
-from alliance.exports import sha256_of
 from alliance.permissions import make_private, private_umask
+from alliance.readers import sha256_of
 from alliance.settings import Settings
 from alliance.storage import SCHEMA_VERSION, Warehouse
 

@@ -20,7 +20,6 @@ import polars as pl
 from filelock import FileLock, Timeout
 
 from alliance.errors import StorageError, WarehouseBusy
-from alliance.exports import sha256_of
 from alliance.permissions import (
     OWNER_FILE,
     make_private,
@@ -29,6 +28,7 @@ from alliance.permissions import (
     settle_snapshot,
     snapshot_groups,
 )
+from alliance.readers import sha256_of
 from alliance.redaction import plain_text
 from alliance.settings import Settings
 

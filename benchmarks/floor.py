@@ -10,7 +10,7 @@ import duckdb
 import polars as pl
 
 from alliance.clinics import Clinic
-from alliance.exports import json_records
+from alliance.readers import json_records
 from benchmarks.workload import TimedFile
 
 

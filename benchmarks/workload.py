@@ -16,9 +16,9 @@ from time import perf_counter
 from typing import Any
 
 from alliance.clinics import load_clinics
-from alliance.exports import sha256_of
 from alliance.home import init_home
 from alliance.pseudonyms import load_key
+from alliance.readers import sha256_of
 from alliance.samples import generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import Ledger, Warehouse

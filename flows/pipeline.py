@@ -17,10 +17,10 @@ import polars as pl
 
 from alliance.clinics import Clinic, load_clinics
 from alliance.errors import AllianceError, ConfigError, ExportGone, ExportRejected
-from alliance.exports import ReadLimits, read_export, sha256_of
 from alliance.faults import crash_point, fault_point
 from alliance.permissions import make_private
 from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
+from alliance.readers import ReadLimits, read_export, sha256_of
 from alliance.settings import Settings
 from alliance.storage import Ledger, LoadCounts, Warehouse, Writer, is_storage_failure
 from expectations import validate_ratings

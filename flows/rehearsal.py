@@ -11,8 +11,8 @@ import polars as pl
 
 from alliance.clinics import load_clinics
 from alliance.errors import ConfigError, ExportRejected
-from alliance.exports import ReadLimits
 from alliance.pseudonyms import load_key
+from alliance.readers import ReadLimits
 from alliance.settings import Settings
 from flows.pipeline import clinic_for, export_id_of, prepare_export
 

@@ -12,7 +12,7 @@ import pytest
 
 from alliance.clinics import ExportProfile
 from alliance.errors import ExportRejected
-from alliance.exports import decode, json_records, read_export, sniff_delimiter
+from alliance.readers import decode, json_records, read_export, sniff_delimiter
 
 COLUMNS = {
     "Klient": "client_ref",

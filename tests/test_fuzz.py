@@ -28,9 +28,9 @@ from hypothesis.control import currently_in_test_context
 
 from alliance.clinics import ExportProfile, normalise_column
 from alliance.errors import ExportRejected
-from alliance.exports import HIDDEN_ROW, SOURCE_LINE, ReadLimits, read_export
 from alliance.home import init_home
 from alliance.instruments import instrument
+from alliance.readers import HIDDEN_ROW, SOURCE_LINE, ReadLimits, read_export
 from alliance.settings import Settings, load_settings
 from expectations import validate_ratings
 from flows.pipeline import ingest_file
@@ -278,11 +278,11 @@ def _letters(col: int) -> str:
 def test_the_sheet_scan_never_underestimates_what_calamine_allocates(sheet: bytes) -> None:
     import fastexcel
 
-    from alliance.exports import _inspect_xlsx
+    from alliance.readers.workbook import inspect_xlsx
 
     data = _zip({**PARTS, "xl/worksheets/sheet1.xml": sheet})
     try:
-        scan = _inspect_xlsx(data, PROFILES["xlsx"], "s.xlsx", ReadLimits()).scan
+        scan = inspect_xlsx(data, PROFILES["xlsx"], "s.xlsx", ReadLimits()).scan
     except ExportRejected as rejection:
         event(f"rejected: {rejection.problem[:40]}")
         return

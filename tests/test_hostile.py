@@ -20,7 +20,7 @@ import xlsxwriter
 
 from alliance.clinics import ExportProfile
 from alliance.errors import ConfigError, ExportRejected
-from alliance.exports import ReadLimits, decode, read_export
+from alliance.readers import ReadLimits, decode, read_export
 from alliance.settings import Settings
 from flows.events import is_candidate
 from flows.pipeline import ExportResult, inbox_files, ingest_file
@@ -864,13 +864,13 @@ def test_foreign_therapists_is_a_pure_function() -> None:
 
 
 def test_sheet_scan_fast_path_agrees_with_the_cell_by_cell_path() -> None:
-    from alliance.exports import _SheetScan
+    from alliance.readers.workbook import SheetScan
 
     rows = [[f"K{i}", "t1", "2026-01-05", i, 30] for i in range(1, 300)]
     with zipfile.ZipFile(io.BytesIO(workbook(rows, header=[*COLUMNS, "A", "B"]))) as archive:
         sheet = archive.read("xl/worksheets/sheet1.xml")
     sheet = sheet.replace(b"</sheetData>", b'<row r="400"><c r="AB400"><v>1</v></c></row></sheetData>')
-    fast, slow = _SheetScan(), _SheetScan()
+    fast, slow = SheetScan(), SheetScan()
     for start in range(0, len(sheet), 997):  # chunks cut anywhere, rows included
         fast.feed(sheet[start : start + 997])
     fast.close()

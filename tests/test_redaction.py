@@ -10,7 +10,7 @@ import pytest
 
 from alliance.clinics import ExportProfile
 from alliance.errors import ExportRejected
-from alliance.exports import read_export
+from alliance.readers import read_export
 from alliance.redaction import engine_problem, plain_text, redact_values, value_kind
 from alliance.settings import Settings
 from flows.pipeline import ingest_file

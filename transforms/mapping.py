@@ -12,7 +12,7 @@ from alliance.errors import ExportRejected
 from alliance.instruments import Instrument
 
 SOURCE_LINE = "source_line"
-HIDDEN_ROW = "__hidden_row"  # set by the XLSX reader (alliance.exports) on rows hidden in the workbook
+HIDDEN_ROW = "__hidden_row"  # set by the XLSX reader (alliance.readers.xlsx) on rows hidden in the workbook
 RAW = "__raw"
 # Spreadsheet date cells arrive in ISO form; a date-time is reduced to its date (its wall-clock date when naive).
 ISO_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")

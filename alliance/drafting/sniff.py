@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alliance.errors import ExportRejected
-from alliance.exports import decode, sniff_delimiter
+from alliance.readers import decode, sniff_delimiter
 
 MAX_SAMPLE_ROWS = 5000  # enough rows to see every value range and date shape
 COMMA_NUMBER = re.compile(r"^[+-]?[0-9]+,[0-9]+$")

@@ -1,0 +1,82 @@
+"""Reading clinic export files into raw frames: every column a string, every row with its source line.
+
+Hostile input is refused before any engine sees it: binary files posing as text, zip bombs, macro-enabled
+or binary workbooks, sheets whose used range would not fit in memory, files still being written, and
+headers that make the mapping ambiguous. Every refusal is an ExportRejected naming the file and the problem.
+
+Each format has its module (decoding, csv, xlsx with its workbook scan, json); limits holds the safety caps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import polars as pl
+
+from alliance.clinics import ExportProfile
+from alliance.errors import ExportRejected
+from alliance.readers.csv import read_csv_text, sniff_delimiter
+from alliance.readers.decoding import EXPORT_AS, REFUSED_SUFFIXES, decode, refuse_binary
+from alliance.readers.frames import HIDDEN_ROW, SOURCE_LINE
+from alliance.readers.json import json_records, read_json_text, read_ndjson_text
+from alliance.readers.limits import ReadLimits
+from alliance.readers.xlsx import read_xlsx, read_xlsx_bytes
+
+__all__ = [
+    "HIDDEN_ROW",
+    "SOURCE_LINE",
+    "ReadLimits",
+    "decode",
+    "json_records",
+    "read_csv_text",
+    "read_export",
+    "read_json_text",
+    "read_ndjson_text",
+    "read_xlsx",
+    "read_xlsx_bytes",
+    "sha256_of",
+    "sniff_delimiter",
+]
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks so large exports stay out of memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_export(
+    path: Path,
+    profile: ExportProfile,
+    max_bytes: int | None = None,
+    limits: ReadLimits | None = None,
+    data: bytes | None = None,
+) -> pl.DataFrame:
+    """Raw frame of one export as its profile describes it; ExportRejected when it cannot be read at all.
+
+    ``data``, when given, are the file's bytes already read (and hashed) by the caller: they are parsed instead.
+    """
+    limits = limits or ReadLimits()
+    refused = REFUSED_SUFFIXES.get(path.suffix.lower())
+    if refused:
+        raise ExportRejected(path.name, f"{refused}; {EXPORT_AS}")
+    size = path.stat().st_size if data is None else len(data)
+    if size == 0:
+        raise ExportRejected(path.name, "the file is empty (0 bytes)")
+    if max_bytes is not None and size > max_bytes:
+        raise ExportRejected(path.name, f"the file is {size / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
+    if data is None:
+        data = path.read_bytes()
+    if profile.format == "xlsx":
+        return read_xlsx_bytes(data, profile, path.name, limits)
+    refuse_binary(data, profile.format, path.name)
+    text = decode(data, profile.encoding, path.name)
+    if profile.format == "json":
+        return read_json_text(text, profile, path.name, limits)
+    if profile.format == "ndjson":
+        return read_ndjson_text(text, profile, path.name, limits)
+    return read_csv_text(text, profile, path.name, limits)
