@@ -41,6 +41,18 @@ class ExportProfile(BaseModel):
     decimal_comma: bool = False
     date_format: str | list[str] = "%Y-%m-%d"
     sheet: str | None = None
+    sheet_pattern: str | None = Field(
+        default=None,
+        description="xlsx: the first sheet whose name matches this glob (case-insensitive), e.g. 'Sessions*'",
+    )
+    header_row: int | None = Field(
+        default=None, ge=1, description="csv/xlsx: the line or sheet row of the header; unset: detected"
+    )
+    footer_rows: Literal["quarantine", "skip"] = Field(
+        default="quarantine",
+        description="csv/xlsx: summary and footer rows (Total, Average, Exported by …) quarantined as no_rating, "
+        "or skipped",
+    )
     hidden_rows: Literal["quarantine", "load"] = Field(
         default="quarantine",
         description="xlsx: rows hidden in the workbook are quarantined as hidden_row, or loaded like any other",
@@ -106,6 +118,12 @@ class ExportProfile(BaseModel):
                 raise ValueError(f"item_max.{code}: instrument not listed in instruments")
         if self.format in ("csv",) and self.sheet:
             raise ValueError("sheet: only for xlsx exports")
+        if self.format != "xlsx" and self.sheet_pattern:
+            raise ValueError("sheet_pattern: only for xlsx exports")
+        if self.sheet and self.sheet_pattern:
+            raise ValueError("sheet, sheet_pattern: give one of them")
+        if self.format in ("json", "ndjson") and self.header_row is not None:
+            raise ValueError("header_row: only for csv and xlsx exports")
         if self.format != "xlsx" and "hidden_rows" in self.model_fields_set:
             raise ValueError("hidden_rows: only for xlsx exports")
         return self

@@ -117,7 +117,9 @@ def test_missing_column_rejects_whole_file_and_is_recorded(north: Settings) -> N
     assert result.status == "rejected"
     assert result.error == (
         "renamed.csv: missing required column(s) 'Session Date' (-> session_date) among the file's 10 columns; "
-        "check the header row and the clinic's [export.columns]"
+        "the header found (line 1, detected) has 'Client ID', 'Clinician', 'Date of Session', 'Session #', "
+        "'SRS Relationship', 'SRS Goals', 'SRS Approach', 'SRS Overall', 'ORS Total', 'Notes'; "
+        "check the clinic's [export.columns]"
     )
     assert query(north, "SELECT status, rows_total, error LIKE 'missing required%' FROM exports") == [
         ("rejected", 0, True)

@@ -233,8 +233,8 @@ def test_a_total_with_a_decimal_comma_is_not_a_number_not_empty(north: Settings)
     ((line, inst, rules, reasons),) = quarantined(north)
     assert (line, inst, rules) == (5, "ORS", ["not_a_number:total"])
     assert reasons == [
-        "line 5, column 'ORS Total' (total): is not a number: it has a decimal comma "
-        "(set decimal_comma = true in the clinic's export profile if the vendor writes them)"
+        "line 5, column 'ORS Total' (total): is not a number (looks like a decimal comma: "
+        "set decimal_comma = true in the clinic's export profile)"
     ]
 
 
@@ -368,7 +368,27 @@ def test_a_date_in_another_format_says_which_format_was_expected(north: Settings
     assert rules == ["bad_date:session_date"]
     assert reasons == [
         "line 5, column 'Session Date' (session_date): is not a date in the clinic's date format %m/%d/%Y "
-        "nor ISO (written 99.99.9999)"
+        "nor ISO (looks like %d.%m.%Y; written 99.99.9999)"
+    ]
+
+
+def test_a_date_hint_names_a_format_only_when_the_value_fits_one(north: Settings) -> None:
+    # 31/31/2026 reads in no common format: the reason gives its shape and no guess
+    ingest_file(drop_csv(north, "a.csv", [*GOOD, "C-103,t2,31/31/2026,1,8.0,8.0,8.0,8.0,"]), north)
+    ((_, _, rules, reasons),) = quarantined(north)
+    assert rules == ["bad_date:session_date"]
+    assert reasons == [
+        "line 5, column 'Session Date' (session_date): is not a date in the clinic's date format %m/%d/%Y "
+        "nor ISO (written 99/99/9999)"
+    ]
+
+
+def test_a_day_first_date_is_hinted_as_day_first(north: Settings) -> None:
+    ingest_file(drop_csv(north, "a.csv", [*GOOD, "C-103,t2,13/01/2026,1,8.0,8.0,8.0,8.0,"]), north)
+    ((_, _, _, reasons),) = quarantined(north)
+    assert reasons == [
+        "line 5, column 'Session Date' (session_date): is not a date in the clinic's date format %m/%d/%Y "
+        "nor ISO (looks like %d/%m/%Y; written 99/99/9999)"
     ]
 
 

@@ -13,6 +13,7 @@ from alliance.instruments import Instrument
 
 SOURCE_LINE = "source_line"
 HIDDEN_ROW = "__hidden_row"  # set by the XLSX reader (alliance.readers.xlsx) on rows hidden in the workbook
+FOOTER_ROW = "__footer_row"  # set by the CSV and XLSX readers on summary and footer rows ('Total', 'Exported by …')
 RAW = "__raw"
 # Spreadsheet date cells arrive in ISO form; a date-time is reduced to its date (its wall-clock date when naive).
 ISO_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")
@@ -81,7 +82,7 @@ def _odd(value: pl.Expr) -> pl.Expr:
 
 
 def to_canonical(raw: pl.DataFrame, resolved: dict[str, str]) -> pl.DataFrame:
-    """Only the mapped columns, renamed to canonical fields, cleaned (``clean_text``); hidden-row marks kept."""
+    """Only the mapped columns, renamed to canonical fields, cleaned (``clean_text``); hidden and footer marks kept."""
     # by position: a vendor name such as '*' or '^.*$' would be a wildcard or a pattern to pl.col
     columns = {field: pl.nth(raw.get_column_index(vendor)) for vendor, field in resolved.items()}
     odd = raw.select(_odd(column).alias(field) for field, column in columns.items()).row(0, named=True)
@@ -89,6 +90,7 @@ def to_canonical(raw: pl.DataFrame, resolved: dict[str, str]) -> pl.DataFrame:
         pl.col(SOURCE_LINE),
         *(clean_text(column, bool(odd[field])).alias(field) for field, column in columns.items()),
         *([pl.col(HIDDEN_ROW)] if HIDDEN_ROW in raw.columns else []),
+        *([pl.col(FOOTER_ROW)] if FOOTER_ROW in raw.columns else []),
     )
 
 
@@ -111,8 +113,7 @@ def _number_kind(raw: pl.Expr, decimal_comma: bool, whole: bool = False) -> pl.E
     comma = (
         "is not a whole number: it has a comma"
         if whole
-        else "is not a number: it has a decimal comma (set decimal_comma = true in the clinic's export profile "
-        "if the vendor writes them)"
+        else "is not a number (looks like a decimal comma: set decimal_comma = true in the clinic's export profile)"
     )
     plain = raw.str.contains(PLAIN_NUMBER)
     return (
@@ -135,6 +136,24 @@ def _number_kind(raw: pl.Expr, decimal_comma: bool, whole: bool = False) -> pl.E
 def _shape(raw: pl.Expr) -> pl.Expr:
     """The form of a value without its content: '01/13/26' -> '99/99/99', 'Jan 5' -> 'AAA 9'."""
     return raw.str.replace_all(r"[0-9]", "9").str.replace_all(r"\p{L}", "A").str.slice(0, 24)
+
+
+# Date formats vendors write, tried on a date that failed the profile's: the first that reads it is the hint.
+LOOKALIKE_FORMATS = ("%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%Y/%m/%d", "%d.%m.%y", "%m/%d/%y", "%d/%m/%y")
+
+
+def _bad_date(raw: pl.Expr, formats: list[str]) -> pl.Expr:
+    """Why a date fits none of the formats, with its shape, and the format it looks like when one reads it."""
+    lookalikes = [f for f in LOOKALIKE_FORMATS if f not in formats]
+    looks = pl.coalesce(
+        [pl.when(raw.str.to_date(f, strict=False) >= pl.lit(EARLIEST_SESSION)).then(pl.lit(f)) for f in lookalikes]
+    )
+    return pl.format(
+        "is not a date in the clinic's date format {} nor ISO ({}written {})",
+        pl.lit(" or ".join(formats)),
+        pl.when(looks.is_not_null()).then(pl.format("looks like {}; ", looks)).otherwise(pl.lit("")),
+        _shape(raw),
+    )
 
 
 def _date_formats(formats: list[str]) -> list[str]:
@@ -293,11 +312,7 @@ def rating_candidates(
         _Failure(
             pl.col(f"session_date{RAW}").is_not_null() & pl.col("session_date_any").is_null(),
             "bad_date:session_date",
-            pl.format(
-                "is not a date in the clinic's date format {} nor ISO (written {})",
-                pl.lit(" or ".join(profile.date_formats)),
-                _shape(pl.col(f"session_date{RAW}")),
-            ),
+            _bad_date(pl.col(f"session_date{RAW}"), profile.date_formats),
         ),
         _Failure(
             pl.col("session_date_any").is_not_null() & pl.col("session_date").is_null(),
@@ -349,6 +364,15 @@ def _with_details(typed: pl.DataFrame, failures: list[_Failure]) -> pl.DataFrame
         .with_columns(pl.col("parse_failures").fill_null(pl.lit([], pl.List(FAILURE))))
         .drop("__row")
     )
+
+
+def footer_split(canonical: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(session rows, summary and footer rows) of a canonical frame; footer rows never become ratings."""
+    if FOOTER_ROW not in canonical.columns:
+        return canonical, canonical.clear().select(SOURCE_LINE, *[f for f in KEY_FIELDS if f in canonical.columns])
+    footer = pl.col(FOOTER_ROW)
+    rows = canonical.filter(~footer).drop(FOOTER_ROW)
+    return rows, canonical.filter(footer).select(SOURCE_LINE, *[f for f in KEY_FIELDS if f in canonical.columns])
 
 
 def unrated_rows(canonical: pl.DataFrame, profile: ExportProfile) -> pl.DataFrame:

@@ -27,6 +27,12 @@ RULE_TEXT = {
     'or set hidden_rows = "load" in the clinic\'s export profile',
 }
 
+# The reason of a summary or footer row, quarantined as no_rating (its label is not repeated: it is a cell).
+FOOTER_REASON = (
+    "a summary or footer row (its first filled cell is a label such as Total, Average or Exported by), "
+    'not a session; set footer_rows = "skip" in the clinic\'s export profile to skip such rows'
+)
+
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "export_id": pl.String(),
     "clinic_id": pl.String(),

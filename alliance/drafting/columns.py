@@ -149,6 +149,12 @@ def map_columns(header: list[str], values: dict[str, list[str]], decimal_comma: 
     return Mapping(mapped, instruments, left_out)
 
 
+def key_field_named(name: str) -> str | None:
+    """The key field a header cell names ('Klient-Nr.' -> client_ref), None for any other cell."""
+    key = _key(name)
+    return next((target for target, names in KEY_NAMES.items() if key in names), None)
+
+
 def _is_key(name: str) -> bool:
     return any(_key(name) in names for names in KEY_NAMES.values())
 

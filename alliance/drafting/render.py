@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from alliance.drafting.columns import Mapping
@@ -43,6 +44,46 @@ def _date_lines(guess: DateGuess) -> list[str]:
     return ["# NOT SURE: no date format read the session dates; set date_format (strftime) by hand"]
 
 
+# A sheet name ending in a date or a number ('Sessions 2026-03'): likely a new name in every export.
+DATED_NAME = re.compile(r"^(?P<stem>.*?[^\W\d_][^\d]*?)[\s_-]*(?:\d{4}|\d{1,2}[._/-]\d)[\d\s._/-]*$")
+
+
+def _sheet_lines(sniffed: Sniffed) -> list[str]:
+    sheet = sniffed.sheet or ""
+    others = [name for name in sniffed.sheets if name != sheet]
+    why = "the sheet whose header names the key columns" + (
+        f" (the workbook also has {', '.join(map(_s, others))})" if others else ""
+    )
+    dated = DATED_NAME.match(sheet)
+    if dated is None:
+        return [f"# sure: {why}", f"sheet = {_s(sheet)}"]
+    pattern = f"{dated.group('stem').rstrip()}*"
+    return [
+        f"# likely: {why}; its name ends in a date or number, so each export may name it anew:",
+        f"# the first sheet whose name matches is read (or keep sheet = {_s(sheet)})",
+        f"sheet_pattern = {_s(pattern)}",
+    ]
+
+
+def _layout_lines(sniffed: Sniffed) -> list[str]:
+    unit = "line" if sniffed.format == "csv" else "sheet row"
+    if sniffed.header_row == 1:
+        lines = [f"# sure: the header is on {unit} 1"]
+    else:
+        lines = [
+            f"# sure: the header is on {unit} {sniffed.header_row}; the {unit}s above it (a title, an export date) "
+            "are not read",
+            f"header_row = {sniffed.header_row}",
+        ]
+    if sniffed.footer_rows:
+        lines += [
+            f"# sure: {sniffed.footer_rows} summary or footer row(s) (Total, Average, Exported by …) are quarantined "
+            'as no_rating with their line; footer_rows = "skip" skips them instead',
+            'footer_rows = "quarantine"',
+        ]
+    return lines
+
+
 def render(draft: Draft) -> str:
     """The commented profile; names and value ranges only, never a cell of a client column."""
     sniffed, mapping = draft.sniffed, draft.mapping
@@ -56,9 +97,9 @@ def render(draft: Draft) -> str:
     ]
     if sniffed.format == "csv":
         lines += [f"encoding = {_s(sniffed.encoding)}", f"delimiter = {_s(sniffed.delimiter or ',')}"]
-        lines += ["# header row: line 1"]
     if sniffed.sheet:
-        lines += [f"sheet = {_s(sniffed.sheet)}  # the sheet with the most columns"]
+        lines += _sheet_lines(sniffed)
+    lines += _layout_lines(sniffed)
     if sniffed.decimal_comma:
         lines += ["# sure: numbers are written with a decimal comma", "decimal_comma = true"]
     lines += _date_lines(draft.dates)

@@ -55,10 +55,13 @@ def read_export(
     max_bytes: int | None = None,
     limits: ReadLimits | None = None,
     data: bytes | None = None,
+    complete: bool = False,
 ) -> pl.DataFrame:
     """Raw frame of one export as its profile describes it; ExportRejected when it cannot be read at all.
 
-    ``data``, when given, are the file's bytes already read (and hashed) by the caller: they are parsed instead.
+    ``complete`` (the pipeline's choice) refuses a CSV or XLSX header without every mapped column, showing the
+    header found. ``data``, when given, are the file's bytes already read (and hashed) by the caller: they are
+    parsed instead.
     """
     limits = limits or ReadLimits()
     refused = REFUSED_SUFFIXES.get(path.suffix.lower())
@@ -72,11 +75,11 @@ def read_export(
     if data is None:
         data = path.read_bytes()
     if profile.format == "xlsx":
-        return read_xlsx_bytes(data, profile, path.name, limits)
+        return read_xlsx_bytes(data, profile, path.name, limits, complete)
     refuse_binary(data, profile.format, path.name)
     text = decode(data, profile.encoding, path.name)
     if profile.format == "json":
         return read_json_text(text, profile, path.name, limits)
     if profile.format == "ndjson":
         return read_ndjson_text(text, profile, path.name, limits)
-    return read_csv_text(text, profile, path.name, limits)
+    return read_csv_text(text, profile, path.name, limits, complete)

@@ -20,3 +20,31 @@ def without_blank_rows(frame: pl.DataFrame) -> pl.DataFrame:
         return frame
     # by position: a header such as '*' or '^.*$' would be a wildcard or a pattern to pl.col
     return frame.filter(~pl.all_horizontal(pl.nth(fields).str.strip_chars().replace("", None).is_null()))
+
+
+FOOTER_ROW = "__footer_row"  # true on summary and footer rows (transforms.mapping and the pipeline read it)
+# A row whose first filled cell opens with one of these is a summary or a note of the export program, not a session.
+FOOTER_LABEL = (
+    r"(?i)^\s*(?:(?:(?:grand\s+)?totals?|sum|summe|gesamt(?:summe)?|average|avg|mean|mittelwert|durchschnitt|median"
+    r"|count|anzahl)(?:\s*$|\s*[:(=]|\s)"
+    r"|(?:exported|exportiert|generated|erstellt|printed|gedruckt|created)\s+(?:by|von|on|am|at|with|mit)\b"
+    r"|(?:export|report)\s+(?:date|datum)\b)"
+)
+
+
+def mark_footer_rows(frame: pl.DataFrame, policy: str) -> pl.DataFrame:
+    """Mark rows whose first filled cell is a summary label ('Total', 'Mittelwert', 'Exported by …').
+
+    ``policy`` 'skip' drops them (the profile says so), any other keeps them marked for quarantine.
+    """
+    fields = [i for i, c in enumerate(frame.columns) if c not in (SOURCE_LINE, HIDDEN_ROW)]
+    if not fields or frame.is_empty():
+        return frame
+    first = pl.coalesce(pl.nth(i).str.strip_chars().replace("", None) for i in fields)
+    footer = first.str.contains(FOOTER_LABEL).fill_null(False)
+    marked = frame.with_columns(footer.alias(FOOTER_ROW))
+    if not marked[FOOTER_ROW].any():
+        return frame  # like hidden rows: the mark is there only when a row carries it
+    if policy == "skip":
+        return marked.filter(~pl.col(FOOTER_ROW)).drop(FOOTER_ROW)
+    return marked

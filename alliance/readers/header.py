@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from alliance.clinics import ExportProfile, normalise_column
 from alliance.errors import ExportRejected
@@ -40,3 +41,58 @@ def unique_names(header: Sequence[str | None]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
+
+
+HEADER_SEARCH_ROWS = 50  # a report title, export date and blank lines take a few rows, never dozens
+
+
+@dataclass(frozen=True)
+class HeaderChoice:
+    """Which row of the file holds the header (0-based among the rows read) and how that was decided."""
+
+    index: int
+    how: str  # 'header_row', 'detected' or 'first row' (no row holds a mapped column name)
+
+
+def choose_header(rows: Sequence[Sequence[str | None]], profile: ExportProfile, first: int = 1) -> HeaderChoice:
+    """The profile's header_row, else the first of the leading rows holding the most mapped column names.
+
+    ``first`` is the line or sheet row number of ``rows[0]``, so header_row counts as the clinic sees the file.
+    """
+    if profile.header_row is not None:
+        return HeaderChoice(profile.header_row - first, "header_row")
+    mapped = {normalise_column(vendor) for vendor in profile.columns}
+    counts = [len({normalise_column(c) for c in row if c is not None} & mapped) for row in rows[:HEADER_SEARCH_ROWS]]
+    best = max(counts, default=0)
+    if best == 0:
+        return HeaderChoice(0, "first row")
+    return HeaderChoice(counts.index(best), "detected")
+
+
+def check_mapped(
+    names: Sequence[str | None], profile: ExportProfile, file_name: str, where: str, more: str = ""
+) -> None:
+    """Refuse a header without every mapped column; the header found is shown when it is one (names only).
+
+    A row holding none of the mapped names may be a data row (a file without a header): it is not echoed.
+    """
+    present = {normalise_column(n) for n in names if n is not None}
+    missing = [
+        f"{vendor!r} (-> {field})"
+        for vendor, field in profile.columns.items()
+        if normalise_column(vendor) not in present
+    ]
+    if not missing:
+        return
+    found = [n for n in names if n is not None]
+    if len(missing) == len(profile.columns):
+        shown = (
+            f"no row among the first {HEADER_SEARCH_ROWS} holds a mapped column name; check the clinic's "
+            "[export.columns] and header_row"
+        )
+    else:
+        shown = f"the header found ({where}) has {', '.join(map(repr, found))}; check the clinic's [export.columns]"
+    raise ExportRejected(
+        file_name,
+        f"missing required column(s) {', '.join(missing)} among the file's {len(found)} columns; {shown}{more}",
+    )

@@ -7,6 +7,7 @@ The scan also finds what calamine does not tell: formulas without results, hidde
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import posixpath
 import re
@@ -130,7 +131,7 @@ class SheetScan:
             ref = _ATTR_R.search(attrs)
             if kind == b"row":
                 if ref is not None and not _PLAIN_ROW.fullmatch(ref.group(2)):
-                    raise _OddReference(ref.group(2))
+                    raise OddReference(ref.group(2))
                 self._row = int(ref.group(2)) if ref else max(self._row, self.max_row) + 1
                 self._col = 0
                 if _ATTR_HIDDEN.search(attrs):
@@ -139,7 +140,7 @@ class SheetScan:
             if ref is not None:
                 plain = _PLAIN_CELL.fullmatch(ref.group(2))
                 if plain is None:
-                    raise _OddReference(ref.group(2))
+                    raise OddReference(ref.group(2))
                 col, row = _column_index(plain.group(1)), int(plain.group(2))
                 self._col = max(self._col + 1, col)
             else:
@@ -165,7 +166,7 @@ class SheetScan:
                         seen.first_uncached = (row, col)
 
 
-class _OddReference(ValueError):
+class OddReference(ValueError):
     """A cell or row position not written as plain 'B7' / '7': it cannot be checked, so it is not read."""
 
 
@@ -184,36 +185,52 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _sheet_part(archive: zipfile.ZipFile, sheet: str | None) -> tuple[str | None, bool, str | None]:
+def _sheet_part(
+    archive: zipfile.ZipFile, sheet: str | None, pattern: str | None = None
+) -> tuple[str | None, bool, str | None, tuple[str, ...]]:
     """The zip part of the sheet to read (None when it cannot be told), whether the workbook asks for its
-    formulas to be recalculated on load (so their stored results are not real), and the sheet's name.
+    formulas to be recalculated on load (so their stored results are not real), the sheet's name, and the
+    names of every sheet in the workbook.
 
-    Without a sheet named in the profile it is the first visible one: a hidden sheet (an old copy, a lookup
-    table) is not what the clinic sees as its export.
+    Without a sheet (or sheet_pattern) in the profile it is the first visible one: a hidden sheet (an old
+    copy, a lookup table) is not what the clinic sees as its export.
     """
     try:
         workbook = ET.fromstring(_read_part(archive, "xl/workbook.xml") or b"")
         rels = ET.fromstring(_read_part(archive, "xl/_rels/workbook.xml.rels") or b"")
     except (ET.ParseError, LookupError, ValueError):
-        return None, True, None  # unreadable metadata: no stored formula result is trusted
+        return None, True, None, ()  # unreadable metadata: no stored formula result is trusted
     full_calc = any(
         _local(el.tag) == "calcPr" and el.get("fullCalcOnLoad", "").lower() in ("1", "true") for el in workbook.iter()
     )
     sheets = [el for el in workbook.iter() if _local(el.tag) == "sheet"]
     visible = [el for el in sheets if el.get("state", "visible").lower() not in ("hidden", "veryhidden")]
-    if sheet is None:
+    every = tuple(el.get("name") or "" for el in sheets)
+    if pattern is not None:
+        chosen = next((el for el in visible or sheets if sheet_matches(el.get("name") or "", pattern)), None)
+    elif sheet is None:
         chosen = next(iter(visible or sheets), None)
     else:
         chosen = next((el for el in sheets if el.get("name") == sheet), None)
     if chosen is None:
-        return None, full_calc, None
+        return None, full_calc, None, every
     name = chosen.get("name")
     rel_id = chosen.get(f"{{{REL_NS}}}id") or next((v for k, v in chosen.attrib.items() if k.endswith("}id")), None)
     target = next((el.get("Target") for el in rels.iter() if el.get("Id") == rel_id), None)
     if not target:
-        return None, full_calc, name
+        return None, full_calc, name, every
     part = target.lstrip("/") if target.startswith("/") else posixpath.normpath(posixpath.join("xl", target))
-    return part, full_calc, name
+    return part, full_calc, name, every
+
+
+def sheet_matches(name: str, pattern: str) -> bool:
+    """A sheet name against a profile's sheet_pattern: a glob ('Sessions*', 'Export ????'), case-insensitive."""
+    return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
+
+
+def sheet_list(names: tuple[str, ...]) -> str:
+    """The workbook's sheets for a message (sheet names are layout, not client data)."""
+    return ", ".join(map(repr, names)) if names else "none readable"
 
 
 @dataclass(frozen=True)
@@ -221,6 +238,7 @@ class Inspection:
     scan: SheetScan
     full_calc: bool
     sheet_name: str | None = None
+    sheet_names: tuple[str, ...] = ()
 
 
 def inspect_xlsx(data: bytes, profile: ExportProfile, file_name: str, limits: ReadLimits) -> Inspection:
@@ -236,7 +254,7 @@ def inspect_xlsx(data: bytes, profile: ExportProfile, file_name: str, limits: Re
         )
     try:
         return _inspect_archive(zipfile.ZipFile(io.BytesIO(data)), len(data), profile, file_name, limits)
-    except _OddReference as exc:
+    except OddReference as exc:
         written = bytes(exc.args[0])[:24].decode("ascii", "replace")
         raise ExportRejected(
             file_name, f"cannot read as XLSX: a cell position written as {written!r}, not plainly like 'B7'"
@@ -280,7 +298,18 @@ def _inspect_archive(
         raise ExportRejected(file_name, f"cannot read as XLSX: the archive is encrypted; {EXPORT_AS}")
     declared = sum(info.file_size for info in infos)
     check_expansion(declared, size, file_name, limits)
-    part, full_calc, sheet_name = _sheet_part(archive, profile.sheet)
+    part, full_calc, sheet_name, sheet_names = _sheet_part(archive, profile.sheet, profile.sheet_pattern)
+    if sheet_names and sheet_name is None and (profile.sheet or profile.sheet_pattern):
+        wanted = (
+            f"sheet {profile.sheet!r} is not in the workbook"
+            if profile.sheet
+            else f"no sheet of the workbook matches sheet_pattern {profile.sheet_pattern!r}"
+        )
+        raise ExportRejected(
+            file_name,
+            f"cannot read as XLSX: {wanted}; its sheets: {sheet_list(sheet_names)}; "
+            "set sheet or sheet_pattern in the clinic's export profile",
+        )
     scan = SheetScan()
     worksheets = {part} if part in names else {n for n in names if n.startswith("xl/worksheets/")}
     expanded = 0  # every part inflated for real: declared sizes are not trusted
@@ -304,4 +333,23 @@ def _inspect_archive(
             f"({scan.max_row:,} rows × {scan.max_col:,} columns = {cells:,} cells), over the limit of "
             f"{limits.max_xlsx_cells:,} (ALLIANCE_MAX_XLSX_CELLS); delete stray cells far from the data, or export CSV",
         )
-    return Inspection(scan, full_calc, sheet_name)
+    return Inspection(scan, full_calc, sheet_name, sheet_names)
+
+
+def first_valued_row(data: bytes, sheet: str) -> int:
+    """The sheet row of a sheet's first cell with a value (1 when it cannot be told): calamine's grid starts there."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        part = _sheet_part(archive, sheet)[0]
+        if part is None:
+            return 1
+        scan = SheetScan()
+        with archive.open(part) as handle:
+            while chunk := handle.read(1 << 22):
+                scan.feed(chunk)
+                if scan.first_row:
+                    break
+        scan.close()
+    except (*ZIP_ERRORS, OddReference):
+        return 1
+    return scan.first_row or 1
