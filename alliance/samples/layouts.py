@@ -1,9 +1,11 @@
-"""The four vendor layouts: their columns, clinic profiles and file writers."""
+"""The four vendor layouts: their columns, clinic profiles and file writers, and shaped twins of the exports."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from datetime import date, datetime
 from pathlib import Path
 
@@ -184,3 +186,71 @@ def write_json(path: Path, blocks: list[Block], plan: ClinicPlan, today: date) -
     ]
     document = {"export": {"clinic": plan.name, "generated": f"{today.isoformat()}T02:00:00"}, "clients": clients}
     path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- the same exports as report programs shape them
+
+REPORT_TITLE = "Session feedback report"
+# a cell written as a number in a shaped workbook only when it reads back as the same text
+CANONICAL_NUMBER = re.compile(r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?$")
+
+
+def _title_rows(clinic_name: str, today: date) -> list[list[str]]:
+    return [[f"{REPORT_TITLE}: {clinic_name}"], [f"Export date: {today.isoformat()}"], []]
+
+
+def _footer_rows(layout: str, today: date) -> list[list[str]]:
+    """Summary rows with numbers under the rating columns (they would load as ratings if not told apart)."""
+    german = layout == "eu_csv"
+    total, mean, by = ("Summe", "Mittelwert", "Exportiert von") if german else ("Total", "Average", "Exported by")
+    score = {"eu_csv": "9,1", "xlsx": "4"}.get(layout, "9.1")
+    items = 12 if layout == "xlsx" else 4
+    return [
+        [total, "", "", "", "", *[score] * items],
+        [mean, "", "", "", "", *[score] * items],
+        [f"{by} FeedbackSuite 4.2, {today.isoformat()}"],
+    ]
+
+
+def write_titled_csv(wide: Path, out: Path, layout: str, clinic_name: str, today: date) -> int:
+    """The wide CSV with a report title, export date and blank line above the header and summary rows below.
+
+    Returns how many lines lie above the header (the offset of every source line).
+    """
+    encoding, delimiter = ("cp1252", ";") if layout == "eu_csv" else ("utf-8", ",")
+    with wide.open(encoding=encoding, newline="") as handle:
+        body = handle.read()
+    top, bottom = io.StringIO(), io.StringIO()
+    csv.writer(top, delimiter=delimiter, lineterminator="\r\n").writerows(_title_rows(clinic_name, today))
+    csv.writer(bottom, delimiter=delimiter, lineterminator="\r\n").writerows(_footer_rows(layout, today))
+    with out.open("w", encoding=encoding, newline="") as handle:
+        handle.write(top.getvalue() + body + bottom.getvalue())
+    return len(_title_rows(clinic_name, today))
+
+
+def write_covered_xlsx(wide: Path, out: Path, clinic_name: str, today: date, sheet: str = "Sessions") -> int:
+    """The wide workbook's sheet behind a cover sheet, named with the export month, titled, with summary rows.
+
+    Cells keep the text the readers see in the wide workbook. Returns how many rows lie above the header.
+    """
+    import fastexcel
+
+    grid = fastexcel.read_excel(wide.read_bytes()).load_sheet(sheet, header_row=None, dtypes="string").to_polars()
+    book = xlsxwriter.Workbook(str(out))
+    book.set_properties({"created": datetime(today.year, today.month, today.day), "title": clinic_name})
+    cover = book.add_worksheet("Cover")
+    cover.write_string(0, 0, f"{REPORT_TITLE}: {clinic_name}")
+    cover.write_string(2, 0, "The sessions are on the next sheet.")
+    data = book.add_worksheet(f"Sessions {today:%Y-%m}")
+    title = _title_rows(clinic_name, today)
+    rows = [*title, *grid.rows(), *_footer_rows("xlsx", today)]
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            if value is None or value == "":
+                continue
+            if r > len(title) and CANONICAL_NUMBER.match(value):
+                data.write_number(r, c, float(value))
+            else:
+                data.write_string(r, c, value)
+    book.close()
+    return len(title)
