@@ -17,6 +17,7 @@ from alliance.clinics import Clinic, ExportProfile, parse_clinics
 from alliance.drafting import draft_profile, render
 from alliance.errors import ExportRejected
 from alliance.readers import read_export
+from alliance.readers.frames import FOOTER_ROW, mark_footer_rows
 from alliance.samples import SampleFile, SampleSet, generate_sample
 from alliance.samples.layouts import write_covered_xlsx, write_titled_csv
 from flows.pipeline import PreparedExport, prepare_export
@@ -193,3 +194,22 @@ def test_profile_keys_are_checked() -> None:
         _profile(format="xlsx", sheet="S", sheet_pattern="S*")
     with pytest.raises(ValueError, match="header_row: only for csv and xlsx"):
         _profile(format="json", header_row=2)
+
+
+FOOTER_CELLS = ["Total", "Totals (n=3)", "Summe: 41", "Mittelwert", "Grand total", "Average 7.5", "Mean 7,5",
+                "Exported by FeedbackSuite on 2026-03-01", "Exportiert von Praxis", "Export date: 2026-03-01"]  # fmt: skip
+SESSION_CELLS = ["C-101", "Totalia", "Sumi", "Total sessions cancelled", "N", "Anna Mean", "Exported"]
+
+
+def test_footer_labels_are_told_from_session_rows() -> None:
+    cells = [*FOOTER_CELLS, *SESSION_CELLS]
+    # the label is the first filled cell: an empty first column does not hide it
+    frame = pl.DataFrame(
+        {"A": [None] * len(cells), "B": cells, "source_line": range(2, len(cells) + 2)},
+        schema_overrides={"A": pl.String},
+    )
+    marked = mark_footer_rows(frame, "quarantine")
+    assert marked.filter(pl.col(FOOTER_ROW))["B"].to_list() == FOOTER_CELLS
+    assert mark_footer_rows(frame, "skip")["B"].to_list() == SESSION_CELLS
+    plain = frame.filter(pl.col("B").is_in(SESSION_CELLS))
+    assert mark_footer_rows(plain, "quarantine").columns == plain.columns  # no mark without a footer row

@@ -23,12 +23,13 @@ def without_blank_rows(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 FOOTER_ROW = "__footer_row"  # true on summary and footer rows (transforms.mapping and the pipeline read it)
-# A row whose first filled cell opens with one of these is a summary or a note of the export program, not a session.
+# A row whose first filled cell is a summary label ('Total', 'Mittelwert (n=12)', 'Summe: 41') or opens with
+# a note of the export program ('Exported by …'); 'Total sessions cancelled' in a notes column is neither.
 FOOTER_LABEL = (
-    r"(?i)^\s*(?:(?:(?:grand\s+)?totals?|sum|summe|gesamt(?:summe)?|average|avg|mean|mittelwert|durchschnitt|median"
-    r"|count|anzahl)(?:\s*$|\s*[:(=]|\s)"
-    r"|(?:exported|exportiert|generated|erstellt|printed|gedruckt|created)\s+(?:by|von|on|am|at|with|mit)\b"
-    r"|(?:export|report)\s+(?:date|datum)\b)"
+    r"(?i)^\s*(?:(?:(?:grand\s+)?totals?|sum|summe|gesamt(?:summe)?|average|avg|mean|mittelwert|durchschnitt"
+    r"|median|count|anzahl)\s*(?:[:=].*|\(.*\)|[0-9\s.,;/+-]*)"
+    r"|(?:exported|exportiert|generated|erstellt|printed|gedruckt|created)\s+(?:by|von|on|am|at|with|mit)\b.*"
+    r"|(?:export|report)\s+(?:date|datum)\b.*)$"
 )
 
 
