@@ -266,6 +266,8 @@ def _print_rehearsal(path: Path, settings: Settings, clinic: str | None) -> int:
     if seen.error:
         console.print(f"  {plain_text(seen.error)}", markup=False)
         return seen.exit_code
+    if seen.header:
+        console.print(f"  header: {seen.header}", markup=False)
     console.print(f"  rows read {seen.rows_read}, would load {seen.would_load}, quarantined {seen.quarantined_rows}")
     for rule, count in list(seen.quarantined.items())[:5]:
         lines = ", ".join(map(str, seen.reason_lines[rule]))

@@ -12,7 +12,7 @@ import polars as pl
 from alliance.clinics import load_clinics
 from alliance.errors import ConfigError, ExportRejected
 from alliance.pseudonyms import load_key
-from alliance.readers import ReadLimits
+from alliance.readers import ReadLimits, header_position
 from alliance.settings import Settings
 from flows.pipeline import clinic_for, export_id_of, prepare_export
 
@@ -33,6 +33,7 @@ class Rehearsal:
     reason_lines: dict[str, list[int]] = field(default_factory=dict)  # rule -> first source lines
     preview: pl.DataFrame | None = None
     error: str | None = None
+    header: str | None = None  # where the header was taken from, e.g. 'line 4 (detected)'
 
     @property
     def exit_code(self) -> int:
@@ -77,4 +78,5 @@ def rehearse(path: Path, settings: Settings, clinic_id: str | None = None, previ
         quarantined=dict(counts.most_common()),
         reason_lines=lines,
         preview=preview,
+        header=header_position(data, clinic.export, path.name),
     )

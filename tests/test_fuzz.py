@@ -30,7 +30,7 @@ from alliance.clinics import ExportProfile, normalise_column
 from alliance.errors import ExportRejected
 from alliance.home import init_home
 from alliance.instruments import instrument
-from alliance.readers import HIDDEN_ROW, SOURCE_LINE, ReadLimits, read_export
+from alliance.readers import FOOTER_ROW, HIDDEN_ROW, SOURCE_LINE, ReadLimits, read_export
 from alliance.settings import Settings, load_settings
 from expectations import validate_ratings
 from flows.pipeline import ingest_file
@@ -88,8 +88,10 @@ def read_bytes(
     finally:
         path.unlink()
     assert frame.schema.get(SOURCE_LINE) == pl.Int64
-    assert all(dtype == pl.String for name, dtype in frame.schema.items() if name not in (SOURCE_LINE, HIDDEN_ROW))
+    marks = (SOURCE_LINE, HIDDEN_ROW, FOOTER_ROW)
+    assert all(dtype == pl.String for name, dtype in frame.schema.items() if name not in marks)
     assert frame.schema.get(HIDDEN_ROW, pl.Boolean) == pl.Boolean
+    assert frame.schema.get(FOOTER_ROW, pl.Boolean) == pl.Boolean
     assert frame[SOURCE_LINE].null_count() == 0
     if currently_in_test_context():
         event("read")

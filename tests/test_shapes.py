@@ -18,9 +18,11 @@ from alliance.drafting import draft_profile, render
 from alliance.errors import ExportRejected
 from alliance.readers import read_export
 from alliance.readers.frames import FOOTER_ROW, mark_footer_rows
-from alliance.samples import SampleFile, SampleSet, generate_sample
+from alliance.samples import SampleFile, SampleSet, add_profiles, generate_sample
 from alliance.samples.layouts import write_covered_xlsx, write_titled_csv
+from alliance.settings import Settings
 from flows.pipeline import PreparedExport, prepare_export
+from flows.rehearsal import rehearse
 from transforms.quarantine import FOOTER_REASON
 
 KEY = b"shapes-test-key-0123456789"
@@ -213,3 +215,16 @@ def test_footer_labels_are_told_from_session_rows() -> None:
     assert mark_footer_rows(frame, "skip")["B"].to_list() == SESSION_CELLS
     plain = frame.filter(pl.col("B").is_in(SESSION_CELLS))
     assert mark_footer_rows(plain, "quarantine").columns == plain.columns  # no mark without a footer row
+
+
+@pytest.mark.parametrize("layout", ["us_csv", "xlsx"])
+def test_the_dry_run_says_where_the_header_was_found(settings: Settings, layout: str) -> None:
+    sample = generate_sample(settings.home / "src", clinics=3, weeks=16, dyads_per_clinic=6, today=TODAY)
+    wide = _wide(sample, layout)
+    shaped, offset = _shaped(sample, layout, settings.home)
+    drafted, _ = _drafted(shaped, wide.clinic_id)
+    add_profiles(settings.clinics_file, {wide.clinic_id: drafted.model_dump(exclude={"id"}, exclude_defaults=True)})
+    seen = rehearse(shaped, settings, wide.clinic_id)
+    where = f"line {offset + 1}" if layout == "us_csv" else f"sheet 'Sessions {TODAY:%Y-%m}' row {offset + 1}"
+    assert seen.header == f"{where} (header_row)"
+    assert seen.quarantined.get("no_rating", 0) >= FOOTERS

@@ -16,18 +16,22 @@ import polars as pl
 
 from alliance.clinics import ExportProfile
 from alliance.errors import ExportRejected
-from alliance.readers.csv import read_csv_text, sniff_delimiter
+from alliance.readers.csv import header_line, read_csv_text, sniff_delimiter
 from alliance.readers.decoding import EXPORT_AS, REFUSED_SUFFIXES, decode, refuse_binary
-from alliance.readers.frames import HIDDEN_ROW, SOURCE_LINE
+from alliance.readers.frames import FOOTER_ROW, HIDDEN_ROW, SOURCE_LINE
+from alliance.readers.header import HEADER_SEARCH_ROWS, choose_header
 from alliance.readers.json import json_records, read_json_text, read_ndjson_text
 from alliance.readers.limits import ReadLimits
+from alliance.readers.workbook import chosen_sheet, first_valued_row
 from alliance.readers.xlsx import read_xlsx, read_xlsx_bytes
 
 __all__ = [
+    "FOOTER_ROW",
     "HIDDEN_ROW",
     "SOURCE_LINE",
     "ReadLimits",
     "decode",
+    "header_position",
     "json_records",
     "read_csv_text",
     "read_export",
@@ -83,3 +87,24 @@ def read_export(
     if profile.format == "ndjson":
         return read_ndjson_text(text, profile, path.name, limits)
     return read_csv_text(text, profile, path.name, limits, complete)
+
+
+def header_position(data: bytes, profile: ExportProfile, file_name: str) -> str | None:
+    """Where the readers take the header from, e.g. 'line 4 (detected)'; None for JSON (it has no header row).
+
+    For a file already read once (the dry run): the same choice as the reader's, told rather than used.
+    """
+    if profile.format in ("json", "ndjson"):
+        return None
+    if profile.format == "xlsx":
+        import fastexcel
+
+        sheet = chosen_sheet(data, profile)
+        grid = fastexcel.read_excel(data).load_sheet(
+            sheet or 0, header_row=None, dtypes="string", n_rows=HEADER_SEARCH_ROWS
+        )
+        first = first_valued_row(data, sheet) if sheet else 1
+        choice = choose_header(pl.DataFrame(grid.to_arrow()).rows(), profile, first)
+        return f"sheet {sheet!r} row {first + choice.index} ({choice.how})"
+    _delimiter, skipped, how = header_line(decode(data, profile.encoding, file_name), profile)
+    return f"line {skipped + 1} ({how})"

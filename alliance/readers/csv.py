@@ -65,7 +65,7 @@ def read_csv_text(
             f"the file does not end with a newline: still being written or truncated (line {last} may be cut "
             "short); ingest it again once complete",
         )
-    delimiter, skipped, how = _header_line(text, profile)
+    delimiter, skipped, how = header_line(text, profile)
     if skipped:
         # the lines above the header (a title, an export date, blanks) are layout: read from the header on
         cut = 0
@@ -113,7 +113,7 @@ def read_csv_text(
     return mark_footer_rows(numbered, profile.footer_rows)
 
 
-def _header_line(text: str, profile: ExportProfile) -> tuple[str, int, str]:
+def header_line(text: str, profile: ExportProfile) -> tuple[str, int, str]:
     """The delimiter, how many lines lie above the header, and how the header was found.
 
     With delimiter 'auto' each candidate is tried on the leading lines: a title line cannot mislead the sniffer.

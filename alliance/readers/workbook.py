@@ -336,6 +336,14 @@ def _inspect_archive(
     return Inspection(scan, full_calc, sheet_name, sheet_names)
 
 
+def chosen_sheet(data: bytes, profile: ExportProfile) -> str | None:
+    """The name of the sheet the profile reads (None when the workbook cannot tell)."""
+    try:
+        return _sheet_part(zipfile.ZipFile(io.BytesIO(data)), profile.sheet, profile.sheet_pattern)[2]
+    except ZIP_ERRORS:
+        return None
+
+
 def first_valued_row(data: bytes, sheet: str) -> int:
     """The sheet row of a sheet's first cell with a value (1 when it cannot be told): calamine's grid starts there."""
     try:
