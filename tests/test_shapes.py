@@ -5,19 +5,23 @@ Each shaped file, loaded with the profile drafted from it (unedited), gives the 
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 
 import polars as pl
 import pytest
 import xlsxwriter
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from alliance.clinics import Clinic, ExportProfile, parse_clinics
 from alliance.drafting import draft_profile, render
 from alliance.errors import ExportRejected
 from alliance.readers import read_export
-from alliance.readers.frames import FOOTER_ROW, mark_footer_rows
+from alliance.readers.frames import FOOTER_LABEL, FOOTER_ROW, mark_footer_rows
 from alliance.samples import SampleFile, SampleSet, add_profiles, generate_sample
 from alliance.samples.layouts import write_covered_xlsx, write_titled_csv
 from alliance.settings import Settings
@@ -228,3 +232,24 @@ def test_the_dry_run_says_where_the_header_was_found(settings: Settings, layout:
     where = f"line {offset + 1}" if layout == "us_csv" else f"sheet 'Sessions {TODAY:%Y-%m}' row {offset + 1}"
     assert seen.header == f"{where} (header_row)"
     assert seen.quarantined.get("no_rating", 0) >= FOOTERS
+
+
+def _footer_oracle(frame: pl.DataFrame) -> list[bool]:
+    """The rule as written: the first filled cell of the row, in column order, is a summary label."""
+    label = re.compile(FOOTER_LABEL)
+    cells = [c for c in frame.columns if c != "source_line"]
+    firsts = [next((v.strip() for v in row if v is not None and v.strip()), None) for row in frame.select(cells).rows()]
+    return [first is not None and label.search(first) is not None for first in firsts]
+
+
+CELL = st.sampled_from([None, "", "  ", "C-1", "t1", "9", *FOOTER_CELLS, *SESSION_CELLS])
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(CELL, min_size=3, max_size=3), min_size=1, max_size=30))
+def test_footer_marks_match_the_rule_as_written(rows: list[list[str | None]]) -> None:
+    frame = pl.DataFrame(rows, schema={"a": pl.String, "b": pl.String, "c": pl.String}, orient="row")
+    frame = frame.with_columns(pl.int_range(2, frame.height + 2).alias("source_line"))
+    marked = mark_footer_rows(frame, "quarantine")
+    found = marked[FOOTER_ROW].to_list() if FOOTER_ROW in marked.columns else [False] * frame.height
+    assert found == _footer_oracle(frame)

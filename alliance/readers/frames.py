@@ -41,8 +41,14 @@ def mark_footer_rows(frame: pl.DataFrame, policy: str) -> pl.DataFrame:
     fields = [i for i, c in enumerate(frame.columns) if c not in (SOURCE_LINE, HIDDEN_ROW)]
     if not fields or frame.is_empty():
         return frame
-    first = pl.coalesce(pl.nth(i).str.strip_chars().replace("", None) for i in fields)
-    footer = first.str.contains(FOOTER_LABEL).fill_null(False)
+    # the first column decides most rows; only rows where it is empty look further along (a cost per column)
+    lead = frame.select(pl.nth(fields[0]).str.strip_chars().replace("", None)).to_series()
+    footer = lead.str.contains(FOOTER_LABEL).fill_null(False)
+    empty = lead.is_null()
+    if empty.any() and len(fields) > 1:
+        first = pl.coalesce(pl.nth(i).str.strip_chars().replace("", None) for i in fields[1:])
+        rest = frame.filter(empty).select(first.str.contains(FOOTER_LABEL).fill_null(False)).to_series()
+        footer = footer.scatter(empty.arg_true(), rest)
     marked = frame.with_columns(footer.alias(FOOTER_ROW))
     if not marked[FOOTER_ROW].any():
         return frame  # like hidden rows: the mark is there only when a row carries it
