@@ -1,0 +1,183 @@
+"""What scoring reads and writes: ratings, calibrations, expected trajectories, flags, dyads and cases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from alliance.storage.session import Session
+
+
+class ScoringTables(Session):
+    """Scoring's reads of ratings and its writes of scored sessions, flags, dyads, cases and runs."""
+
+    def ratings_of(self, dyad_ids: list[str] | None) -> pl.DataFrame:
+        """Every rating of the given dyads (all dyads when None), for scoring."""
+        columns = "dyad_id, clinic_id, client_id, therapist_id, instrument, session_date, session_number, items, total"
+        if dyad_ids is None:
+            return self.frame(f"SELECT {columns} FROM ratings")
+        scope = self._scope("scope_dyads", dyad_ids)
+        return self.frame(f"SELECT {columns} FROM ratings SEMI JOIN {scope} s ON ratings.dyad_id = s.id")
+
+    def rating_counts(self) -> dict[str, int]:
+        """Ratings per instrument, to decide when reliable change needs re-estimating."""
+        return dict(self.con.execute("SELECT instrument, count(*) FROM ratings GROUP BY 1").fetchall())
+
+    def current_calibrations(self) -> pl.DataFrame:
+        """The latest calibration of each instrument."""
+        return self.frame(
+            """SELECT * FROM calibrations
+            QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY estimated_at DESC) = 1"""
+        )
+
+    def current_expected(self) -> pl.DataFrame:
+        """The latest expected trajectory of each instrument (one row per intake band and session)."""
+        return self.frame(
+            """SELECT * EXCLUDE (estimated_at) FROM expected_trajectories
+            QUALIFY estimated_at = max(estimated_at) OVER (PARTITION BY instrument)"""
+        )
+
+    def save_expected(self, curves: pl.DataFrame) -> None:
+        self.con.register("incoming_expected", curves.to_arrow())
+        self.con.execute("INSERT INTO expected_trajectories BY NAME SELECT * FROM incoming_expected")
+
+    def save_calibrations(self, calibrations: pl.DataFrame) -> None:
+        self.con.register("incoming_calibrations", calibrations.to_arrow())
+        self.con.execute("INSERT INTO calibrations BY NAME SELECT * FROM incoming_calibrations")
+
+    def flags_of(
+        self,
+        dyad_ids: list[str] | None = None,
+        clinic_ids: list[str] | None = None,
+        rule: str | None = None,
+        except_rule: str | None = None,
+    ) -> pl.DataFrame:
+        """Flags in a scoring scope: of some dyads or clinics, optionally of one rule or all but one."""
+        where, params = ["TRUE"], []
+        if dyad_ids is not None:
+            where.append(f"dyad_id IN (SELECT id FROM {self._scope('scope_flag_dyads', dyad_ids)})")
+        if clinic_ids is not None:
+            where.append(f"clinic_id IN (SELECT id FROM {self._scope('scope_flag_clinics', clinic_ids)})")
+        if rule is not None:
+            where.append("rule = ?")
+            params.append(rule)
+        if except_rule is not None:
+            where.append("rule <> ?")
+            params.append(except_rule)
+        return self.frame(
+            f"SELECT * EXCLUDE (evidence), evidence::VARCHAR AS evidence FROM flags WHERE {' AND '.join(where)}", params
+        )
+
+    def replace_flags(self, flags: pl.DataFrame) -> None:
+        """Write the new state of these flags (by flag_id)."""
+        if flags.is_empty():
+            return
+        self.con.register("incoming_flags", flags.to_arrow())
+        self.con.execute("DELETE FROM flags WHERE flag_id IN (SELECT flag_id FROM incoming_flags)")
+        self.con.execute("INSERT INTO flags BY NAME SELECT * FROM incoming_flags")
+
+    def replace_dyad_sessions(self, dyad_ids: list[str] | None, sessions: pl.DataFrame) -> None:
+        """Replace the scored sessions of these dyads (of every dyad when None)."""
+        if dyad_ids is None:
+            self.con.execute("DELETE FROM dyad_sessions")
+        else:
+            scope = self._scope("scope_session_dyads", dyad_ids)
+            self.con.execute(f"DELETE FROM dyad_sessions WHERE dyad_id IN (SELECT id FROM {scope})")
+        if sessions.height:
+            self.con.register("incoming_sessions", sessions.to_arrow())
+            self.con.execute("INSERT INTO dyad_sessions BY NAME SELECT * FROM incoming_sessions")
+
+    def last_sessions(self, clinic_ids: list[str] | None) -> pl.DataFrame:
+        """Per dyad: its latest rated session (alliance instruments first), its clinic's latest session date and
+        its usual interval (median days between sessions; NULL with one session)."""
+        where = (
+            "TRUE" if clinic_ids is None else f"clinic_id IN (SELECT id FROM {self._scope('scope_last', clinic_ids)})"
+        )
+        return self.frame(
+            f"""
+            WITH r AS (SELECT * FROM ratings WHERE {where}),
+            gaps AS (
+                SELECT dyad_id,
+                       session_date - lag(session_date) OVER (PARTITION BY dyad_id ORDER BY session_date) AS gap
+                FROM (SELECT DISTINCT dyad_id, session_date FROM r)
+            ),
+            cadence AS (SELECT dyad_id, median(gap)::DOUBLE AS cadence_days FROM gaps WHERE gap IS NOT NULL GROUP BY 1)
+            SELECT clinic_id, therapist_id, dyad_id, client_id, instrument,
+                   session_number AS last_session, session_date AS last_session_date,
+                   max(session_date) OVER (PARTITION BY clinic_id) AS clinic_latest, c.cadence_days
+            FROM r LEFT JOIN cadence c USING (dyad_id)
+            QUALIFY row_number() OVER (PARTITION BY dyad_id ORDER BY session_date DESC, session_number DESC,
+                                       instrument IN ('ORS') ASC, instrument) = 1
+            """
+        )
+
+    def refresh_dyads(
+        self, clinic_ids: list[str] | None, standing: pl.DataFrame, queue_min_risk: float, queue_setting: str
+    ) -> None:
+        """Rebuild the dyads summary (sessions, dates, risk, queue membership, open course) for these clinics.
+
+        ``standing`` holds one row per dyad (dyad_id, risk_score, rules, in_queue, course_open), as
+        ``transforms.queue.queue_frame`` decides it; the threshold and the setting's wording are kept for readers.
+        """
+        where = (
+            "TRUE"
+            if clinic_ids is None
+            else f"clinic_id IN (SELECT id FROM {self._scope('scope_dyads_cl', clinic_ids)})"
+        )
+        self.con.register("incoming_standing", standing.to_arrow())
+        self.con.execute(f"DELETE FROM dyads WHERE {where}")
+        self.con.execute(
+            f"""
+            INSERT INTO dyads BY NAME
+            SELECT r.dyad_id, any_value(r.clinic_id) AS clinic_id, any_value(r.therapist_id) AS therapist_id,
+                   any_value(r.client_id) AS client_id, list_sort(list_distinct(list(r.instrument))) AS instruments,
+                   count(DISTINCT (r.session_date, r.session_number)) AS sessions,
+                   min(r.session_date) AS first_session_date, max(r.session_date) AS last_session_date,
+                   coalesce(any_value(k.risk_score), 0) AS risk_score,
+                   coalesce(any_value(k.rules), []::VARCHAR[]) AS ongoing_rules,
+                   coalesce(any_value(k.in_queue), false) AS in_queue,
+                   coalesce(any_value(k.course_open), true) AS course_open
+            FROM ratings r
+            LEFT JOIN incoming_standing k USING (dyad_id)
+            WHERE {where.replace("clinic_id", "r.clinic_id")}
+            GROUP BY r.dyad_id
+            """
+        )
+        self.con.execute(
+            f"""UPDATE flags SET risk_score = d.risk_score FROM dyads d
+            WHERE flags.dyad_id = d.dyad_id AND {where.replace("clinic_id", "d.clinic_id")}"""
+        )
+        self.con.execute("DELETE FROM meta WHERE key IN ('queue_min_risk', 'queue_setting')")
+        self.con.execute("INSERT INTO meta VALUES ('queue_min_risk', ?)", [str(queue_min_risk)])
+        self.con.execute("INSERT INTO meta VALUES ('queue_setting', ?)", [queue_setting])
+
+    def dyads_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
+        """The dyads summary of these clinics (all when None)."""
+        if clinic_ids is None:
+            return self.frame("SELECT * FROM dyads")
+        return self.frame(
+            f"SELECT * FROM dyads WHERE clinic_id IN (SELECT id FROM {self._scope('scope_dy', clinic_ids)})"
+        )
+
+    def cases_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
+        """Every case (any status) of these clinics (all when None)."""
+        if clinic_ids is None:
+            return self.frame("SELECT * FROM cases")
+        return self.frame(
+            f"SELECT * FROM cases WHERE clinic_id IN (SELECT id FROM {self._scope('scope_cs', clinic_ids)})"
+        )
+
+    def replace_cases(self, cases: pl.DataFrame) -> None:
+        """Write the new state of these cases (by case_id)."""
+        if cases.is_empty():
+            return
+        self.con.register("incoming_cases", cases.to_arrow())
+        self.con.execute("DELETE FROM cases WHERE case_id IN (SELECT case_id FROM incoming_cases)")
+        self.con.execute("INSERT INTO cases BY NAME SELECT * FROM incoming_cases")
+
+    def record_scoring_run(self, run: dict[str, Any]) -> None:
+        columns = ", ".join(run)
+        self.con.execute(
+            f"INSERT INTO scoring_runs ({columns}) VALUES ({', '.join('?' for _ in run)})", list(run.values())
+        )

@@ -1,0 +1,141 @@
+"""Read-only snapshots for readers (network and per clinic), and table checksums that prove two copies equal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import duckdb
+
+from alliance.permissions import settle_snapshot
+from alliance.readers import sha256_of
+from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, VIEWS_FILE
+from alliance.storage.session import Session, _now
+
+SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli, BI drivers)
+# Tables copied into snapshots; client_refs only into a clinic's own. Network snapshots drop review notes
+# (free text a supervisor typed) and carry pseudonyms only.
+SNAPSHOT_TABLES = (
+    "exports", "ratings", "rating_history", "quarantine", "dyad_sessions", "flags", "dyads", "reviews",
+    "cases", "case_reviews", "calibrations", "expected_trajectories", "alerts", "meta", "flag_renames",
+)  # fmt: skip
+
+# What the network snapshot leaves out of a table: review notes (free text a supervisor typed) and the raw
+# values of quarantined rows (a name typed into a score cell); rules, reasons and lines stay.
+NETWORK_REDACTED = {
+    "reviews": "* EXCLUDE (note), NULL::VARCHAR AS note",
+    "case_reviews": "* EXCLUDE (note), NULL::VARCHAR AS note",
+    "quarantine": '* EXCLUDE ("values"), NULL::JSON AS "values"',
+}
+
+
+class SnapshotPublisher(Session):
+    """Publishing the snapshots, checksummed and swapped in atomically."""
+
+    def publish(self, folder: Path, clinic_ids: list[str] | None) -> list[Path]:
+        """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(".*.partial*"):  # a run killed mid-publish (or out of space) left these
+            leftover.unlink(missing_ok=True)
+        published = [self._snapshot(folder / "network.duckdb", None)]
+        clinics = clinic_ids if clinic_ids is not None else [
+            row[0] for row in self.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()
+        ]  # fmt: skip
+        published += [self._snapshot(folder / f"clinic-{cid}.duckdb", cid) for cid in clinics]
+        return published
+
+    def _snapshot(self, target: Path, clinic_id: str | None) -> Path:
+        partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)
+        quoted = str(partial).replace("'", "''")
+        self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
+        attached = True
+        try:
+            for table in SNAPSHOT_TABLES:
+                columns = [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
+                select = NETWORK_REDACTED.get(table, "*") if clinic_id is None else "*"
+                where = "TRUE"
+                if clinic_id is not None and "clinic_id" in columns:
+                    where = "clinic_id = $clinic"
+                elif clinic_id is not None and table == "reviews":
+                    where = f"""flag_id IN (SELECT r.flag_id FROM reviews r {CURRENT_FLAG}
+                        JOIN flags f ON f.flag_id = {CURRENT_FLAG_ID} WHERE f.clinic_id = $clinic)"""
+                elif clinic_id is not None and table == "flag_renames":
+                    where = "new_flag_id IN (SELECT flag_id FROM flags WHERE clinic_id = $clinic)"
+                params = {"clinic": clinic_id} if "$clinic" in where else {}
+                self.con.execute(f"CREATE TABLE snap.{table} AS SELECT {select} FROM {table} WHERE {where}", params)
+            if clinic_id is not None:
+                self.con.execute(
+                    "CREATE TABLE snap.client_refs AS SELECT * FROM client_refs WHERE clinic_id = $clinic",
+                    {"clinic": clinic_id},
+                )
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("DETACH snap")
+            attached = False
+            for leftover in (partial, partial.with_name(partial.name + ".wal")):
+                leftover.unlink(missing_ok=True)  # a half-written snapshot must not eat the space a re-run needs
+            raise
+        finally:
+            if attached:
+                self.con.execute("DETACH snap")
+        try:
+            _add_views(partial)
+            settle_snapshot(partial, self.snapshot_groups.get(clinic_id) if clinic_id else None)
+            digest = sha256_of(partial)
+            os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
+        except BaseException:
+            for leftover in (partial, partial.with_name(partial.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+            raise
+        now = _now()
+        self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
+        self.con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [target.name, clinic_id, digest, now])
+        self.audit("alliance", "publish_snapshot", target.name, digest[:16], now)
+        return target
+
+
+# Columns that record when or in which run something happened (or which channel URL, which names a host and
+# port): they differ between two runs that loaded the same data, so checksums that prove "same warehouse" leave
+# them out.
+VOLATILE_COLUMNS = {
+    "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
+    "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
+    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key", "renamed_at", "opened_at",
+    "changed_at", "closed_at", "channel",
+}  # fmt: skip
+CHECKSUM_TABLES = (
+    "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
+    "reviews", "cases", "case_reviews", "calibrations", "expected_trajectories", "alerts", "flag_renames",
+)  # fmt: skip
+
+
+def table_checksums(con: duckdb.DuckDBPyConnection, stable_only: bool = False) -> dict[str, tuple[int, str]]:
+    """Row count and an order-independent md5 of every table's rows (without volatile columns when asked)."""
+    out: dict[str, tuple[int, str]] = {}
+    present = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    for table in [t for t in CHECKSUM_TABLES if t in present]:  # a backup from before a table was added lacks it
+        columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+        kept = [c for c in columns if not (stable_only and c in VOLATILE_COLUMNS)]
+        row = " || '|' || ".join(f"coalesce(CAST({_quote(c)} AS VARCHAR), '∅')" for c in kept)
+        count, digest = con.execute(
+            "SELECT count(*), coalesce(md5(string_agg(r, chr(10) ORDER BY r)), '') "
+            f"FROM (SELECT {row} AS r FROM {table})"
+        ).fetchall()[0]
+        out[table] = (int(count), str(digest))
+    return out
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _add_views(path: Path) -> None:
+    """The supervisor views inside a snapshot, bound to its own tables."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
