@@ -117,9 +117,10 @@ def test_missing_column_rejects_whole_file_and_is_recorded(north: Settings) -> N
     assert result.status == "rejected"
     assert result.error == (
         "renamed.csv: missing required column(s) 'Session Date' (-> session_date) among the file's 10 columns; "
-        "the header found (line 1, detected) has 'Client ID', 'Clinician', 'Date of Session', 'Session #', "
-        "'SRS Relationship', 'SRS Goals', 'SRS Approach', 'SRS Overall', 'ORS Total', 'Notes'; "
-        "check the clinic's [export.columns]"
+        "the header found (line 1, detected) has 'Client ID', 'Clinician', 'Date of Session' (looks like "
+        "session_date), 'Session #', 'SRS Relationship', 'SRS Goals', 'SRS Approach', 'SRS Overall', 'ORS Total', "
+        "1 other column(s) not named here (a header cell may hold client data; `alliance profile draft FILE` lists "
+        "them); check the clinic's [export.columns]"
     )
     assert query(north, "SELECT status, rows_total, error LIKE 'missing required%' FROM exports") == [
         ("rejected", 0, True)

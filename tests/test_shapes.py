@@ -147,8 +147,18 @@ def test_missing_columns_show_the_header_found_and_where(tmp_path: Path) -> None
     assert info.value.problem == (
         "missing required column(s) 'Overall' (-> srs_overall) among the file's 8 columns; the header found "
         "(line 3, detected) has 'Client', 'Therapist', 'Date', 'Session', 'Relationship', 'Goals', 'Approach', "
-        "'Total'; check the clinic's [export.columns]"
+        "'Total' (looks like srs_total); check the clinic's [export.columns]"
     )
+
+
+def test_a_header_cell_that_is_not_a_column_name_is_counted_not_shown(tmp_path: Path) -> None:
+    # a client's name typed into the header: the message reaches the ledger, so only known names are shown
+    path = tmp_path / "c.csv"
+    path.write_text("Client,Therapist,Date,Session,Anna Schmidt\nC-1,t1,2026-01-05,1,9\n")
+    with pytest.raises(ExportRejected) as info:
+        read_export(path, _profile(), complete=True)
+    assert "Anna" not in str(info.value)
+    assert "'Session', 1 other column(s) not named here" in str(info.value)
 
 
 def test_a_header_of_client_data_is_never_echoed(tmp_path: Path) -> None:

@@ -5,34 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from alliance.instruments import Instrument, registry
+from alliance.instruments import registry
+from alliance.vocabulary import KEY_NAMES, column_key, is_key, item_of, split_instrument
 
-# normalised name (see _key) -> key field; a name holding "name" is a client's name, never an id
-KEY_NAMES = {
-    "client_ref": ("client id", "client code", "client", "client ref", "client no", "client number", "klient",
-                   "klientin", "klient in", "klient nr", "klientin nr", "klient id", "patient", "patient id",
-                   "patient in", "patientin", "fall nr", "case id"),
-    "therapist_id": ("therapist", "therapist id", "therapeut", "therapeutin", "therapeut in", "behandler",
-                     "behandlerin", "behandler in", "clinician", "counsellor", "counselor", "provider"),
-    "session_date": ("date", "datum", "session date", "date of session", "sitzungsdatum", "termin datum",
-                     "termindatum", "visit date"),
-    "session_number": ("session", "session no", "session number", "session nr", "sitzung", "sitzung nr",
-                       "sitzungs nr", "sitzungsnummer", "termin", "termin nr", "visit", "session #"),
-}  # fmt: skip
-# item labels per registry item key, English and German (as the vendors' forms word them)
-ITEM_NAMES = {
-    "relationship": ("relationship", "beziehung"),
-    "goals": ("goals", "goals topics", "goals and topics", "ziele", "ziele themen", "ziele und themen"),
-    "approach": ("approach", "approach method", "approach or method", "method", "vorgehen", "vorgehen methode",
-                 "vorgehensweise", "methode"),
-    "overall": ("overall", "insgesamt", "gesamt", "gesamteinschätzung", "allgemein"),
-    "individually": ("individually", "individual", "individuell", "persönlich"),
-    "interpersonally": ("interpersonally", "interpersonal", "zwischenmenschlich", "beziehungen"),
-    "socially": ("socially", "social", "sozial", "gesellschaftlich"),
-}  # fmt: skip
-TOTAL_NAMES = ("total", "score", "sum", "summe", "gesamtwert", "punkte", "gesamtpunkte")
-INSTRUMENT_ALIASES = {"WAI_SR": ("wai", "wai sr", "wai-sr"), "CSRS": ("csrs",), "SRS": ("srs",), "ORS": ("ors",),
-                      "ARM5": ("arm", "arm5", "arm 5")}  # fmt: skip
 NUMBER = re.compile(r"^[+-]?[0-9]+(?:[.,][0-9]+)?$")
 
 
@@ -54,39 +29,12 @@ class Mapping:
     left_out: list[str] = field(default_factory=list)
 
 
-def _key(name: str) -> str:
-    """'  Goals & Topics ' -> 'goals topics'; 'Klient-Nr.' -> 'klient nr'; 'Session #' keeps its '#'."""
-    return " ".join(re.sub(r"[^\w#]+", " ", name.casefold()).replace("_", " ").split())
-
-
 def _range(values: list[str], decimal_comma: bool) -> tuple[float, float] | None:
     """Lowest and highest number of a column, when nearly all its values are numbers."""
     numbers = [float(v.replace(",", ".")) for v in values if NUMBER.match(v) and ("," not in v or decimal_comma)]
     if not numbers or len(numbers) < 0.9 * len(values):
         return None
     return min(numbers), max(numbers)
-
-
-def _split_instrument(key: str) -> tuple[str | None, str]:
-    """'srs goals topics' -> ('SRS', 'goals topics'); 'wai 7' -> ('WAI_SR', '7')."""
-    for code, aliases in INSTRUMENT_ALIASES.items():
-        for alias in sorted(aliases, key=len, reverse=True):
-            if key == alias or key.startswith(alias + " "):
-                return code, key[len(alias) :].strip()
-    return None, key
-
-
-def _item_of(rest: str, inst: Instrument) -> str | None:
-    """The canonical item (or total) field a label names within one instrument."""
-    if rest in TOTAL_NAMES:
-        return inst.total_field
-    digits = re.fullmatch(r"(?:q|item|frage)? ?([0-9]{1,2})", rest)
-    if digits and f"q{int(digits.group(1))}" in inst.items:
-        return inst.item_field(f"q{int(digits.group(1))}")
-    for item in inst.items:
-        if rest in ITEM_NAMES.get(item, ()):
-            return inst.item_field(item)
-    return None
 
 
 def _fits(span: tuple[float, float] | None, low: float, high: float) -> bool:
@@ -98,12 +46,12 @@ def _describe(span: tuple[float, float] | None) -> str:
 
 
 def _rating(name: str, span: tuple[float, float] | None, default: str | None) -> Match | None:
-    code, rest = _split_instrument(_key(name))
+    code, rest = split_instrument(column_key(name))
     insts = registry()
     # labels without an instrument prefix: the instrument the value ranges point to, else the 0–10 scales
     choices = [insts[c] for c in ([code] if code else [default] if default else ["SRS", "ORS"])]
     for inst in choices:
-        target = _item_of(rest, inst)
+        target = item_of(rest, inst)
         if target is None:
             continue
         total = target == inst.total_field
@@ -132,12 +80,12 @@ def map_columns(header: list[str], values: dict[str, list[str]], decimal_comma: 
     mapped: dict[str, Match] = {}
     left_out: list[str] = []
     spans = {name: _range(values.get(name, []), decimal_comma) for name in header}
-    item_spans = [s for n, s in spans.items() if s is not None and s[1] <= 10 and not _is_key(n)]
+    item_spans = [s for n, s in spans.items() if s is not None and s[1] <= 10 and not is_key(n)]
     default = _instrument_by_range(item_spans)
     for name in header:
         if not name.strip():
             continue
-        key = _key(name)
+        key = column_key(name)
         match = _key_field(name, key, spans[name])
         match = match or _rating(name, spans[name], default)
         if match is None or any(m.field == match.field for m in mapped.values()):
@@ -147,16 +95,6 @@ def map_columns(header: list[str], values: dict[str, list[str]], decimal_comma: 
     fields = {m.field for m in mapped.values()}
     instruments = [code for code, inst in registry().items() if fields & {*inst.item_fields, inst.total_field}]
     return Mapping(mapped, instruments, left_out)
-
-
-def key_field_named(name: str) -> str | None:
-    """The key field a header cell names ('Klient-Nr.' -> client_ref), None for any other cell."""
-    key = _key(name)
-    return next((target for target, names in KEY_NAMES.items() if key in names), None)
-
-
-def _is_key(name: str) -> bool:
-    return any(_key(name) in names for names in KEY_NAMES.values())
 
 
 def _key_field(name: str, key: str, span: tuple[float, float] | None) -> Match | None:

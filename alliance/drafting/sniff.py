@@ -9,13 +9,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from alliance.drafting.columns import key_field_named
 from alliance.errors import ExportRejected
 from alliance.readers import decode, sniff_delimiter
 from alliance.readers.csv import SNIFF_DELIMITERS
 from alliance.readers.frames import FOOTER_LABEL
 from alliance.readers.header import HEADER_SEARCH_ROWS
 from alliance.readers.workbook import first_valued_row
+from alliance.vocabulary import key_field_named
 
 MAX_SAMPLE_ROWS = 5000  # enough rows to see every value range and date shape
 COMMA_NUMBER = re.compile(r"^[+-]?[0-9]+,[0-9]+$")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from alliance.clinics import ExportProfile, normalise_column
 from alliance.errors import ExportRejected
+from alliance.vocabulary import field_named
 
 
 def check_header(
@@ -91,8 +92,32 @@ def check_mapped(
             "[export.columns] and header_row"
         )
     else:
-        shown = f"the header found ({where}) has {', '.join(map(repr, found))}; check the clinic's [export.columns]"
+        shown = f"the header found ({where}) has {_known_names(found, profile)}; check the clinic's [export.columns]"
     raise ExportRejected(
         file_name,
         f"missing required column(s) {', '.join(missing)} among the file's {len(found)} columns; {shown}{more}",
     )
+
+
+def _known_names(found: Sequence[str], profile: ExportProfile) -> str:
+    """The header's mapped names and the names of our fields it uses; any other cell is only counted.
+
+    A header cell can hold client data (a name typed into it), and this message reaches the ledger.
+    """
+    mapped = {normalise_column(vendor) for vendor in profile.columns}
+    shown: list[str] = []
+    others = 0
+    for name in found:
+        field = field_named(name)
+        if normalise_column(name) in mapped:
+            shown.append(repr(name))
+        elif field is not None:
+            shown.append(f"{name!r} (looks like {field})")
+        else:
+            others += 1
+    if others:
+        shown.append(
+            f"{others} other column(s) not named here (a header cell may hold client data; "
+            "`alliance profile draft FILE` lists them)"
+        )
+    return ", ".join(shown)
