@@ -30,6 +30,33 @@ def normalise_column(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+class LongLayout(BaseModel):
+    """A long (tidy) export: one row per item, or per instrument total, of a session.
+
+    Labels are matched ignoring case, spacing and punctuation. Without ``measures`` or ``items``, the
+    instruments' and items' usual English and German names are recognised ('SRS', 'Goals & Topics',
+    'Ziele und Themen', 'Total', 'Q7').
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    measure: str | None = Field(
+        default=None, description="the column naming the instrument; unset: every row is the one instrument listed"
+    )
+    item: str | None = Field(default=None, description="the column naming the item; unset: each row is a total")
+    score: str = Field(min_length=1, description="the column holding the item's score or the total")
+    measures: dict[str, str] = Field(default_factory=dict, description="vendor measure label -> instrument code")
+    items: dict[str, str] = Field(
+        default_factory=dict, description="vendor item label -> item key of the registry ('goals', 'q7') or 'total'"
+    )
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """The layout's own columns, vendor name -> role ('measure', 'item', 'score')."""
+        roles = {self.measure: "measure", self.item: "item", self.score: "score"}
+        return {vendor: role for vendor, role in roles.items() if vendor is not None}
+
+
 class ExportProfile(BaseModel):
     """How one clinic's vendor writes its session-feedback export."""
 
@@ -61,6 +88,10 @@ class ExportProfile(BaseModel):
         default=None, description="json: dotted path to the session records, e.g. 'clients.sessions'"
     )
     instruments: list[str] = Field(min_length=1)
+    layout: Literal["wide", "long"] = Field(
+        default="wide", description="wide: a row per session; long: a row per item or total, see [export.long]"
+    )
+    long: LongLayout | None = None
     item_max: dict[str, float] = Field(
         default_factory=dict, description="the file's item maximum per instrument when it differs"
     )
@@ -109,7 +140,11 @@ class ExportProfile(BaseModel):
         missing = [f for f in KEY_FIELDS if f not in targets]
         if missing:
             raise ValueError(f"columns: no vendor column maps to {missing}")
-        for code in self.instruments:
+        if self.layout == "long":
+            self._check_long(targets)
+        elif self.long is not None:
+            raise ValueError("long: only with layout = 'long'")
+        for code in self.instruments if self.layout == "wide" else ():
             inst = instrument(code)
             if not ({*inst.item_fields, inst.total_field} & set(targets)):
                 raise ValueError(f"columns: no vendor column maps to an item or the total of {code}")
@@ -127,6 +162,32 @@ class ExportProfile(BaseModel):
         if self.format != "xlsx" and "hidden_rows" in self.model_fields_set:
             raise ValueError("hidden_rows: only for xlsx exports")
         return self
+
+    def _check_long(self, targets: list[str]) -> None:
+        if self.long is None:
+            raise ValueError("layout = 'long' needs an [export.long] table naming the score column (and measure, item)")
+        if self.format in ("json", "ndjson"):
+            raise ValueError("layout = 'long': only for csv and xlsx exports")
+        ratings = [t for t in targets if t not in KEY_FIELDS]
+        if ratings:
+            raise ValueError(f"columns: {ratings} come from [export.long] in a long layout; map only the key fields")
+        if self.long.measure is None and len(self.instruments) > 1:
+            raise ValueError("long.measure: several instruments are listed, so a column must name each row's")
+        for label, code in self.long.measures.items():
+            if code.upper() not in self.instruments:
+                raise ValueError(f"long.measures.{label!r}: {code} is not listed in instruments")
+        keys = {"total", *(item for code in self.instruments for item in instrument(code).items)}
+        for label, item in self.long.items.items():
+            if item.lower() not in keys:
+                raise ValueError(f"long.items.{label!r}: {item!r} is no item of {self.instruments} nor 'total'")
+        names = [normalise_column(v) for v in [*self.columns, *self.long.columns]]
+        if len(set(names)) != len(names):
+            raise ValueError("long: a layout column is also mapped in columns")
+
+    @property
+    def header_columns(self) -> dict[str, str]:
+        """Every column the header must hold, vendor name -> canonical field or long-layout role."""
+        return {**self.columns, **(self.long.columns if self.layout == "long" and self.long else {})}
 
     @property
     def date_formats(self) -> list[str]:

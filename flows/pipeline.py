@@ -27,9 +27,9 @@ from expectations import validate_ratings
 from flows.events import is_candidate
 from flows.scoring import ScoringResult, score_dyads
 from flows.watcher import Signature, file_signature, wait_until_settled
+from transforms.long_layout import widen
 from transforms.mapping import footer_split, rating_candidates, resolve_columns, to_canonical, unrated_rows
 from transforms.quarantine import (
-    FOOTER_REASON,
     QUARANTINE_SCHEMA,
     accepted_ratings,
     foreign_therapists,
@@ -110,9 +110,13 @@ def prepare_export(
     """
     profile = clinic.export
     raw = read_export(path, profile, max_bytes, limits, data, complete=True)
-    resolved = resolve_columns(raw.columns, profile.columns, path.name)
+    columns = profile.columns
+    if profile.layout == "long":
+        widened = widen(raw, profile, path.name)
+        raw, columns = widened.frame, widened.columns
+    resolved = resolve_columns(raw.columns, columns, path.name)
     vendor_of = {canonical: vendor for vendor, canonical in resolved.items()}
-    canonical, footers = footer_split(to_canonical(raw, resolved))
+    canonical, aside = footer_split(to_canonical(raw, resolved))
     today = datetime.now(clinic.tz).date()
     accepted, quarantined, refs = [], [], []
     offset = 0
@@ -138,14 +142,14 @@ def prepare_export(
             pseudonymise(unrated["client_ref"], key, clinic.id), pl.lit(["no_rating"]).alias("rules")
         )
         quarantined.append(quarantine_rows(unrated, None, vendor_of, export_id, clinic.id))
-    if footers.height:
-        footers = footers.with_columns(
-            pseudonymise(footers["client_ref"], key, clinic.id),
-            pl.lit(["no_rating"]).alias("rules"),
+    if aside.height:  # summary and footer rows, rows a long layout could not place
+        reasons = {(row, rule): reason for row, (rule, reason) in enumerate(aside.select("rule", "reason").rows())}
+        aside = aside.with_columns(
+            pseudonymise(aside["client_ref"], key, clinic.id),
+            pl.concat_list("rule").alias("rules"),
             pl.int_range(pl.len(), dtype=pl.Int64).alias("row_id"),
         )
-        reasons = {(row, "no_rating"): FOOTER_REASON for row in range(footers.height)}
-        quarantined.append(quarantine_rows(footers, None, vendor_of, export_id, clinic.id, reasons))
+        quarantined.append(quarantine_rows(aside, None, vendor_of, export_id, clinic.id, reasons))
     if not accepted:  # no rating row at all (header only, or all unrated): empty, but with the ratings columns
         first = profile.instrument_specs[0]
         none = pl.DataFrame(

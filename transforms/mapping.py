@@ -10,10 +10,14 @@ import polars as pl
 from alliance.clinics import KEY_FIELDS, ExportProfile, normalise_column
 from alliance.errors import ExportRejected
 from alliance.instruments import Instrument
+from transforms.quarantine import FOOTER_REASON
 
 SOURCE_LINE = "source_line"
 HIDDEN_ROW = "__hidden_row"  # set by the XLSX reader (alliance.readers.xlsx) on rows hidden in the workbook
 FOOTER_ROW = "__footer_row"  # set by the CSV and XLSX readers on summary and footer rows ('Total', 'Exported by …')
+ASIDE_RULE = "__aside_rule"  # rows a layout transform set aside (transforms.long_layout): the rule they break
+ASIDE_REASON = "__aside_reason"  # … and why, in words that never quote the row's values
+MARKS = (HIDDEN_ROW, FOOTER_ROW, ASIDE_RULE, ASIDE_REASON)  # reader and layout marks kept through mapping
 RAW = "__raw"
 # Spreadsheet date cells arrive in ISO form; a date-time is reduced to its date (its wall-clock date when naive).
 ISO_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")
@@ -89,8 +93,7 @@ def to_canonical(raw: pl.DataFrame, resolved: dict[str, str]) -> pl.DataFrame:
     return raw.select(
         pl.col(SOURCE_LINE),
         *(clean_text(column, bool(odd[field])).alias(field) for field, column in columns.items()),
-        *([pl.col(HIDDEN_ROW)] if HIDDEN_ROW in raw.columns else []),
-        *([pl.col(FOOTER_ROW)] if FOOTER_ROW in raw.columns else []),
+        *(pl.col(mark) for mark in MARKS if mark in raw.columns),
     )
 
 
@@ -367,12 +370,20 @@ def _with_details(typed: pl.DataFrame, failures: list[_Failure]) -> pl.DataFrame
 
 
 def footer_split(canonical: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(session rows, summary and footer rows) of a canonical frame; footer rows never become ratings."""
-    if FOOTER_ROW not in canonical.columns:
-        return canonical, canonical.clear().select(SOURCE_LINE, *[f for f in KEY_FIELDS if f in canonical.columns])
-    footer = pl.col(FOOTER_ROW)
-    rows = canonical.filter(~footer).drop(FOOTER_ROW)
-    return rows, canonical.filter(footer).select(SOURCE_LINE, *[f for f in KEY_FIELDS if f in canonical.columns])
+    """(session rows, rows set aside) of a canonical frame: footer rows and rows a layout set aside never become
+    ratings; the second frame has their line, key fields, ``rule`` and ``reason``."""
+    keys = [SOURCE_LINE, *[f for f in KEY_FIELDS if f in canonical.columns]]
+    footer = pl.col(FOOTER_ROW) if FOOTER_ROW in canonical.columns else pl.lit(False)
+    rule = pl.col(ASIDE_RULE) if ASIDE_RULE in canonical.columns else pl.lit(None, pl.String)
+    reason = pl.col(ASIDE_REASON) if ASIDE_REASON in canonical.columns else pl.lit(None, pl.String)
+    aside = footer | rule.is_not_null()
+    rows = canonical.filter(~aside).drop(FOOTER_ROW, ASIDE_RULE, ASIDE_REASON, strict=False)
+    set_aside = canonical.filter(aside).select(
+        *keys,
+        pl.when(footer).then(pl.lit("no_rating")).otherwise(rule).alias("rule"),
+        pl.when(footer).then(pl.lit(FOOTER_REASON)).otherwise(reason).alias("reason"),
+    )
+    return rows, set_aside
 
 
 def unrated_rows(canonical: pl.DataFrame, profile: ExportProfile) -> pl.DataFrame:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alliance.drafting.columns import map_columns
+from alliance.clinics import KEY_FIELDS
+from alliance.drafting.columns import Mapping, map_columns
 from alliance.drafting.dates import infer_date_format
+from alliance.drafting.long import long_roles
 from alliance.drafting.render import Draft, render
 from alliance.drafting.sniff import sniff_export
 
@@ -19,6 +21,12 @@ def draft_profile(path: Path, clinic_id: str) -> Draft:
     """
     sniffed = sniff_export(path)
     mapping = map_columns(sniffed.header, sniffed.values, sniffed.decimal_comma)
+    roles = long_roles(sniffed.header, sniffed.values)
+    if roles is not None:  # a long file: only the key columns map; the layout's own columns are in [export.long]
+        layout = {roles.measure, roles.item, roles.score}
+        keys = {v: m for v, m in mapping.mapped.items() if m.field in KEY_FIELDS and v not in layout}
+        left_out = [n for n in sniffed.header if n.strip() and n not in keys and n not in layout]
+        mapping = Mapping(keys, roles.instruments, left_out)
     date_column = next((v for v, m in mapping.mapped.items() if m.field == "session_date"), None)
     dates = infer_date_format(sniffed.values.get(date_column, []) if date_column else [])
-    return Draft(clinic_id, sniffed, mapping, dates)
+    return Draft(clinic_id, sniffed, mapping, dates, roles)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from alliance.drafting.columns import Mapping
 from alliance.drafting.dates import DateGuess
+from alliance.drafting.long import LongRoles
 from alliance.drafting.sniff import Sniffed
 
 # date-times as spreadsheets store them are read by their ISO date (transforms.mapping.ISO_FORMATS)
@@ -22,6 +23,7 @@ class Draft:
     sniffed: Sniffed
     mapping: Mapping
     dates: DateGuess
+    long: LongRoles | None = None
 
 
 def _s(text: str) -> str:
@@ -84,6 +86,29 @@ def _layout_lines(sniffed: Sniffed) -> list[str]:
     return lines
 
 
+def _long_lines(clinic_id: str, long: LongRoles) -> list[str]:
+    each = "item or total" if long.item else "instrument total"
+    lines = [
+        f"# sure: a long layout, one row per {each} of a session; rows of one session are read as one",
+        'layout = "long"',
+        "",
+        f"[clinics.{clinic_id}.export.long]",
+    ]
+    if long.measure:
+        lines += ["# the column naming each row's instrument", f"measure = {_s(long.measure)}"]
+    if long.item:
+        lines += ["# the column naming each row's item ('Goals & Topics', 'Ziele und Themen', 'Total', 'Q7')",
+                  f"item = {_s(long.item)}"]  # fmt: skip
+    lines += ["# the column holding the score", f"score = {_s(long.score)}"]
+    if long.unknown_labels:
+        lines += [
+            f"# NOT SURE: {long.unknown_labels} measure or item label(s) in the file are not names we know; map each",
+            '# here, e.g. measures = { "Session Rating Scale" = "SRS" } and items = { "Bond" = "relationship" },',
+            "# or their rows are quarantined as no_rating",
+        ]
+    return lines
+
+
 def render(draft: Draft) -> str:
     """The commented profile; names and value ranges only, never a cell of a client column."""
     sniffed, mapping = draft.sniffed, draft.mapping
@@ -106,7 +131,10 @@ def render(draft: Draft) -> str:
     instruments = mapping.instruments or ["SRS"]
     if not mapping.instruments:
         lines.append("# NOT SURE: no instrument column recognised; SRS assumed")
-    lines += [f"instruments = [{', '.join(_s(c) for c in instruments)}]", ""]
+    lines.append(f"instruments = [{', '.join(_s(c) for c in instruments)}]")
+    if draft.long:
+        lines += _long_lines(draft.clinic_id, draft.long)
+    lines.append("")
     lines.append(f"[clinics.{draft.clinic_id}.export.columns]")
     for vendor, match in mapping.mapped.items():
         lines.append(f"# {'sure' if match.sure else 'likely'}: {match.why}")

@@ -75,7 +75,7 @@ def read_csv_text(
                 raise ExportRejected(file_name, f"header_row is {skipped + 1} but the file has fewer lines")
         text = text[cut:]
         log.info("%s: header on line %d (%s)", file_name, skipped + 1, how)
-    records = _csv_records(text, delimiter, file_name, list(profile.columns), first_line=skipped + 1)
+    records = _csv_records(text, delimiter, file_name, list(profile.header_columns), first_line=skipped + 1)
     header = next(records, (1, []))[1]
     check_header(header, profile, file_name, lambda i: f"column {i + 1}")
     if complete:
@@ -143,7 +143,7 @@ def header_line(text: str, profile: ExportProfile) -> tuple[str, int, str]:
 
 
 def _mapped(profile: ExportProfile) -> set[str]:
-    return {normalise_column(vendor) for vendor in profile.columns}
+    return {normalise_column(vendor) for vendor in profile.header_columns}
 
 
 def _csv_problem(
@@ -167,10 +167,10 @@ def _csv_problem(
         return rejection.problem
     unparsed = _UNPARSED.match(str(exc))
     if unparsed is None:
-        return engine_problem(exc, list(profile.columns))
+        return engine_problem(exc, list(profile.header_columns))
     number = int(unparsed.group("number"))
     name = header[number - 1] if 0 < number <= len(header) else None
-    mapped = {normalise_column(vendor) for vendor in profile.columns}
+    mapped = {normalise_column(vendor) for vendor in profile.header_columns}
     column = f"column {number}" + (f" ({name!r})" if name and normalise_column(name) in mapped else "")
     where = _bad_quoting_line(*source)
     kind = value_kind(unparsed.group("value"))

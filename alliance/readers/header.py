@@ -14,7 +14,7 @@ def check_header(
     names: Sequence[str | None], profile: ExportProfile, file_name: str, label: Callable[[int], str]
 ) -> None:
     """Refuse a header where a mapped vendor column appears more than once: which one to load is ambiguous."""
-    mapped = {normalise_column(vendor): vendor for vendor in profile.columns}
+    mapped = {normalise_column(vendor): vendor for vendor in profile.header_columns}
     seen: dict[str, list[int]] = {}
     for index, name in enumerate(names):
         if name is not None and normalise_column(name) in mapped:
@@ -25,7 +25,7 @@ def check_header(
             raise ExportRejected(
                 file_name,
                 f"the header has {len(positions)} columns named {vendor!r} ({', '.join(map(label, positions))}), "
-                f"mapped to {profile.columns[vendor]}: the mapping is ambiguous; remove or rename the duplicate",
+                f"mapped to {profile.header_columns[vendor]}: the mapping is ambiguous; remove or rename the duplicate",
             )
 
 
@@ -62,7 +62,7 @@ def choose_header(rows: Sequence[Sequence[str | None]], profile: ExportProfile, 
     """
     if profile.header_row is not None:
         return HeaderChoice(profile.header_row - first, "header_row")
-    mapped = {normalise_column(vendor) for vendor in profile.columns}
+    mapped = {normalise_column(vendor) for vendor in profile.header_columns}
     counts = [len({normalise_column(c) for c in row if c is not None} & mapped) for row in rows[:HEADER_SEARCH_ROWS]]
     best = max(counts, default=0)
     if best == 0:
@@ -80,13 +80,13 @@ def check_mapped(
     present = {normalise_column(n) for n in names if n is not None}
     missing = [
         f"{vendor!r} (-> {field})"
-        for vendor, field in profile.columns.items()
+        for vendor, field in profile.header_columns.items()
         if normalise_column(vendor) not in present
     ]
     if not missing:
         return
     found = [n for n in names if n is not None]
-    if len(missing) == len(profile.columns):
+    if len(missing) == len(profile.header_columns):
         shown = (
             f"no row among the first {HEADER_SEARCH_ROWS} holds a mapped column name; check the clinic's "
             "[export.columns] and header_row"
@@ -104,7 +104,7 @@ def _known_names(found: Sequence[str], profile: ExportProfile) -> str:
 
     A header cell can hold client data (a name typed into it), and this message reaches the ledger.
     """
-    mapped = {normalise_column(vendor) for vendor in profile.columns}
+    mapped = {normalise_column(vendor) for vendor in profile.header_columns}
     shown: list[str] = []
     others = 0
     for name in found:

@@ -42,7 +42,7 @@ def read_xlsx_bytes(
     except BaseException as exc:  # fastexcel raises its own types for every kind of broken workbook
         if not engine_failure(exc):
             raise
-        problem = engine_problem(exc, [*profile.columns, *inspection.sheet_names])
+        problem = engine_problem(exc, [*profile.header_columns, *inspection.sheet_names])
         raise ExportRejected(file_name, f"cannot read as XLSX{sheet}: {problem}") from None
     grid = grid.select(pl.col(c).cast(pl.String) for c in grid.columns)
     # the grid starts at the first row with a value: line numbers are sheet rows, as the clinic sees them
@@ -83,7 +83,7 @@ def _refuse_uncalculated(
     results, and they are the values used. One written by a library flags itself 'fullCalcOnLoad' and its
     stored results are placeholders (xlsxwriter stores 0 unless told a value, openpyxl stores nothing).
     """
-    mapped = {normalise_column(vendor) for vendor in profile.columns}
+    mapped = {normalise_column(vendor) for vendor in profile.header_columns}
     for column, seen in sorted(inspection.scan.formulas.items()):
         name = name_of.get(column - 1)
         if name is None or normalise_column(name) not in mapped:

@@ -254,3 +254,51 @@ def write_covered_xlsx(wide: Path, out: Path, clinic_name: str, today: date, she
                 data.write_string(r, c, value)
     book.close()
     return len(title)
+
+
+KEY_COLUMNS = ("client_ref", "therapist_id", "session_date", "session_number")
+_LONG_MEASURES = {"SRS": "SRS", "ORS": "ORS", "WAI_SR": "WAI-SR"}  # instrument code -> the vendor's label
+
+
+def _wide_grid(wide: Path, layout: str) -> list[list[str]]:
+    if layout == "xlsx":
+        import fastexcel
+
+        sheet = fastexcel.read_excel(wide.read_bytes()).load_sheet("Sessions", header_row=None, dtypes="string")
+        return [["" if c is None else str(c) for c in row] for row in sheet.to_polars().rows()]
+    encoding, delimiter = ("cp1252", ";") if layout == "eu_csv" else ("utf-8", ",")
+    with wide.open(encoding=encoding, newline="") as handle:
+        return list(csv.reader(handle, delimiter=delimiter))
+
+
+def write_long_csv(wide: Path, out: Path, layout: str, per: str = "item") -> None:
+    """The wide export rewritten long: a row per item and total (``per="item"``) or per instrument total
+    (``per="total"``) of each session, labelled as the vendor's header labels them ('SRS', 'Goals & Topics').
+
+    Written in the wide file's encoding and delimiter (UTF-8 and ',' for a workbook); every other column
+    (names, notes) repeats on each row, an empty score stays an empty row.
+    """
+    header, *rows = _wide_grid(wide, layout)
+    columns = {"us_csv": _us_columns, "eu_csv": _eu_columns, "xlsx": _xlsx_columns}[layout]()[1]
+    position = {" ".join(name.split()).casefold(): i for i, name in enumerate(header)}
+    labels: dict[int, list[str]] = {}  # wide column -> [measure, item] (or [measure] per total)
+    for vendor, field in columns.items():
+        code = next((c for c in _LONG_MEASURES if field.startswith(c.lower() + "_")), None)
+        if code is None or (per == "total" and field != instrument(code).total_field):
+            continue
+        item = re.sub(r"^(?:SRS|ORS|WAI)\s+", "", vendor)
+        labels[position[" ".join(vendor.split()).casefold()]] = [_LONG_MEASURES[code], item][
+            : 2 if per == "item" else 1
+        ]
+    rating_columns = {position[" ".join(v.split()).casefold()] for v, f in columns.items() if f not in KEY_COLUMNS}
+    kept = [i for i in range(len(header)) if i not in rating_columns]
+    encoding, delimiter = ("cp1252", ";") if layout == "eu_csv" else ("utf-8", ",")
+    with out.open("w", encoding=encoding, newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\r\n")
+        writer.writerow(
+            [header[i] for i in kept] + (["Measure", "Item", "Score"] if per == "item" else ["Measure", "Score"])
+        )
+        for row in rows:
+            cells = row + [""] * (len(header) - len(row))
+            for i, label in labels.items():
+                writer.writerow([cells[k] for k in kept] + label + [cells[i]])
