@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -305,7 +306,16 @@ def _explain(clinic_id: str, err: ValidationError) -> str:
 
 
 def parse_clinics(text: str) -> dict[str, Clinic]:
-    """Clinics from the text of clinics.toml; a bad profile raises ProfileError naming clinic and key."""
+    """Clinics from the text of clinics.toml; a bad profile raises ProfileError naming clinic and key.
+
+    The same text is parsed once per process: a network's file takes a fifth of a second to validate, and
+    every ingest and every clinic's sweep reads it (profiles are frozen, so sharing them is safe).
+    """
+    return dict(_parsed_clinics(text))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_clinics(text: str) -> dict[str, Clinic]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -39,9 +39,7 @@ def sweep_clinic(settings: Settings, clinic_id: str | None = None) -> tuple[list
     """
     results: list[ExportResult] = []
     errors: list[str] = []
-    for path in inbox_files(settings):
-        if clinic_id is not None and path.parent.name != clinic_id:
-            continue
+    for path in inbox_files(settings, clinic_id):
         try:
             results.append(ingest_file(path, settings, publish=False))  # the re-score after publishes all
         except ExportGone:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -335,7 +336,7 @@ def _read_settled(path: Path, settings: Settings, settled: Signature) -> _Source
     return _Source(path, original_name(path, settings), data, sha, settled)
 
 
-def _duplicate_message(prior: dict[str, object]) -> str:
+def duplicate_message(prior: dict[str, object]) -> str:
     when = prior["received_at"]
     day = when.date().isoformat() if isinstance(when, datetime) else str(when)
     message = (
@@ -396,7 +397,7 @@ def ingest_file(
                 writer.publish(warehouse.snapshots, [clinic.id])
             return ExportResult(
                 source.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target),
-                error=_duplicate_message(prior),
+                error=duplicate_message(prior),
             )  # fmt: skip
         export_id = export_id_of(clinic.id, source.sha256, writer.attempts(clinic.id, source.sha256))
         ledger = Ledger(
@@ -554,9 +555,12 @@ def release_export(settings: Settings, export_id: str, by: str, note: str | None
     return _loaded(ledger.file_name, clinic.id, "released", export_id, prepared, counts, archived, scoring)
 
 
-def inbox_files(settings: Settings) -> list[Path]:
-    """Complete export files waiting in every clinic's inbox, oldest first (the watcher's own definition)."""
+def inbox_files(settings: Settings, clinic_id: str | None = None) -> list[Path]:
+    """Complete export files waiting in every clinic's inbox (or one clinic's), oldest first (the watcher's
+    own definition). One clinic's sweep lists only its own folder: a network-wide listing per clinic would
+    cost the night one full listing per clinic."""
     if not settings.inbox.exists():
         return []
-    found = [p for p in settings.inbox.glob("*/*") if is_candidate(p, settings.inbox)]
+    pattern = "*/*" if clinic_id is None else f"{glob.escape(clinic_id)}/*"
+    found = [p for p in settings.inbox.glob(pattern) if is_candidate(p, settings.inbox)]
     return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))

@@ -10,11 +10,12 @@ from pathlib import Path
 import polars as pl
 
 from alliance.clinics import load_clinics
-from alliance.errors import ConfigError, ExportRejected
+from alliance.errors import ConfigError, ExportRejected, StorageError
 from alliance.pseudonyms import load_key
 from alliance.readers import ReadLimits, header_position
 from alliance.settings import Settings
-from flows.pipeline import clinic_for, export_id_of, prepare_export
+from alliance.storage import Warehouse
+from flows.pipeline import clinic_for, duplicate_message, export_id_of, prepare_export
 
 PREVIEW_COLUMNS = ("source_line", "instrument", "client_id", "therapist_id", "session_date", "session_number", "total")
 
@@ -25,7 +26,7 @@ class Rehearsal:
 
     file_name: str
     clinic_id: str
-    status: str  # loaded | quarantined (whole) | rejected
+    status: str  # loaded | quarantined (whole) | rejected | duplicate
     rows_read: int = 0
     would_load: int = 0
     quarantined_rows: int = 0
@@ -51,7 +52,14 @@ def rehearse(path: Path, settings: Settings, clinic_id: str | None = None, previ
         raise ConfigError(f"{path}: no such file")
     key = load_key(settings)
     data = path.read_bytes()
-    export_id = export_id_of(clinic.id, hashlib.sha256(data).hexdigest())
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        prior = Warehouse.of(settings).prior_export(clinic.id, sha256)
+    except StorageError:  # a writer has the warehouse open: the file is rehearsed as new
+        prior = None
+    if prior is not None and prior["status"] != "rejected":
+        return Rehearsal(path.name, clinic.id, "duplicate", error=duplicate_message(prior))
+    export_id = export_id_of(clinic.id, sha256)
     if len(data) > settings.max_file_mb * 1e6:
         return Rehearsal(path.name, clinic.id, "rejected", error=f"over the {settings.max_file_mb:.0f} MB limit")
     try:

@@ -67,3 +67,12 @@ def test_not_toml_is_refused() -> None:
 @pytest.mark.parametrize(("raw", "normal"), [(" Client  ID ", "client id"), ("SESSION #", "session #")])
 def test_column_names_match_ignoring_case_and_spacing(raw: str, normal: str) -> None:
     assert normalise_column(raw) == normal
+
+
+def test_the_same_text_is_parsed_once_and_each_caller_gets_its_own_dict() -> None:
+    first = parse_clinics(GOOD)
+    first.pop("north")  # a caller changing its dict changes nobody else's
+    again = parse_clinics(GOOD)
+    assert list(again) == ["north"] and again["north"] is parse_clinics(GOOD)["north"]
+    renamed = parse_clinics(GOOD.replace('name = "North"', 'name = "North Side"'))
+    assert renamed["north"].name == "North Side"  # new text, new parse

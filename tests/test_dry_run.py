@@ -62,3 +62,18 @@ def test_a_file_that_cannot_be_read_is_a_rejection_and_exit_2(settings: Settings
     result = CliRunner().invoke(app, ["ingest", str(broken), "--dry-run", "--home", str(settings.home)])
     assert result.exit_code == 2 and "would be rejected" in result.output and "missing required column" in result.output
     assert _tree(settings.home) == before
+
+
+def test_a_file_already_ingested_would_be_a_duplicate(settings: Settings, tmp_path: Path) -> None:
+    sample = _sample(settings)
+    export = next(f for f in sample.files if f.layout == "us_csv")
+    again = tmp_path / "again.csv"
+    again.write_bytes(export.path.read_bytes())
+    assert rehearse(again, settings, export.clinic_id).status == "loaded"  # before: new bytes
+    CliRunner().invoke(app, ["ingest", str(export.path), "--home", str(settings.home)])
+    before = _tree(settings.home)
+    args = ["ingest", str(again), "--clinic", export.clinic_id, "--dry-run", "--home", str(settings.home)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "would be duplicate" in result.output, result.output
+    assert f"same bytes as {export.path.name}" in result.output and "nothing to do" in result.output
+    assert _tree(settings.home) == before

@@ -740,6 +740,9 @@ def test_paths_dot_dot_absolute_and_links_out_of_the_inbox(home: Settings, tmp_p
     assert not is_candidate(inbox / "north" / "half.csv.part", inbox)
     assert is_candidate(odd_name, inbox)
     assert {p.name for p in inbox_files(home)} == {"a..b.csv", "theirs.csv", "cross.csv"}
+    # one clinic's sweep lists its own folder only, by the same definition
+    assert {p.name for p in inbox_files(home, "north")} == {"a..b.csv", "cross.csv"}
+    assert {p.name for p in inbox_files(home, "south")} == {"theirs.csv"}
     # ingest_file refuses a link in the inbox resolving outside it (or into another clinic), even with --clinic
     for path, clinic in ((link, None), (link, "north"), (inbox / "north" / "cross.csv", None)):
         with pytest.raises(ConfigError, match="a link in the inbox to a file outside its clinic's folder; refused"):

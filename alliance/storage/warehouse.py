@@ -154,6 +154,19 @@ class Warehouse:
         finally:
             con.close()
 
+    def prior_export(self, clinic_id: str, sha256: str) -> dict[str, Any] | None:
+        """The ledger row ingest would answer 'duplicate' with, read without the writer lock (for dry runs).
+
+        StorageError when a writer holds the working file open.
+        """
+        if not self.path.exists():
+            return None
+        con = self._connect(read_only=True)
+        try:
+            return LedgerTables(con).export_by_sha(clinic_id, sha256)
+        finally:
+            con.close()
+
     def _connect_for_writing(self, deadline: float) -> duckdb.DuckDBPyConnection:
         """Open read-write, waiting (until the writer lock's deadline) for a process that holds DuckDB's own lock."""
         while True:
