@@ -200,18 +200,24 @@ def _scoring_totals(runs: list[Any]) -> Any:
     )
 
 
+PREVALIDATE_FILES = 200  # files validated ahead in one batch: GX's fixed cost shared, memory bounded
+
+
 def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> list[Any]:
     from alliance.errors import ExportGone, KeyMissing
-    from flows.pipeline import ExportResult, ingest_file
+    from flows.pipeline import ExportResult, Validator, ingest_file, prevalidate, validate_ratings
 
     results = []
+    validate: Validator = validate_ratings
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("ingesting", total=len(paths))
-        for path in paths:
+        for index, path in enumerate(paths):
+            if len(paths) > 1 and index % PREVALIDATE_FILES == 0:  # GX once per instrument for the next files
+                validate = prevalidate(paths[index : index + PREVALIDATE_FILES], settings, clinic)
             progress.update(task, description=f"ingesting {path.name}")
             try:
-                results.append(ingest_file(path, settings, clinic_id=clinic))
+                results.append(ingest_file(path, settings, clinic_id=clinic, validate=validate))
             except ExportGone as gone:  # another run (watcher, nightly) took it first: not an error
                 results.append(ExportResult(path.name, clinic or path.parent.name, "taken", "", error=str(gone)))
             except (ConfigError, OSError) as problem:  # this file's problem (wrong folder, unreadable): go on

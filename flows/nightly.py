@@ -13,7 +13,7 @@ from alliance.errors import AllianceError, ExportGone
 from alliance.settings import Settings
 from alliance.storage import Warehouse
 from flows.alerting import AlertReport, Secret, deliver_alerts
-from flows.pipeline import ExportResult, inbox_files, ingest_file
+from flows.pipeline import ExportResult, inbox_files, ingest_file, prevalidate
 from flows.reviews import rescore
 from flows.scoring import ScoringResult
 
@@ -39,9 +39,11 @@ def sweep_clinic(settings: Settings, clinic_id: str | None = None) -> tuple[list
     """
     results: list[ExportResult] = []
     errors: list[str] = []
-    for path in inbox_files(settings, clinic_id):
+    paths = inbox_files(settings, clinic_id)
+    validate = prevalidate(paths, settings)  # one GX validation per instrument for the whole sweep
+    for path in paths:
         try:
-            results.append(ingest_file(path, settings, publish=False))  # the re-score after publishes all
+            results.append(ingest_file(path, settings, publish=False, validate=validate))  # publish after re-score
         except ExportGone:
             continue  # a file-arrival run took it first: that is the point of overlapping safely
         except AllianceError as exc:

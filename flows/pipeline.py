@@ -10,6 +10,7 @@ import re
 import shutil
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,12 +20,13 @@ import polars as pl
 from alliance.clinics import Clinic, load_clinics
 from alliance.errors import AllianceError, ConfigError, ExportGone, ExportRejected
 from alliance.faults import crash_point, fault_point
+from alliance.instruments import Instrument
 from alliance.permissions import make_private
 from alliance.pseudonyms import key_fingerprint, load_key, pseudonymise
 from alliance.readers import ReadLimits, read_export, sha256_of
 from alliance.settings import Settings
 from alliance.storage import Ledger, LoadCounts, Warehouse, Writer, is_storage_failure
-from expectations import validate_ratings
+from expectations import Prevalidated, validate_ratings
 from flows.events import is_candidate
 from flows.scoring import ScoringResult, score_dyads
 from flows.watcher import Signature, file_signature, wait_until_settled
@@ -40,6 +42,7 @@ from transforms.quarantine import (
 from transforms.trajectory import with_dyad_id
 
 log = logging.getLogger("alliance.pipeline")
+Validator = Callable[[pl.DataFrame, Instrument], pl.DataFrame]  # candidates -> failures (row_id, rule)
 
 
 @dataclass
@@ -92,6 +95,49 @@ def clinic_for(path: Path, clinics: dict[str, Clinic], settings: Settings, clini
     return clinics[clinic_id]
 
 
+@dataclass(frozen=True)
+class ExportCandidates:
+    """An export read and mapped: each instrument's rating candidates (row ids, pseudonyms), before validation."""
+
+    canonical: pl.DataFrame
+    aside: pl.DataFrame  # summary and footer rows, rows a long layout could not place
+    vendor_of: dict[str, str]
+    per_instrument: list[tuple[Instrument, pl.DataFrame]]
+
+
+def export_candidates(
+    path: Path,
+    clinic: Clinic,
+    key: bytes,
+    max_bytes: int | None = None,
+    limits: ReadLimits | None = None,
+    data: bytes | None = None,
+) -> ExportCandidates:
+    """Read one export and build its rating candidates; ExportRejected if unreadable."""
+    profile = clinic.export
+    raw = read_export(path, profile, max_bytes, limits, data, complete=True)
+    columns = profile.columns
+    if profile.layout == "long":
+        widened = widen(raw, profile, path.name)
+        raw, columns = widened.frame, widened.columns
+    resolved = resolve_columns(raw.columns, columns, path.name)
+    canonical, aside = footer_split(to_canonical(raw, resolved))
+    today = datetime.now(clinic.tz).date()
+    per_instrument = []
+    offset = 0
+    for inst in profile.instrument_specs:
+        candidates = rating_candidates(canonical, profile, inst, today, clinic.timezone)
+        if candidates.is_empty():
+            continue
+        candidates = candidates.with_row_index("row_id", offset=offset).with_columns(
+            pl.col("row_id").cast(pl.Int64), pseudonymise(candidates["client_ref"], key, clinic.id)
+        )
+        offset += candidates.height
+        per_instrument.append((inst, candidates))
+    vendor_of = {canonical: vendor for vendor, canonical in resolved.items()}
+    return ExportCandidates(canonical, aside, vendor_of, per_instrument)
+
+
 def prepare_export(
     path: Path,
     clinic: Clinic,
@@ -102,34 +148,21 @@ def prepare_export(
     limits: ReadLimits | None = None,
     known_therapists: pl.DataFrame | None = None,
     data: bytes | None = None,
+    validate: Validator = validate_ratings,
 ) -> PreparedExport:
     """Read one export and split it into accepted ratings and quarantine rows; ExportRejected if unreadable.
 
     ``known_therapists`` (clinic_id, therapist_id already in the warehouse) quarantines rows whose therapist
     belongs only to other clinics (``foreign_therapist:therapist_id``). ``data`` are the file's bytes when the
-    caller has read (and hashed) them already.
+    caller has read (and hashed) them already. ``validate`` is ``validate_ratings`` or a batch's
+    ``Prevalidated`` (the same failures, found for many exports at once).
     """
     profile = clinic.export
-    raw = read_export(path, profile, max_bytes, limits, data, complete=True)
-    columns = profile.columns
-    if profile.layout == "long":
-        widened = widen(raw, profile, path.name)
-        raw, columns = widened.frame, widened.columns
-    resolved = resolve_columns(raw.columns, columns, path.name)
-    vendor_of = {canonical: vendor for vendor, canonical in resolved.items()}
-    canonical, aside = footer_split(to_canonical(raw, resolved))
-    today = datetime.now(clinic.tz).date()
+    found = export_candidates(path, clinic, key, max_bytes, limits, data)
+    canonical, aside, vendor_of = found.canonical, found.aside, found.vendor_of
     accepted, quarantined, refs = [], [], []
-    offset = 0
-    for inst in profile.instrument_specs:
-        candidates = rating_candidates(canonical, profile, inst, today, clinic.timezone)
-        if candidates.is_empty():
-            continue
-        candidates = candidates.with_row_index("row_id", offset=offset).with_columns(
-            pl.col("row_id").cast(pl.Int64), pseudonymise(candidates["client_ref"], key, clinic.id)
-        )
-        offset += candidates.height
-        failures = validate_ratings(candidates, inst)
+    for inst, candidates in found.per_instrument:
+        failures = validate(candidates, inst)
         if known_therapists is not None:
             foreign = foreign_therapists(candidates, known_therapists, clinic.id)
             failures = pl.concat([failures, foreign], how="diagonal_relaxed")
@@ -354,13 +387,15 @@ def ingest_file(
     clinic_id: str | None = None,
     received_at: datetime | None = None,
     publish: bool = True,
+    validate: Validator = validate_ratings,
 ) -> ExportResult:
     """Ingest one export end to end; the same bytes twice at one clinic is a no-op reported as 'duplicate'.
 
     Example: ``ingest_file(Path("inbox/northside/export.csv"), load_settings())``. With ``publish=False``
     the snapshots are left to the caller (the nightly sweep publishes once, after its re-score). A file still
     being written is left where it is (status ``unsettled``); an unexpected failure while reading or loading
-    rejects that file alone, with its error class in the ledger.
+    rejects that file alone, with its error class in the ledger. ``validate`` may be a ``Prevalidated`` batch
+    (see ``prevalidate``).
     """
     clinics = load_clinics(settings.clinics_file)
     clinic = clinic_for(path, clinics, settings, clinic_id)
@@ -438,6 +473,7 @@ def ingest_file(
                 ReadLimits.from_settings(settings),
                 known_therapists,
                 data=source.data,
+                validate=validate,
             )
         except ExportRejected as rejection:
             return reject(rejection.problem, str(rejection))
@@ -553,6 +589,36 @@ def release_export(settings: Settings, export_id: str, by: str, note: str | None
             )  # fmt: skip
         writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
     return _loaded(ledger.file_name, clinic.id, "released", export_id, prepared, counts, archived, scoring)
+
+
+def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = None) -> Prevalidated:
+    """The batch's validation done ahead: every file's candidates checked by one GX validation per instrument.
+
+    Files are read as they are now, outside any lock; one that cannot be read, or changes before its ingest,
+    is simply validated again by ``ingest_file``, which stays the judge of every file. Nothing here can stop a
+    run: a batch that fails to validate leaves every file to its own validation.
+    """
+    prevalidated = Prevalidated()
+    batch: list[tuple[pl.DataFrame, Instrument]] = []
+    try:
+        clinics, key = load_clinics(settings.clinics_file), load_key(settings)
+    except AllianceError:
+        return prevalidated  # each ingest reports the same problem for its own file
+    limits, max_bytes = ReadLimits.from_settings(settings), int(settings.max_file_mb * 1e6)
+    for path in paths:
+        try:
+            clinic = clinic_for(path, clinics, settings, clinic_id)
+            if path.stat().st_size > max_bytes:
+                continue
+            found = export_candidates(path, clinic, key, max_bytes, limits)
+        except Exception:  # the file's own ingest rejects it, with its reason
+            continue
+        batch += [(candidates, inst) for inst, candidates in found.per_instrument]
+    try:
+        prevalidated.prime(batch)
+    except Exception as exc:
+        log.warning("batch validation failed (%s); each file is validated on its own", type(exc).__name__)
+    return prevalidated
 
 
 def inbox_files(settings: Settings, clinic_id: str | None = None) -> list[Path]:

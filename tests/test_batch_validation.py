@@ -1,0 +1,99 @@
+"""Validation in batches: one GX validation for many exports gives each export exactly its own failures.
+
+``validate_ratings`` on one export's candidates is the oracle; ``validate_exports`` and ``Prevalidated`` must
+match it on generated exports and on random frames (duplicates are judged within an export, never across).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from alliance.clinics import Clinic
+from alliance.errors import ExportRejected
+from alliance.pseudonyms import load_key
+from alliance.samples import SampleSet, add_profiles, generate_sample
+from alliance.settings import Settings
+from expectations import Prevalidated, validate_exports, validate_ratings
+from flows.pipeline import prepare_export, prevalidate
+from tests.test_fuzz import PROFILES, SRS, raw_frames
+from transforms.mapping import rating_candidates, resolve_columns, to_canonical
+
+KEY = b"batch-validation-key-0123456789"
+
+
+def _candidates(raw: pl.DataFrame) -> pl.DataFrame | None:
+    profile = PROFILES["csv"]
+    try:
+        resolved = resolve_columns(raw.columns, profile.columns, "f.csv")
+    except ExportRejected:
+        return None
+    today = datetime.now(ZoneInfo("UTC")).date()
+    candidates = rating_candidates(to_canonical(raw, resolved), profile, SRS, today, "UTC")
+    return candidates.with_row_index("row_id").with_columns(pl.col("row_id").cast(pl.Int64))
+
+
+@hypothesis_settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(raw_frames(), min_size=1, max_size=4), twice=st.booleans())
+def test_one_validation_of_many_exports_gives_each_its_own_failures(frames: list[pl.DataFrame], twice: bool) -> None:
+    parts = [c for c in map(_candidates, frames) if c is not None]
+    if twice and parts:
+        parts.append(parts[0])  # the same rows in two exports: duplicates of each other only within one
+    batched = validate_exports(parts, SRS)
+    assert len(batched) == len(parts)
+    for part, found in zip(parts, batched, strict=True):
+        assert_frame_equal(found, validate_ratings(part, SRS))
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
+    return generate_sample(
+        tmp_path_factory.mktemp("batch"), clinics=4, weeks=16, dyads_per_clinic=8, today=date(2026, 3, 1)
+    )
+
+
+def test_a_prevalidated_batch_prepares_every_export_as_its_own_validation_does(settings: Settings) -> None:
+    network = generate_sample(settings.inbox, clinics=4, weeks=16, dyads_per_clinic=8, today=date(2026, 3, 1))
+    add_profiles(settings.clinics_file, network.profiles)
+    key = load_key(settings)
+    paths = [f.path for f in network.files]
+    batch = prevalidate(paths, settings)
+    pairs = 0
+    for export in network.files:
+        clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
+        ours = prepare_export(export.path, clinic, key, "e1", 1.0, validate=batch)
+        oracle = prepare_export(export.path, clinic, key, "e1", 1.0)
+        for mine, theirs in ((ours.ratings, oracle.ratings), (ours.quarantine, oracle.quarantine)):
+            assert_frame_equal(mine, theirs)
+        assert ours.quarantine.height > 0  # the sample plants invalid rows in every export: the check can fail
+        pairs += len(clinic.export.instruments)
+    assert batch.served == pairs  # every validation came from the batch
+
+
+def test_a_file_changed_after_the_batch_is_validated_afresh(network: SampleSet, tmp_path: Path) -> None:
+    export = next(f for f in network.files if f.layout == "us_csv")
+    clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
+    copy = tmp_path / export.path.name
+    copy.write_bytes(export.path.read_bytes())
+    batch = Prevalidated()
+    batch.prime([(c, SRS) for c in [_file_candidates(copy, clinic)]])
+    lines = copy.read_text(encoding="utf-8").splitlines(keepends=True)
+    cells = lines[1].split(",")
+    cells[5] = "11"  # SRS Relationship beyond 10 on the first session
+    copy.write_text("".join([lines[0], ",".join(cells), *lines[2:]]), encoding="utf-8")
+    prepared = prepare_export(copy, clinic, KEY, "e1", 1.0, validate=batch)
+    assert "out_of_range:srs_relationship" in prepared.quarantine.filter(pl.col("source_line") == 2)["rules"].explode()
+
+
+def _file_candidates(path: Path, clinic: Clinic) -> pl.DataFrame:
+    from flows.pipeline import export_candidates
+
+    return next(c for inst, c in export_candidates(path, clinic, KEY).per_instrument if inst.code == "SRS")
