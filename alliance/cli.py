@@ -205,10 +205,10 @@ PREVALIDATE_FILES = 200  # files validated ahead in one batch: GX's fixed cost s
 
 def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> list[Any]:
     from alliance.errors import ExportGone, KeyMissing
-    from flows.pipeline import ExportResult, Validator, ingest_file, prevalidate, validate_ratings
+    from flows.pipeline import ExportResult, Validator, ingest_file, prevalidate
 
     results = []
-    validate: Validator = validate_ratings
+    validate: Validator | None = None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("ingesting", total=len(paths))

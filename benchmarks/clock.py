@@ -14,6 +14,7 @@ from time import perf_counter, process_time
 from typing import Any
 
 import alliance.storage
+import expectations
 import flows.nightly
 import flows.pipeline
 import flows.reviews
@@ -167,6 +168,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
         clock.call(pipeline, name, "map.ratings")
     clock.call(pipeline, "prepare_export", "map.other")  # what prepare_export does between the calls above
     clock.call(pipeline, "validate_ratings", "validate.gx")
+    clock.call(expectations.Prevalidated, "prime", "validate.gx")  # a batch's validations, done ahead
     for name in ("screen", "quarantine_rows"):
         clock.call(pipeline, name, "validate.screen")
     clock.call(pipeline, "load_clinics", "other.profiles")

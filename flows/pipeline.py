@@ -148,15 +148,16 @@ def prepare_export(
     limits: ReadLimits | None = None,
     known_therapists: pl.DataFrame | None = None,
     data: bytes | None = None,
-    validate: Validator = validate_ratings,
+    validate: Validator | None = None,
 ) -> PreparedExport:
     """Read one export and split it into accepted ratings and quarantine rows; ExportRejected if unreadable.
 
     ``known_therapists`` (clinic_id, therapist_id already in the warehouse) quarantines rows whose therapist
     belongs only to other clinics (``foreign_therapist:therapist_id``). ``data`` are the file's bytes when the
-    caller has read (and hashed) them already. ``validate`` is ``validate_ratings`` or a batch's
+    caller has read (and hashed) them already. ``validate`` is ``validate_ratings`` (the default) or a batch's
     ``Prevalidated`` (the same failures, found for many exports at once).
     """
+    validate = validate or validate_ratings
     profile = clinic.export
     found = export_candidates(path, clinic, key, max_bytes, limits, data)
     canonical, aside, vendor_of = found.canonical, found.aside, found.vendor_of
@@ -387,7 +388,7 @@ def ingest_file(
     clinic_id: str | None = None,
     received_at: datetime | None = None,
     publish: bool = True,
-    validate: Validator = validate_ratings,
+    validate: Validator | None = None,
 ) -> ExportResult:
     """Ingest one export end to end; the same bytes twice at one clinic is a no-op reported as 'duplicate'.
 

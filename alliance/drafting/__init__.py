@@ -21,7 +21,9 @@ def draft_profile(path: Path, clinic_id: str) -> Draft:
     """
     sniffed = sniff_export(path)
     mapping = map_columns(sniffed.header, sniffed.values, sniffed.decimal_comma)
-    roles = long_roles(sniffed.header, sniffed.values)
+    ratings = [m for m in mapping.mapped.values() if m.field not in KEY_FIELDS]
+    # a wide file names its items in its header; a long one has at most a score column that reads as a total
+    roles = long_roles(sniffed.header, sniffed.values) if len(ratings) < 2 else None
     if roles is not None:  # a long file: only the key columns map; the layout's own columns are in [export.long]
         layout = {roles.measure, roles.item, roles.score}
         keys = {v: m for v, m in mapping.mapped.items() if m.field in KEY_FIELDS and v not in layout}

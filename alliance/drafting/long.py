@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from alliance.vocabulary import column_key, is_key, item_of, split_instrument
 MEASURE_COLUMNS = ("measure", "instrument", "scale", "questionnaire", "form", "fragebogen", "messinstrument", "skala")
 ITEM_COLUMNS = ("item", "question", "frage", "item label", "item name")
 SCORE_COLUMNS = ("score", "value", "wert", "rating", "punkte", "punktwert", "total", "summe", "result", "ergebnis")
+NUMBER = re.compile(r"^[+-]?[0-9]+(?:[.,][0-9]+)?$")
 LABEL_SHARE = 0.9  # a column is a label column when this share of its values are labels we know
 
 
@@ -33,6 +35,11 @@ def _instrument(label: str) -> str | None:
 def _item(label: str) -> bool:
     _code, rest = split_instrument(column_key(label))
     return any(item_of(rest, inst) is not None for inst in registry().values())
+
+
+def _item_word(label: str) -> bool:
+    """An item label in words ('Goals & Topics', 'Q7'): a bare number is a score, unless the column's name says."""
+    return not NUMBER.match(label.strip()) and _item(label)
 
 
 def _share(values: list[str], known: Callable[[str], object]) -> float:
@@ -60,11 +67,7 @@ def long_roles(header: list[str], values: dict[str, list[str]]) -> LongRoles | N
         None,
     )
     item = next((n for n in candidates if column_key(n) in ITEM_COLUMNS and n != measure), None) or next(
-        (
-            n
-            for n in candidates
-            if n != measure and not _numeric(values.get(n, [])) and _share(values.get(n, []), _item) >= LABEL_SHARE
-        ),
+        (n for n in candidates if n != measure and _share(values.get(n, []), _item_word) >= LABEL_SHARE),
         None,
     )
     if measure is None and item is None:
