@@ -14,7 +14,7 @@ from alliance.settings import Settings
 from alliance.storage import Warehouse
 from flows.alerting import AlertReport, Secret, deliver_alerts
 from flows.pipeline import ExportResult, inbox_files, ingest_file, prevalidate
-from flows.reviews import rescore
+from flows.reviews import settle_scores
 from flows.scoring import ScoringResult
 
 log = logging.getLogger("alliance.nightly")
@@ -97,7 +97,8 @@ def run_nightly(settings: Settings, secret: Secret | None = None) -> NightlyRepo
     report = NightlyReport(started_at=datetime.now(UTC))
     clinics = load_clinics(settings.clinics_file)
     report.exports, report.errors = sweep_clinic(settings)
-    report.scoring = rescore(settings)  # also judges silence (engagement gap) against today's data
+    swept = [r.clinic_id for r in report.exports if r.status not in ("unsettled", "taken")]
+    report.scoring = settle_scores(settings, swept, report.started_at)  # all dyads only if rules or RC moved
     report.alerts = deliver_alerts(settings, clinics, trends=True, secret=secret)
     report.per_clinic = clinic_summary(settings, report.started_at, report.exports)
     return report

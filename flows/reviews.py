@@ -12,7 +12,7 @@ from alliance.clinics import load_clinics
 from alliance.errors import AllianceError
 from alliance.settings import Settings
 from alliance.storage import REVIEW_STATUSES, Warehouse, Writer
-from flows.scoring import ScoringResult, queue_options, score_dyads
+from flows.scoring import ScoringResult, full_scoring_due, queue_options, score_dyads, standing
 from transforms.cases import CASE_STATUSES
 
 FLAG_STATUSES = (*REVIEW_STATUSES, "auto_resolved")
@@ -98,6 +98,32 @@ def rescore(settings: Settings, recalibrate: bool = False) -> ScoringResult:
         options = queue_options(writer, clinics, settings)
         writer.publish(warehouse.snapshots, None)
     return replace(result, queue_options=options)
+
+
+def settle_scores(settings: Settings, swept_clinics: list[str], since: datetime) -> ScoringResult:
+    """The night's scoring, after its sweep scored each file's dyads, and the snapshots.
+
+    Flags depend on the ratings, the calibration, each clinic's rules and the queue policy, never on the date
+    (silence is judged against the clinic's latest session). So every dyad already stands as a full rescore
+    would leave it, unless rules, policy or software changed since the last full scoring, or reliable change
+    is due for re-estimation: only then is every dyad re-scored and every snapshot published. Otherwise the
+    swept clinics' snapshots and the network's are (every clinic's when the sweep re-estimated reliable change
+    ``since`` the night began, which re-scored all dyads).
+    """
+    clinics = load_clinics(settings.clinics_file)
+    warehouse = Warehouse.of(settings)
+    with warehouse.writer() as writer:
+        if full_scoring_due(writer, clinics, settings):
+            with writer.transaction():
+                result = score_dyads(writer, clinics, settings, None, kind="rescore")
+            writer.publish(warehouse.snapshots, None)
+        else:
+            result = standing(writer)
+            everyone = writer.frame(
+                "SELECT count(*) AS n FROM scoring_runs WHERE started_at >= ? AND recalibrated", [since]
+            ).item()
+            writer.publish(warehouse.snapshots, None if everyone else sorted(set(swept_clinics)))
+    return result
 
 
 def list_flags(settings: Settings, clinic_id: str | None = None, status: str = "open") -> pl.DataFrame:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import polars as pl
 
+from alliance import __version__
 from alliance.clinics import Clinic, RuleConfig
 from alliance.settings import Settings
 from alliance.storage import Writer
@@ -18,6 +21,8 @@ from transforms.flags import declines_at_last_session, reconcile, score, stopped
 from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
 from transforms.trajectory import session_features
 
+ESTIMATED_ON = "estimated_on"  # meta key: ratings per instrument when reliable change was last estimated
+SCORED_WITH = "scored_with"  # meta key: the fingerprint of what every dyad's flags were last computed from
 SESSION_TABLE_COLUMNS = (
     "dyad_id", "clinic_id", "therapist_id", "client_id", "instrument", "session_index", "session_date",
     "session_number", "score", "items", "delta", "baseline", "slope", "ewma", "dyad_mean", "dyad_sd", "z_own",
@@ -60,6 +65,24 @@ def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataF
     return pl.concat(parts) if parts else session_features(ratings)
 
 
+def _stale(writer: Writer, counts: dict[str, int], growth: float) -> bool:
+    """True when an instrument's ratings grew past ``growth`` since reliable change was last estimated, or it
+    was never estimated. An instrument with too few pairs for an estimate waits for growth like any other."""
+    estimated_on = {row["instrument"]: row["n_scores"] for row in writer.current_calibrations().iter_rows(named=True)}
+    for code, n in json.loads(writer.meta_value(ESTIMATED_ON) or "{}").items():
+        estimated_on[code] = max(n, estimated_on.get(code, 0))
+    return any(code not in estimated_on or n > estimated_on[code] * (1 + growth) for code, n in counts.items())
+
+
+def _queue_counts(writer: Writer) -> tuple[int, int]:
+    """(dyads in the queue, dyads whose course is open)."""
+    queue = writer.frame(
+        "SELECT count(*) FILTER (WHERE in_queue) AS q, count(*) FILTER (WHERE sessions > 0 AND course_open) AS a "
+        "FROM dyads"
+    ).row(0)
+    return queue[0] or 0, queue[1] or 0
+
+
 def _calibrations(
     writer: Writer, growth: float, force: bool
 ) -> tuple[dict[str, Calibration], dict[str, ExpectedCurve], bool]:
@@ -73,11 +96,9 @@ def _calibrations(
     }
     curves = curves_of(writer.current_expected())
     counts = writer.rating_counts()
-    stale = force or any(
-        code not in stored or count > stored[code].n_scores * (1 + growth) for code, count in counts.items()
-    )
-    if not stale:
+    if not (force or _stale(writer, counts, growth)):
         return stored, curves, False
+    writer.set_meta(ESTIMATED_ON, json.dumps(counts, sort_keys=True))
     features = session_features(writer.ratings_of(None))
     fresh = {c.instrument: c for c in estimate(features)}
     changed = [c for code, c in fresh.items() if stored.get(code) != c]
@@ -145,10 +166,7 @@ def score_dyads(
     case_changes = {name: cases.changes.filter(pl.col("change") == name).height for name in ("new", "back", "worse")}
     changes = pl.concat([first.changes, second.changes])
     counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
-    queue = writer.frame(
-        "SELECT count(*) FILTER (WHERE in_queue) AS q, count(*) FILTER (WHERE sessions > 0 AND course_open) AS a "
-        "FROM dyads"
-    ).row(0)
+    in_queue, active = _queue_counts(writer)
     result = ScoringResult(
         run_id=uuid.uuid4().hex[:16],
         dyads_scored=ratings["dyad_id"].n_unique(),
@@ -157,13 +175,15 @@ def score_dyads(
         worsened=counts["worsened"],
         reopened=counts["reopened"],
         auto_resolved=changes.filter(pl.col("change") == "auto_resolved").height,
-        queue_dyads=queue[0] or 0,
-        active_dyads=queue[1] or 0,
+        queue_dyads=in_queue,
+        active_dyads=active,
         changed_flags=changes,
         cases_opened=case_changes["new"] + case_changes["back"],
         cases_worse=case_changes["worse"],
         cases_closed=cases.changes.filter(pl.col("change") == "closed").height,
     )
+    if dyad_ids is None:  # every dyad now stands as these rules and this policy score it
+        writer.set_meta(SCORED_WITH, scoring_fingerprint(clinics, settings))
     writer.record_scoring_run(
         {
             "run_id": result.run_id,
@@ -189,3 +209,28 @@ def queue_options(writer: Writer, clinics: dict[str, Clinic], settings: Settings
     configs = {cid: clinic.rules for cid, clinic in clinics.items()}
     current = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
     return compare_policies(writer.flags_of(), writer.last_sessions(None), configs, policy_options(current))
+
+
+def scoring_fingerprint(clinics: dict[str, Clinic], settings: Settings) -> str:
+    """What flags depend on besides the ratings and the calibration: each clinic's rules, the queue policy and
+    the software's version. Nothing else — not the date: silence is judged against the clinic's latest session."""
+    payload = {
+        "rules": {cid: clinic.rules.model_dump(mode="json") for cid, clinic in sorted(clinics.items())},
+        "queue": [settings.queue_min_risk, settings.queue_target_share],
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def full_scoring_due(writer: Writer, clinics: dict[str, Clinic], settings: Settings) -> bool:
+    """True when scoring only the touched dyads would leave others behind: the rules, the queue policy or the
+    software changed since the last full scoring, or reliable change is due for re-estimation."""
+    if writer.meta_value(SCORED_WITH) != scoring_fingerprint(clinics, settings):
+        return True
+    return _stale(writer, writer.rating_counts(), settings.recalibrate_growth)
+
+
+def standing(writer: Writer) -> ScoringResult:
+    """The queue as it stands, for a run that scored nothing (every dyad already scored as a full run would)."""
+    changes = pl.DataFrame(schema={"flag_id": pl.String, "change": pl.String})
+    return ScoringResult(uuid.uuid4().hex[:16], 0, False, 0, 0, 0, 0, *_queue_counts(writer), changes)

@@ -17,7 +17,7 @@ from flows.events import EXPORT_RECEIVED
 from flows.ingest import alert_task, busy, ingest_export, summary
 from flows.nightly import clinic_summary, sweep_clinic
 from flows.pipeline import ExportResult
-from flows.reviews import rescore
+from flows.reviews import settle_scores
 
 log = logging.getLogger("alliance.serve")
 WAREHOUSE_LIMIT = "alliance-warehouse"
@@ -31,9 +31,9 @@ def sweep_task(home: str | None, clinic_id: str) -> list[dict[str, object]]:
 
 
 @task(persist_result=False, retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=busy)
-def rescore_task(home: str | None) -> dict[str, object]:
-    """Every dyad re-scored: time-based rules (silence) move on even without new files."""
-    result = rescore(load_settings(Path(home) if home else None))
+def score_task(home: str | None, swept_clinics: list[str], since: datetime) -> dict[str, object]:
+    """The night's scoring after the sweep (every dyad only when rules or calibration moved) and snapshots."""
+    result = settle_scores(load_settings(Path(home) if home else None), swept_clinics, since)
     return {"queue_dyads": result.queue_dyads, "active_dyads": result.active_dyads, "new": result.new}
 
 
@@ -49,7 +49,8 @@ def nightly(home: str | None = None) -> dict[str, object]:
     settings = load_settings(Path(home) if home else None)
     clinic_ids = sorted(load_clinics(settings.clinics_file))
     swept = [row for rows in sweep_task.map(home, clinic_ids).result() for row in rows]
-    scoring = rescore_task(home)
+    swept_clinics = [str(r["clinic_id"]) for r in swept if r["status"] not in ("unsettled", "taken", "error")]
+    scoring = score_task(home, swept_clinics, started)
     alerts = alert_task(home, None, trends=True)
     exports = [ExportResult(str(r["file_name"]), str(r["clinic_id"]), str(r["status"]), str(r["export_id"]),
                             rows_total=int(str(r["rows_total"])), rows_quarantined=int(str(r["rows_quarantined"])))

@@ -27,9 +27,16 @@ class Maintenance(Session):
                 "finish an interrupted `alliance rekey` (it leaves pseudonym.key.new beside the key file)"
             )
 
-    def key_fingerprint(self) -> str | None:
-        found = self.con.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchall()
+    def meta_value(self, key: str) -> str | None:
+        found = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
         return str(found[0][0]) if found else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.con.execute("DELETE FROM meta WHERE key = ?", [key])
+        self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+
+    def key_fingerprint(self) -> str | None:
+        return self.meta_value("key_fingerprint")
 
     def remap_ids(
         self,
