@@ -180,24 +180,10 @@ def _print_results(results: list[Any], settings: Settings) -> None:
     )  # fmt: skip
     scored = [r.scoring for r in results if r.scoring is not None]
     if scored:
-        _print_scoring(_scoring_totals(scored))
+        from flows.scoring import scoring_totals
+
+        _print_scoring(scoring_totals(scored))
     console.print(f"warehouse: {settings.warehouse.resolve()}", markup=False)
-
-
-def _scoring_totals(runs: list[Any]) -> Any:
-    """One scoring line for several files: flag changes added up, the queue as the last run left it."""
-    from dataclasses import replace
-
-    last = runs[-1]
-    return replace(
-        last,
-        dyads_scored=sum(r.dyads_scored for r in runs),
-        new=sum(r.new for r in runs),
-        worsened=sum(r.worsened for r in runs),
-        reopened=sum(r.reopened for r in runs),
-        auto_resolved=sum(r.auto_resolved for r in runs),
-        recalibrated=any(r.recalibrated for r in runs),
-    )
 
 
 PREVALIDATE_FILES = 200  # files validated ahead in one batch: GX's fixed cost shared, memory bounded

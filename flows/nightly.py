@@ -15,7 +15,7 @@ from alliance.storage import Warehouse
 from flows.alerting import AlertReport, Secret, deliver_alerts
 from flows.pipeline import ExportResult, inbox_files, ingest_file, prevalidate
 from flows.reviews import settle_scores
-from flows.scoring import ScoringResult
+from flows.scoring import ScoringResult, scoring_totals
 
 log = logging.getLogger("alliance.nightly")
 
@@ -98,7 +98,8 @@ def run_nightly(settings: Settings, secret: Secret | None = None) -> NightlyRepo
     clinics = load_clinics(settings.clinics_file)
     report.exports, report.errors = sweep_clinic(settings)
     swept = [r.clinic_id for r in report.exports if r.status not in ("unsettled", "taken")]
-    report.scoring = settle_scores(settings, swept, report.started_at)  # all dyads only if rules or RC moved
+    settled = settle_scores(settings, swept, report.started_at)  # every dyad only if rules or RC moved
+    report.scoring = scoring_totals([*(r.scoring for r in report.exports if r.scoring), settled])  # the night's
     report.alerts = deliver_alerts(settings, clinics, trends=True, secret=secret)
     report.per_clinic = clinic_summary(settings, report.started_at, report.exports)
     return report

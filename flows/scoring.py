@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import polars as pl
@@ -228,6 +228,20 @@ def full_scoring_due(writer: Writer, clinics: dict[str, Clinic], settings: Setti
     if writer.meta_value(SCORED_WITH) != scoring_fingerprint(clinics, settings):
         return True
     return _stale(writer, writer.rating_counts(), settings.recalibrate_growth)
+
+
+def scoring_totals(runs: list[ScoringResult]) -> ScoringResult:
+    """Several scoring runs as one: flag changes added up, the queue as the last run left it."""
+    last = runs[-1]
+    return replace(
+        last,
+        dyads_scored=sum(r.dyads_scored for r in runs),
+        new=sum(r.new for r in runs),
+        worsened=sum(r.worsened for r in runs),
+        reopened=sum(r.reopened for r in runs),
+        auto_resolved=sum(r.auto_resolved for r in runs),
+        recalibrated=any(r.recalibrated for r in runs),
+    )
 
 
 def standing(writer: Writer) -> ScoringResult:
