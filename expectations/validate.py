@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from functools import cache
 from typing import Any
 
@@ -16,6 +17,8 @@ from expectations.suites import suite_path
 
 FAILURES_SCHEMA = {"row_id": pl.Int64, "rule": pl.String}
 PART = "__export"  # which export of a batch a row comes from
+# GX's context, asset and suites are shared and not thread-safe (the Prefect nightly sweeps clinics on threads)
+_ONE_AT_A_TIME = threading.RLock()
 
 
 @cache
@@ -116,8 +119,9 @@ def validate_ratings(candidates: pl.DataFrame, inst: Instrument) -> pl.DataFrame
     """
     if candidates.is_empty():
         return pl.DataFrame(schema=FAILURES_SCHEMA)
-    suite, needed = _runnable(candidates.columns, inst)
-    return _failures(candidates.select(needed), suite, ["row_id"])
+    with _ONE_AT_A_TIME:
+        suite, needed = _runnable(candidates.columns, inst)
+        return _failures(candidates.select(needed), suite, ["row_id"])
 
 
 def validate_exports(parts: list[pl.DataFrame], inst: Instrument) -> list[pl.DataFrame]:
@@ -128,20 +132,21 @@ def validate_exports(parts: list[pl.DataFrame], inst: Instrument) -> list[pl.Dat
     export only, and the failures are handed back per export exactly as a validation of its own would give.
     """
     results = [pl.DataFrame(schema=FAILURES_SCHEMA) for _ in parts]
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for index, part in enumerate(parts):
-        if not part.is_empty():
-            groups.setdefault(tuple(_runnable(part.columns, inst)[1]), []).append(index)
-    for needed, members in groups.items():
-        suite, _ = _runnable(list(needed), inst)
-        frame = pl.concat(
-            [parts[i].select(needed).with_columns(pl.lit(i, pl.Int64).alias(PART)) for i in members],
-            how="vertical_relaxed",
-        )
-        per_part, columns = _per_part(suite)
-        failures = _failures(frame.with_columns(columns), per_part, [PART, "row_id"])
-        for i, found in failures.partition_by(PART, as_dict=True, include_key=False).items():
-            results[int(i[0])] = found
+    with _ONE_AT_A_TIME:
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for index, part in enumerate(parts):
+            if not part.is_empty():
+                groups.setdefault(tuple(_runnable(part.columns, inst)[1]), []).append(index)
+        for needed, members in groups.items():
+            suite, _ = _runnable(list(needed), inst)
+            frame = pl.concat(
+                [parts[i].select(needed).with_columns(pl.lit(i, pl.Int64).alias(PART)) for i in members],
+                how="vertical_relaxed",
+            )
+            per_part, columns = _per_part(suite)
+            failures = _failures(frame.with_columns(columns), per_part, [PART, "row_id"])
+            for i, found in failures.partition_by(PART, as_dict=True, include_key=False).items():
+                results[int(i[0])] = found
     return results
 
 
@@ -160,6 +165,11 @@ class Prevalidated:
     def _key(frame: pl.DataFrame, code: str) -> tuple[str, int, int]:
         return code, frame.height, int(frame.hash_rows(seed=7).cast(pl.Float64).sum())
 
+    @staticmethod
+    def _needed(candidates: pl.DataFrame, inst: Instrument) -> list[str]:
+        with _ONE_AT_A_TIME:
+            return _runnable(candidates.columns, inst)[1]
+
     def prime(self, batch: list[tuple[pl.DataFrame, Instrument]]) -> None:
         """Validate every export's candidates of the batch: one GX validation per instrument and column set."""
         by_code: dict[str, list[pl.DataFrame]] = {}
@@ -170,12 +180,12 @@ class Prevalidated:
         for code, parts in by_code.items():
             inst = specs[code]
             for part, failures in zip(parts, validate_exports(parts, inst), strict=True):
-                frame = part.select(_runnable(part.columns, inst)[1])
+                frame = part.select(self._needed(part, inst))
                 self._found.setdefault(self._key(frame, code), []).append((frame, failures))
 
     def __call__(self, candidates: pl.DataFrame, inst: Instrument) -> pl.DataFrame:
         if not candidates.is_empty():
-            frame = candidates.select(_runnable(candidates.columns, inst)[1])
+            frame = candidates.select(self._needed(candidates, inst))
             for seen, failures in self._found.get(self._key(frame, inst.code), []):
                 if seen.equals(frame):
                     self.served += 1

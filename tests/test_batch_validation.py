@@ -6,6 +6,7 @@ match it on generated exports and on random frames (duplicates are judged within
 
 from __future__ import annotations
 
+import threading
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -97,3 +98,31 @@ def _file_candidates(path: Path, clinic: Clinic) -> pl.DataFrame:
     from flows.pipeline import export_candidates
 
     return next(c for inst, c in export_candidates(path, clinic, KEY).per_instrument if inst.code == "SRS")
+
+
+def test_validations_on_several_threads_each_get_their_own_failures(network: SampleSet) -> None:
+    # the Prefect nightly sweeps clinics on threads, each validating its batch outside the warehouse lock
+    from flows.pipeline import export_candidates
+
+    items = []
+    for export in network.files:
+        clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
+        items += [(c, inst) for inst, c in export_candidates(export.path, clinic, KEY).per_instrument]
+    expected = [validate_ratings(c, inst) for c, inst in items]
+    wrong: list[str] = []
+
+    def validate_all() -> None:
+        for _ in range(3):
+            try:
+                found = [validate_ratings(c, inst) for c, inst in items]
+            except Exception as exc:  # GX used from two threads at once fails, or answers for the other frame
+                wrong.append(type(exc).__name__)
+                continue
+            wrong.extend("mismatch" for got, want in zip(found, expected, strict=True) if not got.equals(want))
+
+    threads = [threading.Thread(target=validate_all) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
