@@ -373,15 +373,23 @@ def footer_split(canonical: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(session rows, rows set aside) of a canonical frame: footer rows and rows a layout set aside never become
     ratings; the second frame has their line, key fields, ``rule`` and ``reason``."""
     keys = [SOURCE_LINE, *[f for f in KEY_FIELDS if f in canonical.columns]]
-    footer = pl.col(FOOTER_ROW) if FOOTER_ROW in canonical.columns else pl.lit(False)
-    rule = pl.col(ASIDE_RULE) if ASIDE_RULE in canonical.columns else pl.lit(None, pl.String)
-    reason = pl.col(ASIDE_REASON) if ASIDE_REASON in canonical.columns else pl.lit(None, pl.String)
-    aside = footer | rule.is_not_null()
-    rows = canonical.filter(~aside).drop(FOOTER_ROW, ASIDE_RULE, ASIDE_REASON, strict=False)
-    set_aside = canonical.filter(aside).select(
+    if FOOTER_ROW not in canonical.columns and ASIDE_RULE not in canonical.columns:
+        none = {"rule": pl.String, "reason": pl.String}
+        return canonical, canonical.clear().select(keys).with_columns(pl.lit(None, t).alias(c) for c, t in none.items())
+    marked = canonical.with_columns(
+        *([] if FOOTER_ROW in canonical.columns else [pl.lit(False).alias(FOOTER_ROW)]),
+        *(
+            []
+            if ASIDE_RULE in canonical.columns
+            else [pl.lit(None, pl.String).alias(c) for c in (ASIDE_RULE, ASIDE_REASON)]
+        ),
+    )
+    aside = pl.col(FOOTER_ROW) | pl.col(ASIDE_RULE).is_not_null()
+    rows = marked.filter(~aside).drop(FOOTER_ROW, ASIDE_RULE, ASIDE_REASON)
+    set_aside = marked.filter(aside).select(
         *keys,
-        pl.when(footer).then(pl.lit("no_rating")).otherwise(rule).alias("rule"),
-        pl.when(footer).then(pl.lit(FOOTER_REASON)).otherwise(reason).alias("reason"),
+        pl.when(pl.col(FOOTER_ROW)).then(pl.lit("no_rating")).otherwise(pl.col(ASIDE_RULE)).alias("rule"),
+        pl.when(pl.col(FOOTER_ROW)).then(pl.lit(FOOTER_REASON)).otherwise(pl.col(ASIDE_REASON)).alias("reason"),
     )
     return rows, set_aside
 
