@@ -129,7 +129,7 @@ class StageClock:
         self._replace(owner, name, timed)
 
     def phase(self, owner: Any, name: str, phase: str, per_file: bool = False) -> None:
-        """Inclusive wall time of a step of the run (sweep, rescore, alerts), beside the stage split."""
+        """Inclusive wall time of a step of the run (sweep, settle, alerts), beside the stage split."""
         original = self._find(owner, name)
         if original is None:
             return
@@ -186,8 +186,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.call(scoring, "_features", "score.features")
     clock.call(writer, "ratings_of", "score.read", opaque=True)  # opaque: its query through frame() stays here
     clock.call(scoring, "score", "flag.rules")
-    for name in ("stopped_appearing", "dyad_risk"):
-        clock.call(scoring, name, "flag.silence_risk")
+    clock.call(scoring, "stopped_appearing", "flag.silence_risk")
     clock.call(scoring, "reconcile", "flag.reconcile")
     for name in ("flags_of", "last_sessions"):
         clock.call(writer, name, "flag.read", opaque=True)
@@ -202,12 +201,12 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.phase(flows.nightly, "ingest_file", "ingest", per_file=True)
     clock.phase(flows.pipeline, "ingest_file", "ingest", per_file=True)  # `alliance ingest` looks it up here
     clock.phase(flows.nightly, "sweep_clinic", "sweep")
-    clock.phase(flows.nightly, "rescore", "rescore")
+    clock.phase(flows.nightly, "settle_scores", "settle")
     clock.phase(flows.nightly, "deliver_alerts", "alerts")
     clock.phase(flows.nightly, "clinic_summary", "summary")
     if prefect:
         clock.call(ingest, "deliver_alerts", "alert.deliver", opaque=True)
         clock.call(serve, "clinic_summary", "alert.summary", opaque=True)
-        clock.phase(serve, "rescore", "rescore")
+        clock.phase(serve, "settle_scores", "settle")
         clock.phase(ingest, "deliver_alerts", "alerts")
         clock.phase(serve, "sweep_clinic", "sweep")
