@@ -152,7 +152,8 @@ def sample(
     console.print(f"added {len(generated.profiles)} clinic profile(s) to {settings.clinics_file}")
 
 
-def _print_results(results: list[Any], settings: Settings) -> None:
+def _print_results(results: list[Any], settings: Settings, settled: Any = None) -> None:
+    """The exports table, their problems, the run's totals and its scoring (``settled``: a batch's end)."""
     table = Table(title="Exports")
     table.add_column("file", overflow="fold")
     table.add_column("clinic")
@@ -178,7 +179,7 @@ def _print_results(results: list[Any], settings: Settings) -> None:
         + "; rows: {} ({} new, {} updated, {} quarantined)".format(*totals),
         markup=False,
     )  # fmt: skip
-    scored = [r.scoring for r in results if r.scoring is not None]
+    scored = [*(r.scoring for r in results if r.scoring is not None), *([settled] if settled else [])]
     if scored:
         from flows.scoring import scoring_totals
 
@@ -189,12 +190,21 @@ def _print_results(results: list[Any], settings: Settings) -> None:
 PREVALIDATE_FILES = 200  # files validated ahead in one batch: GX's fixed cost shared, memory bounded
 
 
-def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> list[Any]:
+def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tuple[list[Any], Any]:
+    """Ingest each file; (what each did, the batch's settling scoring run or None for a single file).
+
+    Several files are one batch: validated ahead in groups, each scored as it loads on the calibration as it
+    stands, then the scores settled (reliable change re-estimated once if due) and the snapshots published once.
+    """
+    from datetime import UTC, datetime
+
     from alliance.errors import ExportGone, KeyMissing
     from flows.pipeline import ExportResult, Validator, ingest_file, prevalidate
+    from flows.reviews import settle_scores
 
     results = []
     validate: Validator | None = None
+    batch, started = len(paths) > 1, datetime.now(UTC)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("ingesting", total=len(paths))
@@ -203,7 +213,9 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> li
                 validate = prevalidate(paths[index : index + PREVALIDATE_FILES], settings, clinic)
             progress.update(task, description=f"ingesting {path.name}")
             try:
-                results.append(ingest_file(path, settings, clinic_id=clinic, validate=validate))
+                results.append(
+                    ingest_file(path, settings, clinic_id=clinic, publish=not batch, validate=validate, in_batch=batch)
+                )
             except ExportGone as gone:  # another run (watcher, nightly) took it first: not an error
                 results.append(ExportResult(path.name, clinic or path.parent.name, "taken", "", error=str(gone)))
             except (ConfigError, OSError) as problem:  # this file's problem (wrong folder, unreadable): go on
@@ -217,7 +229,10 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> li
                 error = f"unexpected {type(exc).__name__}; the file was left in place"
                 results.append(ExportResult(path.name, clinic or path.parent.name, "failed", "", error=error))
             progress.advance(task)
-    return results
+    if not batch:
+        return results, None
+    touched = [r.clinic_id for r in results if r.status not in ("unsettled", "taken", "failed")]
+    return results, settle_scores(settings, touched, started)
 
 
 @app.command()
@@ -242,8 +257,8 @@ def ingest(
         return
     if dry_run:
         raise typer.Exit(max((_print_rehearsal(path, settings, clinic) for path in files), default=0))
-    results = _ingest_all(files, settings, clinic)
-    _print_results(results, settings)
+    results, settled = _ingest_all(files, settings, clinic)
+    _print_results(results, settings, settled)
     code = _exit_code(results)
     if code:
         raise typer.Exit(code)
@@ -311,8 +326,8 @@ def demo(
 
     sample(clinics=clinics, weeks=weeks, seed=seed, dyads=30, out=None, home=home)
     settings = _settings(home)
-    results = _ingest_all(inbox_files(settings), settings, None)
-    _print_results(results, settings)
+    results, settled = _ingest_all(inbox_files(settings), settings, None)
+    _print_results(results, settings, settled)
     _print_queue(settings)
 
 

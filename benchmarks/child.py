@@ -80,9 +80,12 @@ def _workload(spec: dict[str, Any], settings: Settings, clock: StageClock) -> tu
     if workload == "ingest":  # exactly what `alliance ingest FILE...` runs
         from alliance.cli import _ingest_all
 
-        results = _ingest_all([Path(p) for p in spec["files"]], settings, None)
+        results, settled = _ingest_all([Path(p) for p in spec["files"]], settings, None)
         scored = next((r.scoring.dyads_scored for r in reversed(results) if r.scoring), 0)
-        return [Exported.of(r) for r in results], scored
+        exported = [Exported.of(r) for r in results]
+        if settled is not None and settled.recalibrated:  # the batch's one re-estimation, at its end
+            exported.append(Exported("rescore", 0, 0, 0, 0, 0, recalibrated=True))
+        return exported, settled.dyads_scored if settled else scored
     if workload == "nightly":
         report = flows.nightly.run_nightly(settings)
         if report.errors:

@@ -202,6 +202,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.phase(flows.pipeline, "ingest_file", "ingest", per_file=True)  # `alliance ingest` looks it up here
     clock.phase(flows.nightly, "sweep_clinic", "sweep")
     clock.phase(flows.nightly, "settle_scores", "settle")
+    clock.phase(flows.reviews, "settle_scores", "settle")  # `alliance ingest` of several files settles at its end
     clock.phase(flows.nightly, "deliver_alerts", "alerts")
     clock.phase(flows.nightly, "clinic_summary", "summary")
     if prefect:

@@ -43,7 +43,8 @@ def sweep_clinic(settings: Settings, clinic_id: str | None = None) -> tuple[list
     validate = prevalidate(paths, settings)  # one GX validation per instrument for the whole sweep
     for path in paths:
         try:
-            results.append(ingest_file(path, settings, publish=False, validate=validate))  # publish after re-score
+            # scores settled and snapshots published once, at the end of the night
+            results.append(ingest_file(path, settings, publish=False, validate=validate, in_batch=True))
         except ExportGone:
             continue  # a file-arrival run took it first: that is the point of overlapping safely
         except AllianceError as exc:

@@ -389,6 +389,7 @@ def ingest_file(
     received_at: datetime | None = None,
     publish: bool = True,
     validate: Validator | None = None,
+    in_batch: bool = False,
 ) -> ExportResult:
     """Ingest one export end to end; the same bytes twice at one clinic is a no-op reported as 'duplicate'.
 
@@ -396,7 +397,8 @@ def ingest_file(
     the snapshots are left to the caller (the nightly sweep publishes once, after its re-score). A file still
     being written is left where it is (status ``unsettled``); an unexpected failure while reading or loading
     rejects that file alone, with its error class in the ledger. ``validate`` may be a ``Prevalidated`` batch
-    (see ``prevalidate``).
+    (see ``prevalidate``). ``in_batch``: one file of a sweep or multi-file ingest, whose end settles the scores
+    (``flows.reviews.settle_scores``): reliable change is re-estimated there, once, not after this file.
     """
     clinics = load_clinics(settings.clinics_file)
     clinic = clinic_for(path, clinics, settings, clinic_id)
@@ -500,6 +502,7 @@ def ingest_file(
                     prepared,
                     clinics,
                     settings,
+                    in_batch,
                 )
         except Exception as exc:  # rolled back: the file is rejected whole, the run goes on
             if is_storage_failure(exc):
@@ -517,14 +520,21 @@ def ingest_file(
 
 
 def _load_and_score(
-    writer: Writer, ledger: Ledger, prepared: PreparedExport, clinics: dict[str, Clinic], settings: Settings
+    writer: Writer,
+    ledger: Ledger,
+    prepared: PreparedExport,
+    clinics: dict[str, Clinic],
+    settings: Settings,
+    in_batch: bool = False,
 ) -> tuple[LoadCounts, ScoringResult | None]:
     """Load one prepared export and score the dyads it touched, inside the caller's transaction."""
     counts = writer.load_export(ledger, prepared.ratings, prepared.quarantine, prepared.client_refs)
     fault_point("load", ledger.file_name)
     # scored in the same transaction: a crash never leaves ratings without their flags
     scoring = (
-        score_dyads(writer, clinics, settings, list(counts.touched_dyads), export_id=ledger.export_id)
+        score_dyads(
+            writer, clinics, settings, list(counts.touched_dyads), export_id=ledger.export_id, in_batch=in_batch
+        )
         if counts.touched_dyads
         else None
     )

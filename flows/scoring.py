@@ -84,10 +84,10 @@ def _queue_counts(writer: Writer) -> tuple[int, int]:
 
 
 def _calibrations(
-    writer: Writer, growth: float, force: bool
+    writer: Writer, growth: float, force: bool, in_batch: bool = False
 ) -> tuple[dict[str, Calibration], dict[str, ExpectedCurve], bool]:
     """Current reliable-change estimates and expected trajectories; re-estimated when missing, forced, or the
-    data grew enough."""
+    data grew enough — except for a file of a batch, whose batch re-estimates once at its end."""
     stored = {
         row["instrument"]: Calibration(
             row["instrument"], row["sd"], row["r"], row["rc"], row["n_scores"], row["n_pairs"], row["within_sd"]
@@ -96,7 +96,7 @@ def _calibrations(
     }
     curves = curves_of(writer.current_expected())
     counts = writer.rating_counts()
-    if not (force or _stale(writer, counts, growth)):
+    if not force and (in_batch or not _stale(writer, counts, growth)):
         return stored, curves, False
     writer.set_meta(ESTIMATED_ON, json.dumps(counts, sort_keys=True))
     features = session_features(writer.ratings_of(None))
@@ -137,11 +137,17 @@ def score_dyads(
     kind: str = "ingest",
     export_id: str | None = None,
     recalibrate: bool = False,
+    in_batch: bool = False,
 ) -> ScoringResult:
-    """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full."""
+    """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full.
+
+    ``in_batch``: the dyads of one file of a sweep or multi-file ingest, scored on the calibration as it
+    stands; the batch's ``settle_scores`` re-estimates reliable change once, if due, and then re-scores all.
+    """
     started = datetime.now(UTC)
     configs = {cid: clinic.rules for cid, clinic in clinics.items()}
-    calibrations, curves, recalibrated = _calibrations(writer, settings.recalibrate_growth, recalibrate)
+    growth = settings.recalibrate_growth
+    calibrations, curves, recalibrated = _calibrations(writer, growth, recalibrate, in_batch)
     if recalibrated:
         dyad_ids = None  # a new RC changes every dyad's findings: keep all flags on one calibration
     ratings = writer.ratings_of(dyad_ids)
