@@ -101,14 +101,15 @@ def rescore(settings: Settings, recalibrate: bool = False) -> ScoringResult:
 
 
 def settle_scores(settings: Settings, swept_clinics: list[str], since: datetime) -> ScoringResult:
-    """The night's scoring, after its sweep scored each file's dyads, and the snapshots.
+    """The end of a batch (the night's sweep, a multi-file ingest) whose files scored their own dyads: the
+    scores settled and the snapshots published.
 
     Flags depend on the ratings, the calibration, each clinic's rules and the queue policy, never on the date
     (silence is judged against the clinic's latest session). So every dyad already stands as a full rescore
     would leave it, unless rules, policy or software changed since the last full scoring, or reliable change
     is due for re-estimation: only then is every dyad re-scored and every snapshot published. Otherwise the
-    swept clinics' snapshots and the network's are (every clinic's when the sweep re-estimated reliable change
-    ``since`` the night began, which re-scored all dyads).
+    swept clinics' snapshots and the network's are (every clinic's when a run re-estimated reliable change
+    ``since`` the batch began, which re-scored all dyads).
     """
     clinics = load_clinics(settings.clinics_file)
     warehouse = Warehouse.of(settings)
