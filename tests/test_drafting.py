@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def _ratings(path: Path, clinic: Clinic) -> pl.DataFrame:
     return prepared.ratings.sort("instrument", "source_line")
 
 
-@pytest.mark.parametrize("layout", ["us_csv", "eu_csv", "xlsx"])
+@pytest.mark.parametrize("layout", ["us_csv", "eu_csv", "xlsx", "json"])
 def test_drafted_profile_loads_the_file_as_the_vendors_profile_does(sample: SampleSet, layout: str) -> None:
     export = next(f for f in sample.files if f.layout == layout)
     drafted = parse_clinics(render(draft_profile(export.path, export.clinic_id)))[export.clinic_id]
@@ -51,7 +52,7 @@ def test_german_cp1252_semicolon_decimal_comma_is_recognised(sample: SampleSet) 
     assert profile.columns["ziele  &  Themen"] == "srs_goals"
 
 
-@pytest.mark.parametrize("layout", ["us_csv", "eu_csv", "xlsx"])
+@pytest.mark.parametrize("layout", ["us_csv", "eu_csv", "xlsx", "json"])
 def test_draft_never_prints_a_client_value(sample: SampleSet, layout: str) -> None:
     export = next(f for f in sample.files if f.layout == layout)
     result = CliRunner().invoke(app, ["profile", "draft", str(export.path), "--clinic", "c"])
@@ -133,7 +134,10 @@ def test_write_appends_a_profile_that_loads(settings: Settings, sample: SampleSe
     assert again.exit_code == 1 and "already in" in again.output
 
 
-def test_a_json_export_is_refused_with_one_error_line(sample: SampleSet) -> None:
-    export = next(f for f in sample.files if f.layout == "json")
-    result = CliRunner().invoke(app, ["profile", "draft", str(export.path)])
-    assert result.exit_code == 1 and result.output.startswith("Error: ") and "records path" in result.output
+def test_a_document_keyed_by_client_names_is_refused_without_echoing_them(tmp_path: Path) -> None:
+    names = {f"Client Person {i}": {"sessions": [{"date": "2026-01-05", "srs": {"total": 30}}]} for i in range(40)}
+    path = tmp_path / "keyed.json"
+    path.write_text(json.dumps({"clients": names}), encoding="utf-8")
+    result = CliRunner().invoke(app, ["profile", "draft", str(path)])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "keyed by its data" in result.output
+    assert "Person" not in result.output

@@ -124,7 +124,13 @@ def render(draft: Draft) -> str:
         lines += [f"encoding = {_s(sniffed.encoding)}", f"delimiter = {_s(sniffed.delimiter or ',')}"]
     if sniffed.sheet:
         lines += _sheet_lines(sniffed)
-    lines += _layout_lines(sniffed)
+    if sniffed.format in ("json", "ndjson"):
+        lines += [
+            "# likely: the list of objects holding the most records; parents' fields are carried down to each",
+            f"records = {_s(sniffed.records)}" if sniffed.records else "# each line is one record",
+        ]
+    else:
+        lines += _layout_lines(sniffed)
     if sniffed.decimal_comma:
         lines += ["# sure: numbers are written with a decimal comma", "decimal_comma = true"]
     lines += _date_lines(draft.dates)

@@ -6,9 +6,10 @@ import codecs
 import csv
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from alliance.drafting.records import sniff_records
 from alliance.errors import ExportRejected
 from alliance.readers import decode, sniff_delimiter
 from alliance.readers.csv import SNIFF_DELIMITERS
@@ -35,6 +36,8 @@ class Sniffed:
     header_row: int = 1  # the header's file line (CSV) or sheet row (XLSX)
     footer_rows: int = 0  # summary or footer rows below the header (Total, Average, Exported by …)
     sheets: tuple[str, ...] = ()  # every sheet of a workbook, in order
+    records: str | None = None  # json: the dotted path to the session records
+    labels: dict[str, str] = field(default_factory=dict)  # json: each field's name within its own object
 
 
 def _encoding(data: bytes) -> str:
@@ -109,14 +112,14 @@ def _sniff_xlsx(path: Path) -> Sniffed:
 
 
 def sniff_export(path: Path) -> Sniffed:
-    """The layout of one export file; ExportRejected when it is not a readable CSV or XLSX."""
+    """The layout of one export file; ExportRejected when it is not a readable CSV, XLSX, JSON or NDJSON file."""
     if path.suffix.lower() == ".xlsx":
         return _sniff_xlsx(path)
-    if path.suffix.lower() in (".json", ".ndjson", ".jsonl"):
-        raise ExportRejected(
-            path.name, "drafting reads CSV and XLSX exports; a JSON profile needs its records path written by hand"
-        )
     data = path.read_bytes()
+    if path.suffix.lower() in (".json", ".ndjson", ".jsonl"):
+        records, names, values, labels = sniff_records(path, data)
+        kind = "json" if path.suffix.lower() == ".json" else "ndjson"
+        return Sniffed(kind, "auto", None, False, names, values, records=records, labels=labels)
     text = decode(data, "auto", path.name)
     if not text.strip():
         raise ExportRejected(path.name, "the file is empty")
