@@ -12,7 +12,7 @@ from alliance.clinics import load_clinics
 from alliance.errors import AllianceError
 from alliance.settings import Settings
 from alliance.storage import REVIEW_STATUSES, Warehouse, Writer
-from flows.scoring import ScoringResult, full_scoring_due, queue_options, score_dyads, standing
+from flows.scoring import ScoringResult, full_scoring_due, queue_options, score_dyads, settle_clinics
 from transforms.cases import CASE_STATUSES
 
 FLAG_STATUSES = (*REVIEW_STATUSES, "auto_resolved")
@@ -119,11 +119,12 @@ def settle_scores(settings: Settings, swept_clinics: list[str], since: datetime)
                 result = score_dyads(writer, clinics, settings, None, kind="rescore")
             writer.publish(warehouse.snapshots, None)
         else:
-            result = standing(writer)
+            with writer.transaction():
+                result, settled = settle_clinics(writer, clinics, settings, swept_clinics)
             everyone = writer.frame(
                 "SELECT count(*) AS n FROM scoring_runs WHERE started_at >= ? AND recalibrated", [since]
             ).item()
-            writer.publish(warehouse.snapshots, None if everyone else sorted(set(swept_clinics)))
+            writer.publish(warehouse.snapshots, None if everyone else settled)
     return result
 
 

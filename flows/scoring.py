@@ -15,13 +15,14 @@ from alliance.clinics import Clinic, RuleConfig
 from alliance.settings import Settings
 from alliance.storage import Writer
 from transforms.calibration import Calibration, estimate
-from transforms.cases import update_cases
+from transforms.cases import CaseUpdate, update_cases
 from transforms.expected import ExpectedCurve, curves_frame, curves_of, estimate_expected
-from transforms.flags import declines_at_last_session, reconcile, score, stopped_appearing
+from transforms.flags import Reconciled, declines_at_last_session, reconcile, score, stopped_appearing
 from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
 from transforms.trajectory import session_features
 
 ESTIMATED_ON = "estimated_on"  # meta key: ratings per instrument when reliable change was last estimated
+PENDING_CLINICS = "pending_clinics"  # meta key: clinics whose batch files await their silence, queue and cases
 SCORED_WITH = "scored_with"  # meta key: the fingerprint of what every dyad's flags were last computed from
 SESSION_TABLE_COLUMNS = (
     "dyad_id", "clinic_id", "therapist_id", "client_id", "instrument", "session_index", "session_date",
@@ -142,7 +143,9 @@ def score_dyads(
     """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full.
 
     ``in_batch``: the dyads of one file of a sweep or multi-file ingest, scored on the calibration as it
-    stands; the batch's ``settle_scores`` re-estimates reliable change once, if due, and then re-scores all.
+    stands; their clinics' silence, queue and cases wait for the batch's end (``settle_clinics``, through
+    ``settle_scores``), which also re-estimates reliable change once, if due, and then re-scores all. The
+    clinics waiting are kept in ``meta`` in the file's own transaction, so a batch cut short is settled by the next.
     """
     started = datetime.now(UTC)
     configs = {cid: clinic.rules for cid, clinic in clinics.items()}
@@ -156,19 +159,11 @@ def score_dyads(
     first = reconcile(scored.findings, writer.flags_of(dyad_ids=dyad_ids, except_rule="stopped_appearing"), started)
     writer.replace_flags(first.flags)
     writer.replace_dyad_sessions(dyad_ids, scored.sessions.select(SESSION_TABLE_COLUMNS))
-    # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
-    last_sessions = writer.last_sessions(scope_clinics)
-    declines = declines_at_last_session(writer.flags_of(clinic_ids=scope_clinics, except_rule="stopped_appearing"))
-    silent = stopped_appearing(last_sessions, configs, declines)
-    second = reconcile(silent, writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing"), started)
-    writer.replace_flags(second.flags)
-    policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
-    scope_flags = writer.flags_of(clinic_ids=scope_clinics)
-    standing = queue_frame(scope_flags, last_sessions, configs, policy)
-    writer.refresh_dyads(scope_clinics, standing, policy.min_risk, policy.describe())
-    # the same flags: refresh_dyads changes only their risk_score, which cases do not read
-    cases = update_cases(writer.cases_of(scope_clinics), writer.dyads_of(scope_clinics), scope_flags, started)
-    writer.replace_cases(cases.cases)
+    if in_batch and scope_clinics is not None:
+        writer.set_meta(PENDING_CLINICS, json.dumps(sorted({*_pending(writer), *scope_clinics})))
+        second, cases = Reconciled(pl.DataFrame(), _no_changes()), CaseUpdate(pl.DataFrame(), _no_changes())
+    else:
+        second, cases = _clinic_standing(writer, configs, settings, scope_clinics, started)
     case_changes = {name: cases.changes.filter(pl.col("change") == name).height for name in ("new", "back", "worse")}
     changes = pl.concat([first.changes, second.changes])
     counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
@@ -188,8 +183,9 @@ def score_dyads(
         cases_worse=case_changes["worse"],
         cases_closed=cases.changes.filter(pl.col("change") == "closed").height,
     )
-    if dyad_ids is None:  # every dyad now stands as these rules and this policy score it
+    if dyad_ids is None:  # every dyad now stands as these rules and this policy score it, every clinic settled
         writer.set_meta(SCORED_WITH, scoring_fingerprint(clinics, settings))
+        writer.set_meta(PENDING_CLINICS, "[]")
     writer.record_scoring_run(
         {
             "run_id": result.run_id,
@@ -208,6 +204,64 @@ def score_dyads(
         }
     )
     return result
+
+
+def _no_changes() -> pl.DataFrame:
+    return pl.DataFrame(schema={"flag_id": pl.String, "change": pl.String})
+
+
+def _pending(writer: Writer) -> list[str]:
+    return list(json.loads(writer.meta_value(PENDING_CLINICS) or "[]"))
+
+
+def _clinic_standing(
+    writer: Writer,
+    configs: dict[str, RuleConfig],
+    settings: Settings,
+    scope_clinics: list[str] | None,
+    started: datetime,
+) -> tuple[Reconciled, CaseUpdate]:
+    """Silence, the queue and cases for every dyad of these clinics (all when None), from their flags."""
+    # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
+    last_sessions = writer.last_sessions(scope_clinics)
+    declines = declines_at_last_session(writer.flags_of(clinic_ids=scope_clinics, except_rule="stopped_appearing"))
+    silent = stopped_appearing(last_sessions, configs, declines)
+    second = reconcile(silent, writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing"), started)
+    writer.replace_flags(second.flags)
+    policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
+    scope_flags = writer.flags_of(clinic_ids=scope_clinics)
+    standing = queue_frame(scope_flags, last_sessions, configs, policy)
+    writer.refresh_dyads(scope_clinics, standing, policy.min_risk, policy.describe())
+    # the same flags: refresh_dyads changes only their risk_score, which cases do not read
+    cases = update_cases(writer.cases_of(scope_clinics), writer.dyads_of(scope_clinics), scope_flags, started)
+    writer.replace_cases(cases.cases)
+    return second, cases
+
+
+def settle_clinics(
+    writer: Writer, clinics: dict[str, Clinic], settings: Settings, clinic_ids: list[str]
+) -> tuple[ScoringResult, list[str]]:
+    """The end of a batch whose files scored their dyads: silence, queue and cases of the batch's clinics and of
+    any a batch cut short left waiting, in the caller's transaction; (the result, the clinics settled)."""
+    started = datetime.now(UTC)
+    scope = sorted({*clinic_ids, *_pending(writer)})
+    configs = {cid: clinic.rules for cid, clinic in clinics.items()}
+    second, cases = _clinic_standing(writer, configs, settings, scope, started) if scope else (None, None)
+    writer.set_meta(PENDING_CLINICS, "[]")
+    changes = second.changes if second else _no_changes()
+    opened = cases.changes.filter(pl.col("change").is_in(["new", "back"])).height if cases else 0
+    result = replace(
+        standing(writer),
+        new=changes.filter(pl.col("change") == "new").height,
+        worsened=changes.filter(pl.col("change") == "worsened").height,
+        reopened=changes.filter(pl.col("change") == "reopened").height,
+        auto_resolved=changes.filter(pl.col("change") == "auto_resolved").height,
+        changed_flags=changes,
+        cases_opened=opened,
+        cases_worse=cases.changes.filter(pl.col("change") == "worse").height if cases else 0,
+        cases_closed=cases.changes.filter(pl.col("change") == "closed").height if cases else 0,
+    )
+    return result, scope
 
 
 def queue_options(writer: Writer, clinics: dict[str, Clinic], settings: Settings) -> pl.DataFrame:
@@ -252,5 +306,4 @@ def scoring_totals(runs: list[ScoringResult]) -> ScoringResult:
 
 def standing(writer: Writer) -> ScoringResult:
     """The queue as it stands, for a run that scored nothing (every dyad already scored as a full run would)."""
-    changes = pl.DataFrame(schema={"flag_id": pl.String, "change": pl.String})
-    return ScoringResult(uuid.uuid4().hex[:16], 0, False, 0, 0, 0, 0, *_queue_counts(writer), changes)
+    return ScoringResult(uuid.uuid4().hex[:16], 0, False, 0, 0, 0, 0, *_queue_counts(writer), _no_changes())

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
 
 import duckdb
 
@@ -37,15 +39,10 @@ def test_an_incremental_night_leaves_every_dyad_as_a_full_rescore_would(settings
     first = generate_sample(settings.inbox, clinics=3, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
     add_profiles(settings.clinics_file, first.profiles)
     export = next(f for f in first.files if f.layout == "us_csv" and "corrected" not in f.path.name)
-    rows = list(csv.reader(io.StringIO(export.path.read_text(encoding="utf-8"))))
+    text = export.path.read_text(encoding="utf-8")
     run_nightly(settings)
     # the clinic corrects a few sessions: their alliance falls (too little to re-estimate reliable change)
-    goals = rows[0].index("SRS Goals & Topics")
-    for row in rows[1:8]:
-        row[goals] = "2.0"
-    corrected = io.StringIO()
-    csv.writer(corrected, lineterminator="\r\n").writerows(rows)
-    (export.path.parent / "corrected_again.csv").write_text(corrected.getvalue(), encoding="utf-8")
+    _lowered(text, export.path.parent / "corrected_again.csv")
     night = run_nightly(settings)
     assert [r.status for r in night.exports] == ["loaded"] and night.exports[0].rows_updated > 0
     scored = night.exports[0].scoring
@@ -69,3 +66,47 @@ def test_a_night_re_scores_everything_when_a_clinics_rules_change(settings: Sett
     changed = run_nightly(settings)
     assert changed.scoring is not None and changed.scoring.dyads_scored > 0
     assert _last_run(settings) == ("rescore", changed.scoring.dyads_scored)
+
+
+def test_a_batch_cut_short_is_settled_by_the_next_as_if_it_had_ended(tmp_path: Path) -> None:
+    from alliance.home import init_home
+    from alliance.settings import load_settings
+    from flows.pipeline import ingest_file
+    from flows.reviews import settle_scores
+    from tests.conftest import TEST_KEY
+
+    homes = []
+    for name in ("cut", "whole"):
+        settings = load_settings(tmp_path / name)
+        init_home(settings)
+        settings.key_file.write_text(TEST_KEY + "\n")
+        sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
+        add_profiles(settings.clinics_file, sample.profiles)
+        export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
+        text = export.path.read_text(encoding="utf-8")
+        run_nightly(settings)
+        homes.append((settings, _lowered(text, export.path.parent / "corrected_again.csv")))
+    (cut, corrected), (whole, _) = homes
+    started = datetime.now(UTC)
+    result = ingest_file(corrected, cut, publish=False, in_batch=True)  # then the batch is killed
+    assert result.scoring is not None and not result.scoring.recalibrated
+    with duckdb.connect(str(cut.warehouse), read_only=True) as con:
+        waiting = con.execute("SELECT value FROM meta WHERE key = 'pending_clinics'").fetchone()
+    assert waiting is not None and json.loads(waiting[0]) == [corrected.parent.name]
+    settle_scores(cut, [], started)  # the next batch has no file of that clinic, and settles it all the same
+    run_nightly(whole)  # the same file in a batch that ends
+    assert _scored(cut) == _scored(whole)
+    with duckdb.connect(str(cut.warehouse), read_only=True) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'pending_clinics'").fetchone() == ("[]",)
+
+
+def _lowered(text: str, target: Path) -> Path:
+    """The export again with the goals of its first sessions at 2: an alliance that falls, a corrected file."""
+    rows = list(csv.reader(io.StringIO(text)))
+    goals = rows[0].index("SRS Goals & Topics")
+    for row in rows[1:8]:
+        row[goals] = "2.0"
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
+    target.write_text(out.getvalue(), encoding="utf-8")
+    return target
