@@ -103,8 +103,12 @@ def test_a_batch_cut_short_is_settled_by_the_next_as_if_it_had_ended(tmp_path: P
 def _lowered(text: str, target: Path) -> Path:
     """The export again with the goals of its first sessions at 2: an alliance that falls, a corrected file."""
     rows = list(csv.reader(io.StringIO(text)))
-    goals = rows[0].index("SRS Goals & Topics")
+    goals, total = rows[0].index("SRS Goals & Topics"), rows[0].index("SRS Total")
     for row in rows[1:8]:
+        try:
+            row[total] = f"{float(row[total]) - float(row[goals]) + 2.0:.1f}"
+        except ValueError:
+            continue  # a planted invalid cell: left as it is
         row[goals] = "2.0"
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerows(rows)
