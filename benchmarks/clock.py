@@ -200,7 +200,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     # phases of the nightly run, inclusive
     clock.phase(flows.nightly, "ingest_file", "ingest", per_file=True)
     clock.phase(flows.pipeline, "ingest_file", "ingest", per_file=True)  # `alliance ingest` looks it up here
-    clock.phase(flows.nightly, "sweep_clinic", "sweep")
+    clock.phase(flows.nightly, "sweep_clinics", "sweep")
     clock.phase(flows.nightly, "settle_scores", "settle")
     clock.phase(flows.reviews, "settle_scores", "settle")  # `alliance ingest` of several files settles at its end
     clock.phase(flows.nightly, "deliver_alerts", "alerts")
@@ -210,4 +210,4 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
         clock.call(serve, "clinic_summary", "alert.summary", opaque=True)
         clock.phase(serve, "settle_scores", "settle")
         clock.phase(ingest, "deliver_alerts", "alerts")
-        clock.phase(serve, "sweep_clinic", "sweep")
+        clock.phase(serve, "sweep_clinics", "sweep")

@@ -33,13 +33,18 @@ class NightlyReport:
 
 
 def sweep_clinic(settings: Settings, clinic_id: str | None = None) -> tuple[list[ExportResult], list[str]]:
-    """Ingest every complete file still in an inbox (one clinic's, or all); one bad file stops nothing.
+    """Ingest every complete file still in an inbox (one clinic's, or all); one bad file stops nothing."""
+    return sweep_clinics(settings, None if clinic_id is None else [clinic_id])
 
-    The nightly flow runs this once per clinic through its task runner, so clinics fan out in parallel.
+
+def sweep_clinics(settings: Settings, clinic_ids: list[str] | None) -> tuple[list[ExportResult], list[str]]:
+    """Ingest every complete file in these clinics' inboxes (all when None), read and validated as one batch.
+
+    The Prefect nightly runs this for a few batches of clinics through its task runner, in parallel.
     """
     results: list[ExportResult] = []
     errors: list[str] = []
-    paths = inbox_files(settings, clinic_id)
+    paths = inbox_files(settings, clinic_ids)
     validate = prevalidate(paths, settings)  # one GX validation per instrument for the whole sweep
     for path in paths:
         try:

@@ -632,12 +632,13 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
     return prevalidated
 
 
-def inbox_files(settings: Settings, clinic_id: str | None = None) -> list[Path]:
-    """Complete export files waiting in every clinic's inbox (or one clinic's), oldest first (the watcher's
-    own definition). One clinic's sweep lists only its own folder: a network-wide listing per clinic would
-    cost the night one full listing per clinic."""
+def inbox_files(settings: Settings, clinics: str | list[str] | None = None) -> list[Path]:
+    """Complete export files waiting in every clinic's inbox (or these clinics'), oldest first (the watcher's
+    own definition). A sweep of some clinics lists only their folders: a network-wide listing per clinic
+    would cost the night one full listing per clinic."""
     if not settings.inbox.exists():
         return []
-    pattern = "*/*" if clinic_id is None else f"{glob.escape(clinic_id)}/*"
-    found = [p for p in settings.inbox.glob(pattern) if is_candidate(p, settings.inbox)]
+    ids = [clinics] if isinstance(clinics, str) else clinics
+    patterns = ["*/*"] if ids is None else [f"{glob.escape(clinic_id)}/*" for clinic_id in ids]
+    found = [p for pattern in patterns for p in settings.inbox.glob(pattern) if is_candidate(p, settings.inbox)]
     return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
