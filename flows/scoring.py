@@ -66,12 +66,18 @@ def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataF
     return pl.concat(parts) if parts else session_features(ratings)
 
 
-def _stale(writer: Writer, counts: dict[str, int], growth: float) -> bool:
-    """True when an instrument's ratings grew past ``growth`` since reliable change was last estimated, or it
-    was never estimated. An instrument with too few pairs for an estimate waits for growth like any other."""
+def _estimated_on(writer: Writer) -> dict[str, int]:
+    """Ratings per instrument when reliable change was last estimated (or tried: too few pairs give none)."""
     estimated_on = {row["instrument"]: row["n_scores"] for row in writer.current_calibrations().iter_rows(named=True)}
     for code, n in json.loads(writer.meta_value(ESTIMATED_ON) or "{}").items():
         estimated_on[code] = max(n, estimated_on.get(code, 0))
+    return estimated_on
+
+
+def _stale(writer: Writer, counts: dict[str, int], growth: float) -> bool:
+    """True when an instrument's ratings grew past ``growth`` since reliable change was last estimated, or it
+    was never estimated. An instrument with too few pairs for an estimate waits for growth like any other."""
+    estimated_on = _estimated_on(writer)
     return any(code not in estimated_on or n > estimated_on[code] * (1 + growth) for code, n in counts.items())
 
 
@@ -88,7 +94,7 @@ def _calibrations(
     writer: Writer, growth: float, force: bool, in_batch: bool = False
 ) -> tuple[dict[str, Calibration], dict[str, ExpectedCurve], bool]:
     """Current reliable-change estimates and expected trajectories; re-estimated when missing, forced, or the
-    data grew enough — except for a file of a batch, whose batch re-estimates once at its end."""
+    data grew enough — growth in a file of a batch waits for the batch's end, which re-estimates once."""
     stored = {
         row["instrument"]: Calibration(
             row["instrument"], row["sd"], row["r"], row["rc"], row["n_scores"], row["n_pairs"], row["within_sd"]
@@ -97,7 +103,10 @@ def _calibrations(
     }
     curves = curves_of(writer.current_expected())
     counts = writer.rating_counts()
-    if not force and (in_batch or not _stale(writer, counts, growth)):
+    if not force and not _stale(writer, counts, growth):
+        return stored, curves, False
+    # a file of a batch waits for the batch's end, unless an instrument was never estimated at all
+    if not force and in_batch and set(counts) <= set(_estimated_on(writer)):
         return stored, curves, False
     writer.set_meta(ESTIMATED_ON, json.dumps(counts, sort_keys=True))
     features = session_features(writer.ratings_of(None))
