@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -59,6 +60,14 @@ FLAG_SCHEMA: dict[str, pl.DataType] = {
     "worsened_at": pl.Datetime("us", "UTC"),
     "resolved_at": pl.Datetime("us", "UTC"),
     "resolution": pl.String(),
+}
+MARK_SCHEMA: dict[str, pl.DataType] = {
+    "dyad_id": pl.String(),
+    "instrument": pl.String(),
+    "session_number": pl.Int32(),
+    "session_date": pl.Date(),
+    "rules": pl.List(pl.String),
+    "risk": pl.Float64(),
 }
 RC_RULES = ("reliable_decrease", "sudden_loss", "declining_trend", "not_on_track")
 
@@ -119,16 +128,18 @@ def score(
     configs: dict[str, RuleConfig],
     calibrations: dict[str, Calibration],
     curves: dict[str, ExpectedCurve] | None = None,
+    episodes_of: Callable[[Series, Thresholds], list[Episode]] = series_episodes,
 ) -> Scored:
     """Run every rule over every dyad's series in ``features`` (from ``session_features``), with each
-    instrument's reliable change and, when estimated, its expected trajectory."""
+    instrument's reliable change and, when estimated, its expected trajectory. ``episodes_of`` is the rule set
+    (the tests pass the reference rules as the oracle)."""
     curves = curves or {}
     series_cols = ["session_date", "session_number", "score", "items", "slope"]
     grouped = features.group_by(["dyad_id", "instrument"], maintain_order=True).agg(
         pl.first("clinic_id"), pl.first("client_id"), pl.first("therapist_id"), *series_cols
     )
     findings: list[dict[str, Any]] = []
-    marks: list[dict[str, Any]] = []
+    marks: dict[str, list[Any]] = {name: [] for name in MARK_SCHEMA}
     by_dyad: dict[str, list[tuple[Series, list[Episode], Calibration | None]]] = {}
     dyads: dict[str, dict[str, Any]] = {}
     for row in grouped.iter_rows(named=True):
@@ -137,7 +148,7 @@ def score(
         rc, sd = (cal.rc, cal.within_sd) if cal else (None, None)
         config = configs.get(row["clinic_id"], RuleConfig())
         s = Series(inst, row["session_date"], row["session_number"], row["score"], row["items"], row["slope"])
-        episodes = series_episodes(s, Thresholds.of(config, inst, rc, sd, curves.get(inst.code)))
+        episodes = episodes_of(s, Thresholds.of(config, inst, rc, sd, curves.get(inst.code)))
         dyads[row["dyad_id"]] = row
         by_dyad.setdefault(row["dyad_id"], []).append((s, episodes, cal))
     for dyad_id, series_list in by_dyad.items():
@@ -150,42 +161,17 @@ def score(
                     episodes = [*episodes, escalated]
             findings.extend(_finding(dyad, s, e, cal) for e in episodes)
             rules_at, risk_at = _session_marks(len(s.scores), episodes)
-            marks.append(
-                {
-                    "dyad_id": dyad_id,
-                    "instrument": s.instrument.code,
-                    "session_number": s.numbers,
-                    "session_date": s.dates,
-                    "rules": rules_at,
-                    "risk": risk_at,
-                }
-            )
-    session_marks = (
-        pl.DataFrame(
-            marks,
-            schema={
-                "dyad_id": pl.String,
-                "instrument": pl.String,
-                "session_number": pl.List(pl.Int32),
-                "session_date": pl.List(pl.Date),
-                "rules": pl.List(pl.List(pl.String)),
-                "risk": pl.List(pl.Float64),
-            },
-        ).explode(["session_number", "session_date", "rules", "risk"])
-        if marks
-        else pl.DataFrame(
-            schema={
-                "dyad_id": pl.String,
-                "instrument": pl.String,
-                "session_number": pl.Int32,
-                "session_date": pl.Date,
-                "rules": pl.List(pl.String),
-                "risk": pl.Float64,
-            }
-        )
-    )
+            n = len(s.scores)
+            marks["dyad_id"].extend([dyad_id] * n)
+            marks["instrument"].extend([s.instrument.code] * n)
+            marks["session_number"].extend(s.numbers)
+            marks["session_date"].extend(s.dates)
+            marks["rules"].extend(rules_at)
+            marks["risk"].extend(risk_at)
+    session_marks = pl.DataFrame(marks, schema=MARK_SCHEMA)
     sessions = features.join(session_marks, on=["dyad_id", "instrument", "session_date", "session_number"], how="left")
-    return Scored(pl.DataFrame(findings, schema=FINDING_SCHEMA), sessions)
+    columns = {name: [f[name] for f in findings] for name in FINDING_SCHEMA}
+    return Scored(pl.DataFrame(columns, schema=FINDING_SCHEMA), sessions)
 
 
 def silence_threshold(config: RuleConfig, cadence_days: float | None) -> int:

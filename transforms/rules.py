@@ -6,6 +6,7 @@ import math
 import statistics
 from collections.abc import Callable
 
+from transforms import exact
 from transforms.episodes import (
     ALLIANCE_RULES,
     DECLINE_RULES,
@@ -103,14 +104,14 @@ def new_low(s: Series, th: Thresholds) -> list[Episode]:
             len(prior) >= 2
             and x[i] < cutoff - EPS
             and min(prior) >= cutoff - EPS
-            and statistics.mean(prior) - x[i] >= rc - EPS
+            and exact.mean(prior) - x[i] >= rc - EPS
         )
 
     episodes: list[Episode] = []
     for i in range(len(x)):
         if not opens(i):
             continue
-        level = statistics.mean(x[:i])
+        level = exact.mean(x[:i])
         j = i
         while j + 1 < len(x) and x[j + 1] < cutoff - EPS:
             j += 1
@@ -181,7 +182,7 @@ def sudden_loss(s: Series, th: Thresholds) -> list[Episode]:
         fall = x[n - 1] - x[n]
         pre, post = x[max(0, n - 3) : n], x[n : n + 3]
         # (b) on a 0–40 ceiling scale: a reliable change below the pre-loss level, not a quarter of the score
-        if not (fall >= rc - EPS and statistics.mean(pre) - x[n] >= rc - EPS):
+        if not (fall >= rc - EPS and exact.mean(pre) - x[n] >= rc - EPS):
             continue
         criteria = {"a": True, "b": True}
         head = f"{s.instrument.code} fell from {_fmt(x[n - 1])} to {_fmt(x[n])} at {s.at(n)}: sudden loss"
@@ -195,7 +196,7 @@ def sudden_loss(s: Series, th: Thresholds) -> list[Episode]:
         else:
             t = T_CRITICAL[len(pre) + len(post) - 2]
             pooled = _pooled_sd(pre, post)
-            met = statistics.mean(pre) - statistics.mean(post) > t * pooled + EPS
+            met = exact.mean(pre) - exact.mean(post) > t * pooled + EPS
             criteria["c"] = met
             episode.evidence.update({"t": t, "pooled_sd": pooled})
             if not met:
@@ -206,7 +207,7 @@ def sudden_loss(s: Series, th: Thresholds) -> list[Episode]:
                 continue
             episode.reason = f"{head}, 3 criteria met"
         episode.evidence["criteria"] = criteria
-        pre_mean = statistics.mean(pre)
+        pre_mean = exact.mean(pre)
         current = episode
         episodes.append(episode)
     for episode in episodes:
@@ -231,12 +232,11 @@ def rupture(s: Series, th: Thresholds) -> list[Episode]:
         return []
     means: list[float] = []
     sds: list[float] = []
-    for i in range(len(x)):
-        prior = x[:i]
-        pooled = th.pooled_sd or 0.0
-        own = statistics.stdev(prior) if len(prior) >= OWN_SD_SESSIONS else 0.0
-        means.append(statistics.mean(prior) if prior else 0.0)
-        sds.append(max(own, pooled) if len(prior) >= 2 else 0.0)
+    pooled = th.pooled_sd or 0.0
+    for i, (mean, sd) in enumerate(exact.prefix_moments(x)):
+        own = sd if sd is not None and i >= OWN_SD_SESSIONS else 0.0
+        means.append(mean if mean is not None else 0.0)
+        sds.append(max(own, pooled) if i >= 2 else 0.0)
 
     def opens(i: int) -> float | None:
         if sds[i] <= 0:
@@ -291,20 +291,22 @@ def declining_trend(s: Series, th: Thresholds) -> list[Episode]:
     def before(i: int) -> float:
         return statistics.median(x[max(0, i - w - 2) : i - w + 1])
 
+    start = exact.mean(x[:3]) if len(x) > 5 else 0.0
+
     def held_low(i: int) -> float | None:
         # a slide too noisy for the slope: the last two sessions both below the first three's mean and
         # on average a reliable change below it
         if th.rc is None or i < 5:
             return None
-        start, recent = statistics.mean(x[:3]), x[i - 1 : i + 1]
-        return start if max(recent) < start - EPS and start - statistics.mean(recent) >= th.rc - EPS else None
+        recent = x[i - 1 : i + 1]
+        return start if max(recent) < start - EPS and start - exact.mean(recent) >= th.rc - EPS else None
 
     def starts(i: int) -> float | None:
         # two steep windows in a row: one noisy window at the ceiling is not a slide
         if i < w or not (steep(i) and steep(i - 1)):
             return held_low(i)
         level = before(i)
-        return level if level - statistics.mean(x[i - 1 : i + 1]) >= th.trend_decline - EPS else held_low(i)
+        return level if level - exact.mean(x[i - 1 : i + 1]) >= th.trend_decline - EPS else held_low(i)
 
     def describe(e: Episode, ref: float) -> str:
         slope = slopes[e.start] or 0.0
@@ -435,7 +437,7 @@ def series_episodes(s: Series, th: Thresholds) -> list[Episode]:
     last = len(s.scores) - 1
     recent = s.scores[max(0, last - 3) : last]
     # a fall of twice the reliable change below the recent level is no session-to-session noise
-    severe = bool(th.rc and recent and statistics.mean(recent) - s.scores[last] >= SEVERE_RC * th.rc - EPS)
+    severe = bool(th.rc and recent and exact.mean(recent) - s.scores[last] >= SEVERE_RC * th.rc - EPS)
     for episode in found:
         # one session of evidence at the latest session: shown, but queued only once the next session agrees
         single = episode.start == episode.last == last and not episode.evidence.get("fell_before")
