@@ -24,7 +24,7 @@ from tests.conftest import TEST_KEY
 from tests.reference import rules as reference
 from transforms import exact
 from transforms.calibration import Calibration
-from transforms.expected import curves_of
+from transforms.expected import ExpectedCurve, curves_of
 from transforms.flags import Scored, score
 
 scores = st.floats(min_value=0, max_value=40).map(lambda v: round(v, 1))
@@ -40,9 +40,14 @@ def test_exact_means_and_sds_are_statistics_own(values: list[float]) -> None:
         assert sd == (statistics.stdev(values[:i]) if i >= 2 else None)
 
 
-def assert_same(features: pl.DataFrame, configs: dict[str, RuleConfig], *args: object) -> Scored:
-    fast = score(features, configs, *args)  # type: ignore[arg-type]
-    clear = score(features, configs, *args, episodes_of=reference.series_episodes)  # type: ignore[arg-type]
+def assert_same(
+    features: pl.DataFrame,
+    configs: dict[str, RuleConfig],
+    calibrations: dict[str, Calibration],
+    curves: dict[str, ExpectedCurve],
+) -> Scored:
+    fast = score(features, configs, calibrations, curves)
+    clear = score(features, configs, calibrations, curves, episodes_of=reference.series_episodes)
     assert_frame_equal(fast.findings, clear.findings)
     assert_frame_equal(fast.sessions, clear.sessions)
     return fast
