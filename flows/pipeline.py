@@ -530,7 +530,8 @@ def _load_and_score(
     """Load one prepared export and score the dyads it touched, inside the caller's transaction."""
     counts = writer.load_export(ledger, prepared.ratings, prepared.quarantine, prepared.client_refs)
     fault_point("load", ledger.file_name)
-    # scored in the same transaction: a crash never leaves ratings without their flags
+    # scored in the same transaction (or, in a batch that re-scores all at its end, marked due): a crash never
+    # leaves ratings without their flags, or without a full scoring due
     scoring = (
         score_dyads(
             writer, clinics, settings, list(counts.touched_dyads), export_id=ledger.export_id, in_batch=in_batch

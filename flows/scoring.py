@@ -24,6 +24,7 @@ from transforms.trajectory import session_features
 ESTIMATED_ON = "estimated_on"  # meta key: ratings per instrument when reliable change was last estimated
 PENDING_CLINICS = "pending_clinics"  # meta key: clinics whose batch files await their silence, queue and cases
 SCORED_WITH = "scored_with"  # meta key: the fingerprint of what every dyad's flags were last computed from
+DEFERRED = "deferred"  # scored_with while a batch left its files unscored for the full scoring at its end
 SESSION_TABLE_COLUMNS = (
     "dyad_id", "clinic_id", "therapist_id", "client_id", "instrument", "session_index", "session_date",
     "session_number", "score", "items", "delta", "baseline", "slope", "ewma", "dyad_mean", "dyad_sd", "z_own",
@@ -151,11 +152,17 @@ def score_dyads(
 ) -> ScoringResult:
     """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full.
 
-    ``in_batch``: the dyads of one file of a sweep or multi-file ingest, scored on the calibration as it
-    stands; their clinics' silence, queue and cases wait for the batch's end (``settle_clinics``, through
-    ``settle_scores``), which also re-estimates reliable change once, if due, and then re-scores all. The
-    clinics waiting are kept in ``meta`` in the file's own transaction, so a batch cut short is settled by the next.
+    ``in_batch``: the dyads of one file of a sweep or multi-file ingest. Not scored at all when the batch's
+    end will re-score every dyad (``full_scoring_due``); otherwise scored on the calibration as it stands,
+    their clinics' silence, queue and cases waiting for the batch's end (``settle_clinics``, through
+    ``settle_scores``). The clinics waiting are kept in ``meta`` in the file's own transaction, so a batch
+    cut short is settled by the next.
     """
+    if in_batch and dyad_ids is not None and full_scoring_due(writer, clinics, settings):
+        # the batch's end re-scores every dyad: scoring these now would be done twice. The mark keeps the full
+        # scoring due, should the batch be cut short, even if the rules are changed back before the next run
+        writer.set_meta(SCORED_WITH, DEFERRED)
+        return standing(writer)
     started = datetime.now(UTC)
     configs = {cid: clinic.rules for cid, clinic in clinics.items()}
     growth = settings.recalibrate_growth

@@ -114,3 +114,37 @@ def _lowered(text: str, target: Path) -> Path:
     csv.writer(out, lineterminator="\r\n").writerows(rows)
     target.write_text(out.getvalue(), encoding="utf-8")
     return target
+
+
+def _runs(settings: Settings) -> list[tuple[str, int]]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        rows = con.execute("SELECT kind, dyads_scored FROM scoring_runs ORDER BY started_at").fetchall()
+    return [(str(kind), int(n)) for kind, n in rows]
+
+
+def test_a_batch_whose_end_re_scores_every_dyad_scores_each_once(tmp_path: Path) -> None:
+    from alliance.home import init_home
+    from alliance.settings import load_settings
+    from flows.pipeline import ingest_file
+    from tests.conftest import TEST_KEY
+
+    homes = []
+    for name in ("cut", "whole"):
+        settings = load_settings(tmp_path / name)
+        init_home(settings)
+        settings.key_file.write_text(TEST_KEY + "\n")
+        sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
+        add_profiles(settings.clinics_file, sample.profiles)
+        homes.append((settings, sample))
+    (whole, _), (cut, sample) = homes[1], homes[0]
+    night = run_nightly(whole)  # a first load: reliable change is estimated at the batch's end, once
+    assert all(r.scoring is None or r.scoring.dyads_scored == 0 for r in night.exports)
+    assert _runs(whole) == [("rescore", night.scoring.dyads_scored if night.scoring else -1)]
+    first = sample.files[0].path
+    result = ingest_file(first, cut, publish=False, in_batch=True)  # then the batch is killed
+    assert result.status == "loaded" and result.scoring is not None and result.scoring.dyads_scored == 0
+    with duckdb.connect(str(cut.warehouse), read_only=True) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'scored_with'").fetchone() == ("deferred",)
+        assert con.execute("SELECT count(*) FROM flags").fetchone() == (0,)  # ratings waiting for the batch's end
+    run_nightly(cut)  # the next run sweeps the rest and scores every dyad, those of the first file too
+    assert _scored(cut) == _scored(whole)
