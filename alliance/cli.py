@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -199,6 +200,7 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     from datetime import UTC, datetime
 
     from alliance.errors import ExportGone, KeyMissing
+    from alliance.storage import writer_lease
     from flows.pipeline import ExportResult, Validator, ingest_file, prevalidate
     from flows.reviews import settle_scores
 
@@ -206,7 +208,8 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     validate: Validator | None = None
     batch, started = len(paths) > 1, datetime.now(UTC)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
+    leased = writer_lease(settings.warehouse) if batch else contextlib.nullcontext()  # files share a session
+    with leased, Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("ingesting", total=len(paths))
         for index, path in enumerate(paths):
             if len(paths) > 1 and index % PREVALIDATE_FILES == 0:  # GX once per instrument for the next files

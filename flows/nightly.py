@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import polars as pl
 
 from alliance.clinics import load_clinics
 from alliance.errors import AllianceError, ExportGone
 from alliance.settings import Settings
-from alliance.storage import Warehouse
+from alliance.storage import Warehouse, writer_lease
 from flows.alerting import AlertReport, Secret, deliver_alerts
-from flows.pipeline import ExportResult, inbox_files, ingest_file, prevalidate
+from flows.pipeline import ExportResult, Validator, inbox_files, ingest_file, prevalidate
 from flows.reviews import settle_scores
 from flows.scoring import ScoringResult, scoring_totals
 
@@ -46,6 +47,14 @@ def sweep_clinics(settings: Settings, clinic_ids: list[str] | None) -> tuple[lis
     errors: list[str] = []
     paths = inbox_files(settings, clinic_ids)
     validate = prevalidate(paths, settings)  # one GX validation per instrument for the whole sweep
+    with writer_lease(settings.warehouse):  # files share a writer session for a few seconds at a time
+        _ingest_each(paths, settings, validate, results, errors)
+    return results, errors
+
+
+def _ingest_each(
+    paths: list[Path], settings: Settings, validate: Validator, results: list[ExportResult], errors: list[str]
+) -> None:
     for path in paths:
         try:
             # scores settled and snapshots published once, at the end of the night
@@ -59,7 +68,6 @@ def sweep_clinics(settings: Settings, clinic_ids: list[str] | None) -> tuple[lis
             errors.append(f"{path.name}: unexpected {type(exc).__name__}; left in place, the night went on")
             log.warning("nightly sweep: %s (clinic %s): unexpected %s", path.name, path.parent.name,
                         type(exc).__name__)  # fmt: skip
-    return results, errors
 
 
 def failed_files(exports: list[ExportResult], errors: list[str]) -> int:

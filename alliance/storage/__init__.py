@@ -1,5 +1,6 @@
 """The warehouse: the only package that imports duckdb, knows the file, the writer lock and the tables."""
 
+from alliance.storage.lease import writer_lease
 from alliance.storage.ledger import LEDGER_COUNTS, Ledger, LoadCounts
 from alliance.storage.schema import (
     CURRENT_FLAG,
@@ -47,4 +48,5 @@ __all__ = [
     "free_mb",
     "is_storage_failure",
     "table_checksums",
+    "writer_lease",
 ]

@@ -18,6 +18,7 @@ from filelock import FileLock, Timeout
 from alliance.errors import StorageError, WarehouseBusy
 from alliance.permissions import OWNER_FILE, make_private, private_umask, settle_folders, snapshot_groups
 from alliance.settings import Settings
+from alliance.storage.lease import current
 from alliance.storage.ledger import LedgerTables
 from alliance.storage.maintenance import Maintenance
 from alliance.storage.reviews import ReviewTables
@@ -60,8 +61,18 @@ class Warehouse:
     def writer(self) -> Iterator[Writer]:
         """The one writer: a cross-process lock with a bounded wait, then a read-write connection.
 
-        Files it creates (the warehouse, its WAL, snapshots) are owner-only whatever the umask.
+        Files it creates (the warehouse, its WAL, snapshots) are owner-only whatever the umask. Within a batch's
+        ``writer_lease`` (alliance.storage.lease), consecutive sessions share one connection for a few seconds.
         """
+        lease = current(self.path)
+        if lease is None:
+            with self._session() as writer:
+                yield writer
+        else:
+            yield from lease.use(self._session)
+
+    @contextmanager
+    def _session(self) -> Iterator[Writer]:
         private_umask()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         settle_folders(self.path.parent, bool(self.snapshot_groups))
