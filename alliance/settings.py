@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         ge=0,
         description="A file is read only once its size and mtime have not changed for this long (still being written).",
     )
+    runner_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often `alliance serve` asks Prefect for runs to start (Prefect's default, 10 s, adds 0–10 s "
+        "to every file's landing-to-alert time).",
+    )
     require_final_newline: bool = Field(
         default=True, description="CSV files not ending in a newline are rejected: truncated or still being written."
     )

@@ -128,6 +128,6 @@ def serve_everything(settings: Settings, polling: bool = False) -> None:
     log.info("Prefect API %s; watching %s", os.environ.get("PREFECT_API_URL"), settings.inbox)
     with InboxWatcher(settings, polling=polling, settle_seconds=settings.settle_s):
         try:
-            serve(*deployments(settings))  # type: ignore[arg-type]
+            serve(*deployments(settings), query_seconds=settings.runner_poll_s)  # type: ignore[arg-type]
         except KeyboardInterrupt:
             log.info("stopping")
