@@ -50,12 +50,15 @@ def _link(settings: Settings) -> Callable[[dict], str]:
 
 def pending_cases(warehouse: Warehouse, clinic_ids: list[str] | None) -> pl.DataFrame:
     """Open and acknowledged cases with their alert key and the close reason of the dyad's previous case."""
-    with warehouse.reader() as reader:
-        cases = reader.frame(
-            """SELECT c.*, p.close_reason AS back_after FROM cases c
-            LEFT JOIN cases p ON p.case_id = c.previous_case_id
-            WHERE c.status IN ('open', 'acknowledged')"""
-        )
+    query = """SELECT c.*, p.close_reason AS back_after FROM cases c
+        LEFT JOIN cases p ON p.case_id = c.previous_case_id
+        WHERE c.status IN ('open', 'acknowledged')"""
+    if warehouse.path.exists():  # the writer's own tables: a file's run alerts before it publishes the snapshots
+        with warehouse.writer() as writer:
+            cases = writer.frame(query)
+    else:
+        with warehouse.reader() as reader:
+            cases = reader.frame(query)
     if clinic_ids is not None:
         cases = cases.filter(pl.col("clinic_id").is_in(clinic_ids))
     keys = [alert_key(row) for row in cases.iter_rows(named=True)]

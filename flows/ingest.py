@@ -1,4 +1,4 @@
-"""Prefect flow for one export file: ingest, score, alert. Triggered by an alliance.export.received event."""
+"""Prefect flow for one export file: ingest, score, alert, publish. Triggered by an alliance.export.received event."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from alliance.clinics import load_clinics
 from alliance.errors import AllianceError, ExportGone, WarehouseBusy
 from alliance.settings import load_settings
+from alliance.storage import Warehouse
 from flows.alerting import deliver_alerts
 from flows.events import EXPORT_RECEIVED, ingest_parameters
 from flows.pipeline import ExportResult, ingest_file
@@ -39,10 +40,20 @@ def busy(task: object, run: object, state: object) -> bool:
 def ingest_task(path: str, home: str | None, clinic_id: str | None) -> dict[str, object]:
     """Ingest one file; counts only in the result (no client data in Prefect's result store)."""
     try:
-        result = ingest_file(Path(path), load_settings(Path(home) if home else None), clinic_id=clinic_id)
+        settings = load_settings(Path(home) if home else None)
+        # the snapshots are published after the alerts: rebuilding them grows with the history, an alert must not
+        result = ingest_file(Path(path), settings, clinic_id=clinic_id, publish=False)
     except ExportGone as gone:  # the nightly sweep (or another event) took it first
         result = ExportResult(Path(path).name, clinic_id or Path(path).parent.name, "taken", "", error=str(gone))
     return summary(result)
+
+
+@task(retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=busy, persist_result=False)
+def publish_task(home: str | None, clinic_ids: list[str] | None) -> int:
+    """Publish the network's snapshot and these clinics' (all when None); the number of snapshots written."""
+    warehouse = Warehouse.of(load_settings(Path(home) if home else None))
+    with warehouse.writer() as writer:
+        return len(writer.publish(warehouse.snapshots, clinic_ids))
 
 
 @task(retries=2, retry_delay_seconds=[30, 120], persist_result=False)
@@ -68,6 +79,7 @@ def summary(result: ExportResult) -> dict[str, object]:
         "error": result.error,
         "flags_new": result.scoring.new if result.scoring else 0,
         "flags_worsened": result.scoring.worsened if result.scoring else 0,
+        "recalibrated": bool(result.scoring and result.scoring.recalibrated),
     }
 
 
@@ -93,4 +105,6 @@ def ingest_export(path: str, home: str | None = None, clinic_id: str | None = No
     if result["status"] == "loaded" and (result["flags_new"] or result["flags_worsened"]):
         alerts = alert_task(home, [str(result["clinic_id"])])
         logger.info("alerts: %s sent, %s failed", alerts["sent"], alerts["failed"])
+    if result["status"] not in ("taken", "unsettled"):  # what ingest_file would have published itself
+        publish_task(home, None if result["recalibrated"] else [str(result["clinic_id"])])
     return result

@@ -74,5 +74,13 @@ def test_a_file_dropped_in_the_inbox_is_loaded_flagged_and_alerted(
         assert con.execute("SELECT count(*) FROM ratings").fetchall()[0][0] == summary["rows_new"]
         assert con.execute("SELECT count(*) FROM flags WHERE status = 'open'").fetchall()[0][0] > 0
         assert con.execute("SELECT status FROM alerts").fetchall()[0] == ("sent",)
+        # the alert goes out before the snapshots are rebuilt (their cost grows with the history); then they are
+        alerted, published = con.execute(
+            """SELECT (SELECT min(attempted_at) FROM alerts),
+                      (SELECT max(published_at) FROM snapshots WHERE path = 'network.duckdb')"""
+        ).fetchone()
+        assert alerted < published
+    with duckdb.connect(str(settings.warehouse.with_name("snapshots") / "network.duckdb"), read_only=True) as snapshot:
+        assert snapshot.execute("SELECT count(*) FROM cases").fetchall()[0][0] > 0
     assert [r["path"] for r in hook.requests] == ["/lee"]
     assert not dropped.exists()  # archived
