@@ -169,24 +169,30 @@ def score_dyads(
     calibrations, curves, recalibrated = _calibrations(writer, growth, recalibrate, in_batch)
     if recalibrated:
         dyad_ids = None  # a new RC changes every dyad's findings: keep all flags on one calibration
-    ratings = writer.ratings_of(dyad_ids)
-    scope_clinics = None if dyad_ids is None else sorted(set(ratings["clinic_id"].to_list()))
-    scored = score(_features(ratings, configs), configs, calibrations, curves)
-    first = reconcile(scored.findings, writer.flags_of(dyad_ids=dyad_ids, except_rule="stopped_appearing"), started)
-    writer.replace_flags(first.flags)
-    writer.replace_dyad_sessions(dyad_ids, scored.sessions.select(SESSION_TABLE_COLUMNS))
+    scored_dyads, touched_clinics, first_changes = 0, set(), []
+    # every dyad in chunks: memory stays that of one chunk, whatever the network's size
+    for chunk in [dyad_ids] if dyad_ids is not None else _dyad_chunks(writer):
+        ratings = writer.ratings_of(chunk)
+        scored = score(_features(ratings, configs), configs, calibrations, curves)
+        first = reconcile(scored.findings, writer.flags_of(dyad_ids=chunk, except_rule="stopped_appearing"), started)
+        writer.replace_flags(first.flags)
+        writer.replace_dyad_sessions(chunk, scored.sessions.select(SESSION_TABLE_COLUMNS))
+        scored_dyads += ratings["dyad_id"].n_unique()
+        touched_clinics.update(ratings["clinic_id"].unique().to_list())
+        first_changes.append(first.changes)
+    scope_clinics = None if dyad_ids is None else sorted(touched_clinics)
     if in_batch and scope_clinics is not None:
         writer.set_meta(PENDING_CLINICS, json.dumps(sorted({*_pending(writer), *scope_clinics})))
         second, cases = Reconciled(pl.DataFrame(), _no_changes()), CaseUpdate(pl.DataFrame(), _no_changes())
     else:
         second, cases = _clinic_standing(writer, configs, settings, scope_clinics, started)
     case_changes = {name: cases.changes.filter(pl.col("change") == name).height for name in ("new", "back", "worse")}
-    changes = pl.concat([first.changes, second.changes])
+    changes = pl.concat([*first_changes, second.changes])
     counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
     in_queue, active = _queue_counts(writer)
     result = ScoringResult(
         run_id=uuid.uuid4().hex[:16],
-        dyads_scored=ratings["dyad_id"].n_unique(),
+        dyads_scored=scored_dyads,
         recalibrated=recalibrated,
         new=counts["new"],
         worsened=counts["worsened"],
@@ -220,6 +226,18 @@ def score_dyads(
         }
     )
     return result
+
+
+SCORE_CHUNK_DYADS = 20_000  # ≈ 240k ratings: a full scoring's peak memory stays near 1 GB
+
+
+def _dyad_chunks(writer: Writer) -> list[list[str]]:
+    """Every dyad a full scoring covers (rated, flagged or with scored sessions), in chunks of SCORE_CHUNK_DYADS."""
+    ids = writer.frame(
+        """SELECT dyad_id FROM ratings UNION SELECT dyad_id FROM flags UNION SELECT dyad_id FROM dyad_sessions
+        ORDER BY 1"""
+    )["dyad_id"].to_list()
+    return [ids[i : i + SCORE_CHUNK_DYADS] for i in range(0, len(ids), SCORE_CHUNK_DYADS)] or [[]]
 
 
 def _no_changes() -> pl.DataFrame:

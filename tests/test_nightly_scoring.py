@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from alliance.samples import add_profiles, generate_sample
 from alliance.settings import Settings
@@ -148,3 +149,27 @@ def test_a_batch_whose_end_re_scores_every_dyad_scores_each_once(tmp_path: Path)
         assert con.execute("SELECT count(*) FROM flags").fetchone() == (0,)  # ratings waiting for the batch's end
     run_nightly(cut)  # the next run sweeps the rest and scores every dyad, those of the first file too
     assert _scored(cut) == _scored(whole)
+
+
+def test_a_full_scoring_in_chunks_leaves_what_one_pass_leaves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alliance.home import init_home
+    from alliance.settings import load_settings
+    from flows import scoring
+    from tests.conftest import TEST_KEY
+
+    scored = []
+    for name, chunk in (("chunked", 7), ("whole", 10**9)):
+        monkeypatch.setattr(scoring, "SCORE_CHUNK_DYADS", chunk)
+        settings = load_settings(tmp_path / name)
+        init_home(settings)
+        settings.key_file.write_text(TEST_KEY + "\n")
+        sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
+        add_profiles(settings.clinics_file, sample.profiles)
+        first = run_nightly(settings)  # a first load: every dyad scored at the end, in chunks of 7 dyads or one
+        with settings.clinics_file.open("a", encoding="utf-8") as handle:
+            handle.write(f"\n[clinics.{next(iter(sample.profiles))}.rules]\nrupture_k = 1.0\n")
+        second = run_nightly(settings)  # every dyad again, against the flags the first left
+        assert first.scoring is not None and second.scoring is not None
+        scored.append((_scored(settings), first.scoring.dyads_scored, second.scoring.new))
+    assert scored[0] == scored[1]
+    assert scored[0][1] > 7  # more than one chunk
