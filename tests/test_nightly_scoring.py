@@ -14,11 +14,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from alliance.samples import add_profiles, generate_sample
-from alliance.settings import Settings
+from alliance.home import init_home
+from alliance.samples import SampleSet, add_profiles, generate_sample
+from alliance.settings import Settings, load_settings
 from alliance.storage.snapshots import table_checksums
 from flows.nightly import run_nightly
 from flows.reviews import rescore
+from tests.conftest import TEST_KEY
 
 SCORED_TABLES = ("flags", "dyads", "dyad_sessions", "cases", "calibrations", "expected_trajectories")
 
@@ -27,6 +29,16 @@ def _scored(settings: Settings) -> dict[str, tuple[int, str]]:
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
         sums = table_checksums(con, stable_only=True)
     return {table: sums[table] for table in SCORED_TABLES}
+
+
+def _home(folder: Path) -> tuple[Settings, SampleSet]:
+    """A home with two clinics' exports in its inbox, not yet loaded."""
+    settings = load_settings(folder)
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY + "\n")
+    sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
+    add_profiles(settings.clinics_file, sample.profiles)
+    return settings, sample
 
 
 def _last_run(settings: Settings) -> tuple[str, int]:
@@ -70,19 +82,12 @@ def test_a_night_re_scores_everything_when_a_clinics_rules_change(settings: Sett
 
 
 def test_a_batch_cut_short_is_settled_by_the_next_as_if_it_had_ended(tmp_path: Path) -> None:
-    from alliance.home import init_home
-    from alliance.settings import load_settings
     from flows.pipeline import ingest_file
     from flows.reviews import settle_scores
-    from tests.conftest import TEST_KEY
 
     homes = []
     for name in ("cut", "whole"):
-        settings = load_settings(tmp_path / name)
-        init_home(settings)
-        settings.key_file.write_text(TEST_KEY + "\n")
-        sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
-        add_profiles(settings.clinics_file, sample.profiles)
+        settings, sample = _home(tmp_path / name)
         export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
         text = export.path.read_text(encoding="utf-8")
         run_nightly(settings)
@@ -124,18 +129,11 @@ def _runs(settings: Settings) -> list[tuple[str, int]]:
 
 
 def test_a_batch_whose_end_re_scores_every_dyad_scores_each_once(tmp_path: Path) -> None:
-    from alliance.home import init_home
-    from alliance.settings import load_settings
     from flows.pipeline import ingest_file
-    from tests.conftest import TEST_KEY
 
     homes = []
     for name in ("cut", "whole"):
-        settings = load_settings(tmp_path / name)
-        init_home(settings)
-        settings.key_file.write_text(TEST_KEY + "\n")
-        sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
-        add_profiles(settings.clinics_file, sample.profiles)
+        settings, sample = _home(tmp_path / name)
         homes.append((settings, sample))
     (whole, _), (cut, sample) = homes[1], homes[0]
     night = run_nightly(whole)  # a first load: reliable change is estimated at the batch's end, once
@@ -152,19 +150,12 @@ def test_a_batch_whose_end_re_scores_every_dyad_scores_each_once(tmp_path: Path)
 
 
 def test_a_full_scoring_in_chunks_leaves_what_one_pass_leaves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from alliance.home import init_home
-    from alliance.settings import load_settings
     from flows import scoring
-    from tests.conftest import TEST_KEY
 
     scored = []
     for name, chunk in (("chunked", 7), ("whole", 10**9)):
         monkeypatch.setattr(scoring, "SCORE_CHUNK_DYADS", chunk)
-        settings = load_settings(tmp_path / name)
-        init_home(settings)
-        settings.key_file.write_text(TEST_KEY + "\n")
-        sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
-        add_profiles(settings.clinics_file, sample.profiles)
+        settings, sample = _home(tmp_path / name)
         first = run_nightly(settings)  # a first load: every dyad scored at the end, in chunks of 7 dyads or one
         with settings.clinics_file.open("a", encoding="utf-8") as handle:
             handle.write(f"\n[clinics.{next(iter(sample.profiles))}.rules]\nrupture_k = 1.0\n")
