@@ -1,0 +1,77 @@
+"""Snapshots staged by clinic batch and written in one transaction hold exactly what the clinic-by-clinic writer
+(tests/reference/snapshots.py) writes: the same tables, column types, rows and views, network and clinics alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from alliance.home import init_home
+from alliance.samples import add_profiles, generate_sample
+from alliance.settings import Settings, load_settings
+from alliance.storage import Warehouse, table_checksums
+from alliance.storage import snapshots as snapshots_module
+from flows.nightly import run_nightly
+from flows.reviews import list_cases, list_flags, review_case, review_flag
+from tests.conftest import TEST_KEY
+from tests.reference.snapshots import write_snapshot
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Five clinics of realistic exports after a night, with flag and case reviews carrying notes."""
+    root = tmp_path_factory.mktemp("oracle")
+    settings = load_settings(root / "home")
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(root / "drop", clinics=5, weeks=14, seed=11, dyads_per_clinic=10)
+    add_profiles(settings.clinics_file, sample.profiles)
+    for file in sample.files:
+        target = settings.inbox / file.clinic_id / file.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(file.path.read_bytes())
+    run_nightly(settings)
+    flags = list_flags(settings, status="open")
+    for flag_id in flags["flag_id"].head(3):
+        review_flag(settings, flag_id, "acknowledged", "dr.lee", "discussed in supervision")
+    for case_id in list_cases(settings)["case_id"].head(2):
+        review_case(settings, case_id, "acknowledged", "dr.lee", "call planned")
+    return settings
+
+
+def _contents(path: Path) -> dict[str, object]:
+    """Everything a reader of a snapshot file sees: tables with their column types and rows, and the views."""
+    assert not path.with_name(path.name + ".wal").exists()
+    with duckdb.connect(str(path), read_only=True) as con:
+        types = con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() ORDER BY table_name, column_index"
+        ).fetchall()
+        views = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()
+        meta = sorted(con.execute("SELECT * FROM meta").fetchall())
+        return {"types": types, "views": views, "meta": meta, "rows": table_checksums(con)}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 100])
+def test_published_snapshots_equal_the_clinic_by_clinic_writer(
+    network: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    monkeypatch.setattr(snapshots_module, "CLINIC_BATCH", batch)
+    warehouse = Warehouse.of(network)
+    folder = tmp_path / "published"
+    with warehouse.writer() as writer:
+        published = writer.publish(folder, None)
+        clinics = [p.name.removeprefix("clinic-").removesuffix(".duckdb") for p in published[1:]]
+        assert len(clinics) == 5
+        for clinic_id in [None, *clinics]:
+            name = "network.duckdb" if clinic_id is None else f"clinic-{clinic_id}.duckdb"
+            write_snapshot(writer.con, tmp_path / name, clinic_id)
+    for path in published:
+        expected = _contents(tmp_path / path.name)
+        assert _contents(path) == expected, path.name
+        rows = expected["rows"]
+        assert isinstance(rows, dict) and rows["ratings"][0] > 0 and rows["flags"][0] > 0
+    # each review reaches the one clinic snapshot that owns its flag
+    reviews = [_contents(p)["rows"]["reviews"][0] for p in published]  # type: ignore[index]
+    assert reviews[0] >= 3 and sum(reviews[1:]) == reviews[0]
