@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from alliance.home import init_home
-from alliance.samples import add_profiles, generate_sample
+from alliance.samples import SampleFile, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import Warehouse, table_checksums
 from alliance.storage import snapshots as snapshots_module
@@ -75,3 +75,70 @@ def test_published_snapshots_equal_the_clinic_by_clinic_writer(
     # each review reaches the one clinic snapshot that owns its flag
     reviews = [_contents(p)["rows"]["reviews"][0] for p in published]  # type: ignore[index]
     assert reviews[0] >= 3 and sum(reviews[1:]) == reviews[0]
+
+
+def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(tmp_path / "home")
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(tmp_path / "drop", clinics=5, weeks=14, seed=11, dyads_per_clinic=10)
+    add_profiles(settings.clinics_file, sample.profiles)
+    later = [f for f in sample.files if f.clinic_id == "lakeview" or "corrected" in f.path.name]
+    assert len(later) == 2
+
+    def land(files: list[SampleFile]) -> None:
+        for file in files:
+            target = settings.inbox / file.clinic_id / file.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.path.read_bytes())
+        run_nightly(settings)
+
+    land([f for f in sample.files if f not in later])
+    filled: list[tuple[str, bool]] = []
+    fill = snapshots_module.SnapshotPublisher._fill
+
+    def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object) -> None:
+        filled.append((table, bool(args[-1])))
+        fill(self, table, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_fill", spy)
+    warehouse = Warehouse.of(settings)
+    folder = warehouse.snapshots
+
+    def check(round_: str) -> None:
+        (tmp_path / round_).mkdir()
+        with warehouse.writer() as writer:
+            published = writer.publish(folder, None)
+            for path in published:
+                clinic_id = None if path.name == "network.duckdb" else path.stem.removeprefix("clinic-")
+                write_snapshot(writer.con, tmp_path / round_ / path.name, clinic_id)
+        for path in published:
+            assert _contents(path) == _contents(tmp_path / round_ / path.name), (round_, path.name)
+
+    # a second night (a new clinic's file, a corrected re-export), reviews with notes, and edits no pipeline
+    # makes: an exact duplicate row, a changed reason, a deleted rating
+    land(later)
+    review_flag(settings, list_flags(settings)["flag_id"][0], "acknowledged", "dr.lee", "discussed in supervision")
+    with warehouse.writer() as writer:
+        writer.con.execute("INSERT INTO quarantine SELECT * FROM quarantine LIMIT 1")
+        writer.con.execute(
+            "UPDATE flags SET reason = reason || ' (edited)' WHERE flag_id = (SELECT min(flag_id) FROM flags)"
+        )
+        writer.con.execute("DELETE FROM ratings WHERE rowid = (SELECT min(rowid) FROM ratings)")
+    # a published file from another version (a column gone, a table no longer published) and a damaged one
+    network = folder / "network.duckdb"
+    network.chmod(0o600)
+    with duckdb.connect(str(network)) as con:
+        con.execute("ALTER TABLE dyads DROP COLUMN course_open")
+        con.execute("CREATE TABLE retired AS SELECT 1 AS x")
+    (folder / "clinic-harbor.duckdb").chmod(0o600)
+    (folder / "clinic-harbor.duckdb").write_bytes(b"not a database")
+    filled.clear()
+    check("second")
+    assert ("ratings", True) in filled and ("ratings", False) in filled  # copied snapshots, and harbor's anew
+    # the duplicate gone again: one of two equal rows deleted
+    with warehouse.writer() as writer:
+        writer.con.execute("DELETE FROM quarantine WHERE rowid = (SELECT max(rowid) FROM quarantine)")
+    check("third")

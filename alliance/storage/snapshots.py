@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import polars as pl
 
 from alliance.permissions import settle_snapshot
 from alliance.readers import sha256_of
@@ -29,6 +32,8 @@ NETWORK_REDACTED = {
     "case_reviews": "* EXCLUDE (note), NULL::VARCHAR AS note",
     "quarantine": '* EXCLUDE ("values"), NULL::JSON AS "values"',
 }
+# a table whose rows changed beyond this share is written whole: cheaper than deleting and inserting them
+REWRITE_SHARE = 0.5
 CLINIC_BATCH = 100  # clinics whose rows are staged together: one scan of each table per batch, not per clinic
 
 
@@ -104,17 +109,19 @@ class SnapshotPublisher(Session):
     ) -> Path:
         partial = target.with_name(f".{target.name}.partial")
         partial.unlink(missing_ok=True)
-        quoted = str(partial).replace("'", "''")
         tables = [*SNAPSHOT_TABLES, *(["client_refs"] if clinic_id is not None else [])]
         home = str(self.con.execute("SELECT current_database()").fetchall()[0][0])
-        self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
         try:
+            copied = self._attach(target, partial)
             # one transaction: the tables and the views are written to the file once, at the commit
             with self.transaction():
+                present = self._snap_tables() if copied else set()
+                for stale in present - set(tables):
+                    self.con.execute(f"DROP TABLE snap.{stale}")
                 for table in tables:
                     select = self._contents(table, clinic_id, columns[table], source or {})
                     params = {"clinic": clinic_id} if "$clinic" in select else None
-                    self.con.execute(f"CREATE TABLE snap.{table} AS {select}", params)
+                    self._fill(table, select, params, table in present)
                 self.con.execute("USE snap")  # the supervisor views, bound to the snapshot's own tables
                 try:
                     self.con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
@@ -135,6 +142,67 @@ class SnapshotPublisher(Session):
         self.con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [target.name, clinic_id, digest, now])
         self.audit("alliance", "publish_snapshot", target.name, digest[:16], now)
         return target
+
+    def _attach(self, target: Path, partial: Path) -> bool:
+        """Attach the file being written as ``snap``: a copy of the published snapshot when there is one (True;
+        only what changed is then written), else a new file in the snapshot storage version."""
+        quoted = str(partial).replace("'", "''")
+        if target.exists():
+            shutil.copyfile(target, partial)  # out of space: raised, and the caller removes the partial copy
+            partial.chmod(0o600)
+            try:
+                self.con.execute(f"ATTACH '{quoted}' AS snap")
+                return True
+            except duckdb.Error:  # an unreadable snapshot is written anew
+                with contextlib.suppress(duckdb.Error):
+                    self.con.execute("DETACH DATABASE IF EXISTS snap")
+                partial.unlink(missing_ok=True)
+        self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
+        return False
+
+    def _snap_tables(self) -> set[str]:
+        rows = self.con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'snap'").fetchall()
+        return {row[0] for row in rows}
+
+    def _fill(self, table: str, select: str, params: dict[str, Any] | None, present: bool) -> None:
+        """Make ``snap.<table>`` hold exactly the rows of ``select``. A copied snapshot's table with the same
+        columns gets only the rows that differ: rows are compared by a hash of the whole row, counted, so a
+        row that changed is deleted and its new version inserted, and duplicate rows keep their number."""
+        if present and self._same_columns(table, select, params):
+            changed = self.con.execute(
+                f"""WITH want AS (SELECT hash(_row) AS h, count(*) AS n FROM ({select}) _row GROUP BY h),
+                         have AS (SELECT hash(_row) AS h, count(*) AS n FROM snap.{table} _row GROUP BY h)
+                    SELECT coalesce(want.h, have.h), coalesce(have.n, 0)
+                    FROM want FULL JOIN have ON want.h = have.h WHERE want.n IS DISTINCT FROM have.n""",
+                params,
+            ).fetchall()
+            stale = sum(n for _, n in changed)
+            held = int(self.con.execute(f"SELECT count(*) FROM snap.{table}").fetchall()[0][0])
+            if stale <= REWRITE_SHARE * held:
+                if changed:
+                    hashes = pl.DataFrame({"h": [h for h, _ in changed]}, schema={"h": pl.UInt64})
+                    self.con.register("changed_rows", hashes.to_arrow())
+                    try:
+                        self.con.execute(
+                            f"DELETE FROM snap.{table} WHERE rowid IN (SELECT rowid FROM snap.{table} _row "
+                            "WHERE hash(_row) IN (SELECT h FROM changed_rows))"
+                        )
+                        self.con.execute(
+                            f"INSERT INTO snap.{table} SELECT * FROM ({select}) _row "
+                            "WHERE hash(_row) IN (SELECT h FROM changed_rows)",
+                            params,
+                        )
+                    finally:
+                        self.con.unregister("changed_rows")
+                return
+        if present:
+            self.con.execute(f"DROP TABLE snap.{table}")
+        self.con.execute(f"CREATE TABLE snap.{table} AS {select}", params)
+
+    def _same_columns(self, table: str, select: str, params: dict[str, Any] | None) -> bool:
+        want = self.con.execute(f"SELECT * FROM ({select}) LIMIT 0", params).description
+        have = self.con.execute(f"SELECT * FROM snap.{table} LIMIT 0").description
+        return [(c[0], str(c[1])) for c in want] == [(c[0], str(c[1])) for c in have]
 
 
 # Columns that record when or in which run something happened (or which channel URL, which names a host and
