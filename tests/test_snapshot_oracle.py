@@ -77,9 +77,12 @@ def test_published_snapshots_equal_the_clinic_by_clinic_writer(
     assert reviews[0] >= 3 and sum(reviews[1:]) == reviews[0]
 
 
+@pytest.mark.parametrize("diff_rows", [1, snapshots_module.DIFF_ROWS])
 def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, diff_rows: int
 ) -> None:
+    """Every table compared row by row (diff_rows 1), or the few-row tables written whole into the copy."""
+    monkeypatch.setattr(snapshots_module, "DIFF_ROWS", diff_rows)
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
@@ -100,10 +103,18 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     fill = snapshots_module.SnapshotPublisher._fill
 
     def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object) -> None:
-        filled.append((table, bool(args[-1])))
+        filled.append((table, args[-1] is not None))  # held: the table was in a copied snapshot
         fill(self, table, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_fill", spy)
+    compared: list[str] = []
+    same_columns = snapshots_module.SnapshotPublisher._same_columns
+
+    def compare(self: snapshots_module.SnapshotPublisher, table: str, *args: object) -> bool:
+        compared.append(table)
+        return same_columns(self, table, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_same_columns", compare)
     warehouse = Warehouse.of(settings)
     folder = warehouse.snapshots
 
@@ -138,6 +149,7 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     filled.clear()
     check("second")
     assert ("ratings", True) in filled and ("ratings", False) in filled  # copied snapshots, and harbor's anew
+    assert ("ratings" in compared) == (diff_rows == 1)
     # the duplicate gone again: one of two equal rows deleted
     with warehouse.writer() as writer:
         writer.con.execute("DELETE FROM quarantine WHERE rowid = (SELECT max(rowid) FROM quarantine)")

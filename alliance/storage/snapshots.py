@@ -14,7 +14,7 @@ import polars as pl
 
 from alliance.permissions import settle_snapshot
 from alliance.readers import sha256_of
-from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, VIEWS_FILE
+from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, VIEWS_FILE, schema_digest
 from alliance.storage.session import Session, _now
 
 SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli, BI drivers)
@@ -34,6 +34,7 @@ NETWORK_REDACTED = {
 }
 # a table whose rows changed beyond this share is written whole: cheaper than deleting and inserting them
 REWRITE_SHARE = 0.5
+DIFF_ROWS = 5_000  # smaller tables are written whole: a few statements cost more than their rows
 CLINIC_BATCH = 100  # clinics whose rows are staged together: one scan of each table per batch, not per clinic
 
 
@@ -115,18 +116,20 @@ class SnapshotPublisher(Session):
             copied = self._attach(target, partial)
             # one transaction: the tables and the views are written to the file once, at the commit
             with self.transaction():
-                present = self._snap_tables() if copied else set()
-                for stale in present - set(tables):
+                held = self._held() if copied else {}
+                current = bool(held) and self._views_current()
+                for stale in set(held) - set(tables):
                     self.con.execute(f"DROP TABLE snap.{stale}")
                 for table in tables:
                     select = self._contents(table, clinic_id, columns[table], source or {})
                     params = {"clinic": clinic_id} if "$clinic" in select else None
-                    self._fill(table, select, params, table in present)
-                self.con.execute("USE snap")  # the supervisor views, bound to the snapshot's own tables
-                try:
-                    self.con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
-                finally:
-                    self.con.execute(f"USE {_quote(home)}")
+                    self._fill(table, select, params, held.get(table))
+                if not current:
+                    self.con.execute("USE snap")  # the supervisor views, bound to the snapshot's own tables
+                    try:
+                        self.con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
+                    finally:
+                        self.con.execute(f"USE {_quote(home)}")
             self.con.execute("DETACH snap")
             settle_snapshot(partial, self.snapshot_groups.get(clinic_id) if clinic_id else None)
             digest = sha256_of(partial)
@@ -160,15 +163,25 @@ class SnapshotPublisher(Session):
         self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
         return False
 
-    def _snap_tables(self) -> set[str]:
-        rows = self.con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'snap'").fetchall()
-        return {row[0] for row in rows}
+    def _held(self) -> dict[str, int]:
+        """The copied snapshot's tables and about how many rows each holds."""
+        rows = self.con.execute(
+            "SELECT table_name, estimated_size FROM duckdb_tables() WHERE database_name = 'snap'"
+        ).fetchall()
+        return {str(name): int(size) for name, size in rows}
 
-    def _fill(self, table: str, select: str, params: dict[str, Any] | None, present: bool) -> None:
-        """Make ``snap.<table>`` hold exactly the rows of ``select``. A copied snapshot's table with the same
-        columns gets only the rows that differ: rows are compared by a hash of the whole row, counted, so a
-        row that changed is deleted and its new version inserted, and duplicate rows keep their number."""
-        if present and self._same_columns(table, select, params):
+    def _views_current(self) -> bool:
+        """True when the copied snapshot was published by this version: its views are this version's views."""
+        with contextlib.suppress(duckdb.Error):
+            found = self.con.execute("SELECT value FROM snap.meta WHERE key = 'schema_digest'").fetchall()
+            return found == [(schema_digest(),)]
+        return False
+
+    def _fill(self, table: str, select: str, params: dict[str, Any] | None, held: int | None) -> None:
+        """Make ``snap.<table>`` hold exactly the rows of ``select``. A large table of a copied snapshot, with the
+        same columns, gets only the rows that differ: rows are compared by a hash of the whole row, counted, so
+        a row that changed is deleted and its new version inserted, and duplicate rows keep their number."""
+        if held is not None and held >= DIFF_ROWS and self._same_columns(table, select, params):
             changed = self.con.execute(
                 f"""WITH want AS (SELECT hash(_row) AS h, count(*) AS n FROM ({select}) _row GROUP BY h),
                          have AS (SELECT hash(_row) AS h, count(*) AS n FROM snap.{table} _row GROUP BY h)
@@ -176,9 +189,7 @@ class SnapshotPublisher(Session):
                     FROM want FULL JOIN have ON want.h = have.h WHERE want.n IS DISTINCT FROM have.n""",
                 params,
             ).fetchall()
-            stale = sum(n for _, n in changed)
-            held = int(self.con.execute(f"SELECT count(*) FROM snap.{table}").fetchall()[0][0])
-            if stale <= REWRITE_SHARE * held:
+            if sum(n for _, n in changed) <= REWRITE_SHARE * held:
                 if changed:
                     hashes = pl.DataFrame({"h": [h for h, _ in changed]}, schema={"h": pl.UInt64})
                     self.con.register("changed_rows", hashes.to_arrow())
@@ -195,9 +206,7 @@ class SnapshotPublisher(Session):
                     finally:
                         self.con.unregister("changed_rows")
                 return
-        if present:
-            self.con.execute(f"DROP TABLE snap.{table}")
-        self.con.execute(f"CREATE TABLE snap.{table} AS {select}", params)
+        self.con.execute(f"CREATE OR REPLACE TABLE snap.{table} AS {select}", params)
 
     def _same_columns(self, table: str, select: str, params: dict[str, Any] | None) -> bool:
         want = self.con.execute(f"SELECT * FROM ({select}) LIMIT 0", params).description
