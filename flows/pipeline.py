@@ -465,7 +465,7 @@ def ingest_file(
             )
         try:
             fault_point("prepare", source.name)
-            known_therapists = writer.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings")
+            known_therapists = writer.known_therapists()
             prepared = prepare_export(
                 path,
                 clinic,
@@ -575,7 +575,7 @@ def release_export(settings: Settings, export_id: str, by: str, note: str | None
             1.0,
             None,
             ReadLimits.from_settings(settings),
-            writer.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings"),
+            writer.known_therapists(),
             data=data,
         )
         ledger = Ledger(

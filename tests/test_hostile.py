@@ -22,6 +22,8 @@ from alliance.clinics import ExportProfile
 from alliance.errors import ConfigError, ExportRejected
 from alliance.readers import ReadLimits, decode, read_export
 from alliance.settings import Settings
+from alliance.storage import writer_lease
+from alliance.storage.session import Session
 from flows.events import is_candidate
 from flows.pipeline import ExportResult, inbox_files, ingest_file
 from tests.conftest import add_clinic
@@ -834,6 +836,31 @@ def test_strict_numbers_on_a_total_only_export() -> None:
         assert "not_a_number:total" in rules_of_row
     assert verdict[12:] == [["out_of_range:total"], ["out_of_range:total"]]
     assert screened.accepted["total"].to_list() == [30.0] * 4
+
+
+def test_a_batch_reads_known_therapists_once_and_sees_each_files_new_ones(
+    home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a batch's lease the known therapists are read once per session, not scanned from all ratings for
+    every file; a file that brings a new therapist makes the next file read them again."""
+    reads: list[str] = []
+    frame = Session.frame
+
+    def counted(self: Session, sql: str, params: object = None) -> pl.DataFrame:
+        if "DISTINCT clinic_id, therapist_id" in sql:
+            reads.append(sql)
+        return frame(self, sql, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Session, "frame", counted)
+    shared = GOOD.format(n=1).replace(",t1,", ",t-shared,")
+    with writer_lease(home.warehouse, lease_s=600):
+        south = ingest_file(put(home, "south", "s.csv", csv_text(shared)), home)
+        north = ingest_file(put(home, "north", "n.csv", csv_text(shared, GOOD.format(n=2))), home)
+        again = [ingest_file(put(home, "north", f"n{n}.csv", csv_text(GOOD.format(n=n))), home) for n in (3, 4)]
+    assert south.rows_new == 1
+    assert (north.rows_new, north.rows_quarantined) == (1, 1)  # t-shared came with south's file, in this session
+    assert [r.rows_new for r in again] == [1, 1]
+    assert len(reads) == 3  # the first file, then after each of the two files that brought a new therapist
 
 
 def test_foreign_therapists_is_a_pure_function() -> None:

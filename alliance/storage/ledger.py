@@ -49,6 +49,15 @@ def _ledger_dict(row: tuple[Any, ...]) -> dict[str, Any]:
 class LedgerTables(Session):
     """Reads and writes of the exports, ratings, rating_history, quarantine and client_refs tables."""
 
+    _therapists: pl.DataFrame | None = None  # the session's known therapists (see known_therapists)
+
+    def known_therapists(self) -> pl.DataFrame:
+        """(clinic_id, therapist_id) of every rating. Read once per writer session, which a batch's files share,
+        instead of scanning all ratings for every file; a load that brings a pair not in it drops it."""
+        if self._therapists is None:
+            self._therapists = self.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings")
+        return self._therapists
+
     def export_by_sha(self, clinic_id: str, sha256: str) -> dict[str, Any] | None:
         """The clinic's ledger row for these bytes, if any: a load or quarantine before the latest rejection."""
         rows = self.con.execute(
@@ -120,6 +129,10 @@ class LedgerTables(Session):
         """Upsert ratings, add quarantine rows and client references, write the ledger (inside ``transaction()``)."""
         now = _now()
         key = " AND ".join(f"r.{k} = s.{k}" for k in RATING_KEY)
+        if self._therapists is not None:  # read again after a new pair, so a rollback cannot leave one behind
+            pairs = ratings.select("clinic_id", "therapist_id").unique()
+            if pairs.join(self._therapists, on=["clinic_id", "therapist_id"], how="anti").height:
+                self._therapists = None
         # runs inside the caller's transaction, together with the scoring of the dyads it touched
         con = self.con
         con.register("incoming_ratings", ratings.to_arrow())
