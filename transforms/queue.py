@@ -126,29 +126,63 @@ def queue_frame(
     """Per dyad of ``last_sessions``: risk, confirmed rules, queue membership and whether its course is open.
 
     ``flags``: the dyads' findings (ongoing or not, any review status); ``last_sessions``: one row per dyad
-    with last_session_date, clinic_latest and cadence_days (as ``Writer.last_sessions`` returns).
+    with last_session_date, clinic_latest and cadence_days (as ``Writer.last_sessions`` returns). The same
+    decisions as ``standing`` and ``QueuePolicy.select`` dyad by dyad, over all dyads at once.
     """
-    by_dyad: dict[str, list[dict[str, Any]]] = {}
-    for row in flags.filter(pl.col("ongoing")).iter_rows(named=True):
-        by_dyad.setdefault(row["dyad_id"], []).append(row)
-    ids, clinics, standings = [], [], []
-    for row in last_sessions.iter_rows(named=True):
-        config = configs.get(row["clinic_id"], RuleConfig())
-        silent = (row["clinic_latest"] - row["last_session_date"]).days
-        ids.append(row["dyad_id"])
-        clinics.append(row["clinic_id"])
-        standings.append(standing(by_dyad.get(row["dyad_id"], []), silent, row.get("cadence_days"), config))
-    chosen = select_by_clinic(policy, clinics, standings)
-    return pl.DataFrame(
-        {
-            "dyad_id": ids,
-            "risk_score": [s.risk for s in standings],
-            "rules": [list(s.rules) for s in standings],
-            "in_queue": chosen,
-            "course_open": [s.course_open for s in standings],
-        },
-        schema=QUEUE_SCHEMA,
+    confirmed = (
+        flags.filter(pl.col("ongoing") & ~pl.col("provisional"))
+        .group_by("dyad_id")
+        .agg(pl.col("rule").unique().sort().alias("rules"))
     )
+    # a risk per combination of rules, by risk_score itself: the same rounding, and few combinations
+    combos = confirmed.select(pl.col("rules").list.join("|").unique().alias("combo"))
+    risks = combos.with_columns(
+        pl.Series("risk_score", [risk_score(c.split("|")) for c in combos["combo"]], dtype=pl.Float64)
+    )
+    clinic_ids = last_sessions["clinic_id"].unique().to_list()
+    rule_configs = [configs.get(cid, RuleConfig()) for cid in clinic_ids]
+    settings = pl.DataFrame(
+        {
+            "clinic_id": clinic_ids,
+            "course_end_days": [c.course_end_days for c in rule_configs],
+            "inactive_days": [c.inactive_days for c in rule_configs],
+        },
+        schema={"clinic_id": pl.String, "course_end_days": pl.Int64, "inactive_days": pl.Int64},
+    )
+    silent = (pl.col("clinic_latest") - pl.col("last_session_date")).dt.total_days()
+    cadence = pl.col("cadence_days") if "cadence_days" in last_sessions.columns else pl.lit(None, pl.Float64)
+    usual = pl.when(cadence > 0).then(cadence).otherwise(7.0)
+    ended = silent > usual + pl.col("course_end_days")
+    dropped_out = pl.col("rules").list.contains("stopped_appearing")
+    frame = (
+        last_sessions.with_row_index("position")
+        .join(confirmed, on="dyad_id", how="left")
+        .join(settings, on="clinic_id", how="left")
+        .with_columns(pl.col("rules").fill_null(pl.lit([], pl.List(pl.String))))
+        .with_columns(pl.col("rules").list.join("|").alias("combo"))
+        .join(risks, on="combo", how="left")
+        .with_columns(
+            pl.col("risk_score").fill_null(0.0),
+            (~ended).alias("course_open"),
+            ((ended & ~dropped_out) | (silent >= pl.col("inactive_days"))).alias("closed"),
+        )
+        .with_columns(
+            (
+                ~pl.col("closed") & (pl.col("rules").list.len() > 0) & (pl.col("risk_score") >= policy.min_risk - 1e-9)
+            ).alias("in_queue")
+        )
+        .sort("position")
+    )
+    if policy.target_share is not None:
+        room = (policy.target_share * pl.col("course_open").sum().over("clinic_id") + 1e-9).floor()
+        kept = (
+            frame.with_columns(room.alias("room"))
+            .filter("in_queue")
+            .sort(["risk_score", "position"], descending=[True, False])  # the highest risks, earlier dyads first
+            .filter(pl.int_range(pl.len()).over("clinic_id") < pl.col("room"))
+        )
+        frame = frame.with_columns(pl.col("position").is_in(kept["position"].implode()).alias("in_queue"))
+    return frame.select(list(QUEUE_SCHEMA)).cast(QUEUE_SCHEMA)  # type: ignore[arg-type]
 
 
 OPTION_RISKS = (20.0, 30.0, 40.0, 55.0)
