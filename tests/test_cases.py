@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import duckdb
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from alliance.errors import AllianceError
 from alliance.home import init_home
@@ -17,6 +19,7 @@ from alliance.storage import Warehouse
 from flows.pipeline import ingest_file
 from flows.reviews import list_cases, rescore, review_case
 from tests.conftest import TEST_KEY
+from tests.reference import cases as reference_cases
 from transforms.cases import CASE_SCHEMA, case_id, update_cases
 
 T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
@@ -203,3 +206,26 @@ def test_a_rescore_keeps_every_case_as_it_was(network: Settings) -> None:
     before = warehouse_frame(network, "SELECT * EXCLUDE (updated_at) FROM cases ORDER BY case_id")
     rescore(network)
     assert warehouse_frame(network, "SELECT * EXCLUDE (updated_at) FROM cases ORDER BY case_id").equals(before)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cases_skip_only_dyads_that_can_hold_none(network: Settings, seed: int) -> None:
+    """update_cases reads only the dyads in the queue or with a live case, and decides as the reader of every
+    dyad (tests/reference/cases.py) does, when the queue moves: dyads join it, leave it, and courses end."""
+    previous = warehouse_frame(network, "SELECT * FROM cases")
+    flags_ = warehouse_frame(network, "SELECT * EXCLUDE (evidence), evidence::VARCHAR AS evidence FROM flags")
+    dyads_ = warehouse_frame(network, "SELECT * FROM dyads")
+    flip = pl.Series(random.Random(seed).choices([True, False], weights=[1, 3], k=dyads_.height))
+    moved = dyads_.with_columns(
+        pl.col("in_queue") ^ flip,
+        pl.when(flip & ~pl.col("in_queue")).then(False).otherwise(pl.col("course_open")).alias("course_open"),
+        (pl.col("last_session_date") + timedelta(days=7 * seed)).alias("last_session_date"),
+    )
+    later = T0 + timedelta(days=30)
+    got, expected = (
+        update_cases(previous, moved, flags_, later),
+        reference_cases.update_cases(previous, moved, flags_, later),
+    )
+    assert got.changes["change"].n_unique() >= 2
+    assert_frame_equal(got.cases, expected.cases)
+    assert_frame_equal(got.changes, expected.changes)

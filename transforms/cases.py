@@ -162,6 +162,12 @@ def update_cases(previous: pl.DataFrame, dyads: pl.DataFrame, flags: pl.DataFram
     Example: a dyad entering the queue with a sudden loss → one case, status open, change "new",
     headline_rule "sudden_loss".
     """
+    # only a dyad in the queue or with a live case can open, follow or close one: the rest are skipped unread
+    with_live_case = previous.filter(pl.col("status") != "closed")["dyad_id"]
+    relevant = pl.concat([dyads.filter("in_queue")["dyad_id"], with_live_case]).unique().implode()
+    dyads = dyads.filter(pl.col("dyad_id").is_in(relevant))
+    previous = previous.filter(pl.col("dyad_id").is_in(relevant))
+    flags = flags.filter(pl.col("dyad_id").is_in(relevant))
     by_dyad: dict[str, list[dict[str, Any]]] = {}
     for row in flags.iter_rows(named=True):
         by_dyad.setdefault(row["dyad_id"], []).append(row)
