@@ -22,7 +22,7 @@ from alliance.clinics import ExportProfile
 from alliance.errors import ConfigError, ExportRejected
 from alliance.readers import ReadLimits, decode, read_export
 from alliance.settings import Settings
-from alliance.storage import writer_lease
+from alliance.storage import Warehouse, writer_lease
 from alliance.storage.session import Session
 from flows.events import is_candidate
 from flows.pipeline import ExportResult, inbox_files, ingest_file
@@ -861,6 +861,23 @@ def test_a_batch_reads_known_therapists_once_and_sees_each_files_new_ones(
     assert (north.rows_new, north.rows_quarantined) == (1, 1)  # t-shared came with south's file, in this session
     assert [r.rows_new for r in again] == [1, 1]
     assert len(reads) == 3  # the first file, then after each of the two files that brought a new therapist
+
+
+def test_a_batch_keeps_rating_counts_in_step_with_its_loads_and_forgets_a_rolled_back_one(
+    home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ratings per instrument a batch keeps (read once, then added to by each load) equal the table's, also
+    after a file whose load was rolled back: its rows were counted before the rollback undid them."""
+    monkeypatch.setenv("ALLIANCE_FAULT_AT", "load:broken")
+    with writer_lease(home.warehouse, lease_s=600):
+        first = ingest_file(put(home, "north", "n1.csv", csv_text(GOOD.format(n=1), GOOD.format(n=2))), home)
+        broken = ingest_file(put(home, "north", "broken.csv", csv_text(GOOD.format(n=3))), home)
+        last = ingest_file(put(home, "north", "n4.csv", csv_text(GOOD.format(n=4))), home)
+        with Warehouse.of(home).writer() as writer:
+            kept = writer.rating_counts()
+            table = dict(writer.con.execute("SELECT instrument, count(*) FROM ratings GROUP BY 1").fetchall())
+    assert (first.rows_new, broken.status, last.rows_new) == (2, "rejected", 1)
+    assert kept == table and sum(table.values()) == 3
 
 
 def test_foreign_therapists_is_a_pure_function() -> None:

@@ -49,14 +49,26 @@ def _ledger_dict(row: tuple[Any, ...]) -> dict[str, Any]:
 class LedgerTables(Session):
     """Reads and writes of the exports, ratings, rating_history, quarantine and client_refs tables."""
 
-    _therapists: pl.DataFrame | None = None  # the session's known therapists (see known_therapists)
+    # What the session keeps of the ratings table, read once per writer session (which a batch's files share)
+    # instead of scanned for every file: kept up to date by load_export, dropped by a rollback (Session.forget).
+    _therapists: pl.DataFrame | None = None
+    _counts: dict[str, int] | None = None
 
     def known_therapists(self) -> pl.DataFrame:
-        """(clinic_id, therapist_id) of every rating. Read once per writer session, which a batch's files share,
-        instead of scanning all ratings for every file; a load that brings a pair not in it drops it."""
+        """(clinic_id, therapist_id) of every rating; a load that brings a pair not in it drops it."""
         if self._therapists is None:
             self._therapists = self.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings")
         return self._therapists
+
+    def rating_counts(self) -> dict[str, int]:
+        """Ratings per instrument, to decide when reliable change needs re-estimating."""
+        if self._counts is None:
+            self._counts = dict(self.con.execute("SELECT instrument, count(*) FROM ratings GROUP BY 1").fetchall())
+        return dict(self._counts)
+
+    def forget(self) -> None:
+        self._therapists, self._counts = None, None
+        super().forget()
 
     def export_by_sha(self, clinic_id: str, sha256: str) -> dict[str, Any] | None:
         """The clinic's ledger row for these bytes, if any: a load or quarantine before the latest rejection."""
@@ -129,7 +141,7 @@ class LedgerTables(Session):
         """Upsert ratings, add quarantine rows and client references, write the ledger (inside ``transaction()``)."""
         now = _now()
         key = " AND ".join(f"r.{k} = s.{k}" for k in RATING_KEY)
-        if self._therapists is not None:  # read again after a new pair, so a rollback cannot leave one behind
+        if self._therapists is not None:  # read again after a new pair
             pairs = ratings.select("clinic_id", "therapist_id").unique()
             if pairs.join(self._therapists, on=["clinic_id", "therapist_id"], how="anti").height:
                 self._therapists = None
@@ -145,6 +157,10 @@ class LedgerTables(Session):
             FROM incoming_ratings s LEFT JOIN ratings r ON {key}"""
         )
         counted = dict(con.execute("SELECT change, count(*) FROM staged GROUP BY change").fetchall())
+        if self._counts is not None:
+            added = con.execute("SELECT instrument, count(*) FROM staged WHERE change = 'new' GROUP BY 1").fetchall()
+            for code, n in added:
+                self._counts[code] = self._counts.get(code, 0) + n
         con.execute(
             f"""INSERT INTO rating_history BY NAME
             SELECT r.*, ? AS replaced_by_export, ? AS replaced_at

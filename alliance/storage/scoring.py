@@ -20,10 +20,6 @@ class ScoringTables(Session):
         scope = self._scope("scope_dyads", dyad_ids)
         return self.frame(f"SELECT {columns} FROM ratings SEMI JOIN {scope} s ON ratings.dyad_id = s.id")
 
-    def rating_counts(self) -> dict[str, int]:
-        """Ratings per instrument, to decide when reliable change needs re-estimating."""
-        return dict(self.con.execute("SELECT instrument, count(*) FROM ratings GROUP BY 1").fetchall())
-
     def current_calibrations(self) -> pl.DataFrame:
         """The latest calibration of each instrument."""
         return self.frame(

@@ -61,8 +61,12 @@ class Session:
         except BaseException:
             with contextlib.suppress(duckdb.Error):  # a failed commit (disk full) has already rolled back
                 self.con.execute("ROLLBACK")
+            self.forget()
             raise
         self.con.execute("COMMIT")
+
+    def forget(self) -> None:
+        """Drop what the session keeps of its tables in memory: a rollback undid what it may hold."""
 
 
 def free_mb(folder: Path) -> float:
