@@ -212,9 +212,10 @@ def test_a_rescore_keeps_every_case_as_it_was(network: Settings) -> None:
 def test_cases_skip_only_dyads_that_can_hold_none(network: Settings, seed: int) -> None:
     """update_cases reads only the dyads in the queue or with a live case, and decides as the reader of every
     dyad (tests/reference/cases.py) does, when the queue moves: dyads join it, leave it, and courses end."""
-    previous = warehouse_frame(network, "SELECT * FROM cases")
     flags_ = warehouse_frame(network, "SELECT * EXCLUDE (evidence), evidence::VARCHAR AS evidence FROM flags")
     dyads_ = warehouse_frame(network, "SELECT * FROM dyads")
+    closed = warehouse_frame(network, "SELECT * FROM cases").with_columns(status=pl.lit("closed")).cast(pl.Schema(CASE_SCHEMA))
+    previous = pl.concat([closed, update_cases(NONE, dyads_, flags_, T0).cases])  # a live case per queued dyad
     flip = pl.Series(random.Random(seed).choices([True, False], weights=[1, 3], k=dyads_.height))
     moved = dyads_.with_columns(
         pl.col("in_queue") ^ flip,
