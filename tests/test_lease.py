@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import polars as pl
 import pytest
 from filelock import FileLock, Timeout
 
 from alliance.settings import Settings
-from alliance.storage import Warehouse, writer_lease
+from alliance.storage import Warehouse, Writer, writer_lease
+from alliance.storage.session import _now
 
 
 def _lock_free(warehouse: Warehouse) -> bool:
@@ -67,3 +69,33 @@ def test_a_failed_session_is_not_reused_and_what_was_committed_stays(settings: S
         with warehouse.writer() as next_one:
             assert next_one.con is not first.con
             assert next_one.meta_value("probe") == "kept"
+
+
+def test_what_a_session_keeps_of_its_tables_follows_its_saves_and_is_dropped_by_a_rollback(
+    settings: Settings,
+) -> None:
+    """The current calibration is read once per writer session and kept (as are expected trajectories, rating
+    counts and therapists); a save drops the kept copy, and so does a rollback of what the session wrote."""
+    warehouse = Warehouse.of(settings)
+
+    def calibration(rc: float) -> pl.DataFrame:
+        return pl.DataFrame(
+            [{"calibration_id": f"c{rc}", "instrument": "SRS", "sd": 3.0, "r": 0.8, "rc": rc, "n_scores": 100,
+              "n_pairs": 80, "within_sd": 2.0, "estimated_at": _now()}]
+        )  # fmt: skip
+
+    def kept(writer: Writer) -> list[float]:
+        return writer.current_calibrations()["rc"].to_list()
+
+    with warehouse.writer() as writer:
+        with writer.transaction():
+            writer.save_calibrations(calibration(4.0))
+        assert kept(writer) == [4.0] and writer.current_calibrations() is writer.current_calibrations()
+        with pytest.raises(RuntimeError), writer.transaction():
+            writer.save_calibrations(calibration(5.0))
+            assert kept(writer) == [5.0]  # the session sees its own save
+            raise RuntimeError("a file's problem")
+        assert kept(writer) == [4.0]  # the rollback took the save back, and the kept copy with it
+        with writer.transaction():
+            writer.save_calibrations(calibration(6.0))
+        assert kept(writer) == [6.0]

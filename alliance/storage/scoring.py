@@ -20,27 +20,42 @@ class ScoringTables(Session):
         scope = self._scope("scope_dyads", dyad_ids)
         return self.frame(f"SELECT {columns} FROM ratings SEMI JOIN {scope} s ON ratings.dyad_id = s.id")
 
+    # the current calibration and expected trajectories, read once per writer session (a batch's files share
+    # it); dropped when this session saves new ones or rolls back (Session.forget)
+    _calibrations: pl.DataFrame | None = None
+    _expected: pl.DataFrame | None = None
+
     def current_calibrations(self) -> pl.DataFrame:
         """The latest calibration of each instrument."""
-        return self.frame(
-            """SELECT * FROM calibrations
-            QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY estimated_at DESC) = 1"""
-        )
+        if self._calibrations is None:
+            self._calibrations = self.frame(
+                """SELECT * FROM calibrations
+                QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY estimated_at DESC) = 1"""
+            )
+        return self._calibrations
 
     def current_expected(self) -> pl.DataFrame:
         """The latest expected trajectory of each instrument (one row per intake band and session)."""
-        return self.frame(
-            """SELECT * EXCLUDE (estimated_at) FROM expected_trajectories
-            QUALIFY estimated_at = max(estimated_at) OVER (PARTITION BY instrument)"""
-        )
+        if self._expected is None:
+            self._expected = self.frame(
+                """SELECT * EXCLUDE (estimated_at) FROM expected_trajectories
+                QUALIFY estimated_at = max(estimated_at) OVER (PARTITION BY instrument)"""
+            )
+        return self._expected
 
     def save_expected(self, curves: pl.DataFrame) -> None:
+        self._expected = None
         self.con.register("incoming_expected", curves.to_arrow())
         self.con.execute("INSERT INTO expected_trajectories BY NAME SELECT * FROM incoming_expected")
 
     def save_calibrations(self, calibrations: pl.DataFrame) -> None:
+        self._calibrations = None
         self.con.register("incoming_calibrations", calibrations.to_arrow())
         self.con.execute("INSERT INTO calibrations BY NAME SELECT * FROM incoming_calibrations")
+
+    def forget(self) -> None:
+        self._calibrations, self._expected = None, None
+        super().forget()
 
     def flags_of(
         self,
