@@ -672,7 +672,7 @@ def restore(
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         writer.audit("alliance", "restore", folder.name, f"{sum(int(str(v[0])) for v in tables.values())} rows")
-        writer.publish(warehouse.snapshots, None)
+        writer.publish(warehouse.snapshots, None, fresh=True)  # nothing of the replaced data left in them
     console.print(f"restored {folder.name}: {len(tables)} tables match the backup's checksums")
 
 

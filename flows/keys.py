@@ -53,7 +53,7 @@ def rekey(settings: Settings, key: bytes | None = None) -> int:
             if key_fingerprint(_read_key(pending)) == recorded:  # committed, but the swap never happened
                 _swap(settings, pending)
                 writer.audit("alliance", "rekey", "pseudonym key", "key file swap finished after an interruption")
-                writer.publish(warehouse.snapshots, None)
+                writer.publish(warehouse.snapshots, None, fresh=True)  # no old pseudonym left in a free block
                 return int(clients)
             # written by a run stopped before its commit: the warehouse never used it; kept, never deleted
             os.replace(pending, pending.with_name(f"pseudonym.key.abandoned-{_stamp()}"))
@@ -69,7 +69,7 @@ def rekey(settings: Settings, key: bytes | None = None) -> int:
             writer.remap_ids(clients_map, dyad_map, flag_map, key_fingerprint(fresh))
         crash_point("after_rekey_commit")
         _swap(settings, pending)
-        writer.publish(warehouse.snapshots, None)
+        writer.publish(warehouse.snapshots, None, fresh=True)  # no old pseudonym left in a free block
     return clients_map.height
 
 

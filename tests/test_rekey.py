@@ -69,6 +69,9 @@ def test_rekey_rederives_every_id_and_keeps_everything(tmp_path: Path) -> None:
         for r in rows(settings.warehouse, f"SELECT * FROM {t}")
     )
     assert not any(old in text for old in old_ids)
+    # the snapshots were written anew: no old pseudonym survives in a free block of a copied file
+    published = b"".join(p.read_bytes() for p in (settings.home / "snapshots").glob("*.duckdb"))
+    assert old_ids and not any(old.encode() in published for old in old_ids)
     # every case still names its dyad and the flags behind it under their new ids
     assert rows(settings.warehouse, "SELECT count(*) FROM cases ANTI JOIN dyads USING (dyad_id)") == [(0,)]
     assert rows(

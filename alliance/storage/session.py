@@ -63,7 +63,11 @@ class Session:
                 self.con.execute("ROLLBACK")
             self.forget()
             raise
-        self.con.execute("COMMIT")
+        try:
+            self.con.execute("COMMIT")
+        except BaseException:  # a commit that fails has rolled back: what the session keeps may hold it
+            self.forget()
+            raise
 
     def forget(self) -> None:
         """Drop what the session keeps of its tables in memory: a rollback undid what it may hold."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ import polars as pl
 from alliance.permissions import settle_snapshot
 from alliance.readers import sha256_of
 from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, VIEWS_FILE, schema_digest
-from alliance.storage.session import Session, _now
+from alliance.storage.session import Session, _disk_full, _now
+
+log = logging.getLogger("alliance.storage")
 
 SNAPSHOT_VERSION = "v1.5.0"  # readable by DuckDB 1.5 tools (the PyPI duckdb-cli, BI drivers)
 # Tables copied into snapshots; client_refs only into a clinic's own. Network snapshots drop review notes
@@ -43,13 +46,16 @@ CLINIC_BATCH = 100  # clinics whose rows are staged together: one scan of each t
 class SnapshotPublisher(Session):
     """Publishing the snapshots, checksummed and swapped in atomically."""
 
-    def publish(self, folder: Path, clinic_ids: list[str] | None) -> list[Path]:
-        """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically."""
+    def publish(self, folder: Path, clinic_ids: list[str] | None, fresh: bool = False) -> list[Path]:
+        """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically.
+
+        Each is brought up to date from a copy of the published file, or with ``fresh`` written anew, so that no
+        byte of the old file survives in free blocks (after a pseudonym key rotation or a restore)."""
         folder.mkdir(parents=True, exist_ok=True)
         for leftover in folder.glob(".*.partial*"):  # a run killed mid-publish (or out of space) left these
             leftover.unlink(missing_ok=True)
         columns = self._columns()
-        published = [self._snapshot(folder / "network.duckdb", None, columns)]
+        published = [self._snapshot(folder / "network.duckdb", None, columns, fresh=fresh)]
         clinics = clinic_ids if clinic_ids is not None else [
             row[0] for row in self.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()
         ]  # fmt: skip
@@ -57,7 +63,7 @@ class SnapshotPublisher(Session):
             batch = clinics[start : start + CLINIC_BATCH]
             with self._staged(batch, columns) as source:
                 published += [
-                    self._snapshot(folder / f"clinic-{cid}.duckdb", cid, columns, source) for cid in batch
+                    self._snapshot(folder / f"clinic-{cid}.duckdb", cid, columns, source, fresh) for cid in batch
                 ]  # fmt: skip
         return published
 
@@ -108,40 +114,31 @@ class SnapshotPublisher(Session):
         return f"SELECT * FROM {table}"
 
     def _snapshot(
-        self, target: Path, clinic_id: str | None, columns: dict[str, list[str]], source: dict[str, str] | None = None
+        self,
+        target: Path,
+        clinic_id: str | None,
+        columns: dict[str, list[str]],
+        source: dict[str, str] | None = None,
+        fresh: bool = False,
     ) -> Path:
         partial = target.with_name(f".{target.name}.partial")
-        partial.unlink(missing_ok=True)
-        tables = [*SNAPSHOT_TABLES, *(["client_refs"] if clinic_id is not None else [])]
-        home = str(self.con.execute("SELECT current_database()").fetchall()[0][0])
+        copy = target.exists() and not fresh
         try:
-            copied = self._attach(target, partial)
-            # one transaction, committed straight into the file: no WAL to write first and replay at DETACH
-            self.con.execute("SET checkpoint_threshold = '0b'")
-            with _reset(self.con, "checkpoint_threshold"), self.transaction():
-                held = self._held() if copied else {}
-                current = bool(held) and self._views_current()
-                for stale in set(held) - set(tables):
-                    self.con.execute(f"DROP TABLE snap.{stale}")
-                for table in tables:
-                    select = self._contents(table, clinic_id, columns[table], source or {})
-                    params = {"clinic": clinic_id} if "$clinic" in select else None
-                    self._fill(table, select, params, held.get(table))
-                if not current:
-                    self.con.execute("USE snap")  # the supervisor views, bound to the snapshot's own tables
-                    try:
-                        self.con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
-                    finally:
-                        self.con.execute(f"USE {_quote(home)}")
-            self.con.execute("DETACH snap")
+            self._write(partial, target if copy else None, clinic_id, columns, source or {})
+        except Exception as exc:
+            if not copy or isinstance(exc, OSError) or _disk_full(exc):
+                raise
+            # a copy that attaches but cannot be brought up to date (a damaged block, an object of another
+            # version in the way) is written anew
+            log.warning("%s: the published snapshot could not be updated (%s); writing it anew", target.name,
+                        type(exc).__name__)  # fmt: skip
+            self._write(partial, None, clinic_id, columns, source or {})
+        try:
             settle_snapshot(partial, self.snapshot_groups.get(clinic_id) if clinic_id else None)
             digest = sha256_of(partial)
             os.replace(partial, target)  # readers holding the old file keep it; new readers get this one
         except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                self.con.execute("DETACH DATABASE IF EXISTS snap")
-            for leftover in (partial, partial.with_name(partial.name + ".wal")):
-                leftover.unlink(missing_ok=True)  # a half-written snapshot must not eat the space a re-run needs
+            _remove(partial)
             raise
         now = _now()
         self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
@@ -149,22 +146,62 @@ class SnapshotPublisher(Session):
         self.audit("alliance", "publish_snapshot", target.name, digest[:16], now)
         return target
 
-    def _attach(self, target: Path, partial: Path) -> bool:
-        """Attach the file being written as ``snap``: a copy of the published snapshot when there is one (True;
-        only what changed is then written), else a new file in the snapshot storage version."""
+    def _write(
+        self, partial: Path, copy_of: Path | None, clinic_id: str | None, columns: dict[str, list[str]],
+        source: dict[str, str],
+    ) -> None:  # fmt: skip
+        """Write the snapshot file at ``partial``: from a copy of the published one when given (only what
+        changed is written), else a new file in the snapshot storage version. On failure nothing is left."""
+        _remove(partial)
+        tables = [*SNAPSHOT_TABLES, *(["client_refs"] if clinic_id is not None else [])]
+        home = str(self.con.execute("SELECT current_database()").fetchall()[0][0])
         quoted = str(partial).replace("'", "''")
-        if target.exists():
-            shutil.copyfile(target, partial)  # out of space: raised, and the caller removes the partial copy
-            partial.chmod(0o600)
-            try:
+        try:
+            if copy_of is not None:
+                shutil.copyfile(copy_of, partial)
+                partial.chmod(0o600)
                 self.con.execute(f"ATTACH '{quoted}' AS snap")
-                return True
-            except duckdb.Error:  # an unreadable snapshot is written anew
-                with contextlib.suppress(duckdb.Error):
-                    self.con.execute("DETACH DATABASE IF EXISTS snap")
-                partial.unlink(missing_ok=True)
-        self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
-        return False
+            else:
+                self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
+            held = self._held() if copy_of is not None else {}
+            current = bool(held) and self._views_current()  # read outside the transaction: a miss aborts none
+            previous = self.con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()[0][0]
+            # one transaction, committed straight into the file: no WAL to write first and replay at DETACH
+            self.con.execute("SET checkpoint_threshold = '0b'")
+            try:
+                with self.transaction():
+                    for stale in set(held) - set(tables):
+                        self.con.execute(f"DROP TABLE snap.{stale}")
+                    for table in tables:
+                        select = self._contents(table, clinic_id, columns[table], source)
+                        params = {"clinic": clinic_id} if "$clinic" in select else None
+                        self._fill(table, select, params, held.get(table))
+                    if not current:
+                        self._views(home)
+            finally:
+                with contextlib.suppress(duckdb.Error):  # never in place of the error that brought us here
+                    self.con.execute(f"SET checkpoint_threshold = '{previous}'")
+            self.con.execute("DETACH snap")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # a failed statement may have left the connection on snap
+                self.con.execute(f"USE {_quote(home)}")
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("DETACH DATABASE IF EXISTS snap")
+            _remove(partial)  # a half-written snapshot must not eat the space a re-run needs
+            raise
+
+    def _views(self, home: str) -> None:
+        """The supervisor views, bound to the snapshot's own tables; views of another version dropped first."""
+        retired = self.con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE database_name = 'snap' AND NOT internal"
+        ).fetchall()
+        for (name,) in retired:
+            self.con.execute(f"DROP VIEW snap.{_quote(name)}")
+        self.con.execute("USE snap")
+        try:
+            self.con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
+        finally:
+            self.con.execute(f"USE {_quote(home)}")
 
     def _held(self) -> dict[str, int]:
         """The copied snapshot's tables and about how many rows each holds."""
@@ -175,35 +212,41 @@ class SnapshotPublisher(Session):
 
     def _views_current(self) -> bool:
         """True when the copied snapshot was published by this version: its views are this version's views."""
-        with contextlib.suppress(duckdb.Error):
+        try:
             found = self.con.execute("SELECT value FROM snap.meta WHERE key = 'schema_digest'").fetchall()
-            return found == [(schema_digest(),)]
-        return False
+        except duckdb.Error:  # no meta table, or one of another shape
+            return False
+        return found == [(schema_digest(),)]
 
     def _fill(self, table: str, select: str, params: dict[str, Any] | None, held: int | None) -> None:
         """Make ``snap.<table>`` hold exactly the rows of ``select``. A large table of a copied snapshot, with the
-        same columns, gets only the rows that differ: rows are compared by a hash of the whole row, counted, so
-        a row that changed is deleted and its new version inserted, and duplicate rows keep their number."""
-        if held is not None and held >= DIFF_ROWS and self._same_columns(table, select, params):
+        same columns, gets only the rows that differ: rows are compared by a 64-bit hash of the whole row and its
+        lists' lengths, counted, so a row that changed is deleted and its new version inserted, and duplicate
+        rows keep their number."""
+        columns = self._same_columns(table, select, params) if held is not None and held >= DIFF_ROWS else None
+        if held is not None and columns is not None:
+            # DuckDB's hash gives NULL, [] and [NULL] the same value: each list's length goes into it too
+            lengths = [f"coalesce(len(_row.{_quote(name)}), -1)" for name, kind in columns if kind.endswith("[]")]
+            digest = f"hash({', '.join(['_row', *lengths])})"
             changed = self.con.execute(
-                f"""WITH want AS (SELECT hash(_row) AS h, count(*) AS n FROM ({select}) _row GROUP BY h),
-                         have AS (SELECT hash(_row) AS h, count(*) AS n FROM snap.{table} _row GROUP BY h)
-                    SELECT coalesce(want.h, have.h), coalesce(have.n, 0)
+                f"""WITH want AS (SELECT {digest} AS h, count(*) AS n FROM ({select}) _row GROUP BY h),
+                         have AS (SELECT {digest} AS h, count(*) AS n FROM snap.{table} _row GROUP BY h)
+                    SELECT coalesce(want.h, have.h), coalesce(want.n, 0), coalesce(have.n, 0)
                     FROM want FULL JOIN have ON want.h = have.h WHERE want.n IS DISTINCT FROM have.n""",
                 params,
             ).fetchall()
-            if sum(n for _, n in changed) <= REWRITE_SHARE * held:
+            if sum(added + gone for _, added, gone in changed) <= REWRITE_SHARE * held:
                 if changed:
-                    hashes = pl.DataFrame({"h": [h for h, _ in changed]}, schema={"h": pl.UInt64})
+                    hashes = pl.DataFrame({"h": [h for h, _, _ in changed]}, schema={"h": pl.UInt64})
                     self.con.register("changed_rows", hashes.to_arrow())
                     try:
                         self.con.execute(
                             f"DELETE FROM snap.{table} WHERE rowid IN (SELECT rowid FROM snap.{table} _row "
-                            "WHERE hash(_row) IN (SELECT h FROM changed_rows))"
+                            f"WHERE {digest} IN (SELECT h FROM changed_rows))"
                         )
                         self.con.execute(
                             f"INSERT INTO snap.{table} SELECT * FROM ({select}) _row "
-                            "WHERE hash(_row) IN (SELECT h FROM changed_rows)",
+                            f"WHERE {digest} IN (SELECT h FROM changed_rows)",
                             params,
                         )
                     finally:
@@ -211,10 +254,12 @@ class SnapshotPublisher(Session):
                 return
         self.con.execute(f"CREATE OR REPLACE TABLE snap.{table} AS {select}", params)
 
-    def _same_columns(self, table: str, select: str, params: dict[str, Any] | None) -> bool:
+    def _same_columns(self, table: str, select: str, params: dict[str, Any] | None) -> list[tuple[str, str]] | None:
+        """The copied table's (name, type) columns when ``select`` gives the same ones, else None."""
         want = self.con.execute(f"SELECT * FROM ({select}) LIMIT 0", params).description
         have = self.con.execute(f"SELECT * FROM snap.{table} LIMIT 0").description
-        return [(c[0], str(c[1])) for c in want] == [(c[0], str(c[1])) for c in have]
+        columns = [(c[0], str(c[1])) for c in have]
+        return columns if [(c[0], str(c[1])) for c in want] == columns else None
 
 
 # Columns that record when or in which run something happened (or which channel URL, which names a host and
@@ -248,12 +293,9 @@ def table_checksums(con: duckdb.DuckDBPyConnection, stable_only: bool = False) -
     return out
 
 
-@contextlib.contextmanager
-def _reset(con: duckdb.DuckDBPyConnection, setting: str) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        con.execute(f"RESET {setting}")
+def _remove(partial: Path) -> None:
+    for leftover in (partial, partial.with_name(partial.name + ".wal")):
+        leftover.unlink(missing_ok=True)
 
 
 def _quote(name: str) -> str:
