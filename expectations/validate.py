@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Hashable
 from functools import cache
 from typing import Any
 
@@ -151,7 +152,8 @@ def validate_exports(parts: list[pl.DataFrame], inst: Instrument) -> list[pl.Dat
 
 
 class Prevalidated:
-    """Failures found ahead in one batch (``prime``), handed out when the same candidates are validated again.
+    """Failures found ahead in one batch (``prime``), handed out when the same candidates are validated again;
+    and what the batch read of each file (``keep``), for the file's ingest to take instead of reading it again.
 
     Called like ``validate_ratings``. A lookup compares the candidates themselves, so a file that changed
     since, or a date check that moved past midnight, is validated afresh rather than served stale.
@@ -159,7 +161,16 @@ class Prevalidated:
 
     def __init__(self) -> None:
         self._found: dict[tuple[str, int, int], list[tuple[pl.DataFrame, pl.DataFrame]]] = {}
+        self._kept: dict[Hashable, object] = {}
         self.served = 0  # validations answered from the batch
+
+    def keep(self, token: Hashable, read: object) -> None:
+        """Keep what the batch read of one file, for its ingest to take (``take``) instead of reading it again."""
+        self._kept[token] = read
+
+    def take(self, token: Hashable) -> object | None:
+        """What ``keep`` kept under exactly this token, once; None when the token differs in anything."""
+        return self._kept.pop(token, None)
 
     @staticmethod
     def _key(frame: pl.DataFrame, code: str) -> tuple[str, int, int]:

@@ -12,7 +12,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import polars as pl
@@ -103,6 +103,7 @@ class ExportCandidates:
     aside: pl.DataFrame  # summary and footer rows, rows a long layout could not place
     vendor_of: dict[str, str]
     per_instrument: list[tuple[Instrument, pl.DataFrame]]
+    today: date  # the clinic's date the candidates were checked against (no session in the future)
 
 
 def export_candidates(
@@ -135,7 +136,24 @@ def export_candidates(
         offset += candidates.height
         per_instrument.append((inst, candidates))
     vendor_of = {canonical: vendor for vendor, canonical in resolved.items()}
-    return ExportCandidates(canonical, aside, vendor_of, per_instrument)
+    return ExportCandidates(canonical, aside, vendor_of, per_instrument, today)
+
+
+ReadToken = tuple[str, str, bytes, int | None, ReadLimits | None]
+
+
+def _read_token(clinic: Clinic, sha256: str, key: bytes, max_bytes: int | None, limits: ReadLimits | None) -> ReadToken:
+    """What an export's candidates depend on besides the clinic's profile and the date."""
+    return clinic.id, sha256, key, max_bytes, limits
+
+
+def _kept_read(validate: Validator | None, clinic: Clinic, token: ReadToken) -> ExportCandidates | None:
+    """The candidates a batch read ahead from exactly these bytes, for this profile, key and date; else None."""
+    kept = validate.take(token) if isinstance(validate, Prevalidated) else None
+    if not isinstance(kept, tuple):
+        return None
+    read_for, found = kept
+    return found if read_for == clinic and found.today == datetime.now(clinic.tz).date() else None
 
 
 def prepare_export(
@@ -149,17 +167,19 @@ def prepare_export(
     known_therapists: pl.DataFrame | None = None,
     data: bytes | None = None,
     validate: Validator | None = None,
+    found: ExportCandidates | None = None,
 ) -> PreparedExport:
     """Read one export and split it into accepted ratings and quarantine rows; ExportRejected if unreadable.
 
     ``known_therapists`` (clinic_id, therapist_id already in the warehouse) quarantines rows whose therapist
     belongs only to other clinics (``foreign_therapist:therapist_id``). ``data`` are the file's bytes when the
     caller has read (and hashed) them already. ``validate`` is ``validate_ratings`` (the default) or a batch's
-    ``Prevalidated`` (the same failures, found for many exports at once).
+    ``Prevalidated`` (the same failures, found for many exports at once); ``found`` the candidates it read
+    ahead from the same bytes.
     """
     validate = validate or validate_ratings
     profile = clinic.export
-    found = export_candidates(path, clinic, key, max_bytes, limits, data)
+    found = found if found is not None else export_candidates(path, clinic, key, max_bytes, limits, data)
     canonical, aside, vendor_of = found.canonical, found.aside, found.vendor_of
     accepted, quarantined, refs = [], [], []
     for inst, candidates in found.per_instrument:
@@ -466,17 +486,19 @@ def ingest_file(
         try:
             fault_point("prepare", source.name)
             known_therapists = writer.known_therapists()
+            max_bytes, limits = int(settings.max_file_mb * 1e6), ReadLimits.from_settings(settings)
             prepared = prepare_export(
                 path,
                 clinic,
                 key,
                 export_id,
                 settings.quarantine_file_share,
-                int(settings.max_file_mb * 1e6),
-                ReadLimits.from_settings(settings),
+                max_bytes,
+                limits,
                 known_therapists,
                 data=source.data,
                 validate=validate,
+                found=_kept_read(validate, clinic, _read_token(clinic, source.sha256, key, max_bytes, limits)),
             )
         except ExportRejected as rejection:
             return reject(rejection.problem, str(rejection))
@@ -604,11 +626,12 @@ def release_export(settings: Settings, export_id: str, by: str, note: str | None
 
 
 def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = None) -> Prevalidated:
-    """The batch's validation done ahead: every file's candidates checked by one GX validation per instrument.
+    """The batch's validation done ahead: every file's candidates checked by one GX validation per instrument,
+    and kept for the file's ingest, which then reads and maps it once.
 
     Files are read as they are now, outside any lock; one that cannot be read, or changes before its ingest,
-    is simply validated again by ``ingest_file``, which stays the judge of every file. Nothing here can stop a
-    run: a batch that fails to validate leaves every file to its own validation.
+    is simply read and validated again by ``ingest_file``, which stays the judge of every file. Nothing here
+    can stop a run: a batch that fails to validate leaves every file to its own validation.
     """
     prevalidated = Prevalidated()
     batch: list[tuple[pl.DataFrame, Instrument]] = []
@@ -622,9 +645,12 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
             clinic = clinic_for(path, clinics, settings, clinic_id)
             if path.stat().st_size > max_bytes:
                 continue
-            found = export_candidates(path, clinic, key, max_bytes, limits)
+            data = path.read_bytes()
+            found = export_candidates(path, clinic, key, max_bytes, limits, data)
         except Exception:  # the file's own ingest rejects it, with its reason
             continue
+        token = _read_token(clinic, hashlib.sha256(data).hexdigest(), key, max_bytes, limits)
+        prevalidated.keep(token, (clinic, found))
         batch += [(candidates, inst) for inst, candidates in found.per_instrument]
     try:
         prevalidated.prime(batch)

@@ -6,11 +6,14 @@ match it on generated exports and on random frames (duplicates are judged within
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import duckdb
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given
@@ -20,11 +23,14 @@ from polars.testing import assert_frame_equal
 
 from alliance.clinics import Clinic
 from alliance.errors import ExportRejected
+from alliance.home import init_home
 from alliance.pseudonyms import load_key
+from alliance.readers import ReadLimits
 from alliance.samples import SampleSet, add_profiles, generate_sample
-from alliance.settings import Settings
+from alliance.settings import Settings, load_settings
 from expectations import Prevalidated, validate_exports, validate_ratings
 from flows.pipeline import prepare_export, prevalidate
+from tests.conftest import TEST_KEY
 from tests.test_fuzz import PROFILES, SRS, raw_frames
 from transforms.mapping import rating_candidates, resolve_columns, to_canonical
 
@@ -126,3 +132,72 @@ def test_validations_on_several_threads_each_get_their_own_failures(network: Sam
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+def _ingested(settings: Settings, network: SampleSet, batched: bool) -> pl.DataFrame:
+    from flows.pipeline import ingest_file
+
+    add_profiles(settings.clinics_file, network.profiles)
+    paths = []
+    for export in network.files:
+        target = settings.inbox / export.clinic_id / export.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(export.path.read_bytes())
+        paths.append(target)
+    batch = prevalidate(paths, settings) if batched else None
+    changed = next(p for p in paths if p.suffix == ".csv")
+    # a file changed after the batch read it: its ingest must load the new bytes, not what the batch kept
+    lines = changed.read_text(encoding="utf-8").splitlines(keepends=True)
+    changed.write_text("".join([lines[0], *lines[2:]]), encoding="utf-8")
+    for path in paths:
+        ingest_file(path, settings, publish=False, validate=batch)
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        return con.sql("SELECT * EXCLUDE (loaded_at, updated_at) FROM ratings ORDER BY ALL").pl()
+
+
+def test_a_batch_reads_each_file_once_and_a_changed_file_again(
+    network: SampleSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.pipeline
+
+    reads: Counter[str] = Counter()
+    real = flows.pipeline.read_export
+
+    def counted(path: Path, *args: object, **kwargs: object) -> pl.DataFrame:
+        reads[path.name] += 1
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(flows.pipeline, "read_export", counted)
+    homes = []
+    for name in ("batched", "one_by_one"):
+        home = load_settings(tmp_path / name)
+        init_home(home)
+        home.key_file.write_text(TEST_KEY + "\n")
+        homes.append(home)
+    batched = _ingested(homes[0], network, batched=True)
+    changed = next(f.path.name for f in network.files if f.path.suffix == ".csv")
+    assert reads == {f.path.name: 2 if f.path.name == changed else 1 for f in network.files}
+    reads.clear()
+    assert_frame_equal(batched, _ingested(homes[1], network, batched=False))
+    assert reads == {f.path.name: 1 for f in network.files}
+
+
+def test_what_a_batch_kept_is_taken_once_and_only_with_the_same_key_profile_and_bytes(settings: Settings) -> None:
+    from flows.pipeline import _kept_read, _read_token
+
+    network = generate_sample(settings.inbox, clinics=2, weeks=8, dyads_per_clinic=4, today=date(2026, 3, 1))
+    add_profiles(settings.clinics_file, network.profiles)
+    export = network.files[0]
+    clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
+    key, sha = load_key(settings), hashlib.sha256(export.path.read_bytes()).hexdigest()
+    max_bytes, limits = int(settings.max_file_mb * 1e6), ReadLimits.from_settings(settings)
+    token = _read_token(clinic, sha, key, max_bytes, limits)
+    batch = prevalidate([export.path], settings)
+    assert _kept_read(batch, clinic, _read_token(clinic, sha, b"another key", max_bytes, limits)) is None
+    assert _kept_read(batch, clinic, _read_token(clinic, "0" * 64, key, max_bytes, limits)) is None
+    other = clinic.model_copy(update={"timezone": "Asia/Tokyo" if clinic.timezone != "Asia/Tokyo" else "UTC"})
+    assert _kept_read(batch, other, token) is None  # read for another profile: not served
+    batch = prevalidate([export.path], settings)
+    found = _kept_read(batch, clinic, token)
+    assert found is not None and found.per_instrument
+    assert _kept_read(batch, clinic, token) is None  # once
