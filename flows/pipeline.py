@@ -28,7 +28,7 @@ from alliance.settings import Settings
 from alliance.storage import Ledger, LoadCounts, Warehouse, Writer, is_storage_failure
 from expectations import Prevalidated, validate_ratings
 from flows.events import is_candidate
-from flows.scoring import ScoringResult, score_dyads
+from flows.scoring import ScoringResult, defer_dyads, score_dyads
 from flows.watcher import Signature, file_signature, wait_until_settled
 from transforms.long_layout import widen
 from transforms.mapping import footer_split, rating_candidates, resolve_columns, to_canonical, unrated_rows
@@ -417,8 +417,8 @@ def ingest_file(
     the snapshots are left to the caller (the nightly sweep publishes once, after its re-score). A file still
     being written is left where it is (status ``unsettled``); an unexpected failure while reading or loading
     rejects that file alone, with its error class in the ledger. ``validate`` may be a ``Prevalidated`` batch
-    (see ``prevalidate``). ``in_batch``: one file of a sweep or multi-file ingest, whose end settles the scores
-    (``flows.reviews.settle_scores``): reliable change is re-estimated there, once, not after this file.
+    (see ``prevalidate``). ``in_batch``: one file of a sweep or multi-file ingest, whose end scores every file's
+    dyads in one pass (``flows.reviews.settle_scores``): this file's are left to it (``scoring`` None).
     """
     clinics = load_clinics(settings.clinics_file)
     clinic = clinic_for(path, clinics, settings, clinic_id)
@@ -552,15 +552,15 @@ def _load_and_score(
     """Load one prepared export and score the dyads it touched, inside the caller's transaction."""
     counts = writer.load_export(ledger, prepared.ratings, prepared.quarantine, prepared.client_refs)
     fault_point("load", ledger.file_name)
-    # scored in the same transaction (or, in a batch that re-scores all at its end, marked due): a crash never
-    # leaves ratings without their flags, or without a full scoring due
-    scoring = (
-        score_dyads(
-            writer, clinics, settings, list(counts.touched_dyads), export_id=ledger.export_id, in_batch=in_batch
-        )
-        if counts.touched_dyads
-        else None
-    )
+    # scored in the same transaction, or left to the batch's end in it: a crash never leaves ratings whose
+    # dyads no scoring will reach
+    touched = list(counts.touched_dyads)
+    if not touched:
+        return counts, None
+    if in_batch:
+        defer_dyads(writer, ledger.export_id, ledger.clinic_id, touched)
+        return counts, None
+    scoring = score_dyads(writer, clinics, settings, touched, export_id=ledger.export_id)
     return counts, scoring
 
 

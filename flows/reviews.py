@@ -12,7 +12,7 @@ from alliance.clinics import load_clinics
 from alliance.errors import AllianceError
 from alliance.settings import Settings
 from alliance.storage import REVIEW_STATUSES, Warehouse, Writer
-from flows.scoring import ScoringResult, full_scoring_due, queue_options, score_dyads, settle_clinics
+from flows.scoring import ScoringResult, batch_clinics, full_scoring_due, queue_options, score_dyads
 from transforms.cases import CASE_STATUSES
 
 FLAG_STATUSES = (*REVIEW_STATUSES, "auto_resolved")
@@ -101,15 +101,15 @@ def rescore(settings: Settings, recalibrate: bool = False) -> ScoringResult:
 
 
 def settle_scores(settings: Settings, swept_clinics: list[str], since: datetime) -> ScoringResult:
-    """The end of a batch (the night's sweep, a multi-file ingest) whose files scored their own dyads: the
-    scores settled and the snapshots published.
+    """The end of a batch (the night's sweep, a multi-file ingest): the dyads its files loaded scored in one
+    pass, the silence, queue and cases of its clinics settled, and the snapshots published.
 
     Flags depend on the ratings, the calibration, each clinic's rules and the queue policy, never on the date
-    (silence is judged against the clinic's latest session). So every dyad already stands as a full rescore
-    would leave it, unless rules, policy or software changed since the last full scoring, or reliable change
-    is due for re-estimation: only then is every dyad re-scored and every snapshot published. Otherwise the
-    swept clinics' snapshots and the network's are (every clinic's when a run re-estimated reliable change
-    ``since`` the batch began, which re-scored all dyads).
+    (silence is judged against the clinic's latest session). So every other dyad already stands as a full
+    rescore would leave it, unless rules, policy or software changed since the last full scoring, or reliable
+    change is due for re-estimation: only then is every dyad re-scored and every snapshot published. Otherwise
+    the batch's clinics' snapshots and the network's are (every clinic's when a run re-estimated reliable
+    change ``since`` the batch began, which re-scored all dyads).
     """
     clinics = load_clinics(settings.clinics_file)
     warehouse = Warehouse.of(settings)
@@ -119,8 +119,9 @@ def settle_scores(settings: Settings, swept_clinics: list[str], since: datetime)
                 result = score_dyads(writer, clinics, settings, None, kind="rescore")
             writer.publish(warehouse.snapshots, None)
         else:
+            settled = batch_clinics(writer, swept_clinics)
             with writer.transaction():
-                result, settled = settle_clinics(writer, clinics, settings, swept_clinics)
+                result = score_dyads(writer, clinics, settings, [], kind="batch", settle=settled)
             everyone = writer.frame(
                 "SELECT count(*) AS n FROM scoring_runs WHERE started_at >= ? AND recalibrated", [since]
             ).item()

@@ -22,9 +22,8 @@ from transforms.queue import QueuePolicy, compare_policies, policy_options, queu
 from transforms.trajectory import session_features
 
 ESTIMATED_ON = "estimated_on"  # meta key: ratings per instrument when reliable change was last estimated
-PENDING_CLINICS = "pending_clinics"  # meta key: clinics whose batch files await their silence, queue and cases
+PENDING_CLINICS = "pending_clinics"  # meta key of earlier versions: clinics a batch cut short left unsettled
 SCORED_WITH = "scored_with"  # meta key: the fingerprint of what every dyad's flags were last computed from
-DEFERRED = "deferred"  # scored_with while a batch left its files unscored for the full scoring at its end
 SESSION_TABLE_COLUMNS = (
     "dyad_id", "clinic_id", "therapist_id", "client_id", "instrument", "session_index", "session_date",
     "session_number", "score", "items", "delta", "baseline", "slope", "ewma", "dyad_mean", "dyad_sd", "z_own",
@@ -92,10 +91,10 @@ def _queue_counts(writer: Writer) -> tuple[int, int]:
 
 
 def _calibrations(
-    writer: Writer, growth: float, force: bool, in_batch: bool = False
+    writer: Writer, growth: float, force: bool
 ) -> tuple[dict[str, Calibration], dict[str, ExpectedCurve], bool]:
     """Current reliable-change estimates and expected trajectories; re-estimated when missing, forced, or the
-    data grew enough — growth in a file of a batch waits for the batch's end, which re-estimates once."""
+    data grew enough (a batch scores at its end: it re-estimates once)."""
     stored = {
         row["instrument"]: Calibration(
             row["instrument"], row["sd"], row["r"], row["rc"], row["n_scores"], row["n_pairs"], row["within_sd"]
@@ -105,9 +104,6 @@ def _calibrations(
     curves = curves_of(writer.current_expected())
     counts = writer.rating_counts()
     if not force and not _stale(writer, counts, growth):
-        return stored, curves, False
-    # a file of a batch waits for the batch's end, unless an instrument was never estimated at all
-    if not force and in_batch and set(counts) <= set(_estimated_on(writer)):
         return stored, curves, False
     writer.set_meta(ESTIMATED_ON, json.dumps(counts, sort_keys=True))
     features = session_features(writer.ratings_of(None))
@@ -148,30 +144,25 @@ def score_dyads(
     kind: str = "ingest",
     export_id: str | None = None,
     recalibrate: bool = False,
-    in_batch: bool = False,
+    settle: list[str] | None = None,
 ) -> ScoringResult:
     """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full.
 
-    ``in_batch``: the dyads of one file of a sweep or multi-file ingest. Not scored at all when the batch's
-    end will re-score every dyad (``full_scoring_due``); otherwise scored on the calibration as it stands,
-    their clinics' silence, queue and cases waiting for the batch's end (``settle_clinics``, through
-    ``settle_scores``). The clinics waiting are kept in ``meta`` in the file's own transaction, so a batch
-    cut short is settled by the next.
+    The dyads a batch's files loaded and left (``defer_dyads``) are scored with them, and ``settle`` names
+    clinics whose silence, queue and cases are decided again besides those of the dyads scored: a batch's end
+    is ``score_dyads(..., [], kind="batch", settle=its clinics)``.
     """
-    if in_batch and dyad_ids is not None and full_scoring_due(writer, clinics, settings):
-        # the batch's end re-scores every dyad: scoring these now would be done twice. The mark keeps the full
-        # scoring due, should the batch be cut short, even if the rules are changed back before the next run
-        writer.set_meta(SCORED_WITH, DEFERRED)
-        return standing(writer)
     started = datetime.now(UTC)
     configs = {cid: clinic.rules for cid, clinic in clinics.items()}
-    growth = settings.recalibrate_growth
-    calibrations, curves, recalibrated = _calibrations(writer, growth, recalibrate, in_batch)
+    calibrations, curves, recalibrated = _calibrations(writer, settings.recalibrate_growth, recalibrate)
+    pending = writer.pending_dyads()
     if recalibrated:
         dyad_ids = None  # a new RC changes every dyad's findings: keep all flags on one calibration
-    scored_dyads, touched_clinics, first_changes = 0, set(), []
+    elif dyad_ids is not None:
+        dyad_ids = sorted({*dyad_ids, *pending["dyad_id"]})
+    scored_dyads, touched_clinics, first_changes = 0, set(pending["clinic_id"]), []
     # every dyad in chunks: memory stays that of one chunk, whatever the network's size
-    for chunk in [dyad_ids] if dyad_ids is not None else _dyad_chunks(writer):
+    for chunk in _dyad_chunks(writer) if dyad_ids is None else _chunks(dyad_ids):
         ratings = writer.ratings_of(chunk)
         scored = score(_features(ratings, configs), configs, calibrations, curves)
         first = reconcile(scored.findings, writer.flags_of(dyad_ids=chunk, except_rule="stopped_appearing"), started)
@@ -180,12 +171,13 @@ def score_dyads(
         scored_dyads += ratings["dyad_id"].n_unique()
         touched_clinics.update(ratings["clinic_id"].unique().to_list())
         first_changes.append(first.changes)
-    scope_clinics = None if dyad_ids is None else sorted(touched_clinics)
-    if in_batch and scope_clinics is not None:
-        writer.set_meta(PENDING_CLINICS, json.dumps(sorted({*_pending(writer), *scope_clinics})))
+    scope_clinics = None if dyad_ids is None else sorted({*touched_clinics, *(settle or []), *_pending(writer)})
+    if scope_clinics == []:
         second, cases = Reconciled(pl.DataFrame(), _no_changes()), CaseUpdate(pl.DataFrame(), _no_changes())
     else:
         second, cases = _clinic_standing(writer, configs, settings, scope_clinics, started)
+    writer.clear_pending()
+    writer.set_meta(PENDING_CLINICS, "[]")
     case_changes = {name: cases.changes.filter(pl.col("change") == name).height for name in ("new", "back", "worse")}
     changes = pl.concat([*first_changes, second.changes])
     counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
@@ -207,7 +199,6 @@ def score_dyads(
     )
     if dyad_ids is None:  # every dyad now stands as these rules and this policy score it, every clinic settled
         writer.set_meta(SCORED_WITH, scoring_fingerprint(clinics, settings))
-        writer.set_meta(PENDING_CLINICS, "[]")
     writer.record_scoring_run(
         {
             "run_id": result.run_id,
@@ -228,6 +219,13 @@ def score_dyads(
     return result
 
 
+def defer_dyads(writer: Writer, export_id: str, clinic_id: str, dyad_ids: list[str]) -> None:
+    """The dyads one file of a batch loaded, left for the batch's end (``settle_scores``) to score in one pass
+    with every other file's: recorded in the file's own transaction, so a batch cut short leaves them to the
+    next scoring, whichever it is."""
+    writer.mark_pending(export_id, clinic_id, dyad_ids)
+
+
 SCORE_CHUNK_DYADS = 20_000  # ≈ 240k ratings: a full scoring's peak memory stays near 1 GB
 
 
@@ -237,7 +235,16 @@ def _dyad_chunks(writer: Writer) -> list[list[str]]:
         """SELECT dyad_id FROM ratings UNION SELECT dyad_id FROM flags UNION SELECT dyad_id FROM dyad_sessions
         ORDER BY 1"""
     )["dyad_id"].to_list()
-    return [ids[i : i + SCORE_CHUNK_DYADS] for i in range(0, len(ids), SCORE_CHUNK_DYADS)] or [[]]
+    return _chunks(ids) or [[]]
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    return [ids[i : i + SCORE_CHUNK_DYADS] for i in range(0, len(ids), SCORE_CHUNK_DYADS)]
+
+
+def batch_clinics(writer: Writer, swept: list[str]) -> list[str]:
+    """The clinics a batch's end settles: those it swept, and those of any dyad a batch left unscored."""
+    return sorted({*swept, *writer.pending_dyads()["clinic_id"], *_pending(writer)})
 
 
 def _no_changes() -> pl.DataFrame:
@@ -270,32 +277,6 @@ def _clinic_standing(
     cases = update_cases(writer.cases_of(scope_clinics), writer.dyads_of(scope_clinics), scope_flags, started)
     writer.replace_cases(cases.cases)
     return second, cases
-
-
-def settle_clinics(
-    writer: Writer, clinics: dict[str, Clinic], settings: Settings, clinic_ids: list[str]
-) -> tuple[ScoringResult, list[str]]:
-    """The end of a batch whose files scored their dyads: silence, queue and cases of the batch's clinics and of
-    any a batch cut short left waiting, in the caller's transaction; (the result, the clinics settled)."""
-    started = datetime.now(UTC)
-    scope = sorted({*clinic_ids, *_pending(writer)})
-    configs = {cid: clinic.rules for cid, clinic in clinics.items()}
-    second, cases = _clinic_standing(writer, configs, settings, scope, started) if scope else (None, None)
-    writer.set_meta(PENDING_CLINICS, "[]")
-    changes = second.changes if second else _no_changes()
-    opened = cases.changes.filter(pl.col("change").is_in(["new", "back"])).height if cases else 0
-    result = replace(
-        standing(writer),
-        new=changes.filter(pl.col("change") == "new").height,
-        worsened=changes.filter(pl.col("change") == "worsened").height,
-        reopened=changes.filter(pl.col("change") == "reopened").height,
-        auto_resolved=changes.filter(pl.col("change") == "auto_resolved").height,
-        changed_flags=changes,
-        cases_opened=opened,
-        cases_worse=cases.changes.filter(pl.col("change") == "worse").height if cases else 0,
-        cases_closed=cases.changes.filter(pl.col("change") == "closed").height if cases else 0,
-    )
-    return result, scope
 
 
 def queue_options(writer: Writer, clinics: dict[str, Clinic], settings: Settings) -> pl.DataFrame:

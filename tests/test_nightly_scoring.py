@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -58,9 +57,10 @@ def test_an_incremental_night_leaves_every_dyad_as_a_full_rescore_would(settings
     _lowered(text, export.path.parent / "corrected_again.csv")
     night = run_nightly(settings)
     assert [r.status for r in night.exports] == ["loaded"] and night.exports[0].rows_updated > 0
-    scored = night.exports[0].scoring
-    assert scored is not None and scored.dyads_scored > 0 and not scored.recalibrated  # incremental
-    assert _last_run(settings) == ("ingest", scored.dyads_scored)  # nothing left for the night to score
+    assert night.exports[0].scoring is None  # the file's dyads are left to the batch's end, which scores them once
+    scored = night.scoring
+    assert scored is not None and 0 < scored.dyads_scored <= 10 and not scored.recalibrated  # incremental
+    assert _last_run(settings) == ("batch", scored.dyads_scored)
     after_night = _scored(settings)
     assert after_night["flags"][0] > 0
     rescore(settings)
@@ -94,28 +94,51 @@ def test_a_batch_cut_short_is_settled_by_the_next_as_if_it_had_ended(tmp_path: P
         homes.append((settings, _lowered(text, export.path.parent / "corrected_again.csv")))
     (cut, corrected), (whole, _) = homes
     started = datetime.now(UTC)
+    before = _scored(cut)
     result = ingest_file(corrected, cut, publish=False, in_batch=True)  # then the batch is killed
-    assert result.scoring is not None and not result.scoring.recalibrated
+    assert result.status == "loaded" and result.scoring is None
+    assert _scored(cut) == before  # nothing scored yet: the file's dyads wait in pending_dyads
     with duckdb.connect(str(cut.warehouse), read_only=True) as con:
-        waiting = con.execute("SELECT value FROM meta WHERE key = 'pending_clinics'").fetchone()
-    assert waiting is not None and json.loads(waiting[0]) == [corrected.parent.name]
+        waiting = con.execute("SELECT DISTINCT clinic_id, export_id FROM pending_dyads").fetchall()
+    assert waiting == [(corrected.parent.name, result.export_id)]
     settle_scores(cut, [], started)  # the next batch has no file of that clinic, and settles it all the same
     run_nightly(whole)  # the same file in a batch that ends
-    assert _scored(cut) == _scored(whole)
+    assert _scored(cut) == _scored(whole) != before
     with duckdb.connect(str(cut.warehouse), read_only=True) as con:
-        assert con.execute("SELECT value FROM meta WHERE key = 'pending_clinics'").fetchone() == ("[]",)
+        assert con.execute("SELECT count(*) FROM pending_dyads").fetchone() == (0,)
 
 
-def _lowered(text: str, target: Path) -> Path:
+def test_a_file_arriving_after_a_batch_cut_short_scores_the_dyads_it_left(tmp_path: Path) -> None:
+    from flows.pipeline import ingest_file
+
+    homes = []
+    for name in ("cut", "whole"):
+        settings, sample = _home(tmp_path / name)
+        export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
+        text = export.path.read_text(encoding="utf-8")
+        run_nightly(settings)
+        first = _lowered(text, export.path.parent / "corrected_again.csv")
+        homes.append((settings, first, _lowered(text, export.path.parent / "corrected_twice.csv", goals=3.0)))
+    (cut, corrected, arriving), (whole, _, _) = homes
+    ingest_file(corrected, cut, publish=False, in_batch=True)  # then the batch is killed
+    result = ingest_file(arriving, cut)  # the next file arrives on its own: it scores what the batch left too
+    assert result.scoring is not None and result.scoring.dyads_scored > 0
+    with duckdb.connect(str(cut.warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM pending_dyads").fetchone() == (0,)
+    run_nightly(whole)  # both files in one batch that ends
+    assert _scored(cut) == _scored(whole)
+
+
+def _lowered(text: str, target: Path, goals: float = 2.0) -> Path:
     """The export again with the goals of its first sessions at 2: an alliance that falls, a corrected file."""
     rows = list(csv.reader(io.StringIO(text)))
-    goals, total = rows[0].index("SRS Goals & Topics"), rows[0].index("SRS Total")
+    column, total = rows[0].index("SRS Goals & Topics"), rows[0].index("SRS Total")
     for row in rows[1:8]:
         try:
-            row[total] = f"{float(row[total]) - float(row[goals]) + 2.0:.1f}"
+            row[total] = f"{float(row[total]) - float(row[column]) + goals:.1f}"
         except ValueError:
             continue  # a planted invalid cell: left as it is
-        row[goals] = "2.0"
+        row[column] = f"{goals:.1f}"
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerows(rows)
     target.write_text(out.getvalue(), encoding="utf-8")
@@ -141,9 +164,9 @@ def test_a_batch_whose_end_re_scores_every_dyad_scores_each_once(tmp_path: Path)
     assert _runs(whole) == [("rescore", night.scoring.dyads_scored if night.scoring else -1)]
     first = sample.files[0].path
     result = ingest_file(first, cut, publish=False, in_batch=True)  # then the batch is killed
-    assert result.status == "loaded" and result.scoring is not None and result.scoring.dyads_scored == 0
+    assert result.status == "loaded" and result.scoring is None
     with duckdb.connect(str(cut.warehouse), read_only=True) as con:
-        assert con.execute("SELECT value FROM meta WHERE key = 'scored_with'").fetchone() == ("deferred",)
+        assert con.execute("SELECT count(DISTINCT dyad_id) FROM pending_dyads").fetchone()[0] > 0  # type: ignore[index]
         assert con.execute("SELECT count(*) FROM flags").fetchone() == (0,)  # ratings waiting for the batch's end
     run_nightly(cut)  # the next run sweeps the rest and scores every dyad, those of the first file too
     assert _scored(cut) == _scored(whole)

@@ -245,6 +245,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
     sha256 VARCHAR NOT NULL,
     published_at TIMESTAMPTZ NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending_dyads (
+    dyad_id VARCHAR NOT NULL,
+    clinic_id VARCHAR NOT NULL,
+    export_id VARCHAR NOT NULL
+);
 CREATE TABLE IF NOT EXISTS scoring_runs (
     run_id VARCHAR NOT NULL,
     kind VARCHAR NOT NULL,

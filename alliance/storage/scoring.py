@@ -187,6 +187,19 @@ class ScoringTables(Session):
         self.con.execute("DELETE FROM cases WHERE case_id IN (SELECT case_id FROM incoming_cases)")
         self.con.execute("INSERT INTO cases BY NAME SELECT * FROM incoming_cases")
 
+    def mark_pending(self, export_id: str, clinic_id: str, dyad_ids: list[str]) -> None:
+        """Dyads a file of a batch loaded, left for the batch's end to score in one pass (inside ``transaction()``)."""
+        scope = self._scope("scope_pending", dyad_ids)
+        self.con.execute(f"INSERT INTO pending_dyads SELECT id, ?, ? FROM {scope}", [clinic_id, export_id])
+
+    def pending_dyads(self) -> pl.DataFrame:
+        """(dyad_id, clinic_id) of every dyad loaded and not yet scored: a batch's, or one cut short."""
+        return self.frame("SELECT DISTINCT dyad_id, clinic_id FROM pending_dyads ORDER BY dyad_id")
+
+    def clear_pending(self) -> None:
+        """Every pending dyad scored (inside the scoring's ``transaction()``)."""
+        self.con.execute("DELETE FROM pending_dyads")
+
     def record_scoring_run(self, run: dict[str, Any]) -> None:
         columns = ", ".join(run)
         self.con.execute(
