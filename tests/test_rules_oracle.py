@@ -25,7 +25,8 @@ from tests.reference import rules as reference
 from transforms import exact
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve, curves_of
-from transforms.flags import Scored, score
+from transforms.flags import MARK_SCHEMA, Scored, marks_frame, score
+from transforms.rules import RULES, risk_score
 
 scores = st.floats(min_value=0, max_value=40).map(lambda v: round(v, 1))
 any_floats = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
@@ -160,3 +161,17 @@ def test_the_rules_find_what_the_reference_rules_find_on_random_courses(
         code: Calibration(code, 5.0, 0.5, rc, 100, 80, within_sd) for code in ("SRS", "ORS", "WAI_SR") if rc
     }
     assert_same(_features(ratings, configs), configs, calibrations, {})
+
+
+@given(rules=st.lists(st.lists(st.sampled_from(sorted(RULES)), max_size=4).map(lambda r: sorted(set(r))), max_size=30))
+def test_marks_built_through_arrow_are_the_frame_polars_builds_from_python(rules: list[list[str]]) -> None:
+    n = len(rules)
+    marks = {
+        "dyad_id": ["d1"] * n,
+        "instrument": ["SRS"] * n,
+        "session_number": list(range(1, n + 1)),
+        "session_date": [date(2026, 1, 5) + timedelta(days=7 * i) for i in range(n)],
+        "rules": rules,
+        "risk": [risk_score(r) for r in rules],
+    }
+    assert_frame_equal(marks_frame(marks), pl.DataFrame(marks, schema=MARK_SCHEMA))

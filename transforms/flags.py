@@ -11,6 +11,7 @@ from datetime import date, datetime
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
@@ -123,6 +124,13 @@ def _session_marks(n: int, episodes: list[Episode]) -> tuple[list[list[str]], li
     return [sorted(set(m)) for m in marks], [risk_score(sorted(set(a))) for a in active]
 
 
+def marks_frame(marks: dict[str, list[Any]]) -> pl.DataFrame:
+    """The per-session marks as a frame (MARK_SCHEMA). The rule lists go through Arrow: Polars builds a list
+    column from Python lists one inner list at a time, which cost a fifth of a backfill's scoring."""
+    rules = pl.from_arrow(pa.array(marks["rules"], type=pa.list_(pa.string())))
+    return pl.DataFrame({**marks, "rules": rules}, schema=MARK_SCHEMA)
+
+
 def score(
     features: pl.DataFrame,
     configs: dict[str, RuleConfig],
@@ -168,7 +176,7 @@ def score(
             marks["session_date"].extend(s.dates)
             marks["rules"].extend(rules_at)
             marks["risk"].extend(risk_at)
-    session_marks = pl.DataFrame(marks, schema=MARK_SCHEMA)
+    session_marks = marks_frame(marks)
     sessions = features.join(session_marks, on=["dyad_id", "instrument", "session_date", "session_number"], how="left")
     columns = {name: [f[name] for f in findings] for name in FINDING_SCHEMA}
     return Scored(pl.DataFrame(columns, schema=FINDING_SCHEMA), sessions)

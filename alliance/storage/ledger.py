@@ -161,18 +161,19 @@ class LedgerTables(Session):
             added = con.execute("SELECT instrument, count(*) FROM staged WHERE change = 'new' GROUP BY 1").fetchall()
             for code, n in added:
                 self._counts[code] = self._counts.get(code, 0) + n
-        con.execute(
-            f"""INSERT INTO rating_history BY NAME
-            SELECT r.*, ? AS replaced_by_export, ? AS replaced_at
-            FROM ratings r JOIN staged s ON {key} WHERE s.change = 'updated'""",
-            [ledger.export_id, now],
-        )
-        con.execute(
-            f"""UPDATE ratings r SET items = s.items, total = s.total, export_id = s.export_id,
-                   source_line = s.source_line, updated_at = ?
-            FROM staged s WHERE {key} AND s.change = 'updated'""",
-            [now],
-        )
+        if counted.get("updated"):  # each is a join against every rating: most files update none
+            con.execute(
+                f"""INSERT INTO rating_history BY NAME
+                SELECT r.*, ? AS replaced_by_export, ? AS replaced_at
+                FROM ratings r JOIN staged s ON {key} WHERE s.change = 'updated'""",
+                [ledger.export_id, now],
+            )
+            con.execute(
+                f"""UPDATE ratings r SET items = s.items, total = s.total, export_id = s.export_id,
+                       source_line = s.source_line, updated_at = ?
+                FROM staged s WHERE {key} AND s.change = 'updated'""",
+                [now],
+            )
         con.execute(
             f"""INSERT INTO ratings BY NAME
             SELECT dyad_id, {", ".join(RATING_KEY)}, items, total, export_id, source_line,
