@@ -201,7 +201,8 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
 
     from alliance.errors import ExportGone, KeyMissing
     from alliance.storage import writer_lease
-    from flows.pipeline import ExportResult, Validator, ingest_file, prevalidate
+    from flows.exports import Validator, prevalidate
+    from flows.pipeline import ExportResult, ingest_file
     from flows.reviews import settle_scores
 
     results = []

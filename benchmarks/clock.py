@@ -15,6 +15,7 @@ from typing import Any
 
 import alliance.storage
 import expectations
+import flows.exports
 import flows.nightly
 import flows.pipeline
 import flows.reviews
@@ -160,21 +161,21 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     """
     if prefect:  # imported before any wrapping: they bind some names of flows.nightly at import
         ingest, serve = importlib.import_module("flows.ingest"), importlib.import_module("flows.serve")
-    pipeline, scoring, writer = flows.pipeline, flows.scoring, alliance.storage.Writer
-    clock.call(pipeline, "read_export", "read")
+    pipeline, exports, scoring, writer = flows.pipeline, flows.exports, flows.scoring, alliance.storage.Writer
+    clock.call(exports, "read_export", "read")
     for name in ("resolve_columns", "to_canonical", "rating_candidates", "unrated_rows", "pseudonymise"):
-        clock.call(pipeline, name, "map.columns")
+        clock.call(exports, name, "map.columns")
     for name in ("accepted_ratings", "with_dyad_id"):
-        clock.call(pipeline, name, "map.ratings")
+        clock.call(exports, name, "map.ratings")
     clock.call(pipeline, "prepare_export", "map.other")  # what prepare_export does between the calls above
-    clock.call(pipeline, "validate_ratings", "validate.gx")
+    clock.call(exports, "validate_ratings", "validate.gx")
     clock.call(expectations.Prevalidated, "prime", "validate.gx")  # a batch's validations, done ahead
     for name in ("screen", "quarantine_rows"):
-        clock.call(pipeline, name, "validate.screen")
+        clock.call(exports, name, "validate.screen")
     clock.call(pipeline, "load_clinics", "other.profiles")
     clock.call(flows.reviews, "load_clinics", "other.profiles")
     clock.call(pipeline, "_read_settled", "other.sha256")
-    clock.call(pipeline, "_archive", "other.archive")
+    clock.call(pipeline, "archive_bytes", "other.archive")
     for name in ("export_by_sha", "check_key"):
         clock.call(writer, name, "load.ledger")
     clock.call(writer, "frame", "other.sql")  # ad-hoc queries: known therapists before a load, queue counts

@@ -23,7 +23,7 @@ from alliance.samples import generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import Ledger, Warehouse
 from flows.alerting import deliver_alerts
-from flows.pipeline import clinic_for, prepare_export
+from flows.exports import clinic_for, prepare_export
 from flows.scoring import score_dyads
 
 SEED = 2026

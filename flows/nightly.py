@@ -14,7 +14,8 @@ from alliance.errors import AllianceError, ExportGone
 from alliance.settings import Settings
 from alliance.storage import Warehouse, writer_lease
 from flows.alerting import AlertReport, Secret, deliver_alerts
-from flows.pipeline import ExportResult, Validator, inbox_files, ingest_file, prevalidate
+from flows.exports import Validator, prevalidate
+from flows.pipeline import ExportResult, inbox_files, ingest_file
 from flows.reviews import settle_scores
 from flows.scoring import ScoringResult, scoring_totals
 

@@ -15,7 +15,9 @@ from alliance.pseudonyms import load_key
 from alliance.readers import ReadLimits, header_position
 from alliance.settings import Settings
 from alliance.storage import Warehouse
-from flows.pipeline import clinic_for, duplicate_message, export_id_of, prepare_export
+from flows.archive import export_id_of
+from flows.exports import clinic_for, prepare_export
+from flows.pipeline import duplicate_message
 
 PREVIEW_COLUMNS = ("source_line", "instrument", "client_id", "therapist_id", "session_date", "session_number", "total")
 

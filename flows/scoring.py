@@ -148,7 +148,7 @@ def score_dyads(
 ) -> ScoringResult:
     """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full.
 
-    The dyads a batch's files loaded and left (``defer_dyads``) are scored with them, and ``settle`` names
+    The dyads a batch's files loaded and left in ``pending_dyads`` are scored with them, and ``settle`` names
     clinics whose silence, queue and cases are decided again besides those of the dyads scored: a batch's end
     is ``score_dyads(..., [], kind="batch", settle=its clinics)``.
     """
@@ -171,13 +171,16 @@ def score_dyads(
         scored_dyads += ratings["dyad_id"].n_unique()
         touched_clinics.update(ratings["clinic_id"].unique().to_list())
         first_changes.append(first.changes)
-    scope_clinics = None if dyad_ids is None else sorted({*touched_clinics, *(settle or []), *_pending(writer)})
+    unsettled = _pending(writer)  # what an earlier version's batch cut short left
+    scope_clinics = None if dyad_ids is None else sorted({*touched_clinics, *(settle or []), *unsettled})
     if scope_clinics == []:
         second, cases = Reconciled(pl.DataFrame(), _no_changes()), CaseUpdate(pl.DataFrame(), _no_changes())
     else:
         second, cases = _clinic_standing(writer, configs, settings, scope_clinics, started)
-    writer.clear_pending()
-    writer.set_meta(PENDING_CLINICS, "[]")
+    if pending.height:
+        writer.clear_pending()
+    if unsettled:
+        writer.set_meta(PENDING_CLINICS, "[]")
     case_changes = {name: cases.changes.filter(pl.col("change") == name).height for name in ("new", "back", "worse")}
     changes = pl.concat([*first_changes, second.changes])
     counts = {name: changes.filter(pl.col("change") == name).height for name in ("new", "worsened", "reopened")}
@@ -217,13 +220,6 @@ def score_dyads(
         }
     )
     return result
-
-
-def defer_dyads(writer: Writer, export_id: str, clinic_id: str, dyad_ids: list[str]) -> None:
-    """The dyads one file of a batch loaded, left for the batch's end (``settle_scores``) to score in one pass
-    with every other file's: recorded in the file's own transaction, so a batch cut short leaves them to the
-    next scoring, whichever it is."""
-    writer.mark_pending(export_id, clinic_id, dyad_ids)
 
 
 SCORE_CHUNK_DYADS = 20_000  # ≈ 240k ratings: a full scoring's peak memory stays near 1 GB
@@ -317,8 +313,3 @@ def scoring_totals(runs: list[ScoringResult]) -> ScoringResult:
         auto_resolved=sum(r.auto_resolved for r in runs),
         recalibrated=any(r.recalibrated for r in runs),
     )
-
-
-def standing(writer: Writer) -> ScoringResult:
-    """The queue as it stands, for a run that scored nothing (every dyad already scored as a full run would)."""
-    return ScoringResult(uuid.uuid4().hex[:16], 0, False, 0, 0, 0, 0, *_queue_counts(writer), _no_changes())

@@ -29,7 +29,7 @@ from alliance.readers import ReadLimits
 from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from expectations import Prevalidated, validate_exports, validate_ratings
-from flows.pipeline import prepare_export, prevalidate
+from flows.exports import prepare_export, prevalidate
 from tests.conftest import TEST_KEY
 from tests.test_fuzz import PROFILES, SRS, raw_frames
 from transforms.mapping import rating_candidates, resolve_columns, to_canonical
@@ -101,14 +101,14 @@ def test_a_file_changed_after_the_batch_is_validated_afresh(network: SampleSet, 
 
 
 def _file_candidates(path: Path, clinic: Clinic) -> pl.DataFrame:
-    from flows.pipeline import export_candidates
+    from flows.exports import export_candidates
 
     return next(c for inst, c in export_candidates(path, clinic, KEY).per_instrument if inst.code == "SRS")
 
 
 def test_validations_on_several_threads_each_get_their_own_failures(network: SampleSet) -> None:
     # the Prefect nightly sweeps clinics on threads, each validating its batch outside the warehouse lock
-    from flows.pipeline import export_candidates
+    from flows.exports import export_candidates
 
     items = []
     for export in network.files:
@@ -158,16 +158,16 @@ def _ingested(settings: Settings, network: SampleSet, batched: bool) -> pl.DataF
 def test_a_batch_reads_each_file_once_and_a_changed_file_again(
     network: SampleSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows.pipeline
+    import flows.exports
 
     reads: Counter[str] = Counter()
-    real = flows.pipeline.read_export
+    real = flows.exports.read_export
 
     def counted(path: Path, *args: object, **kwargs: object) -> pl.DataFrame:
         reads[path.name] += 1
         return real(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(flows.pipeline, "read_export", counted)
+    monkeypatch.setattr(flows.exports, "read_export", counted)
     homes = []
     for name in ("batched", "one_by_one"):
         home = load_settings(tmp_path / name)
@@ -183,7 +183,7 @@ def test_a_batch_reads_each_file_once_and_a_changed_file_again(
 
 
 def test_what_a_batch_kept_is_taken_once_and_only_with_the_same_key_profile_and_bytes(settings: Settings) -> None:
-    from flows.pipeline import _kept_read, _read_token
+    from flows.exports import kept_read, read_token
 
     network = generate_sample(settings.inbox, clinics=2, weeks=8, dyads_per_clinic=4, today=date(2026, 3, 1))
     add_profiles(settings.clinics_file, network.profiles)
@@ -191,13 +191,13 @@ def test_what_a_batch_kept_is_taken_once_and_only_with_the_same_key_profile_and_
     clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
     key, sha = load_key(settings), hashlib.sha256(export.path.read_bytes()).hexdigest()
     max_bytes, limits = int(settings.max_file_mb * 1e6), ReadLimits.from_settings(settings)
-    token = _read_token(clinic, sha, key, max_bytes, limits)
+    token = read_token(clinic, sha, key, max_bytes, limits)
     batch = prevalidate([export.path], settings)
-    assert _kept_read(batch, clinic, _read_token(clinic, sha, b"another key", max_bytes, limits)) is None
-    assert _kept_read(batch, clinic, _read_token(clinic, "0" * 64, key, max_bytes, limits)) is None
+    assert kept_read(batch, clinic, read_token(clinic, sha, b"another key", max_bytes, limits)) is None
+    assert kept_read(batch, clinic, read_token(clinic, "0" * 64, key, max_bytes, limits)) is None
     other = clinic.model_copy(update={"timezone": "Asia/Tokyo" if clinic.timezone != "Asia/Tokyo" else "UTC"})
-    assert _kept_read(batch, other, token) is None  # read for another profile: not served
+    assert kept_read(batch, other, token) is None  # read for another profile: not served
     batch = prevalidate([export.path], settings)
-    found = _kept_read(batch, clinic, token)
+    found = kept_read(batch, clinic, token)
     assert found is not None and found.per_instrument
-    assert _kept_read(batch, clinic, token) is None  # once
+    assert kept_read(batch, clinic, token) is None  # once

@@ -17,7 +17,7 @@ from alliance.drafting import draft_profile, render
 from alliance.drafting.dates import infer_date_format
 from alliance.samples import SampleSet, generate_sample
 from alliance.settings import Settings
-from flows.pipeline import prepare_export
+from flows.exports import prepare_export
 
 KEY = b"draft-test-key-0123456789"
 TODAY = date(2026, 3, 1)

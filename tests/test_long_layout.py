@@ -15,7 +15,7 @@ from alliance.clinics import KEY_FIELDS, Clinic, ExportProfile, parse_clinics
 from alliance.drafting import draft_profile, render
 from alliance.samples import SampleFile, SampleSet, generate_sample
 from alliance.samples.layouts import write_long_csv
-from flows.pipeline import PreparedExport, prepare_export
+from flows.exports import PreparedExport, prepare_export
 
 KEY = b"long-layout-test-key-0123456789"
 TODAY = date(2026, 3, 1)

@@ -153,13 +153,13 @@ def test_an_engine_fault_after_reading_rejects_the_file_without_its_value(
 ) -> None:
     import polars as pl
 
-    import flows.pipeline
+    import flows.exports
 
     # A fault past the reader cannot be produced on demand (the fuzz tests find none): it is simulated here.
     def fault(*_args: object, **_kwargs: object) -> None:
         raise pl.exceptions.ComputeError(f"conversion from `str` to `date` failed in column 'x' for value `{CANARY}`")
 
-    monkeypatch.setattr(flows.pipeline, "rating_candidates", fault)
+    monkeypatch.setattr(flows.exports, "rating_candidates", fault)
     add_clinic(settings, NORTH)
     inbox = settings.inbox / "north"
     inbox.mkdir(parents=True)
@@ -172,6 +172,6 @@ def test_an_engine_fault_after_reading_rejects_the_file_without_its_value(
     result = ingest_file(path, settings)
     assert result.status == "rejected" and CANARY not in str(result)
     # the safety net names the error's class and where, never the engine's message (which quotes the cell)
-    assert result.error is not None and result.error.startswith("fine.csv: unexpected ComputeError at pipeline.py:")
+    assert result.error is not None and result.error.startswith("fine.csv: unexpected ComputeError at exports.py:")
     assert "while reading and checking the file" in result.error
     assert (settings.archive / "north" / "rejected").is_dir()  # archived, the rest of a run goes on

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from alliance.cli import app
 from alliance.settings import Settings
 from alliance.storage import Warehouse
+from flows.archive import archive_path
 from flows.nightly import run_nightly
-from flows.pipeline import archive_path, ingest_file
+from flows.pipeline import ingest_file
 from flows.watcher import settled, wait_until_settled
 from tests.conftest import put
 from tests.test_pipeline import HEADER, ROWS

@@ -25,7 +25,7 @@ from alliance.readers.frames import FOOTER_LABEL, FOOTER_ROW, mark_footer_rows
 from alliance.samples import SampleFile, SampleSet, add_profiles, generate_sample
 from alliance.samples.layouts import write_covered_xlsx, write_titled_csv
 from alliance.settings import Settings
-from flows.pipeline import PreparedExport, prepare_export
+from flows.exports import PreparedExport, prepare_export
 from flows.rehearsal import rehearse
 from transforms.quarantine import FOOTER_REASON
 
