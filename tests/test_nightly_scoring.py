@@ -85,14 +85,7 @@ def test_a_batch_cut_short_is_settled_by_the_next_as_if_it_had_ended(tmp_path: P
     from flows.pipeline import ingest_file
     from flows.reviews import settle_scores
 
-    homes = []
-    for name in ("cut", "whole"):
-        settings, sample = _home(tmp_path / name)
-        export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
-        text = export.path.read_text(encoding="utf-8")
-        run_nightly(settings)
-        homes.append((settings, _lowered(text, export.path.parent / "corrected_again.csv")))
-    (cut, corrected), (whole, _) = homes
+    (cut, [corrected]), (whole, _) = _corrected_after_a_night(tmp_path, 2.0)
     started = datetime.now(UTC)
     before = _scored(cut)
     result = ingest_file(corrected, cut, publish=False, in_batch=True)  # then the batch is killed
@@ -111,15 +104,7 @@ def test_a_batch_cut_short_is_settled_by_the_next_as_if_it_had_ended(tmp_path: P
 def test_a_file_arriving_after_a_batch_cut_short_scores_the_dyads_it_left(tmp_path: Path) -> None:
     from flows.pipeline import ingest_file
 
-    homes = []
-    for name in ("cut", "whole"):
-        settings, sample = _home(tmp_path / name)
-        export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
-        text = export.path.read_text(encoding="utf-8")
-        run_nightly(settings)
-        first = _lowered(text, export.path.parent / "corrected_again.csv")
-        homes.append((settings, first, _lowered(text, export.path.parent / "corrected_twice.csv", goals=3.0)))
-    (cut, corrected, arriving), (whole, _, _) = homes
+    (cut, [corrected, arriving]), (whole, _) = _corrected_after_a_night(tmp_path, 2.0, 3.0)
     ingest_file(corrected, cut, publish=False, in_batch=True)  # then the batch is killed
     result = ingest_file(arriving, cut)  # the next file arrives on its own: it scores what the batch left too
     assert result.scoring is not None and result.scoring.dyads_scored > 0
@@ -127,6 +112,20 @@ def test_a_file_arriving_after_a_batch_cut_short_scores_the_dyads_it_left(tmp_pa
         assert con.execute("SELECT count(*) FROM pending_dyads").fetchone() == (0,)
     run_nightly(whole)  # both files in one batch that ends
     assert _scored(cut) == _scored(whole)
+
+
+def _corrected_after_a_night(tmp_path: Path, *goals: float) -> list[tuple[Settings, list[Path]]]:
+    """Two homes, "cut" and "whole", after the same first night, each with one export corrected once per value
+    of ``goals`` waiting in its inbox, in that order."""
+    homes = []
+    for name in ("cut", "whole"):
+        settings, sample = _home(tmp_path / name)
+        export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
+        text = export.path.read_text(encoding="utf-8")
+        run_nightly(settings)
+        folder = export.path.parent
+        homes.append((settings, [_lowered(text, folder / f"corrected_{i}.csv", g) for i, g in enumerate(goals)]))
+    return homes
 
 
 def _lowered(text: str, target: Path, goals: float = 2.0) -> Path:
