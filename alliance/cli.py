@@ -188,9 +188,6 @@ def _print_results(results: list[Any], settings: Settings, settled: Any = None) 
     console.print(f"warehouse: {settings.warehouse.resolve()}", markup=False)
 
 
-PREVALIDATE_FILES = 200  # files validated ahead in one batch: GX's fixed cost shared, memory bounded
-
-
 def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tuple[list[Any], Any]:
     """Ingest each file; (what each did, the batch's settling scoring run or None for a single file).
 
@@ -201,7 +198,7 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
 
     from alliance.errors import ExportGone, KeyMissing
     from alliance.storage import writer_lease
-    from flows.exports import Validator, prevalidate
+    from flows.exports import PREVALIDATE_FILES, Validator, prevalidate
     from flows.pipeline import ExportResult, ingest_file
     from flows.reviews import settle_scores
 

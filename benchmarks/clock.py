@@ -173,6 +173,8 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     for name in ("screen", "quarantine_rows"):
         clock.call(exports, name, "validate.screen")
     clock.call(pipeline, "load_clinics", "other.profiles")
+    clock.call(exports, "load_clinics", "other.profiles")  # a batch's read ahead
+    clock.call(exports, "export_candidates", "map.other")  # its own work between the calls above
     clock.call(flows.reviews, "load_clinics", "other.profiles")
     clock.call(pipeline, "_read_settled", "other.sha256")
     clock.call(pipeline, "archive_bytes", "other.archive")

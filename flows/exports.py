@@ -110,12 +110,15 @@ def export_candidates(
     return ExportCandidates(canonical, aside, vendor_of, per_instrument, today)
 
 
-ReadToken = tuple[str, str, bytes, int | None, ReadLimits | None]
+PREVALIDATE_FILES = 200  # files read and validated ahead in one batch: GX's fixed cost shared, memory bounded
+ReadToken = tuple[str, str, str, bytes, int | None, ReadLimits | None]
 
 
-def read_token(clinic: Clinic, sha256: str, key: bytes, max_bytes: int | None, limits: ReadLimits | None) -> ReadToken:
-    """What an export's candidates depend on besides the clinic's profile and the date."""
-    return clinic.id, sha256, key, max_bytes, limits
+def read_token(
+    path: Path, clinic: Clinic, sha256: str, key: bytes, max_bytes: int | None, limits: ReadLimits | None
+) -> ReadToken:
+    """What an export's candidates depend on besides the clinic's profile and the date (the path: its suffix)."""
+    return str(path.absolute()), clinic.id, sha256, key, max_bytes, limits
 
 
 def kept_read(validate: Validator | None, clinic: Clinic, token: ReadToken) -> ExportCandidates | None:
@@ -243,7 +246,7 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
             found = export_candidates(path, clinic, key, max_bytes, limits, data)
         except Exception:  # the file's own ingest rejects it, with its reason
             continue
-        token = read_token(clinic, hashlib.sha256(data).hexdigest(), key, max_bytes, limits)
+        token = read_token(path, clinic, hashlib.sha256(data).hexdigest(), key, max_bytes, limits)
         prevalidated.keep(token, (clinic, found))
         batch += [(candidates, inst) for inst, candidates in found.per_instrument]
     try:

@@ -12,7 +12,7 @@ from alliance.settings import load_settings
 from alliance.storage import Warehouse
 from flows.alerting import deliver_alerts
 from flows.events import EXPORT_RECEIVED, ingest_parameters
-from flows.pipeline import ExportResult, ingest_file
+from flows.pipeline import ExportResult, ingest_file, publish_scope
 
 
 def prefect_secret(name: str) -> str | None:
@@ -80,6 +80,7 @@ def summary(result: ExportResult) -> dict[str, object]:
         "flags_new": result.scoring.new if result.scoring else 0,
         "flags_worsened": result.scoring.worsened if result.scoring else 0,
         "recalibrated": bool(result.scoring and result.scoring.recalibrated),
+        "snapshots": publish_scope(result.clinic_id, result.scoring),  # what ingest_file would have published
     }
 
 
@@ -106,5 +107,6 @@ def ingest_export(path: str, home: str | None = None, clinic_id: str | None = No
         alerts = alert_task(home, [str(result["clinic_id"])])
         logger.info("alerts: %s sent, %s failed", alerts["sent"], alerts["failed"])
     if result["status"] not in ("taken", "unsettled"):  # what ingest_file would have published itself
-        publish_task(home, None if result["recalibrated"] else [str(result["clinic_id"])])
+        snapshots = result["snapshots"]
+        publish_task(home, [str(c) for c in snapshots] if isinstance(snapshots, list) else None)
     return result

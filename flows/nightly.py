@@ -14,7 +14,7 @@ from alliance.errors import AllianceError, ExportGone
 from alliance.settings import Settings
 from alliance.storage import Warehouse, writer_lease
 from flows.alerting import AlertReport, Secret, deliver_alerts
-from flows.exports import Validator, prevalidate
+from flows.exports import PREVALIDATE_FILES, Validator, prevalidate
 from flows.pipeline import ExportResult, inbox_files, ingest_file
 from flows.reviews import settle_scores
 from flows.scoring import ScoringResult, scoring_totals
@@ -47,9 +47,11 @@ def sweep_clinics(settings: Settings, clinic_ids: list[str] | None) -> tuple[lis
     results: list[ExportResult] = []
     errors: list[str] = []
     paths = inbox_files(settings, clinic_ids)
-    validate = prevalidate(paths, settings)  # one GX validation per instrument for the whole sweep
-    with writer_lease(settings.warehouse):  # files share a writer session for a few seconds at a time
-        _ingest_each(paths, settings, validate, results, errors)
+    for start in range(0, len(paths), PREVALIDATE_FILES):  # what is read ahead stays bounded
+        files = paths[start : start + PREVALIDATE_FILES]
+        validate = prevalidate(files, settings)  # one GX validation per instrument for these files
+        with writer_lease(settings.warehouse):  # files share a writer session for a few seconds at a time
+            _ingest_each(files, settings, validate, results, errors)
     return results, errors
 
 

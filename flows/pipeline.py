@@ -229,7 +229,7 @@ def ingest_file(
                 known_therapists,
                 data=source.data,
                 validate=validate,
-                found=kept_read(validate, clinic, read_token(clinic, source.sha256, key, max_bytes, limits)),
+                found=kept_read(validate, clinic, read_token(path, clinic, source.sha256, key, max_bytes, limits)),
             )
         except ExportRejected as rejection:
             return reject(rejection.problem, str(rejection))
@@ -266,10 +266,18 @@ def ingest_file(
         crash_point("after_commit")
         # scoring may have touched other dyads' clinics only through recalibration, which rescored all
         if publish:  # a sweep publishes once at its end instead of after every file
-            writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
+            writer.publish(warehouse.snapshots, publish_scope(clinic.id, scoring))
         crash_point("after_publish")
         archive_bytes(source.data, path, target, source.signature, settings)
     return _loaded(source.name, clinic.id, status, export_id, prepared, counts, target, scoring)
+
+
+def publish_scope(clinic_id: str, scoring: ScoringResult | None) -> list[str] | None:
+    """The snapshots a file's run republishes: every clinic's after reliable change was re-estimated (None),
+    else its own clinic's and those of any dyads its scoring took over from a batch cut short."""
+    if scoring and scoring.recalibrated:
+        return None
+    return sorted({clinic_id, *(scoring.clinics if scoring else ())})
 
 
 def _load_and_score(
@@ -352,7 +360,7 @@ def release_export(settings: Settings, export_id: str, by: str, note: str | None
                 f"{counts.new} new, {counts.updated} updated, {counts.quarantined} still quarantined"
                 + (f"; {note}" if note else ""),
             )  # fmt: skip
-        writer.publish(warehouse.snapshots, None if scoring and scoring.recalibrated else [clinic.id])
+        writer.publish(warehouse.snapshots, publish_scope(clinic.id, scoring))
     return _loaded(ledger.file_name, clinic.id, "released", export_id, prepared, counts, archived, scoring)
 
 

@@ -49,6 +49,7 @@ class ScoringResult:
     cases_opened: int = 0  # new cases, and cases of dyads back in the queue
     cases_worse: int = 0
     cases_closed: int = 0
+    clinics: tuple[str, ...] = ()  # whose silence, queue and cases it decided (empty: every clinic's, or none)
 
 
 def _features(ratings: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
@@ -199,6 +200,7 @@ def score_dyads(
         cases_opened=case_changes["new"] + case_changes["back"],
         cases_worse=case_changes["worse"],
         cases_closed=cases.changes.filter(pl.col("change") == "closed").height,
+        clinics=tuple(scope_clinics or ()),
     )
     if dyad_ids is None:  # every dyad now stands as these rules and this policy score it, every clinic settled
         writer.set_meta(SCORED_WITH, scoring_fingerprint(clinics, settings))

@@ -191,10 +191,10 @@ def test_what_a_batch_kept_is_taken_once_and_only_with_the_same_key_profile_and_
     clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
     key, sha = load_key(settings), hashlib.sha256(export.path.read_bytes()).hexdigest()
     max_bytes, limits = int(settings.max_file_mb * 1e6), ReadLimits.from_settings(settings)
-    token = read_token(clinic, sha, key, max_bytes, limits)
+    token = read_token(export.path, clinic, sha, key, max_bytes, limits)
     batch = prevalidate([export.path], settings)
-    assert kept_read(batch, clinic, read_token(clinic, sha, b"another key", max_bytes, limits)) is None
-    assert kept_read(batch, clinic, read_token(clinic, "0" * 64, key, max_bytes, limits)) is None
+    assert kept_read(batch, clinic, read_token(export.path, clinic, sha, b"another key", max_bytes, limits)) is None
+    assert kept_read(batch, clinic, read_token(export.path, clinic, "0" * 64, key, max_bytes, limits)) is None
     other = clinic.model_copy(update={"timezone": "Asia/Tokyo" if clinic.timezone != "Asia/Tokyo" else "UTC"})
     assert kept_read(batch, other, token) is None  # read for another profile: not served
     batch = prevalidate([export.path], settings)

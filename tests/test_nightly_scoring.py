@@ -51,10 +51,10 @@ def test_an_incremental_night_leaves_every_dyad_as_a_full_rescore_would(settings
     first = generate_sample(settings.inbox, clinics=3, weeks=12, dyads_per_clinic=10, today=date(2026, 2, 1))
     add_profiles(settings.clinics_file, first.profiles)
     export = next(f for f in first.files if f.layout == "us_csv" and "corrected" not in f.path.name)
-    text = export.path.read_text(encoding="utf-8")
+    data = export.path.read_bytes()
     run_nightly(settings)
     # the clinic corrects a few sessions: their alliance falls (too little to re-estimate reliable change)
-    _lowered(text, export.path.parent / "corrected_again.csv")
+    _lowered(data, "us_csv", export.path.parent / "corrected_again.csv")
     night = run_nightly(settings)
     assert [r.status for r in night.exports] == ["loaded"] and night.exports[0].rows_updated > 0
     assert night.exports[0].scoring is None  # the file's dyads are left to the batch's end, which scores them once
@@ -85,7 +85,7 @@ def test_a_batch_cut_short_is_settled_by_the_next_as_if_it_had_ended(tmp_path: P
     from flows.pipeline import ingest_file
     from flows.reviews import settle_scores
 
-    (cut, [corrected]), (whole, _) = _corrected_after_a_night(tmp_path, 2.0)
+    (cut, [corrected]), (whole, _) = _corrected_after_a_night(tmp_path, "us_csv")
     started = datetime.now(UTC)
     before = _scored(cut)
     result = ingest_file(corrected, cut, publish=False, in_batch=True)  # then the batch is killed
@@ -101,46 +101,64 @@ def test_a_batch_cut_short_is_settled_by_the_next_as_if_it_had_ended(tmp_path: P
         assert con.execute("SELECT count(*) FROM pending_dyads").fetchone() == (0,)
 
 
-def test_a_file_arriving_after_a_batch_cut_short_scores_the_dyads_it_left(tmp_path: Path) -> None:
+def test_a_file_arriving_after_a_batch_cut_short_scores_and_publishes_the_dyads_it_left(tmp_path: Path) -> None:
     from flows.pipeline import ingest_file
 
-    (cut, [corrected, arriving]), (whole, _) = _corrected_after_a_night(tmp_path, 2.0, 3.0)
+    (cut, [corrected, arriving]), (whole, _) = _corrected_after_a_night(tmp_path, "us_csv", "eu_csv")
+    assert corrected.parent.name != arriving.parent.name  # the lone file's own dyads are not the ones left
     ingest_file(corrected, cut, publish=False, in_batch=True)  # then the batch is killed
-    result = ingest_file(arriving, cut)  # the next file arrives on its own: it scores what the batch left too
-    assert result.scoring is not None and result.scoring.dyads_scored > 0
+    started = datetime.now(UTC)
+    result = ingest_file(arriving, cut)  # a file of another clinic arrives on its own: it scores what was left too
+    assert result.scoring is not None and set(result.scoring.clinics) == {corrected.parent.name, arriving.parent.name}
     with duckdb.connect(str(cut.warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM pending_dyads").fetchone() == (0,)
+        published = con.execute("SELECT DISTINCT clinic_id FROM snapshots WHERE published_at >= ?", [started])
+        assert {row[0] for row in published.fetchall()} >= {corrected.parent.name, arriving.parent.name}
     run_nightly(whole)  # both files in one batch that ends
     assert _scored(cut) == _scored(whole)
 
 
-def _corrected_after_a_night(tmp_path: Path, *goals: float) -> list[tuple[Settings, list[Path]]]:
-    """Two homes, "cut" and "whole", after the same first night, each with one export corrected once per value
-    of ``goals`` waiting in its inbox, in that order."""
+def _corrected_after_a_night(tmp_path: Path, *layouts: str) -> list[tuple[Settings, list[Path]]]:
+    """Two homes, "cut" and "whole", after the same first night, each with an export of each layout corrected
+    (the goals of its first sessions at 2) waiting in its clinic's inbox, in that order."""
     homes = []
     for name in ("cut", "whole"):
         settings, sample = _home(tmp_path / name)
-        export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
-        text = export.path.read_text(encoding="utf-8")
+        originals = [f for f in sample.files if "corrected" not in f.path.name]
+        exports = [next(f for f in originals if f.layout == layout) for layout in layouts]
+        read = [(e.path.read_bytes(), e.layout, e.path.parent / "corrected_again.csv") for e in exports]
         run_nightly(settings)
-        folder = export.path.parent
-        homes.append((settings, [_lowered(text, folder / f"corrected_{i}.csv", g) for i, g in enumerate(goals)]))
+        homes.append((settings, [_lowered(data, layout, target) for data, layout, target in read]))
     return homes
 
 
-def _lowered(text: str, target: Path, goals: float = 2.0) -> Path:
+LAYOUTS: dict[str, tuple[str, str, str, str, bool]] = {  # delimiter, encoding, goals, total, decimal comma
+    "us_csv": (",", "utf-8", "SRS Goals & Topics", "SRS Total", False),
+    "eu_csv": (";", "cp1252", "ziele  &  Themen", "Summe", True),
+}
+
+
+def _lowered(data: bytes, layout: str, target: Path) -> Path:
     """The export again with the goals of its first sessions at 2: an alliance that falls, a corrected file."""
-    rows = list(csv.reader(io.StringIO(text)))
-    column, total = rows[0].index("SRS Goals & Topics"), rows[0].index("SRS Total")
+    delimiter, encoding, goals, total, comma = LAYOUTS[layout]
+
+    def number(cell: str) -> float:
+        return float(cell.replace(",", ".") if comma else cell)
+
+    def cell(value: float) -> str:
+        return f"{value:.1f}".replace(".", ",") if comma else f"{value:.1f}"
+
+    rows = list(csv.reader(io.StringIO(data.decode(encoding)), delimiter=delimiter))
+    g, t = rows[0].index(goals), rows[0].index(total)
     for row in rows[1:8]:
         try:
-            row[total] = f"{float(row[total]) - float(row[column]) + goals:.1f}"
+            row[t] = cell(number(row[t]) - number(row[g]) + 2.0)
         except ValueError:
             continue  # a planted invalid cell: left as it is
-        row[column] = f"{goals:.1f}"
+        row[g] = cell(2.0)
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerows(rows)
-    target.write_text(out.getvalue(), encoding="utf-8")
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n").writerows(rows)
+    target.write_bytes(out.getvalue().encode(encoding))
     return target
 
 

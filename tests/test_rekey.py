@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -155,3 +156,20 @@ def test_after_a_rekey_audit_resolves_and_nothing_is_alerted_twice(tmp_path: Pat
     )
     with Warehouse.of(settings).reader("northside") as reader:
         assert dyad_reviews(reader, dyad, "northside")["reviewed_by"].to_list() == ["Dr Lee"]
+
+
+def test_a_rekey_after_a_batch_cut_short_renames_the_dyads_waiting_for_its_end(tmp_path: Path) -> None:
+    from flows.reviews import settle_scores
+
+    settings, files = sample_home(tmp_path)
+    ingest_file(files[0], settings, clinic_id="northside")
+    ingest_file(files[1], settings, clinic_id="northside", publish=False, in_batch=True)  # then the batch is killed
+    waiting = "SELECT count(DISTINCT dyad_id) FROM pending_dyads"
+    assert rows(settings.warehouse, waiting)[0][0] > 0
+    assert CliRunner().invoke(app, ["rekey", "--home", str(settings.home)]).exit_code == 0
+    # the waiting dyads carry their new ids: the ids of the old key name no rating any more
+    assert rows(settings.warehouse, "SELECT count(*) FROM pending_dyads ANTI JOIN ratings USING (dyad_id)") == [(0,)]
+    settle_scores(settings, [], datetime.now(UTC))
+    assert rows(settings.warehouse, waiting) == [(0,)]
+    unscored = "SELECT count(*) FROM (SELECT DISTINCT dyad_id FROM ratings) ANTI JOIN dyad_sessions USING (dyad_id)"
+    assert rows(settings.warehouse, unscored) == [(0,)]

@@ -61,7 +61,7 @@ class Maintenance(Session):
                 f"""UPDATE {table} t SET client_id = m.new FROM client_map m
                 WHERE t.clinic_id = m.clinic_id AND t.client_id = m.old"""
             )
-        for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads", "cases"):
+        for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads", "cases", "pending_dyads"):
             con.execute(f"UPDATE {table} t SET dyad_id = m.new FROM dyad_map m WHERE t.dyad_id = m.old")
         con.execute("UPDATE flags t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
         # ids renamed by an earlier rotation follow along, so every old id resolves in one step

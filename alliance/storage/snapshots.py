@@ -274,6 +274,7 @@ VOLATILE_COLUMNS = {
 CHECKSUM_TABLES = (
     "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
     "reviews", "cases", "case_reviews", "calibrations", "expected_trajectories", "alerts", "flag_renames",
+    "pending_dyads",
 )  # fmt: skip
 
 
