@@ -12,7 +12,7 @@ from alliance.clinics import load_clinics
 from alliance.errors import AllianceError
 from alliance.settings import Settings
 from alliance.storage import REVIEW_STATUSES, Warehouse, Writer
-from flows.scoring import ScoringResult, batch_clinics, full_scoring_due, queue_options, score_dyads
+from flows.scoring import ScoringResult, full_scoring_due, queue_options, score_dyads
 from transforms.cases import CASE_STATUSES
 
 FLAG_STATUSES = (*REVIEW_STATUSES, "auto_resolved")
@@ -119,13 +119,12 @@ def settle_scores(settings: Settings, swept_clinics: list[str], since: datetime)
                 result = score_dyads(writer, clinics, settings, None, kind="rescore")
             writer.publish(warehouse.snapshots, None)
         else:
-            settled = batch_clinics(writer, swept_clinics)
-            with writer.transaction():
-                result = score_dyads(writer, clinics, settings, [], kind="batch", settle=settled)
+            with writer.transaction():  # the clinics settled: those swept, and those of every dyad left waiting
+                result = score_dyads(writer, clinics, settings, [], kind="batch", settle=swept_clinics)
             everyone = writer.frame(
                 "SELECT count(*) AS n FROM scoring_runs WHERE started_at >= ? AND recalibrated", [since]
             ).item()
-            writer.publish(warehouse.snapshots, None if everyone else settled)
+            writer.publish(warehouse.snapshots, None if everyone else list(result.clinics))
     return result
 
 

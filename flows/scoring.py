@@ -240,11 +240,6 @@ def _chunks(ids: list[str]) -> list[list[str]]:
     return [ids[i : i + SCORE_CHUNK_DYADS] for i in range(0, len(ids), SCORE_CHUNK_DYADS)]
 
 
-def batch_clinics(writer: Writer, swept: list[str]) -> list[str]:
-    """The clinics a batch's end settles: those it swept, and those of any dyad a batch left unscored."""
-    return sorted({*swept, *writer.pending_dyads()["clinic_id"], *_pending(writer)})
-
-
 def _no_changes() -> pl.DataFrame:
     return pl.DataFrame(schema={"flag_id": pl.String, "change": pl.String})
 
