@@ -6,7 +6,7 @@ import json
 import os
 import threading
 from collections.abc import Hashable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import polars as pl
@@ -51,17 +51,24 @@ def _columns_of(config: Any) -> list[str]:
 
 def _runnable(columns: list[str], inst: Instrument) -> tuple[Any, list[str]]:
     """The instrument's suite without rules on columns the export lacks, and the columns the rest read."""
+    suite, needed = _runnable_for(tuple(columns), inst.code, frozenset(inst.item_fields))
+    return suite, list(needed)
+
+
+@lru_cache(maxsize=256)
+def _runnable_for(columns: tuple[str, ...], code: str, item_fields: frozenset[str]) -> tuple[Any, tuple[str, ...]]:
+    # built once per column set: a suite is ~100 GX configurations, and a night asks for one per file
     from great_expectations.core import ExpectationSuite
 
-    full = _suite(inst.code)
+    full = _suite(code)
     # Only items the clinic's export does not carry may be absent; any other missing column is a bug.
-    optional = {f"{field}__raw" for field in inst.item_fields} | set(inst.item_fields)
+    optional = {f"{field}__raw" for field in item_fields} | set(item_fields)
     absent = {c for e in full.expectations for c in _columns_of(e.configuration)} - set(columns)
     if absent - optional:
         raise AllianceError(f"rating candidates lack column(s) {sorted(absent - optional)}")
     runnable = [e for e in full.expectations if not set(_columns_of(e.configuration)) & absent]
     suite = ExpectationSuite(name=full.name, expectations=[e.configuration for e in runnable])
-    return suite, sorted({"row_id", *(c for e in runnable for c in _columns_of(e.configuration))})
+    return suite, tuple(sorted({"row_id", *(c for e in runnable for c in _columns_of(e.configuration))}))
 
 
 def _per_part(suite: Any) -> tuple[Any, list[pl.Expr]]:

@@ -25,10 +25,11 @@ from alliance.clinics import Clinic
 from alliance.errors import ExportRejected
 from alliance.home import init_home
 from alliance.pseudonyms import load_key
-from alliance.readers import ReadLimits
+from alliance.readers import SOURCE_LINE, ReadLimits
 from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from expectations import Prevalidated, validate_exports, validate_ratings
+from expectations.validate import _runnable
 from flows.exports import prepare_export, prevalidate
 from tests.conftest import TEST_KEY
 from tests.test_fuzz import PROFILES, SRS, raw_frames
@@ -58,6 +59,26 @@ def test_one_validation_of_many_exports_gives_each_its_own_failures(frames: list
     assert len(batched) == len(parts)
     for part, found in zip(parts, batched, strict=True):
         assert_frame_equal(found, validate_ratings(part, SRS))
+
+
+def test_a_suite_is_built_once_per_column_set_and_validates_as_a_fresh_one() -> None:
+    """A night asks for the runnable suite once per file: it is built once per column set, and validating
+    twice through the same suite object finds the same failures."""
+    raw = pl.DataFrame(
+        {"Client": ["c1", "c1", "c2"], "Therapist": ["t1", "t1", "t1"], "Date": ["05.01.2026"] * 3,
+         "No": ["1", "1", "2"], "Rel": ["9", "9", "8"], "Goals": ["9", "9", "12.5"], "Approach": ["9", "9", "x"],
+         "Overall": ["9", "9", "8"], "Total": ["36", "36", "30"]}
+    ).with_columns(pl.int_range(2, 5, dtype=pl.Int64).alias(SOURCE_LINE))  # fmt: skip
+    candidates = _candidates(raw)
+    assert candidates is not None
+    suite, needed = _runnable(candidates.columns, SRS)
+    again, needed_again = _runnable(list(candidates.columns), SRS)
+    assert again is suite and needed_again == needed
+    fewer, _ = _runnable([c for c in candidates.columns if not c.startswith("srs_goals")], SRS)
+    assert fewer is not suite and len(fewer.expectations) < len(suite.expectations)
+    first = validate_ratings(candidates, SRS)
+    assert {"out_of_range:srs_goals"} < set(first["rule"])  # and the duplicate session
+    assert_frame_equal(validate_ratings(candidates, SRS), first)
 
 
 @pytest.fixture(scope="module")

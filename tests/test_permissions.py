@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from alliance.backup import backup
 from alliance.cli import app
 from alliance.home import init_home
-from alliance.permissions import wide_files
+from alliance.permissions import snapshot_groups, wide_files
 from alliance.samples import add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import Warehouse
@@ -136,3 +137,22 @@ def test_verify_reports_files_wider_than_owner_only(open_parent: Path) -> None:
     assert result.exit_code == 1
     assert f"Error: {archived}: mode 0644 is wider than 0600 (its group and other users may get in)" in result.output
     assert "snapshots: mode 0755 is wider than 0700" in result.output
+
+
+def test_snapshot_groups_follow_clinics_toml_and_each_text_is_parsed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file's writer session asks for the groups: the file is read each time, parsed once per text."""
+    path = tmp_path / "clinics.toml"
+    parsed: list[str] = []
+    real = tomllib.loads
+    monkeypatch.setattr(tomllib, "loads", lambda text: parsed.append(text) or real(text))
+    path.write_text(f'# {tmp_path}\n[clinics.a]\nsnapshot_group = "ga"\n')
+    assert snapshot_groups(path) == {"a": "ga"}
+    snapshot_groups(path)["a"] = "changed by a caller"
+    assert snapshot_groups(path) == {"a": "ga"}
+    path.write_text(f'# {tmp_path}\n[clinics.a]\nsnapshot_group = "gb"\n[clinics.b]\n')
+    assert snapshot_groups(path) == {"a": "gb"}
+    assert len(parsed) == 2
+    path.unlink()
+    assert snapshot_groups(path) == {}
