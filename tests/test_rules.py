@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from alliance.clinics import RuleConfig
 from alliance.instruments import Instrument, instrument
 from transforms.calibration import reliable_change
-from transforms.flags import stopped_appearing
+from transforms.flags import FINDING_SCHEMA, declines_at_last_session, stopped_appearing
 from transforms.rules import (
     RULES,
     SERIES_RULES,
@@ -597,6 +597,31 @@ def test_stopped_appearing_honours_clinic_gap_days() -> None:
     config = {"c1": RuleConfig(gap_days=8)}
     assert stopped_appearing(_last_seen(7), config, DECLINE).height == 0  # 1.5 weeks capped at 8 days
     assert stopped_appearing(_last_seen(8), config, DECLINE).height == 1
+
+
+def _decline(rule: str, flag: str, magnitude: float, evidence: str = "{}") -> dict[str, Any]:
+    return {
+        "flag_id": flag, "clinic_id": "c1", "therapist_id": "t1", "dyad_id": "d1", "client_id": "p1",
+        "instrument": "SRS", "rule": rule, "severity": "medium", "ongoing": True, "outcome": "ongoing",
+        "provisional": False, "magnitude": magnitude, "reason": f"{rule} {flag}", "evidence": evidence,
+        "first_session": 5, "first_session_date": date(2026, 3, 2), "last_session": 9,
+        "last_session_date": date(2026, 3, 30), "rc_used": None, "calibration_id": None,
+    }  # fmt: skip
+
+
+def test_silence_names_the_same_decline_whatever_order_the_flags_come_in() -> None:
+    """At equal depth the weightier rule, then the lower flag id: the warehouse keeps no row order."""
+    reliable = '{"reliable": true}'
+    declines = [
+        _decline("declining_trend", "b2", 4.0), _decline("rupture", "c3", 4.0, reliable),
+        _decline("new_low", "a1", 4.0), _decline("declining_trend", "a0", 3.9), _decline("rupture", "c0", 6.0),
+    ]  # fmt: skip
+    for order in itertools.permutations(declines):
+        assert declines_at_last_session(pl.DataFrame(list(order), schema=FINDING_SCHEMA)) == {"d1": "rupture c3"}
+    no_rupture = [d for d in declines if d["rule"] != "rupture"]
+    for order in itertools.permutations(no_rupture):
+        found = declines_at_last_session(pl.DataFrame(list(order), schema=FINDING_SCHEMA))
+        assert found == {"d1": "new_low a1"}  # new_low and declining_trend weigh the same: the flag id decides
 
 
 # 10. Risk score ---------------------------------------------------------------------------------

@@ -263,7 +263,12 @@ def declines_at_last_session(findings: pl.DataFrame) -> dict[str, str]:
     # a rupture counts once it is a reliable change below the earlier mean (k pooled SDs can be less)
     shallow = (pl.col("rule") == "rupture") & ~pl.col("evidence").str.contains('"reliable": true', literal=True)
     ongoing = ongoing.filter(~shallow)
-    ranked = ongoing.sort(["dyad_id", "provisional", "magnitude"], descending=[False, False, True])
+    # the deepest confirmed decline; at equal depth the weightier rule, then the flag id: never the row order,
+    # which the warehouse does not keep, so the same flags always give silence the same reason
+    weight = pl.col("rule").replace_strict({rule: spec.weight for rule, spec in RULES.items()}, default=0.0)
+    ranked = ongoing.sort(
+        ["dyad_id", "provisional", "magnitude", weight, "flag_id"], descending=[False, False, True, True, False]
+    )
     return {row["dyad_id"]: row["reason"] for row in ranked.unique("dyad_id", keep="first").iter_rows(named=True)}
 
 
