@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from alliance.alerts import AlertMessage, Earlier, case_messages, channel_id, send, trend_key, trend_messages
+from alliance.alerts import Earlier, case_messages, trend_key, trend_messages
 from alliance.clinics import Clinic
+from alliance.delivery import AlertMessage, channel_id, send
 from alliance.faults import crash_point
 from alliance.settings import Settings
 from alliance.storage import Warehouse

@@ -12,17 +12,9 @@ from urllib.parse import parse_qs
 import polars as pl
 import pytest
 
-from alliance.alerts import (
-    AlertMessage,
-    SendResult,
-    case_messages,
-    redact,
-    resolve_url,
-    send,
-    trend_key,
-    trend_messages,
-)
+from alliance.alerts import case_messages, trend_key, trend_messages
 from alliance.clinics import AlertConfig, Clinic, ExportProfile, Supervisor
+from alliance.delivery import AlertMessage, SendResult, redact, resolve_url, send
 from alliance.errors import ConfigError
 from tests.receivers import PASSWORD, Hook, Mailbox, free_port
 
