@@ -15,6 +15,7 @@ from typing import Any
 
 import alliance.storage
 import expectations
+import flows.batch
 import flows.exports
 import flows.nightly
 import flows.pipeline
@@ -177,11 +178,13 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.call(exports, "export_candidates", "map.other")  # its own work between the calls above
     clock.call(flows.reviews, "load_clinics", "other.profiles")
     clock.call(pipeline, "_read_settled", "other.sha256")
-    clock.call(pipeline, "archive_bytes", "other.archive")
-    for name in ("export_by_sha", "check_key"):
+    for owner in (pipeline, flows.batch):  # a lone file's archive move, and a batch's after its load
+        clock.call(owner, "archive_bytes", "other.archive")
+    for name in ("export_by_sha", "check_key", "attempts", "ledger_rows_of"):
         clock.call(writer, name, "load.ledger")
     clock.call(writer, "frame", "other.sql")  # ad-hoc queries: known therapists before a load, queue counts
-    clock.call(writer, "load_export", "load.upsert")
+    for name in ("load_export", "load_exports"):  # one file's load, and a batch's
+        clock.call(writer, name, "load.upsert")
     clock.context(writer, "transaction", "commit.transaction")
     clock.context(alliance.storage.Warehouse, "writer", "commit.lock_checkpoint")
     # scoring: features and reliable-change calibration (Polars), then rules per dyad (Python) and flag writes
@@ -204,6 +207,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.phase(flows.nightly, "ingest_file", "ingest", per_file=True)
     clock.phase(flows.pipeline, "ingest_file", "ingest", per_file=True)  # `alliance ingest` looks it up here
     clock.phase(flows.nightly, "sweep_clinics", "sweep")
+    clock.phase(flows.batch.LoadBatch, "flush", "load")  # a batch's loads, in the sweep (or an ingest of many)
     clock.phase(flows.nightly, "settle_scores", "settle")
     clock.phase(flows.reviews, "settle_scores", "settle")  # `alliance ingest` of several files settles at its end
     clock.phase(flows.nightly, "deliver_alerts", "alerts")

@@ -1,4 +1,4 @@
-"""Fixed costs of a network's nightly sweep that do not depend on rows: inbox listings and clinic profiles.
+"""Fixed costs of a network's nightly sweep that do not depend on rows: inbox listings, clinic profiles, groups.
 
 Run: ``python -m benchmarks.sweep_costs --clinics 1000 --files 5``. It builds a home with that many clinics
 (profiles in clinics.toml, empty files in each inbox) and times, in this process:
@@ -7,7 +7,9 @@ Run: ``python -m benchmarks.sweep_costs --clinics 1000 --files 5``. It builds a 
   tasks before) against each listing only its own folder (``inbox_files(settings, clinic_id)``); the floor is
   one ``os.scandir`` per clinic folder;
 - profiles: ``load_clinics`` as every ingest calls it, its first (parsing) call against a repeated call on the
-  same text (parsed once per process), and the floor of reading the file.
+  same text (parsed once per process), and the floor of reading the file;
+- snapshot groups: ``snapshot_groups`` as every file's writer session asks for them (``Warehouse.of``), its
+  first (parsing) call against a repeated one on the same text.
 
 Prints seconds for the whole night and ratios. No file is read or ingested.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from alliance.clinics import load_clinics
 from alliance.home import init_home
+from alliance.permissions import snapshot_groups
 from alliance.samples import add_profiles
 from alliance.settings import load_settings
 from flows.pipeline import inbox_files
@@ -80,6 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"profiles, {args.clinics} clinics: first load {first:.3f} s, each later load {again * 1e3:.2f} ms "
               f"(reading the file alone {read * 1e3:.2f} ms); for {files} files: before est. {first * files:.0f} s, "
               f"after {first + again * (files - 1):.1f} s")  # fmt: skip
+        # every file's writer session asks for the snapshot groups (Warehouse.of)
+        groups_first = _seconds(lambda: snapshot_groups(settings.clinics_file))
+        groups_again = _seconds(lambda: [snapshot_groups(settings.clinics_file) for _ in range(100)]) / 100
+        print(f"snapshot groups, {args.clinics} clinics: first read {groups_first:.3f} s, each later read "
+              f"{groups_again * 1e3:.2f} ms; for {files} files: before est. {groups_first * files:.0f} s, after "
+              f"{groups_first + groups_again * (files - 1):.1f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

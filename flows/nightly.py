@@ -14,6 +14,7 @@ from alliance.errors import AllianceError, ExportGone
 from alliance.settings import Settings
 from alliance.storage import Warehouse, writer_lease
 from flows.alerting import AlertReport, Secret, deliver_alerts
+from flows.batch import LoadBatch
 from flows.exports import PREVALIDATE_FILES, Validator, prevalidate
 from flows.pipeline import ExportResult, inbox_files, ingest_file
 from flows.reviews import settle_scores
@@ -51,17 +52,28 @@ def sweep_clinics(settings: Settings, clinic_ids: list[str] | None) -> tuple[lis
         files = paths[start : start + PREVALIDATE_FILES]
         validate = prevalidate(files, settings)  # one GX validation per instrument for these files
         with writer_lease(settings.warehouse):  # files share a writer session for a few seconds at a time
-            _ingest_each(files, settings, validate, results, errors)
-    return results, errors
+            batch = LoadBatch(settings)  # and their loads one transaction
+            _ingest_each(files, settings, validate, batch, results, errors)
+            try:
+                batch.flush()
+            except Exception as exc:  # the files it held are marked failed and stay in their inboxes
+                errors.append(f"loading a batch of files: unexpected {type(exc).__name__}; the night went on")
+                log.warning("nightly sweep: a batch's load failed: %s", type(exc).__name__)
+    return [r for r in results if r.status != "taken"], errors
 
 
 def _ingest_each(
-    paths: list[Path], settings: Settings, validate: Validator, results: list[ExportResult], errors: list[str]
+    paths: list[Path],
+    settings: Settings,
+    validate: Validator,
+    batch: LoadBatch,
+    results: list[ExportResult],
+    errors: list[str],
 ) -> None:
     for path in paths:
         try:
             # scores settled and snapshots published once, at the end of the night
-            results.append(ingest_file(path, settings, publish=False, validate=validate, in_batch=True))
+            results.append(ingest_file(path, settings, publish=False, validate=validate, batch=batch))
         except ExportGone:
             continue  # a file-arrival run took it first: that is the point of overlapping safely
         except AllianceError as exc:

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -26,6 +27,9 @@ from flows.events import is_candidate
 from flows.exports import PreparedExport, Validator, clinic_for, kept_read, prepare_export, read_token
 from flows.scoring import ScoringResult, score_dyads
 from flows.watcher import Signature, file_signature, wait_until_settled
+
+if TYPE_CHECKING:
+    from flows.batch import LoadBatch
 
 log = logging.getLogger("alliance.pipeline")
 
@@ -51,20 +55,19 @@ class ExportResult:
 
 def _loaded(
     name: str,
-    clinic_id: str,
-    status: str,
-    export_id: str,
+    ledger: Ledger,
     prepared: PreparedExport,
     counts: LoadCounts,
     archived: Path,
     scoring: ScoringResult | None,
+    status: str | None = None,
 ) -> ExportResult:
     """The result of an export whose rows went into the warehouse (loaded, quarantined whole, or released)."""
     return ExportResult(
         name,
-        clinic_id,
-        status,
-        export_id,
+        ledger.clinic_id,
+        status or ledger.status,
+        ledger.export_id,
         rows_total=prepared.rows_total,
         rows_new=counts.new,
         rows_updated=counts.updated,
@@ -141,6 +144,7 @@ def ingest_file(
     publish: bool = True,
     validate: Validator | None = None,
     in_batch: bool = False,
+    batch: LoadBatch | None = None,
 ) -> ExportResult:
     """Ingest one export end to end; the same bytes twice at one clinic is a no-op reported as 'duplicate'.
 
@@ -150,6 +154,8 @@ def ingest_file(
     rejects that file alone, with its error class in the ledger. ``validate`` may be a ``Prevalidated`` batch
     (see ``prevalidate``). ``in_batch``: one file of a sweep or multi-file ingest, whose end scores every file's
     dyads in one pass (``flows.reviews.settle_scores``): this file's are left to it (``scoring`` None).
+    ``batch`` (``flows.batch.LoadBatch``, implies ``in_batch``): the file is read, checked and prepared now,
+    and loaded with the batch's other files in one transaction; its result is complete once the batch flushes.
     """
     clinics = load_clinics(settings.clinics_file)
     clinic = clinic_for(path, clinics, settings, clinic_id)
@@ -158,118 +164,177 @@ def ingest_file(
         raise (ExportGone if in_inbox else ConfigError)(f"{path}: no such file")
     key = load_key(settings)
     received_at = received_at or datetime.now(UTC)
-    unsettled = ExportResult(
-        path.name, clinic.id, "unsettled", "",
-        error="still being written (its size or time keeps changing); left in place for the next run",
-    )  # fmt: skip
     # waited for outside the writer lock, so a file still growing never holds up other runs
     settled = wait_until_settled(path, settings.settle_s, timeout=max(3 * settings.settle_s, 1.0))
     if settled is None:
         if not path.is_file():
             raise ExportGone(f"{path.name}: no longer there; another run has taken it")
-        return unsettled
+        return _unsettled(path.name, clinic.id)
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
-        writer.check_key(key_fingerprint(key))
-        # the file is read under the lock: a concurrent run may have archived it while we waited
-        if not path.is_file():
-            raise ExportGone(f"{path.name}: no longer there; another run has taken it")
-        source = _read_settled(path, settings, settled)
-        if source is None:
-            return unsettled
-        prior = writer.export_by_sha(clinic.id, source.sha256)
-        if prior is not None and prior["status"] != "rejected":
-            # Same bytes already committed (or a crash came after the commit): only the archive move may be left.
-            target = archive_path(settings, clinic.id, prior["export_id"], prior["file_name"], rejected=False)
-            archive_bytes(source.data, path, target, source.signature, settings)
-            if publish:
-                writer.publish(warehouse.snapshots, [clinic.id])
-            return ExportResult(
-                source.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target),
-                error=duplicate_message(prior),
-            )  # fmt: skip
-        export_id = export_id_of(clinic.id, source.sha256, writer.attempts(clinic.id, source.sha256))
-        ledger = Ledger(
-            export_id=export_id,
-            clinic_id=clinic.id,
-            file_name=source.name,
-            sha256=source.sha256,
-            bytes=source.signature[0],
-            received_at=received_at,
-            status="loaded",
-            instruments=list(clinic.export.instruments),
+        admitted = _admit(
+            writer, warehouse, path, clinic, key, settled, received_at, settings, validate, publish, batch
         )
+        if isinstance(admitted, ExportResult):
+            return admitted
+        if batch is not None:
+            return batch.defer(admitted)
+        return _commit(writer, warehouse, admitted, clinics, settings, publish, in_batch)
 
-        def reject(problem: str, message: str) -> ExportResult:
-            target = archive_path(settings, clinic.id, export_id, source.name, rejected=True)
-            writer.record_rejection(replace(ledger, status="rejected", error=problem, archived_as=str(target)))
-            if publish:
-                writer.publish(warehouse.snapshots, [clinic.id])
-            archive_bytes(source.data, path, target, source.signature, settings)
-            return ExportResult(source.name, clinic.id, "rejected", export_id, error=message, archived_as=str(target))
 
-        if source.data is None:
-            limit = settings.max_file_mb
-            return reject(
-                f"the file is {source.signature[0] / 1e6:.0f} MB, over the {limit:.0f} MB limit",
-                f"{source.name}: the file is {source.signature[0] / 1e6:.0f} MB, over the {limit:.0f} MB limit",
-            )
-        try:
-            fault_point("prepare", source.name)
-            known_therapists = writer.known_therapists()
-            max_bytes, limits = int(settings.max_file_mb * 1e6), ReadLimits.from_settings(settings)
-            prepared = prepare_export(
-                path,
-                clinic,
-                key,
-                export_id,
-                settings.quarantine_file_share,
-                max_bytes,
-                limits,
-                known_therapists,
-                data=source.data,
-                validate=validate,
-                found=kept_read(validate, clinic, read_token(path, clinic, source.sha256, key, max_bytes, limits)),
-            )
-        except ExportRejected as rejection:
-            return reject(rejection.problem, str(rejection))
-        except Exception as exc:  # the safety net: one file's surprise must not stop the others
-            if is_storage_failure(exc) and not isinstance(exc, OSError):
-                raise
-            log.warning("%s (clinic %s): rejected after %s", source.name, clinic.id, type(exc).__name__)
-            problem = _unexpected(exc, "reading and checking the file")
-            return reject(problem, f"{source.name}: {problem}")
-        status = "quarantined" if prepared.whole_file_quarantined else "loaded"
-        target = archive_path(settings, clinic.id, export_id, source.name, rejected=False)
-        try:
-            with writer.transaction():
-                counts, scoring = _load_and_score(
-                    writer,
-                    replace(
-                        ledger,
-                        status=status,
-                        rows_total=prepared.rows_total,
-                        rows_quarantined=prepared.quarantine.height,
-                        archived_as=str(target),
-                    ),
-                    prepared,
-                    clinics,
-                    settings,
-                    in_batch,
-                )
-        except Exception as exc:  # rolled back: the file is rejected whole, the run goes on
-            if is_storage_failure(exc):
-                raise
-            log.warning("%s (clinic %s): rejected after %s", source.name, clinic.id, type(exc).__name__)
-            problem = _unexpected(exc, "loading and scoring the file")
-            return reject(problem, f"{source.name}: {problem}")
-        crash_point("after_commit")
-        # scoring may have touched other dyads' clinics only through recalibration, which rescored all
-        if publish:  # a sweep publishes once at its end instead of after every file
-            writer.publish(warehouse.snapshots, publish_scope(clinic.id, scoring))
-        crash_point("after_publish")
+def _unsettled(name: str, clinic_id: str) -> ExportResult:
+    return ExportResult(
+        name, clinic_id, "unsettled", "",
+        error="still being written (its size or time keeps changing); left in place for the next run",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An export read, checked and prepared under the writer lock, with its ledger row: ready to load."""
+
+    source: _Source
+    clinic: Clinic
+    ledger: Ledger  # status, row counts and archive path as the load will record them
+    attempts: int  # ledger rows of these bytes at this clinic when it was admitted (its export id counts them)
+    prepared: PreparedExport
+    target: Path  # where it is archived once loaded
+
+
+def _admit(
+    writer: Writer,
+    warehouse: Warehouse,
+    path: Path,
+    clinic: Clinic,
+    key: bytes,
+    settled: Signature,
+    received_at: datetime,
+    settings: Settings,
+    validate: Validator | None,
+    publish: bool,
+    batch: LoadBatch | None,
+) -> ExportResult | Admitted:
+    """Read the file under the lock and prepare it; an ExportResult when there is nothing to load (unsettled,
+    duplicate, rejected)."""
+    writer.check_key(key_fingerprint(key))
+    # the file is read under the lock: a concurrent run may have archived it while we waited
+    if not path.is_file():
+        raise ExportGone(f"{path.name}: no longer there; another run has taken it")
+    source = _read_settled(path, settings, settled)
+    if source is None:
+        return _unsettled(path.name, clinic.id)
+    if batch is not None and batch.holds(clinic.id, source.sha256):
+        batch.flush()  # the same bytes twice in one batch: the second is a duplicate of the first, once it loaded
+    prior = writer.export_by_sha(clinic.id, source.sha256)
+    if prior is not None and prior["status"] != "rejected":
+        # Same bytes already committed (or a crash came after the commit): only the archive move may be left.
+        target = archive_path(settings, clinic.id, prior["export_id"], prior["file_name"], rejected=False)
         archive_bytes(source.data, path, target, source.signature, settings)
-    return _loaded(source.name, clinic.id, status, export_id, prepared, counts, target, scoring)
+        if publish:
+            writer.publish(warehouse.snapshots, [clinic.id])
+        return ExportResult(
+            source.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target),
+            error=duplicate_message(prior),
+        )  # fmt: skip
+    attempts = writer.attempts(clinic.id, source.sha256)
+    ledger = Ledger(
+        export_id=export_id_of(clinic.id, source.sha256, attempts),
+        clinic_id=clinic.id,
+        file_name=source.name,
+        sha256=source.sha256,
+        bytes=source.signature[0],
+        received_at=received_at,
+        status="loaded",
+        instruments=list(clinic.export.instruments),
+    )
+    if source.data is None:
+        limit, size = settings.max_file_mb, source.signature[0] / 1e6
+        problem = f"the file is {size:.0f} MB, over the {limit:.0f} MB limit"
+        return _reject(writer, warehouse, settings, source, ledger, problem, f"{source.name}: {problem}", publish)
+    try:
+        fault_point("prepare", source.name)
+        known_therapists = batch.known_therapists(writer) if batch is not None else writer.known_therapists()
+        max_bytes, limits = int(settings.max_file_mb * 1e6), ReadLimits.from_settings(settings)
+        prepared = prepare_export(
+            path,
+            clinic,
+            key,
+            ledger.export_id,
+            settings.quarantine_file_share,
+            max_bytes,
+            limits,
+            known_therapists,
+            data=source.data,
+            validate=validate,
+            found=kept_read(validate, clinic, read_token(path, clinic, source.sha256, key, max_bytes, limits)),
+        )
+    except ExportRejected as rejection:
+        return _reject(writer, warehouse, settings, source, ledger, rejection.problem, str(rejection), publish)
+    except Exception as exc:  # the safety net: one file's surprise must not stop the others
+        if is_storage_failure(exc) and not isinstance(exc, OSError):
+            raise
+        log.warning("%s (clinic %s): rejected after %s", source.name, clinic.id, type(exc).__name__)
+        problem = _unexpected(exc, "reading and checking the file")
+        return _reject(writer, warehouse, settings, source, ledger, problem, f"{source.name}: {problem}", publish)
+    target = archive_path(settings, clinic.id, ledger.export_id, source.name, rejected=False)
+    ledger = replace(
+        ledger,
+        status="quarantined" if prepared.whole_file_quarantined else "loaded",
+        rows_total=prepared.rows_total,
+        rows_quarantined=prepared.quarantine.height,
+        archived_as=str(target),
+    )
+    return Admitted(source, clinic, ledger, attempts, prepared, target)
+
+
+def _reject(
+    writer: Writer,
+    warehouse: Warehouse,
+    settings: Settings,
+    source: _Source,
+    ledger: Ledger,
+    problem: str,
+    message: str,
+    publish: bool,
+) -> ExportResult:
+    """Record the export as rejected (``problem`` in the ledger) and archive it under rejected/."""
+    target = archive_path(settings, ledger.clinic_id, ledger.export_id, source.name, rejected=True)
+    writer.record_rejection(replace(ledger, status="rejected", error=problem, archived_as=str(target)))
+    if publish:
+        writer.publish(warehouse.snapshots, [ledger.clinic_id])
+    archive_bytes(source.data, source.path, target, source.signature, settings)
+    return ExportResult(
+        source.name, ledger.clinic_id, "rejected", ledger.export_id, error=message, archived_as=str(target)
+    )
+
+
+def _commit(
+    writer: Writer,
+    warehouse: Warehouse,
+    admitted: Admitted,
+    clinics: dict[str, Clinic],
+    settings: Settings,
+    publish: bool,
+    in_batch: bool,
+) -> ExportResult:
+    """Load and score one admitted export in its own transaction, publish, archive; rejected whole on a failure."""
+    source, ledger, prepared = admitted.source, admitted.ledger, admitted.prepared
+    try:
+        with writer.transaction():
+            counts, scoring = _load_and_score(writer, ledger, prepared, clinics, settings, in_batch)
+    except Exception as exc:  # rolled back: the file is rejected whole, the run goes on
+        if is_storage_failure(exc):
+            raise
+        log.warning("%s (clinic %s): rejected after %s", source.name, ledger.clinic_id, type(exc).__name__)
+        problem = _unexpected(exc, "loading and scoring the file")
+        return _reject(writer, warehouse, settings, source, ledger, problem, f"{source.name}: {problem}", publish)
+    crash_point("after_commit")
+    # scoring may have touched other dyads' clinics only through recalibration, which rescored all
+    if publish:  # a sweep publishes once at its end instead of after every file
+        writer.publish(warehouse.snapshots, publish_scope(ledger.clinic_id, scoring))
+    crash_point("after_publish")
+    archive_bytes(source.data, source.path, admitted.target, source.signature, settings)
+    return _loaded(source.name, ledger, prepared, counts, admitted.target, scoring)
 
 
 def publish_scope(clinic_id: str, scoring: ScoringResult | None) -> list[str] | None:
@@ -361,7 +426,7 @@ def release_export(settings: Settings, export_id: str, by: str, note: str | None
                 + (f"; {note}" if note else ""),
             )  # fmt: skip
         writer.publish(warehouse.snapshots, publish_scope(clinic.id, scoring))
-    return _loaded(ledger.file_name, clinic.id, "released", export_id, prepared, counts, archived, scoring)
+    return _loaded(ledger.file_name, ledger, prepared, counts, archived, scoring, "released")
 
 
 def inbox_files(settings: Settings, clinics: str | list[str] | None = None) -> list[Path]:

@@ -130,6 +130,7 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
 
     from alliance.errors import ExportGone, KeyMissing
     from alliance.storage import writer_lease
+    from flows.batch import LoadBatch
     from flows.exports import PREVALIDATE_FILES, Validator, prevalidate
     from flows.pipeline import ExportResult, ingest_file
     from flows.reviews import settle_scores
@@ -140,6 +141,7 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     leased = writer_lease(settings.warehouse) if batch else contextlib.nullcontext()  # files share a session
     with leased, Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
+        loads = LoadBatch(settings) if batch else None  # and their loads one transaction
         task = progress.add_task("ingesting", total=len(paths))
         for index, path in enumerate(paths):
             if len(paths) > 1 and index % PREVALIDATE_FILES == 0:  # GX once per instrument for the next files
@@ -147,7 +149,7 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
             progress.update(task, description=f"ingesting {path.name}")
             try:
                 results.append(
-                    ingest_file(path, settings, clinic_id=clinic, publish=not batch, validate=validate, in_batch=batch)
+                    ingest_file(path, settings, clinic_id=clinic, publish=not batch, validate=validate, batch=loads)
                 )
             except ExportGone as gone:  # another run (watcher, nightly) took it first: not an error
                 results.append(ExportResult(path.name, clinic or path.parent.name, "taken", "", error=str(gone)))
@@ -162,6 +164,13 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
                 error = f"unexpected {type(exc).__name__}; the file was left in place"
                 results.append(ExportResult(path.name, clinic or path.parent.name, "failed", "", error=error))
             progress.advance(task)
+        if loads is not None:
+            progress.update(task, description="loading")
+            try:
+                loads.flush()
+            except Exception as exc:  # the files it held are marked failed and stay in place
+                if isinstance(exc, AllianceError):
+                    raise
     if not batch:
         return results, None
     touched = [r.clinic_id for r in results if r.status not in ("unsettled", "taken", "failed")]

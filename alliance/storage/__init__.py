@@ -1,7 +1,7 @@
 """The warehouse: the only package that imports duckdb, knows the file, the writer lock and the tables."""
 
 from alliance.storage.lease import writer_lease
-from alliance.storage.ledger import LEDGER_COUNTS, Ledger, LoadCounts
+from alliance.storage.ledger import LEDGER_COUNTS, ExportLoad, Ledger, LoadCounts
 from alliance.storage.schema import (
     CURRENT_FLAG,
     CURRENT_FLAG_ID,
@@ -40,6 +40,7 @@ __all__ = [
     "SNAPSHOT_VERSION",
     "VIEWS_FILE",
     "VOLATILE_COLUMNS",
+    "ExportLoad",
     "Ledger",
     "LoadCounts",
     "Reader",

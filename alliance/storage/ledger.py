@@ -33,6 +33,16 @@ class Ledger:
 
 
 @dataclass(frozen=True)
+class ExportLoad:
+    """What one export brings to a load: its ledger row, accepted ratings, quarantine rows, client references."""
+
+    ledger: Ledger
+    ratings: pl.DataFrame
+    quarantine: pl.DataFrame
+    client_refs: pl.DataFrame
+
+
+@dataclass(frozen=True)
 class LoadCounts:
     new: int
     updated: int
@@ -100,6 +110,16 @@ class LedgerTables(Session):
             ).fetchall()[0][0]
         )
 
+    def ledger_rows_of(self, shas: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
+        """Per (clinic_id, sha256) among these bytes: ledger rows, and how many of them are not rejections."""
+        scope = self._scope("scope_shas", shas)
+        rows = self.con.execute(
+            f"""SELECT clinic_id, sha256, count(*), count(*) FILTER (WHERE status <> 'rejected') FROM exports
+            WHERE sha256 IN (SELECT id FROM {scope}) GROUP BY ALL"""
+        ).fetchall()
+        self.con.unregister(scope)
+        return {(clinic, sha): (int(n), int(live)) for clinic, sha, n, live in rows}
+
     def drop_quarantine(self, export_id: str) -> int:
         """Remove an export's quarantine rows (a released file's rows are re-screened), inside ``transaction()``."""
         found = self.con.execute("SELECT count(*) FROM quarantine WHERE export_id = ?", [export_id]).fetchall()
@@ -139,72 +159,132 @@ class LedgerTables(Session):
         self, ledger: Ledger, ratings: pl.DataFrame, quarantine: pl.DataFrame, client_refs: pl.DataFrame
     ) -> LoadCounts:
         """Upsert ratings, add quarantine rows and client references, write the ledger (inside ``transaction()``)."""
-        now = _now()
-        key = " AND ".join(f"r.{k} = s.{k}" for k in RATING_KEY)
+        return self.load_exports([ExportLoad(ledger, ratings, quarantine, client_refs)])[0]
+
+    def load_exports(self, loads: list[ExportLoad]) -> list[LoadCounts]:
+        """Load several exports as if one after another in this order, in a few statements (inside
+        ``transaction()``): each keeps its own ledger row and counts, a later file's value of a rating replaces
+        an earlier one's, and every replaced version goes to rating_history, as file-by-file loads leave them."""
+        if not loads:
+            return []
+        now, con = _now(), self.con
+        ratings = pl.concat(
+            [load.ratings.with_columns(pl.lit(i, pl.Int32).alias("_file")) for i, load in enumerate(loads)],
+            how="diagonal_relaxed",
+        )
         if self._therapists is not None:  # read again after a new pair
             pairs = ratings.select("clinic_id", "therapist_id").unique()
             if pairs.join(self._therapists, on=["clinic_id", "therapist_id"], how="anti").height:
                 self._therapists = None
-        # runs inside the caller's transaction, together with the scoring of the dyads it touched
-        con = self.con
+        key, on_stored = ", ".join(RATING_KEY), " AND ".join(f"r.{k} = c.{k}" for k in RATING_KEY)
         con.register("incoming_ratings", ratings.to_arrow())
+        # a rating's first appearance in the batch is compared with the warehouse, a later one with the file
+        # before it; ``before`` is the last file before this one that changed the rating (its replaced version)
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE staged AS
-            SELECT s.*,
-                   CASE WHEN r.clinic_id IS NULL THEN 'new'
-                        WHEN r.items IS NOT DISTINCT FROM s.items AND r.total = s.total THEN 'unchanged'
-                        ELSE 'updated' END AS change
-            FROM incoming_ratings s LEFT JOIN ratings r ON {key}"""
+            WITH chained AS (
+                SELECT s.*, lag(s.items) OVER w AS prev_items, lag(s.total) OVER w AS prev_total,
+                       row_number() OVER w AS nth
+                FROM incoming_ratings s WINDOW w AS (PARTITION BY {key} ORDER BY _file)
+            ), judged AS (
+                SELECT c.* EXCLUDE (prev_items, prev_total, nth), r.loaded_at AS stored_at,
+                       CASE WHEN c.nth = 1 AND r.clinic_id IS NULL THEN 'new'
+                            WHEN c.nth = 1 AND r.items IS NOT DISTINCT FROM c.items AND r.total = c.total
+                                THEN 'unchanged'
+                            WHEN c.nth > 1 AND c.prev_items IS NOT DISTINCT FROM c.items AND c.prev_total = c.total
+                                THEN 'unchanged'
+                            ELSE 'updated' END AS change
+                FROM chained c LEFT JOIN ratings r ON {on_stored}
+            )
+            SELECT *, max(CASE WHEN change <> 'unchanged' THEN _file END) OVER (
+                       PARTITION BY {key} ORDER BY _file ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+            FROM judged"""
         )
-        counted = dict(con.execute("SELECT change, count(*) FROM staged GROUP BY change").fetchall())
+        counted: dict[tuple[str, str], int] = {
+            (export_id, change): n
+            for export_id, change, n in con.execute(
+                "SELECT export_id, change, count(*) FROM staged GROUP BY ALL"
+            ).fetchall()
+        }
         if self._counts is not None:
             added = con.execute("SELECT instrument, count(*) FROM staged WHERE change = 'new' GROUP BY 1").fetchall()
             for code, n in added:
                 self._counts[code] = self._counts.get(code, 0) + n
-        if counted.get("updated"):  # each is a join against every rating: most files update none
-            con.execute(
-                f"""INSERT INTO rating_history BY NAME
-                SELECT r.*, ? AS replaced_by_export, ? AS replaced_at
-                FROM ratings r JOIN staged s ON {key} WHERE s.change = 'updated'""",
-                [ledger.export_id, now],
-            )
-            con.execute(
-                f"""UPDATE ratings r SET items = s.items, total = s.total, export_id = s.export_id,
-                       source_line = s.source_line, updated_at = ?
-                FROM staged s WHERE {key} AND s.change = 'updated'""",
-                [now],
-            )
+        if any(change == "updated" for _, change in counted):  # most batches of a night update few ratings
+            self._replace_updated(now)
         con.execute(
             f"""INSERT INTO ratings BY NAME
-            SELECT dyad_id, {", ".join(RATING_KEY)}, items, total, export_id, source_line,
+            SELECT dyad_id, {key}, items, total, export_id, source_line,
                    ?::TIMESTAMPTZ AS loaded_at, ?::TIMESTAMPTZ AS updated_at
-            FROM staged WHERE change = 'new'""",
+            FROM staged WHERE change <> 'unchanged' AND stored_at IS NULL
+            QUALIFY _file = max(_file) OVER (PARTITION BY {key})""",
             [now, now],
         )
-        if quarantine.height:
-            con.register("incoming_quarantine", quarantine.to_arrow())
+        quarantine = [load.quarantine for load in loads if load.quarantine.height]
+        if quarantine:
+            con.register("incoming_quarantine", pl.concat(quarantine, how="diagonal_relaxed").to_arrow())
             con.execute(
                 """INSERT INTO quarantine BY NAME
                 SELECT *, ?::TIMESTAMPTZ AS quarantined_at FROM incoming_quarantine""",
                 [now],
             )
-        if client_refs.height:
-            con.register("incoming_refs", client_refs.to_arrow())
+        refs = [
+            load.client_refs.with_columns(pl.lit(i, pl.Int32).alias("_file"))
+            for i, load in enumerate(loads)
+            if load.client_refs.height
+        ]
+        if refs:
+            con.register("incoming_refs", pl.concat(refs, how="diagonal_relaxed").to_arrow())
+            # a client's reference is kept from the first file that brought it
             con.execute(
                 """INSERT INTO client_refs BY NAME
-                SELECT DISTINCT i.clinic_id, i.client_id, i.client_ref, i.first_export_id
-                FROM incoming_refs i ANTI JOIN client_refs c
-                  ON c.clinic_id = i.clinic_id AND c.client_id = i.client_id"""
+                SELECT DISTINCT clinic_id, client_id, client_ref, first_export_id FROM (
+                    SELECT * FROM incoming_refs i ANTI JOIN client_refs c
+                      ON c.clinic_id = i.clinic_id AND c.client_id = i.client_id
+                    QUALIFY _file = min(_file) OVER (PARTITION BY clinic_id, client_id))"""
             )
-        touched = con.execute("SELECT DISTINCT dyad_id FROM staged WHERE change <> 'unchanged' ORDER BY 1").fetchall()
-        counts = LoadCounts(
-            new=counted.get("new", 0),
-            updated=counted.get("updated", 0),
-            unchanged=counted.get("unchanged", 0),
-            quarantined=quarantine.height,
-            touched_dyads=tuple(row[0] for row in touched),
-        )
-        self._write_ledger(ledger, counts)
+        touched: dict[str, list[str]] = {}
+        for export_id, dyad_id in con.execute(
+            "SELECT DISTINCT export_id, dyad_id FROM staged WHERE change <> 'unchanged' ORDER BY 2"
+        ).fetchall():
+            touched.setdefault(export_id, []).append(dyad_id)
+        results = []
+        for load in loads:
+            export_id = load.ledger.export_id
+            counts = LoadCounts(
+                new=counted.get((export_id, "new"), 0),
+                updated=counted.get((export_id, "updated"), 0),
+                unchanged=counted.get((export_id, "unchanged"), 0),
+                quarantined=load.quarantine.height,
+                touched_dyads=tuple(touched.get(export_id, ())),
+            )
+            self._write_ledger(load.ledger, counts)
+            results.append(counts)
         for name in ("incoming_ratings", "incoming_quarantine", "incoming_refs"):
             con.unregister(name)
-        return counts
+        return results
+
+    def _replace_updated(self, now: datetime) -> None:
+        """History rows for the staged updates (the version each replaced), then the ratings set to each key's
+        last version in the batch."""
+        key = ", ".join(RATING_KEY)
+        on, stored = (" AND ".join(f"{t}.{k} = s.{k}" for k in RATING_KEY) for t in ("b", "r"))
+        self.con.execute(
+            f"""INSERT INTO rating_history BY NAME
+            SELECT r.*, s.export_id AS replaced_by_export, ?::TIMESTAMPTZ AS replaced_at
+            FROM staged s JOIN ratings r ON {stored} WHERE s.change = 'updated' AND s.before IS NULL
+            UNION ALL BY NAME
+            SELECT b.dyad_id, {", ".join(f"b.{k}" for k in RATING_KEY)}, b.items, b.total, b.export_id,
+                   b.source_line, coalesce(b.stored_at, ?::TIMESTAMPTZ) AS loaded_at, ?::TIMESTAMPTZ AS updated_at,
+                   s.export_id AS replaced_by_export, ?::TIMESTAMPTZ AS replaced_at
+            FROM staged s JOIN staged b ON {on} AND b._file = s.before WHERE s.change = 'updated'""",
+            [now, now, now, now],
+        )
+        self.con.execute(
+            f"""UPDATE ratings r SET items = s.items, total = s.total, export_id = s.export_id,
+                   source_line = s.source_line, updated_at = ?
+            FROM (SELECT * FROM staged WHERE change <> 'unchanged' AND stored_at IS NOT NULL
+                  QUALIFY _file = max(_file) OVER (PARTITION BY {key})) s
+            WHERE {stored}""",
+            [now],
+        )

@@ -1,0 +1,151 @@
+"""A batch's loads in one transaction: files admitted one by one as ``ingest_file`` reads, checks and prepares
+them, then loaded together, each with its own ledger row, counts, pending dyads and archive move.
+
+A night of 5,000 small files paid a load (about ten statements) and a commit per file; a batch pays them once
+per ``LOAD_FILES`` files. What file-by-file ingests would leave is kept: a later file's value of a rating
+replaces an earlier one's (``LedgerTables.load_exports``), the same bytes twice load once, a therapist a file
+brings is known to the files after it, and a failure in the batch's load loads each file on its own, so one
+file is rejected and the others load. A crash before the commit leaves every file in its inbox; after it,
+each file's re-run finds its bytes loaded and only archives it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+
+import polars as pl
+
+from alliance.clinics import load_clinics
+from alliance.errors import AllianceError, ExportGone
+from alliance.faults import crash_point, fault_point
+from alliance.settings import Settings
+from alliance.storage import ExportLoad, Warehouse, Writer, is_storage_failure
+from alliance.storage.lease import current
+from flows.archive import archive_bytes
+from flows.pipeline import Admitted, ExportResult, _commit, _loaded, ingest_file
+from flows.watcher import file_signature
+
+log = logging.getLogger("alliance.pipeline")
+
+LOAD_FILES = 200  # files loaded in one transaction: statements and commits shared, the lock held seconds
+
+
+class LoadBatch:
+    """Loads deferred by ``ingest_file(..., batch=...)`` until ``flush``; use within a ``writer_lease``.
+
+    Example: ``with writer_lease(w): batch = LoadBatch(settings); [ingest_file(p, settings, batch=batch) for p in
+    paths]; batch.flush()``. Each ``ingest_file`` returns the file's result at once; a deferred one has status
+    ``pending`` until the flush fills it in.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        if current(settings.warehouse) is None:
+            raise AllianceError("a load batch needs a writer lease (alliance.storage.writer_lease)")
+        self.settings = settings
+        self._waiting: list[tuple[Admitted, ExportResult]] = []
+        self._bytes: set[tuple[str, str]] = set()  # (clinic_id, sha256) of the files waiting
+        self._therapists: list[pl.DataFrame] = []
+
+    def holds(self, clinic_id: str, sha256: str) -> bool:
+        """Whether these bytes of this clinic wait in the batch already."""
+        return (clinic_id, sha256) in self._bytes
+
+    def known_therapists(self, writer: Writer) -> pl.DataFrame:
+        """The warehouse's (clinic, therapist) pairs and those of the files waiting: what a file sees once the
+        files before it loaded."""
+        stored = writer.known_therapists()
+        return pl.concat([stored, *self._therapists], how="vertical_relaxed").unique() if self._therapists else stored
+
+    def defer(self, admitted: Admitted) -> ExportResult:
+        result = ExportResult(admitted.source.name, admitted.ledger.clinic_id, "pending", admitted.ledger.export_id)
+        self._waiting.append((admitted, result))
+        self._bytes.add((admitted.ledger.clinic_id, admitted.ledger.sha256))
+        ratings = admitted.prepared.ratings
+        if ratings.height:
+            self._therapists.append(ratings.select("clinic_id", "therapist_id").unique())
+        if len(self._waiting) >= LOAD_FILES:
+            self.flush()
+        return result
+
+    def flush(self) -> None:
+        """Load every waiting file: together in one transaction, or each on its own if that fails."""
+        waiting, self._waiting, self._therapists = self._waiting, [], []
+        self._bytes = set()
+        if not waiting:
+            return
+        try:
+            again = self._load(waiting)
+        except BaseException as exc:
+            for _, result in waiting:
+                if result.status == "pending":
+                    _fill(result, _failed(result, exc))
+            raise
+        for admitted, result in again:
+            _fill(result, self._alone(admitted, result))
+
+    def _load(self, waiting: list[tuple[Admitted, ExportResult]]) -> list[tuple[Admitted, ExportResult]]:
+        """Load the files still as admitted; return the others (changed, taken or loaded by another run since)."""
+        settings = self.settings
+        warehouse = Warehouse.of(settings)
+        with warehouse.writer() as writer:
+            rows = writer.ledger_rows_of(sorted({a.ledger.sha256 for a, _ in waiting}))
+            ready: list[tuple[Admitted, ExportResult]] = []
+            again: list[tuple[Admitted, ExportResult]] = []
+            for admitted, result in waiting:
+                seen = rows.get((admitted.ledger.clinic_id, admitted.ledger.sha256), (0, 0))
+                same = file_signature(admitted.source.path) == admitted.source.signature
+                (ready if same and seen == (admitted.attempts, 0) else again).append((admitted, result))
+            if not ready:
+                return again
+            loads = [
+                ExportLoad(a.ledger, a.prepared.ratings, a.prepared.quarantine, a.prepared.client_refs)
+                for a, _ in ready
+            ]
+            try:
+                with writer.transaction():
+                    counts = writer.load_exports(loads)
+                    for (admitted, _), count in zip(ready, counts, strict=True):
+                        fault_point("load", admitted.ledger.file_name)
+                        if count.touched_dyads:  # scored in one pass at the batch's end (settle_scores)
+                            writer.mark_pending(admitted.ledger.export_id, admitted.ledger.clinic_id,
+                                                list(count.touched_dyads))  # fmt: skip
+            except Exception as exc:  # rolled back: each file loads on its own, and a bad one is rejected alone
+                if is_storage_failure(exc):
+                    raise
+                log.warning("%d files failed to load together (%s); loading each on its own", len(ready),
+                            type(exc).__name__)  # fmt: skip
+                clinics = load_clinics(settings.clinics_file)
+                for admitted, result in ready:
+                    _fill(result, _commit(writer, warehouse, admitted, clinics, settings, False, True))
+                return again
+            crash_point("after_commit")
+            crash_point("after_publish")  # a batch publishes at its end, as a file of a sweep does
+            for (admitted, result), count in zip(ready, counts, strict=True):
+                source = admitted.source
+                archive_bytes(source.data, source.path, admitted.target, source.signature, settings)
+                _fill(result, _loaded(source.name, admitted.ledger, admitted.prepared, count, admitted.target, None))
+        return again
+
+    def _alone(self, admitted: Admitted, result: ExportResult) -> ExportResult:
+        """A file that changed or was taken between its admission and the batch's load: ingested afresh."""
+        try:
+            return ingest_file(
+                admitted.source.path, self.settings, admitted.clinic.id, admitted.ledger.received_at, publish=False,
+                in_batch=True,
+            )  # fmt: skip
+        except ExportGone as gone:
+            return ExportResult(result.file_name, result.clinic_id, "taken", "", error=str(gone))
+        except Exception as exc:
+            return _failed(result, exc)
+
+
+def _failed(result: ExportResult, exc: BaseException) -> ExportResult:
+    error = str(exc) if isinstance(exc, AllianceError) else f"unexpected {type(exc).__name__}; left in place"
+    return ExportResult(result.file_name, result.clinic_id, "failed", "", error=error)
+
+
+def _fill(result: ExportResult, final: ExportResult) -> None:
+    """The deferred result becomes the final one (callers hold the object ``defer`` returned)."""
+    for field in fields(ExportResult):
+        setattr(result, field.name, getattr(final, field.name))
