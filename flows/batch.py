@@ -16,19 +16,19 @@ from dataclasses import fields
 
 import polars as pl
 
-from alliance.clinics import load_clinics
 from alliance.errors import AllianceError, ExportGone
 from alliance.faults import crash_point, fault_point
 from alliance.settings import Settings
 from alliance.storage import ExportLoad, Warehouse, Writer, is_storage_failure
 from alliance.storage.lease import current
 from flows.archive import archive_bytes
-from flows.pipeline import Admitted, ExportResult, _commit, _loaded, ingest_file
+from flows.pipeline import Admitted, ExportResult, _loaded, ingest_file
 from flows.watcher import file_signature
 
 log = logging.getLogger("alliance.pipeline")
 
 LOAD_FILES = 200  # files loaded in one transaction: statements and commits shared, the lock held seconds
+LOAD_BYTES = 256_000_000  # or fewer, when their bytes (kept to archive them) reach this
 
 
 class LoadBatch:
@@ -45,7 +45,8 @@ class LoadBatch:
         self.settings = settings
         self._waiting: list[tuple[Admitted, ExportResult]] = []
         self._bytes: set[tuple[str, str]] = set()  # (clinic_id, sha256) of the files waiting
-        self._therapists: list[pl.DataFrame] = []
+        self._held = 0  # their bytes
+        self._therapists: pl.DataFrame | None = None  # (clinic_id, therapist_id) of their ratings
 
     def holds(self, clinic_id: str, sha256: str) -> bool:
         """Whether these bytes of this clinic wait in the batch already."""
@@ -55,80 +56,94 @@ class LoadBatch:
         """The warehouse's (clinic, therapist) pairs and those of the files waiting: what a file sees once the
         files before it loaded."""
         stored = writer.known_therapists()
-        return pl.concat([stored, *self._therapists], how="vertical_relaxed").unique() if self._therapists else stored
+        if self._therapists is None:
+            return stored
+        return pl.concat([stored, self._therapists], how="vertical_relaxed").unique()
 
     def defer(self, admitted: Admitted) -> ExportResult:
         result = ExportResult(admitted.source.name, admitted.ledger.clinic_id, "pending", admitted.ledger.export_id)
         self._waiting.append((admitted, result))
         self._bytes.add((admitted.ledger.clinic_id, admitted.ledger.sha256))
+        self._held += admitted.ledger.bytes
         ratings = admitted.prepared.ratings
         if ratings.height:
-            self._therapists.append(ratings.select("clinic_id", "therapist_id").unique())
-        if len(self._waiting) >= LOAD_FILES:
+            pairs = ratings.select("clinic_id", "therapist_id").unique()
+            mine = self._therapists
+            self._therapists = pairs if mine is None else pl.concat([mine, pairs], how="vertical_relaxed").unique()
+        if len(self._waiting) >= LOAD_FILES or self._held >= LOAD_BYTES:
             self.flush()
         return result
 
     def flush(self) -> None:
-        """Load every waiting file: together in one transaction, or each on its own if that fails."""
-        waiting, self._waiting, self._therapists = self._waiting, [], []
-        self._bytes = set()
+        """Load every waiting file: together in one transaction, else each on its own, in order, as a lone file
+        (when one changed or was taken since its admission, or the load failed: the files after it may have been
+        prepared with what it brought)."""
+        waiting, self._waiting, self._bytes, self._held, self._therapists = self._waiting, [], set(), 0, None
         if not waiting:
             return
         try:
-            again = self._load(waiting)
+            try:
+                together = self._load(waiting)
+            except Exception as exc:  # the warehouse's own failure (disk, I/O): its session is closed
+                if not is_storage_failure(exc):
+                    raise
+                log.warning("%d files failed to load together (%s); loading each on its own", len(waiting),
+                            type(exc).__name__)  # fmt: skip
+                together = False
+            if not together:
+                for admitted, result in waiting:
+                    _fill(result, self._alone(admitted, result))
         except BaseException as exc:
             for _, result in waiting:
                 if result.status == "pending":
                     _fill(result, _failed(result, exc))
             raise
-        for admitted, result in again:
-            _fill(result, self._alone(admitted, result))
 
-    def _load(self, waiting: list[tuple[Admitted, ExportResult]]) -> list[tuple[Admitted, ExportResult]]:
-        """Load the files still as admitted; return the others (changed, taken or loaded by another run since)."""
+    def _load(self, waiting: list[tuple[Admitted, ExportResult]]) -> bool:
+        """Load the files in one transaction and archive them; False, with nothing loaded, when one changed,
+        was taken or was loaded by another run since its admission, or when the load failed."""
         settings = self.settings
-        warehouse = Warehouse.of(settings)
-        with warehouse.writer() as writer:
+        with Warehouse.of(settings).writer() as writer:
             rows = writer.ledger_rows_of(sorted({a.ledger.sha256 for a, _ in waiting}))
-            ready: list[tuple[Admitted, ExportResult]] = []
-            again: list[tuple[Admitted, ExportResult]] = []
-            for admitted, result in waiting:
+            for admitted, _ in waiting:
                 seen = rows.get((admitted.ledger.clinic_id, admitted.ledger.sha256), (0, 0))
-                same = file_signature(admitted.source.path) == admitted.source.signature
-                (ready if same and seen == (admitted.attempts, 0) else again).append((admitted, result))
-            if not ready:
-                return again
+                if file_signature(admitted.source.path) != admitted.source.signature or seen != (admitted.attempts, 0):
+                    return False
             loads = [
                 ExportLoad(a.ledger, a.prepared.ratings, a.prepared.quarantine, a.prepared.client_refs)
-                for a, _ in ready
+                for a, _ in waiting
             ]
             try:
                 with writer.transaction():
                     counts = writer.load_exports(loads)
-                    for (admitted, _), count in zip(ready, counts, strict=True):
+                    for (admitted, _), count in zip(waiting, counts, strict=True):
                         fault_point("load", admitted.ledger.file_name)
                         if count.touched_dyads:  # scored in one pass at the batch's end (settle_scores)
                             writer.mark_pending(admitted.ledger.export_id, admitted.ledger.clinic_id,
                                                 list(count.touched_dyads))  # fmt: skip
-            except Exception as exc:  # rolled back: each file loads on its own, and a bad one is rejected alone
+            except Exception as exc:  # rolled back
                 if is_storage_failure(exc):
                     raise
-                log.warning("%d files failed to load together (%s); loading each on its own", len(ready),
+                log.warning("%d files failed to load together (%s); loading each on its own", len(waiting),
                             type(exc).__name__)  # fmt: skip
-                clinics = load_clinics(settings.clinics_file)
-                for admitted, result in ready:
-                    _fill(result, _commit(writer, warehouse, admitted, clinics, settings, False, True))
-                return again
+                return False
             crash_point("after_commit")
             crash_point("after_publish")  # a batch publishes at its end, as a file of a sweep does
-            for (admitted, result), count in zip(ready, counts, strict=True):
-                source = admitted.source
-                archive_bytes(source.data, source.path, admitted.target, source.signature, settings)
-                _fill(result, _loaded(source.name, admitted.ledger, admitted.prepared, count, admitted.target, None))
-        return again
+            for (admitted, result), count in zip(waiting, counts, strict=True):
+                source, ledger = admitted.source, admitted.ledger
+                try:
+                    archive_bytes(source.data, source.path, admitted.target, source.signature, settings)
+                except Exception as exc:  # loaded: the next run finds its bytes and archives it
+                    log.warning("%s (clinic %s): loaded, not archived (%s)", source.name, ledger.clinic_id,
+                                type(exc).__name__)  # fmt: skip
+                    error = f"loaded, but not archived ({type(exc).__name__}); the next run archives it"
+                    _fill(result, ExportResult(source.name, ledger.clinic_id, "failed", ledger.export_id, error=error))
+                    continue
+                _fill(result, _loaded(source.name, ledger, admitted.prepared, count, admitted.target, None))
+        return True
 
     def _alone(self, admitted: Admitted, result: ExportResult) -> ExportResult:
-        """A file that changed or was taken between its admission and the batch's load: ingested afresh."""
+        """One file of a batch that could not load together, ingested afresh as a lone file of a sweep."""
         try:
             return ingest_file(
                 admitted.source.path, self.settings, admitted.clinic.id, admitted.ledger.received_at, publish=False,

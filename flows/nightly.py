@@ -57,9 +57,10 @@ def sweep_clinics(settings: Settings, clinic_ids: list[str] | None) -> tuple[lis
             try:
                 batch.flush()
             except Exception as exc:  # the files it held are marked failed and stay in their inboxes
-                errors.append(f"loading a batch of files: unexpected {type(exc).__name__}; the night went on")
                 log.warning("nightly sweep: a batch's load failed: %s", type(exc).__name__)
-    return [r for r in results if r.status != "taken"], errors
+    # a file that could not be loaded at all is an error line, as before batches loaded together
+    errors += [f"{r.file_name}: {r.error}" for r in results if r.status == "failed"]
+    return [r for r in results if r.status not in ("taken", "failed")], errors
 
 
 def _ingest_each(

@@ -299,7 +299,11 @@ def _reject(
 ) -> ExportResult:
     """Record the export as rejected (``problem`` in the ledger) and archive it under rejected/."""
     target = archive_path(settings, ledger.clinic_id, ledger.export_id, source.name, rejected=True)
-    writer.record_rejection(replace(ledger, status="rejected", error=problem, archived_as=str(target)))
+    # nothing of it is loaded: a ledger row with zero rows, whatever preparing it had counted
+    rejection = replace(
+        ledger, status="rejected", error=problem, archived_as=str(target), rows_total=0, rows_quarantined=0
+    )
+    writer.record_rejection(rejection)
     if publish:
         writer.publish(warehouse.snapshots, [ledger.clinic_id])
     archive_bytes(source.data, source.path, target, source.signature, settings)

@@ -26,8 +26,9 @@ from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import ExportLoad, Ledger, LoadCounts, Warehouse, table_checksums, writer_lease
 from flows.batch import LoadBatch
+from flows.nightly import sweep_clinics
 from flows.pipeline import ExportResult, ingest_file
-from tests.conftest import TEST_KEY, put
+from tests.conftest import SOUTH_ROWS, TEST_KEY, put
 from tests.reference.ledger import load_export
 from tests.test_pipeline import ROWS
 from transforms.quarantine import QUARANTINE_SCHEMA
@@ -204,6 +205,10 @@ def test_a_sweeps_batch_leaves_what_its_files_ingested_one_by_one_leave(
     assert any(r.rows_updated for r in results) or fault  # a corrected re-export replaced ratings
     assert _loaded(batched) == _loaded(alone)
     assert not list(batched.inbox.glob("*/*")), "every file archived"
+    for home in (batched, alone):  # a rejected file's ledger row counts no rows (`alliance verify`)
+        with duckdb.connect(str(home.warehouse), read_only=True) as con:
+            sums = "rows_total <> rows_new + rows_updated + rows_unchanged + rows_quarantined"
+            assert con.execute(f"SELECT count(*) FROM exports WHERE {sums}").fetchall() == [(0,)]
 
 
 def test_a_file_changed_after_it_joined_a_batch_is_loaded_as_it_now_is(sample: SampleSet, tmp_path: Path) -> None:
@@ -222,10 +227,14 @@ def test_a_file_changed_after_it_joined_a_batch_is_loaded_as_it_now_is(sample: S
     assert shas == [(hashlib.sha256("".join(lines[:-1]).encode()).hexdigest(),)]
 
 
+@pytest.mark.parametrize("fault", [None, "load:s.csv"])
 def test_a_therapist_an_earlier_file_of_the_batch_brings_is_known_to_the_files_after_it(
-    two_clinics: Settings,
+    two_clinics: Settings, fault: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As one after another: south's file brings therapist s-new, so north's rows with s-new are foreign."""
+    """As one after another: south's file brings therapist s-new, so north's rows with s-new are foreign; unless
+    south's file fails to load, when north's rows are north's own."""
+    if fault:
+        monkeypatch.setenv("ALLIANCE_FAULT_AT", fault)
     settings = two_clinics
     south = put(settings, "south", "s.csv", ["C-201,s-new,01/05/2026,1,9.5,9.0,9.1,9.2,20,"])
     north = put(settings, "north", "n.csv", ["C-101,s-new,01/05/2026,1,9.5,9.0,9.1,9.2,20,", *ROWS[1:3]])
@@ -233,8 +242,38 @@ def test_a_therapist_an_earlier_file_of_the_batch_brings_is_known_to_the_files_a
         batch = LoadBatch(settings)
         results = [ingest_file(p, settings, publish=False, in_batch=True, batch=batch) for p in (south, north)]
         batch.flush()
-    # each line rates SRS and, with an ORS total, ORS: south's line is 2 ratings, north's first line 2 quarantined
-    assert [(r.status, r.rows_new, r.rows_quarantined) for r in results] == [("loaded", 2, 0), ("loaded", 3, 2)]
+    seen = [(r.status, r.rows_new, r.rows_quarantined) for r in results]
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
         rules = con.execute("SELECT rules FROM quarantine WHERE clinic_id = 'north'").fetchall()
+    if fault:
+        assert seen == [("rejected", 0, 0), ("loaded", 5, 0)] and rules == []
+        return
+    # each line rates SRS and, with an ORS total, ORS: south's line is 2 ratings, north's first line 2 quarantined
+    assert seen == [("loaded", 2, 0), ("loaded", 3, 2)]
     assert rules == [(["foreign_therapist:therapist_id"],)] * 2
+
+
+def test_a_file_that_cannot_be_archived_fails_alone_and_the_others_are_archived(
+    two_clinics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loaded together, archived one by one: north's archive move fails (its folder is not writable), south's
+    file is archived, and north's is reported and left for the next run, which finds its bytes loaded."""
+    import flows.batch
+
+    settings = two_clinics
+    north = put(settings, "north", "n.csv", ROWS[:2])
+    south = put(settings, "south", "s.csv", SOUTH_ROWS[:2])
+    real = flows.batch.archive_bytes
+
+    def archive(data: bytes | None, path: Path, *args: object) -> None:
+        if path.parent.name == "north":
+            raise PermissionError(13, "Permission denied")
+        real(data, path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(flows.batch, "archive_bytes", archive)
+    results, errors = sweep_clinics(settings, None)
+    assert [(r.file_name, r.status) for r in results] == [("s.csv", "loaded")]
+    assert errors == ["n.csv: loaded, but not archived (PermissionError); the next run archives it"]
+    assert north.exists() and not south.exists()
+    monkeypatch.setattr(flows.batch, "archive_bytes", real)
+    assert [r.status for r in sweep_clinics(settings, None)[0]] == ["duplicate"] and not north.exists()
