@@ -183,8 +183,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     for name in ("export_by_sha", "check_key", "attempts", "ledger_rows_of"):
         clock.call(writer, name, "load.ledger")
     clock.call(writer, "frame", "other.sql")  # ad-hoc queries: known therapists before a load, queue counts
-    for name in ("load_export", "load_exports"):  # one file's load, and a batch's
-        clock.call(writer, name, "load.upsert")
+    clock.call(writer, "load_exports", "load.upsert")  # a batch's load, and one file's (load_export calls it)
     clock.context(writer, "transaction", "commit.transaction")
     clock.context(alliance.storage.Warehouse, "writer", "commit.lock_checkpoint")
     # scoring: features and reliable-change calibration (Polars), then rules per dyad (Python) and flag writes
