@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from alliance.home import init_home
+from alliance.readers import sha256_of
 from alliance.samples import SampleFile, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import Warehouse, table_checksums
@@ -53,11 +54,12 @@ def _contents(path: Path) -> dict[str, object]:
         return {"types": types, "views": views, "meta": meta, "rows": table_checksums(con)}
 
 
-@pytest.mark.parametrize("batch", [1, 2, 100])
+@pytest.mark.parametrize(("batch", "writers"), [(1, 1), (2, 3), (100, 1), (100, 3)])
 def test_published_snapshots_equal_the_clinic_by_clinic_writer(
-    network: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+    network: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int, writers: int
 ) -> None:
     monkeypatch.setattr(snapshots_module, "CLINIC_BATCH", batch)
+    monkeypatch.setattr(snapshots_module, "SNAPSHOT_WRITERS", writers)
     warehouse = Warehouse.of(network)
     folder = tmp_path / "published"
     with warehouse.writer() as writer:
@@ -75,6 +77,44 @@ def test_published_snapshots_equal_the_clinic_by_clinic_writer(
     # each review reaches the one clinic snapshot that owns its flag
     reviews = [_contents(p)["rows"]["reviews"][0] for p in published]  # type: ignore[index]
     assert reviews[0] >= 3 and sum(reviews[1:]) == reviews[0]
+
+
+def test_a_snapshot_that_fails_fails_the_publish_and_every_written_file_is_recorded(
+    network: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files written side by side: one that fails raises its own error; the others still being written finish,
+    and every file in place is recorded with its checksum; the session is left as it was."""
+    monkeypatch.setattr(snapshots_module, "SNAPSHOT_WRITERS", 3)
+    monkeypatch.setattr(snapshots_module, "CLINIC_BATCH", 2)
+    settle = snapshots_module.settle_snapshot
+    with Warehouse.of(network).writer() as writer:
+        clinics = [r[0] for r in writer.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()]
+    failing = f".clinic-{clinics[1]}.duckdb.partial"
+
+    def settle_or_fail(path: Path, group: str | None) -> None:
+        if path.name == failing:
+            raise OSError(5, "Input/output error")
+        settle(path, group)
+
+    monkeypatch.setattr(snapshots_module, "settle_snapshot", settle_or_fail)
+    folder = tmp_path / "published"
+    with Warehouse.of(network).writer() as writer:
+        threshold = writer.con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()
+        with pytest.raises(OSError, match="Input/output error"):
+            writer.publish(folder, None)
+        assert writer.con.execute("SELECT current_setting('checkpoint_threshold')").fetchall() == threshold
+        attached = writer.con.execute("SELECT database_name FROM duckdb_databases() WHERE NOT internal").fetchall()
+        assert attached == [("warehouse",)]
+        recorded = dict(writer.con.execute("SELECT path, sha256 FROM snapshots").fetchall())
+        written = sorted(folder.iterdir())
+        assert "network.duckdb" in [p.name for p in written] and f"clinic-{clinics[0]}.duckdb" in [
+            p.name for p in written
+        ]
+        assert f"clinic-{clinics[1]}.duckdb" not in [p.name for p in written]
+        for path in written:  # nothing half-written left, and every file in place recorded as it is
+            assert recorded[path.name] == sha256_of(path), path.name
+        monkeypatch.setattr(snapshots_module, "settle_snapshot", settle)
+        assert len(writer.publish(folder, None)) == len(clinics) + 1  # the same session publishes again
 
 
 @pytest.mark.parametrize("diff_rows", [1, snapshots_module.DIFF_ROWS])
@@ -160,7 +200,7 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     with Warehouse.of(settings).writer() as writer:  # the connection is back on the warehouse, nothing attached
         assert writer.con.execute("SELECT current_database()").fetchall() == [("warehouse",)]
         assert writer.con.execute(
-            "SELECT count(*) FROM duckdb_databases() WHERE database_name = 'snap'"
+            "SELECT count(*) FROM duckdb_databases() WHERE database_name LIKE 'snap%'"
         ).fetchall() == [(0,)]
     assert ("ratings", True) in filled and ("ratings", False) in filled  # copied snapshots, and harbor's anew
     assert ("ratings" in compared) == (diff_rows == 1)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +43,70 @@ REWRITE_SHARE = 0.5
 # so comparing pays only for a table of several groups (the network's ratings, not a clinic's)
 DIFF_ROWS = 250_000
 CLINIC_BATCH = 100  # clinics whose rows are staged together: one scan of each table per batch, not per clinic
+SNAPSHOT_WRITERS = max(1, min(4, os.cpu_count() or 1))  # snapshot files written at once, one connection each
+STAGING = "snapshot_staging"  # the in-memory database holding a clinic batch's rows while its files are written
 
 
 class SnapshotPublisher(Session):
     """Publishing the snapshots, checksummed and swapped in atomically."""
 
+    alias = "snap"  # the name this connection attaches a snapshot file under
+
     def publish(self, folder: Path, clinic_ids: list[str] | None, fresh: bool = False) -> list[Path]:
         """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically.
 
         Each is brought up to date from a copy of the published file, or with ``fresh`` written anew, so that no
-        byte of the old file survives in free blocks (after a pseudonym key rotation or a restore)."""
+        byte of the old file survives in free blocks (after a pseudonym key rotation or a restore). Up to
+        ``SNAPSHOT_WRITERS`` files are written at once, each on its own connection."""
         folder.mkdir(parents=True, exist_ok=True)
         for leftover in folder.glob(".*.partial*"):  # a run killed mid-publish (or out of space) left these
             leftover.unlink(missing_ok=True)
         columns = self._columns()
-        published = [self._snapshot(folder / "network.duckdb", None, columns, fresh=fresh)]
         clinics = clinic_ids if clinic_ids is not None else [
             row[0] for row in self.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()
         ]  # fmt: skip
-        for start in range(0, len(clinics), CLINIC_BATCH):
-            batch = clinics[start : start + CLINIC_BATCH]
-            with self._staged(batch, columns) as source:
-                published += [
-                    self._snapshot(folder / f"clinic-{cid}.duckdb", cid, columns, source, fresh) for cid in batch
-                ]  # fmt: skip
+        published: list[Path] = []
+        with self._writers() as write:
+            pending = [write(folder / "network.duckdb", None, columns, {}, fresh)]
+            for start in range(0, len(clinics), CLINIC_BATCH):
+                batch = clinics[start : start + CLINIC_BATCH]
+                with self._staged(batch, columns) as source:
+                    pending += [write(folder / f"clinic-{cid}.duckdb", cid, columns, source, fresh) for cid in batch]
+                    published += _finished(pending)  # the staged rows stay until every writer is done with them
+                    pending = []
+            published += _finished(pending)
         return published
+
+    @contextlib.contextmanager
+    def _writers(self) -> Iterator[Callable[..., Future[Path]]]:
+        """A function that writes one snapshot on a pool of connections to this warehouse, and returns its future.
+
+        DuckDB runs each statement without Python's lock, so files written side by side use every core. Each
+        connection attaches its file under its own name (attached names are shared by the connections)."""
+        previous = self.con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()[0][0]
+        idle: queue.SimpleQueue[SnapshotPublisher] = queue.SimpleQueue()
+        writers = [SnapshotPublisher(self.con.cursor(), self.snapshot_groups) for _ in range(SNAPSHOT_WRITERS)]
+        for n, writer in enumerate(writers):
+            writer.alias = f"snap_{n}"
+            idle.put(writer)
+
+        def write(*args: Any) -> Path:
+            writer = idle.get()
+            try:
+                return writer._snapshot(*args)
+            finally:
+                idle.put(writer)
+
+        # each snapshot's transaction committed straight into its file: no WAL to write first and replay at DETACH
+        self.con.execute("SET checkpoint_threshold = '0b'")
+        try:
+            with ThreadPoolExecutor(SNAPSHOT_WRITERS, thread_name_prefix="alliance-snapshot") as pool:
+                yield lambda *args: pool.submit(write, *args)
+        finally:
+            for writer in writers:
+                writer.con.close()
+            with contextlib.suppress(duckdb.Error):  # never in place of the error that brought us here
+                self.con.execute(f"SET checkpoint_threshold = '{previous}'")
 
     def _columns(self) -> dict[str, list[str]]:
         rows = self.con.execute(
@@ -79,24 +120,25 @@ class SnapshotPublisher(Session):
 
     @contextlib.contextmanager
     def _staged(self, clinic_ids: list[str], columns: dict[str, list[str]]) -> Iterator[dict[str, str]]:
-        """These clinics' rows of each clinic table, sorted by clinic into temporary tables, so that each
-        clinic's snapshot reads its own few row groups instead of scanning the network's tables again."""
+        """These clinics' rows of each clinic table, sorted by clinic into an in-memory database every writer
+        connection sees, so that each clinic's snapshot reads its own few row groups instead of scanning the
+        network's tables again."""
         if len(clinic_ids) < 2:
             yield {}
             return
         scope = self._scope("staged_clinics", clinic_ids)
-        staged = {t: f"staged_{t}" for t in (*SNAPSHOT_TABLES, "client_refs") if "clinic_id" in columns[t]}
+        staged = {t: f"{STAGING}.{t}" for t in (*SNAPSHOT_TABLES, "client_refs") if "clinic_id" in columns[t]}
+        self.con.execute(f"ATTACH ':memory:' AS {STAGING}")
         try:
-            for table, temp in staged.items():
+            for table, copy in staged.items():
                 self.con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE {temp} AS SELECT * FROM {table} "
+                    f"CREATE TABLE {copy} AS SELECT * FROM {table} "
                     f"WHERE clinic_id IN (SELECT id FROM {scope}) ORDER BY clinic_id"
                 )
             yield staged
         finally:
-            for temp in staged.values():
-                with contextlib.suppress(duckdb.Error):
-                    self.con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute(f"DETACH DATABASE IF EXISTS {STAGING}")
             self.con.unregister(scope)
 
     def _contents(self, table: str, clinic_id: str | None, columns: list[str], source: dict[str, str]) -> str:
@@ -141,9 +183,10 @@ class SnapshotPublisher(Session):
             _remove(partial)
             raise
         now = _now()
-        self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
-        self.con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [target.name, clinic_id, digest, now])
-        self.audit("alliance", "publish_snapshot", target.name, digest[:16], now)
+        with self.transaction():  # recorded at once, on this connection: a kill leaves no file unrecorded
+            self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
+            self.con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [target.name, clinic_id, digest, now])
+            self.audit("alliance", "publish_snapshot", target.name, digest[:16], now)
         return target
 
     def _write(
@@ -153,6 +196,7 @@ class SnapshotPublisher(Session):
         """Write the snapshot file at ``partial``: from a copy of the published one when given (only what
         changed is written), else a new file in the snapshot storage version. On failure nothing is left."""
         _remove(partial)
+        snap = self.alias
         tables = [*SNAPSHOT_TABLES, *(["client_refs"] if clinic_id is not None else [])]
         home = str(self.con.execute("SELECT current_database()").fetchall()[0][0])
         quoted = str(partial).replace("'", "''")
@@ -160,44 +204,37 @@ class SnapshotPublisher(Session):
             if copy_of is not None:
                 shutil.copyfile(copy_of, partial)
                 partial.chmod(0o600)
-                self.con.execute(f"ATTACH '{quoted}' AS snap")
+                self.con.execute(f"ATTACH '{quoted}' AS {snap}")
             else:
-                self.con.execute(f"ATTACH '{quoted}' AS snap (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
+                self.con.execute(f"ATTACH '{quoted}' AS {snap} (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
             held = self._held() if copy_of is not None else {}
             current = bool(held) and self._views_current()  # read outside the transaction: a miss aborts none
-            previous = self.con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()[0][0]
-            # one transaction, committed straight into the file: no WAL to write first and replay at DETACH
-            self.con.execute("SET checkpoint_threshold = '0b'")
-            try:
-                with self.transaction():
-                    for stale in set(held) - set(tables):
-                        self.con.execute(f"DROP TABLE snap.{stale}")
-                    for table in tables:
-                        select = self._contents(table, clinic_id, columns[table], source)
-                        params = {"clinic": clinic_id} if "$clinic" in select else None
-                        self._fill(table, select, params, held.get(table))
-                    if not current:
-                        self._views(home)
-            finally:
-                with contextlib.suppress(duckdb.Error):  # never in place of the error that brought us here
-                    self.con.execute(f"SET checkpoint_threshold = '{previous}'")
-            self.con.execute("DETACH snap")
+            with self.transaction():
+                for stale in set(held) - set(tables):
+                    self.con.execute(f"DROP TABLE {snap}.{stale}")
+                for table in tables:
+                    select = self._contents(table, clinic_id, columns[table], source)
+                    params = {"clinic": clinic_id} if "$clinic" in select else None
+                    self._fill(table, select, params, held.get(table))
+                if not current:
+                    self._views(home)
+            self.con.execute(f"DETACH {snap}")
         except BaseException:
             with contextlib.suppress(duckdb.Error):  # a failed statement may have left the connection on snap
                 self.con.execute(f"USE {_quote(home)}")
             with contextlib.suppress(duckdb.Error):
-                self.con.execute("DETACH DATABASE IF EXISTS snap")
+                self.con.execute(f"DETACH DATABASE IF EXISTS {snap}")
             _remove(partial)  # a half-written snapshot must not eat the space a re-run needs
             raise
 
     def _views(self, home: str) -> None:
         """The supervisor views, bound to the snapshot's own tables; views of another version dropped first."""
         retired = self.con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE database_name = 'snap' AND NOT internal"
+            "SELECT view_name FROM duckdb_views() WHERE database_name = $snap AND NOT internal", {"snap": self.alias}
         ).fetchall()
         for (name,) in retired:
-            self.con.execute(f"DROP VIEW snap.{_quote(name)}")
-        self.con.execute("USE snap")
+            self.con.execute(f"DROP VIEW {self.alias}.{_quote(name)}")
+        self.con.execute(f"USE {self.alias}")
         try:
             self.con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
         finally:
@@ -206,23 +243,24 @@ class SnapshotPublisher(Session):
     def _held(self) -> dict[str, int]:
         """The copied snapshot's tables and about how many rows each holds."""
         rows = self.con.execute(
-            "SELECT table_name, estimated_size FROM duckdb_tables() WHERE database_name = 'snap'"
+            "SELECT table_name, estimated_size FROM duckdb_tables() WHERE database_name = $snap", {"snap": self.alias}
         ).fetchall()
         return {str(name): int(size) for name, size in rows}
 
     def _views_current(self) -> bool:
         """True when the copied snapshot was published by this version: its views are this version's views."""
         try:
-            found = self.con.execute("SELECT value FROM snap.meta WHERE key = 'schema_digest'").fetchall()
+            found = self.con.execute(f"SELECT value FROM {self.alias}.meta WHERE key = 'schema_digest'").fetchall()
         except duckdb.Error:  # no meta table, or one of another shape
             return False
         return found == [(schema_digest(),)]
 
     def _fill(self, table: str, select: str, params: dict[str, Any] | None, held: int | None) -> None:
-        """Make ``snap.<table>`` hold exactly the rows of ``select``. A large table of a copied snapshot, with the
+        """Make ``<snapshot>.<table>`` hold exactly the rows of ``select``. A large table of a copied snapshot, with the
         same columns, gets only the rows that differ: rows are compared by a 64-bit hash of the whole row and its
         lists' lengths, counted, so a row that changed is deleted and its new version inserted, and duplicate
         rows keep their number."""
+        copy = f"{self.alias}.{table}"
         columns = self._same_columns(table, select, params) if held is not None and held >= DIFF_ROWS else None
         if held is not None and columns is not None:
             # DuckDB's hash gives NULL, [] and [NULL] the same value: each list's length goes into it too
@@ -230,7 +268,7 @@ class SnapshotPublisher(Session):
             digest = f"hash({', '.join(['_row', *lengths])})"
             changed = self.con.execute(
                 f"""WITH want AS (SELECT {digest} AS h, count(*) AS n FROM ({select}) _row GROUP BY h),
-                         have AS (SELECT {digest} AS h, count(*) AS n FROM snap.{table} _row GROUP BY h)
+                         have AS (SELECT {digest} AS h, count(*) AS n FROM {copy} _row GROUP BY h)
                     SELECT coalesce(want.h, have.h), coalesce(want.n, 0), coalesce(have.n, 0)
                     FROM want FULL JOIN have ON want.h = have.h WHERE want.n IS DISTINCT FROM have.n""",
                 params,
@@ -241,23 +279,23 @@ class SnapshotPublisher(Session):
                     self.con.register("changed_rows", hashes.to_arrow())
                     try:
                         self.con.execute(
-                            f"DELETE FROM snap.{table} WHERE rowid IN (SELECT rowid FROM snap.{table} _row "
+                            f"DELETE FROM {copy} WHERE rowid IN (SELECT rowid FROM {copy} _row "
                             f"WHERE {digest} IN (SELECT h FROM changed_rows))"
                         )
                         self.con.execute(
-                            f"INSERT INTO snap.{table} SELECT * FROM ({select}) _row "
+                            f"INSERT INTO {copy} SELECT * FROM ({select}) _row "
                             f"WHERE {digest} IN (SELECT h FROM changed_rows)",
                             params,
                         )
                     finally:
                         self.con.unregister("changed_rows")
                 return
-        self.con.execute(f"CREATE OR REPLACE TABLE snap.{table} AS {select}", params)
+        self.con.execute(f"CREATE OR REPLACE TABLE {copy} AS {select}", params)
 
     def _same_columns(self, table: str, select: str, params: dict[str, Any] | None) -> list[tuple[str, str]] | None:
         """The copied table's (name, type) columns when ``select`` gives the same ones, else None."""
         want = self.con.execute(f"SELECT * FROM ({select}) LIMIT 0", params).description
-        have = self.con.execute(f"SELECT * FROM snap.{table} LIMIT 0").description
+        have = self.con.execute(f"SELECT * FROM {self.alias}.{table} LIMIT 0").description
         columns = [(c[0], str(c[1])) for c in have]
         return columns if [(c[0], str(c[1])) for c in want] == columns else None
 
@@ -292,6 +330,24 @@ def table_checksums(con: duckdb.DuckDBPyConnection, stable_only: bool = False) -
         ).fetchall()[0]
         out[table] = (int(count), str(digest))
     return out
+
+
+def _finished(futures: list[Future[Path]]) -> list[Path]:
+    """The written snapshots, in order. After a failure the writes not yet started are dropped, those under way
+    finish (each records itself), and the first failure is raised."""
+    written: list[Path] = []
+    failure: BaseException | None = None
+    for future in futures:
+        try:
+            written.append(future.result())
+        except BaseException as exc:  # a cancelled write raises too: only the first failure is the cause
+            if failure is None:
+                failure = exc
+                for later in futures:
+                    later.cancel()
+    if failure is not None:
+        raise failure
+    return written
 
 
 def _remove(partial: Path) -> None:
