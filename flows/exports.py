@@ -77,6 +77,37 @@ class ExportCandidates:
     today: date  # the clinic's date the candidates were checked against (no session in the future)
 
 
+@dataclass(frozen=True)
+class CanonicalExport:
+    """An export read into the canonical fields, before its rating candidates are built."""
+
+    clinic: Clinic
+    canonical: pl.DataFrame
+    aside: pl.DataFrame
+    vendor_of: dict[str, str]
+    today: date
+
+
+def read_canonical(
+    path: Path,
+    clinic: Clinic,
+    max_bytes: int | None = None,
+    limits: ReadLimits | None = None,
+    data: bytes | None = None,
+) -> CanonicalExport:
+    """Read one export into the canonical fields; ExportRejected if unreadable."""
+    profile = clinic.export
+    raw = read_export(path, profile, max_bytes, limits, data, complete=True)
+    columns = profile.columns
+    if profile.layout == "long":
+        widened = widen(raw, profile, path.name)
+        raw, columns = widened.frame, widened.columns
+    resolved = resolve_columns(raw.columns, columns, path.name)
+    canonical, aside = footer_split(to_canonical(raw, resolved))
+    vendor_of = {canonical: vendor for vendor, canonical in resolved.items()}
+    return CanonicalExport(clinic, canonical, aside, vendor_of, datetime.now(clinic.tz).date())
+
+
 def export_candidates(
     path: Path,
     clinic: Clinic,
@@ -86,28 +117,84 @@ def export_candidates(
     data: bytes | None = None,
 ) -> ExportCandidates:
     """Read one export and build its rating candidates; ExportRejected if unreadable."""
+    export = read_canonical(path, clinic, max_bytes, limits, data)
     profile = clinic.export
-    raw = read_export(path, profile, max_bytes, limits, data, complete=True)
-    columns = profile.columns
-    if profile.layout == "long":
-        widened = widen(raw, profile, path.name)
-        raw, columns = widened.frame, widened.columns
-    resolved = resolve_columns(raw.columns, columns, path.name)
-    canonical, aside = footer_split(to_canonical(raw, resolved))
-    today = datetime.now(clinic.tz).date()
+    found = [
+        (inst, rating_candidates(export.canonical, profile, inst, export.today, clinic.timezone))
+        for inst in profile.instrument_specs
+    ]
+    return _identified(export, found, key)
+
+
+FILE = "__file"  # which export of several mapped together a row came from
+
+
+def candidates_of(exports: list[CanonicalExport], key: bytes) -> list[ExportCandidates | None]:
+    """Each export's candidates, as ``export_candidates`` builds them (None where that fails).
+
+    Exports of one kind (profile, timezone, date and canonical columns) are mapped as one frame: the
+    expressions are built and run once for all of them, not once per file, as a network's nightly files of
+    one vendor format are. A kind that fails together is mapped file by file, so one file fails alone."""
+    profiles: dict[int, str] = {}  # a profile's settings, by the profile object clinics share within a batch
+    kinds: dict[tuple[object, ...], list[int]] = {}
+    for n, export in enumerate(exports):
+        profile = export.clinic.export
+        text = profiles.get(id(profile)) or profiles.setdefault(id(profile), profile.model_dump_json())
+        kind = (text, export.clinic.timezone, export.today, tuple(export.canonical.schema.items()))
+        kinds.setdefault(kind, []).append(n)
+    out: list[ExportCandidates | None] = [None] * len(exports)
+    for members in kinds.values():
+        try:
+            together = _mapped_together([exports[n] for n in members]) if len(members) > 1 else None
+        except Exception:  # each file of the kind is mapped alone below, and fails alone
+            together = None
+        for m, n in enumerate(members):
+            export = exports[n]
+            try:
+                found = together[m] if together is not None else [
+                    (inst, rating_candidates(export.canonical, export.clinic.export, inst, export.today,
+                                             export.clinic.timezone))
+                    for inst in export.clinic.export.instrument_specs
+                ]  # fmt: skip
+                out[n] = _identified(export, found, key)
+            except Exception:  # the file's own ingest reads it again and rejects it with its reason
+                out[n] = None
+    return out
+
+
+def _mapped_together(exports: list[CanonicalExport]) -> list[list[tuple[Instrument, pl.DataFrame]]]:
+    """The rating candidates of exports of one kind, mapped as one frame and split back by file."""
+    first = exports[0]
+    profile = first.clinic.export
+    whole = pl.concat(
+        [e.canonical.with_columns(pl.lit(m, pl.Int32).alias(FILE)) for m, e in enumerate(exports)], how="vertical"
+    )
+    found: list[list[tuple[Instrument, pl.DataFrame]]] = [[] for _ in exports]
+    for inst in profile.instrument_specs:
+        candidates = rating_candidates(whole, profile, inst, first.today, first.clinic.timezone, carry=FILE)
+        if candidates.is_empty():
+            for mine in found:
+                mine.append((inst, pl.DataFrame()))
+            continue
+        parts = candidates.partition_by(FILE, maintain_order=True, include_key=False, as_dict=True)
+        for m, mine in enumerate(found):
+            mine.append((inst, parts.get((m,), pl.DataFrame())))
+    return found
+
+
+def _identified(export: CanonicalExport, found: list[tuple[Instrument, pl.DataFrame]], key: bytes) -> ExportCandidates:
+    """Each instrument's non-empty candidates with row ids running across the file and pseudonymised clients."""
     per_instrument = []
     offset = 0
-    for inst in profile.instrument_specs:
-        candidates = rating_candidates(canonical, profile, inst, today, clinic.timezone)
+    for inst, candidates in found:
         if candidates.is_empty():
             continue
         candidates = candidates.with_row_index("row_id", offset=offset).with_columns(
-            pl.col("row_id").cast(pl.Int64), pseudonymise(candidates["client_ref"], key, clinic.id)
+            pl.col("row_id").cast(pl.Int64), pseudonymise(candidates["client_ref"], key, export.clinic.id)
         )
         offset += candidates.height
         per_instrument.append((inst, candidates))
-    vendor_of = {canonical: vendor for vendor, canonical in resolved.items()}
-    return ExportCandidates(canonical, aside, vendor_of, per_instrument, today)
+    return ExportCandidates(export.canonical, export.aside, export.vendor_of, per_instrument, export.today)
 
 
 PREVALIDATE_FILES = 200  # files read and validated ahead in one batch: GX's fixed cost shared, memory bounded
@@ -237,17 +324,21 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
     except AllianceError:
         return prevalidated  # each ingest reports the same problem for its own file
     limits, max_bytes = ReadLimits.from_settings(settings), int(settings.max_file_mb * 1e6)
+    read: list[tuple[Path, str, CanonicalExport]] = []
     for path in paths:
         try:
             clinic = clinic_for(path, clinics, settings, clinic_id)
             if path.stat().st_size > max_bytes:
                 continue
             data = path.read_bytes()
-            found = export_candidates(path, clinic, key, max_bytes, limits, data)
+            read.append((path, hashlib.sha256(data).hexdigest(), read_canonical(path, clinic, max_bytes, limits, data)))
         except Exception:  # the file's own ingest rejects it, with its reason
             continue
-        token = read_token(path, clinic, hashlib.sha256(data).hexdigest(), key, max_bytes, limits)
-        prevalidated.keep(token, (clinic, found))
+    for (path, sha256, export), found in zip(read, candidates_of([e for _, _, e in read], key), strict=True):
+        if found is None:
+            continue
+        token = read_token(path, export.clinic, sha256, key, max_bytes, limits)
+        prevalidated.keep(token, (export.clinic, found))
         batch += [(candidates, inst) for inst, candidates in found.per_instrument]
     try:
         prevalidated.prime(batch)

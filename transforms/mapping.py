@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date
 
@@ -42,12 +43,14 @@ FAILURE = pl.Struct({"rule": pl.String, "detail": pl.String})
 
 def resolve_columns(raw_columns: list[str], mapping: dict[str, str], file_name: str) -> dict[str, str]:
     """File column -> canonical field, matched by name ignoring case and spacing; missing columns reject the file."""
-    present = {normalise_column(c): c for c in raw_columns if c != SOURCE_LINE}
+    named = [(normalise_column(c), c) for c in raw_columns if c != SOURCE_LINE]
+    present = dict(named)
+    twins_of = Counter(name for name, _ in named)
     resolved: dict[str, str] = {}
     missing: list[str] = []
     for vendor, field in mapping.items():
         found = present.get(normalise_column(vendor))
-        twins = sum(normalise_column(c) == normalise_column(vendor) for c in raw_columns if c != SOURCE_LINE)
+        twins = twins_of[normalise_column(vendor)]
         if twins > 1:
             raise ExportRejected(
                 file_name,
@@ -234,11 +237,18 @@ def _item_total(inst: Instrument, items: list[pl.Expr]) -> pl.Expr:
 
 
 def rating_candidates(
-    canonical: pl.DataFrame, profile: ExportProfile, inst: Instrument, today: date, timezone: str | None = None
+    canonical: pl.DataFrame,
+    profile: ExportProfile,
+    inst: Instrument,
+    today: date,
+    timezone: str | None = None,
+    carry: str | None = None,
 ) -> pl.DataFrame:
     """Rows of one instrument with any value present, typed, with raw copies and parse errors listed.
 
-    ``timezone`` (the clinic's) gives the date of a session date-time written with an offset.
+    ``timezone`` (the clinic's) gives the date of a session date-time written with an offset. ``carry`` names a
+    column of ``canonical`` kept as it is (which file of several mapped together a row came from): every
+    column is worked out row by row, so rows mapped together equal rows mapped alone.
 
     Columns: source_line, instrument, client_ref, therapist_id, session_date, session_number, each
     item field and total as numbers on the instrument's scale at its precision, ``<field>__raw`` for every
@@ -289,6 +299,7 @@ def rating_candidates(
             f"total{RAW}"
         ),
         (pl.col(HIDDEN_ROW) if hidden else pl.lit(False)).alias(HIDDEN_ROW),
+        *([pl.col(carry)] if carry else []),
     )
     from_items = _item_total(inst, [pl.col(f) for f in inst.item_fields])
     number = pl.col("session_number_value")
