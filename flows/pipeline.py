@@ -225,7 +225,7 @@ def _admit(
         return _unsettled(path.name, clinic.id)
     if batch is not None and batch.holds(clinic.id, source.sha256):
         batch.flush()  # the same bytes twice in one batch: the second is a duplicate of the first, once it loaded
-    prior = writer.export_by_sha(clinic.id, source.sha256)
+    prior, attempts = writer.sightings(clinic.id, source.sha256)
     if prior is not None and prior["status"] != "rejected":
         # Same bytes already committed (or a crash came after the commit): only the archive move may be left.
         target = archive_path(settings, clinic.id, prior["export_id"], prior["file_name"], rejected=False)
@@ -236,7 +236,6 @@ def _admit(
             source.name, clinic.id, "duplicate", prior["export_id"], archived_as=str(target),
             error=duplicate_message(prior),
         )  # fmt: skip
-    attempts = writer.attempts(clinic.id, source.sha256)
     ledger = Ledger(
         export_id=export_id_of(clinic.id, source.sha256, attempts),
         clinic_id=clinic.id,

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 from filelock import FileLock, Timeout
 
+from alliance.errors import StorageError
 from alliance.settings import Settings
 from alliance.storage import Warehouse, Writer, writer_lease
 from alliance.storage.session import _now
@@ -99,3 +100,28 @@ def test_what_a_session_keeps_of_its_tables_follows_its_saves_and_is_dropped_by_
         with writer.transaction():
             writer.save_calibrations(calibration(6.0))
         assert kept(writer) == [6.0]
+
+
+def test_a_key_check_the_session_keeps_is_dropped_by_a_rollback_and_a_rekey(settings: Settings) -> None:
+    """Each file of a batch asks for the key check, and the session keeps the answer; a rollback (which may undo
+    the fingerprint's first recording) and a rekey make it ask the warehouse again."""
+    warehouse = Warehouse.of(settings)
+    empty = pl.DataFrame(schema={"clinic_id": pl.String, "old": pl.String, "new": pl.String})
+
+    def recorded(writer: Writer) -> list[tuple[str]]:
+        return writer.con.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchall()
+
+    with warehouse.writer() as writer:
+        with pytest.raises(RuntimeError), writer.transaction():
+            writer.check_key("fp-1")  # the first use records it, in a transaction that rolls back
+            raise RuntimeError("a file's problem")
+        assert recorded(writer) == []
+        writer.check_key("fp-1")
+        assert recorded(writer) == [("fp-1",)]  # recorded again, not taken as checked
+        with pytest.raises(StorageError, match="not the one this warehouse was built with"):
+            writer.check_key("fp-2")
+        with writer.transaction():
+            writer.remap_ids(empty, empty.drop("clinic_id"), empty.drop("clinic_id"), "fp-2")
+        with pytest.raises(StorageError, match="not the one this warehouse was built with"):
+            writer.check_key("fp-1")  # the rekey replaced the fingerprint the session had checked
+        writer.check_key("fp-2")

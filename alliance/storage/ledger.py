@@ -82,12 +82,17 @@ class LedgerTables(Session):
 
     def export_by_sha(self, clinic_id: str, sha256: str) -> dict[str, Any] | None:
         """The clinic's ledger row for these bytes, if any: a load or quarantine before the latest rejection."""
+        return self.sightings(clinic_id, sha256)[0]
+
+    def sightings(self, clinic_id: str, sha256: str) -> tuple[dict[str, Any] | None, int]:
+        """``export_by_sha``, and how many ledger rows the clinic has for these bytes (rejections retried after a
+        fix): one query for what a file's admission asks of the ledger."""
         rows = self.con.execute(
             """SELECT export_id, status, file_name, archived_as, received_at, clinic_id FROM exports
             WHERE clinic_id = ? AND sha256 = ? ORDER BY status = 'rejected', received_at DESC""",
             [clinic_id, sha256],
         ).fetchall()
-        return _ledger_dict(rows[0]) if rows else None
+        return (_ledger_dict(rows[0]) if rows else None), len(rows)
 
     def export_by_id(self, export_id: str) -> dict[str, Any] | None:
         """The ledger row of one export id, with its sha256, if any."""
@@ -101,14 +106,6 @@ class LedgerTables(Session):
         found = _ledger_dict(rows[0])
         found.update(sha256=rows[0][6], bytes=rows[0][7], instruments=rows[0][8])
         return found
-
-    def attempts(self, clinic_id: str, sha256: str) -> int:
-        """How many ledger rows the clinic already has for these bytes (rejections retried after a fix)."""
-        return int(
-            self.con.execute(
-                "SELECT count(*) FROM exports WHERE clinic_id = ? AND sha256 = ?", [clinic_id, sha256]
-            ).fetchall()[0][0]
-        )
 
     def ledger_rows_of(self, shas: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
         """Per (clinic_id, sha256) among these bytes: ledger rows, and how many of them are not rejections."""

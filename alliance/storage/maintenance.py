@@ -15,8 +15,12 @@ from alliance.storage.session import Session, _now
 class Maintenance(Session):
     """The key fingerprint, id remapping on key rotation, and ``verify``."""
 
+    _key_checked: str | None = None  # the fingerprint this session found recorded: each file of a batch asks
+
     def check_key(self, fingerprint: str) -> None:
         """Record the pseudonym key's fingerprint on first use; refuse a different key afterwards."""
+        if fingerprint == self._key_checked:
+            return
         found = self.con.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchall()
         if not found:
             self.con.execute("INSERT INTO meta VALUES ('key_fingerprint', ?)", [fingerprint])
@@ -26,6 +30,11 @@ class Maintenance(Session):
                 f"({found[0][0]}); the same client would get a second pseudonym. Use the warehouse's key, or "
                 "finish an interrupted `alliance rekey` (it leaves pseudonym.key.new beside the key file)"
             )
+        self._key_checked = fingerprint
+
+    def forget(self) -> None:
+        self._key_checked = None
+        super().forget()
 
     def meta_value(self, key: str) -> str | None:
         found = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
@@ -85,6 +94,7 @@ class Maintenance(Session):
         )
         con.execute("DELETE FROM meta WHERE key = 'key_fingerprint'")
         con.execute("INSERT INTO meta VALUES ('key_fingerprint', ?)", [fingerprint])
+        self._key_checked = None
         self.audit(
             "alliance", "rekey", "pseudonym key",
             f"{clients.height} clients re-pseudonymised; {flags.height} flag ids renamed (flag_renames)",
