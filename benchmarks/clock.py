@@ -180,7 +180,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.call(pipeline, "_read_settled", "other.sha256")
     for owner in (pipeline, flows.batch):  # a lone file's archive move, and a batch's after its load
         clock.call(owner, "archive_bytes", "other.archive")
-    for name in ("export_by_sha", "check_key", "attempts", "ledger_rows_of"):
+    for name in ("sightings", "check_key", "ledger_rows_of"):
         clock.call(writer, name, "load.ledger")
     clock.call(writer, "frame", "other.sql")  # ad-hoc queries: known therapists before a load, queue counts
     clock.call(writer, "load_exports", "load.upsert")  # a batch's load, and one file's (load_export calls it)

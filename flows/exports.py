@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -127,14 +127,16 @@ def export_candidates(
 
 
 FILE = "__file"  # which export of several mapped together a row came from
+MAP_ROWS = 100_000  # rows mapped as one frame at most: the mapping's working columns for them are held at once
 
 
 def candidates_of(exports: list[CanonicalExport], key: bytes) -> list[ExportCandidates | None]:
     """Each export's candidates, as ``export_candidates`` builds them (None where that fails).
 
-    Exports of one kind (profile, timezone, date and canonical columns) are mapped as one frame: the
-    expressions are built and run once for all of them, not once per file, as a network's nightly files of
-    one vendor format are. A kind that fails together is mapped file by file, so one file fails alone."""
+    Exports of one kind (profile, timezone, date and canonical columns) are mapped as one frame of up to
+    MAP_ROWS rows: the expressions are built and run once for all of them, not once per file, as a network's
+    nightly files of one vendor format are. A kind that fails together is mapped file by file, so one file
+    fails alone."""
     profiles: dict[int, str] = {}  # a profile's settings, by the profile object clinics share within a batch
     kinds: dict[tuple[object, ...], list[int]] = {}
     for n, export in enumerate(exports):
@@ -143,7 +145,7 @@ def candidates_of(exports: list[CanonicalExport], key: bytes) -> list[ExportCand
         kind = (text, export.clinic.timezone, export.today, tuple(export.canonical.schema.items()))
         kinds.setdefault(kind, []).append(n)
     out: list[ExportCandidates | None] = [None] * len(exports)
-    for members in kinds.values():
+    for members in (chunk for kind in kinds.values() for chunk in _by_rows(kind, exports)):
         try:
             together = _mapped_together([exports[n] for n in members]) if len(members) > 1 else None
         except Exception:  # each file of the kind is mapped alone below, and fails alone
@@ -160,6 +162,21 @@ def candidates_of(exports: list[CanonicalExport], key: bytes) -> list[ExportCand
             except Exception:  # the file's own ingest reads it again and rejects it with its reason
                 out[n] = None
     return out
+
+
+def _by_rows(members: list[int], exports: list[CanonicalExport]) -> Iterator[list[int]]:
+    """Exports of one kind in runs of at most MAP_ROWS rows (or one larger export alone)."""
+    chunk: list[int] = []
+    rows = 0
+    for n in members:
+        height = exports[n].canonical.height
+        if chunk and rows + height > MAP_ROWS:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(n)
+        rows += height
+    if chunk:
+        yield chunk
 
 
 def _mapped_together(exports: list[CanonicalExport]) -> list[list[tuple[Instrument, pl.DataFrame]]]:

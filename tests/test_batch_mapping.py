@@ -80,6 +80,29 @@ def test_exports_mapped_together_equal_each_mapped_alone(
     assert first.per_instrument[0][1]["client_id"][0] != twin.per_instrument[0][1]["client_id"][0]
 
 
+@pytest.mark.parametrize("rows", [1, 300])
+def test_a_kind_is_mapped_in_frames_of_at_most_map_rows(
+    files: list[tuple[Path, Clinic]], monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    """Files of one kind in runs of at most MAP_ROWS rows (one larger file alone), each equal to it mapped alone."""
+    monkeypatch.setattr(exports, "MAP_ROWS", rows)
+    heights: list[int] = []
+    build = exports.rating_candidates
+
+    def measured(canonical: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        heights.append(canonical.height)
+        return build(canonical, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exports, "rating_candidates", measured)
+    read = [read_canonical(path, clinic) for path, clinic in files]
+    ours = candidates_of(read, KEY)
+    largest = max(e.canonical.height for e in read)
+    alone = sum(len(clinic.export.instruments) for _, clinic in files)
+    assert max(heights) <= max(rows, largest) and (len(heights) == alone) == (rows == 1)
+    for mine, (path, clinic) in zip(ours, files, strict=True):
+        _same(mine, export_candidates(path, clinic, KEY))
+
+
 def test_a_kind_that_fails_together_is_mapped_file_by_file(
     files: list[tuple[Path, Clinic]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from alliance.errors import StorageError
 from alliance.home import init_home
 from alliance.readers import sha256_of
 from alliance.samples import SampleFile, add_profiles, generate_sample
@@ -115,6 +116,21 @@ def test_a_snapshot_that_fails_fails_the_publish_and_every_written_file_is_recor
             assert recorded[path.name] == sha256_of(path), path.name
         monkeypatch.setattr(snapshots_module, "settle_snapshot", settle)
         assert len(writer.publish(folder, None)) == len(clinics) + 1  # the same session publishes again
+
+
+def test_a_publish_names_each_clinic_once_and_never_runs_inside_a_transaction(
+    network: Settings, tmp_path: Path
+) -> None:
+    """The files are written on other connections, which see only what is committed: a publish inside a
+    transaction would miss its writes, so it is refused; a clinic named twice is written once."""
+    folder = tmp_path / "published"
+    with Warehouse.of(network).writer() as writer:
+        clinic = writer.con.execute("SELECT min(clinic_id) FROM exports").fetchall()[0][0]
+        published = writer.publish(folder, [clinic, clinic, clinic])
+        assert [p.name for p in published] == ["network.duckdb", f"clinic-{clinic}.duckdb"]
+        with pytest.raises(StorageError, match="never inside a transaction"), writer.transaction():
+            writer.publish(folder, [clinic])
+        assert writer.publish(folder, [clinic]) == published
 
 
 @pytest.mark.parametrize("diff_rows", [1, snapshots_module.DIFF_ROWS])

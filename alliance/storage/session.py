@@ -52,17 +52,22 @@ class Session:
         row = [plain_text(actor), action, plain_text(subject), None if detail is None else plain_text(detail)]
         self.con.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", [at or _now(), *row])
 
+    in_transaction = False  # inside ``transaction()``: what it writes is seen by this connection only
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All writes inside commit together or not at all."""
         self.con.execute("BEGIN TRANSACTION")
+        self.in_transaction = True
         try:
             yield
         except BaseException:
+            self.in_transaction = False
             with contextlib.suppress(duckdb.Error):  # a failed commit (disk full) has already rolled back
                 self.con.execute("ROLLBACK")
             self.forget()
             raise
+        self.in_transaction = False
         try:
             self.con.execute("COMMIT")
         except BaseException:  # a commit that fails has rolled back: what the session keeps may hold it

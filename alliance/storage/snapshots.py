@@ -8,13 +8,14 @@ import os
 import queue
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
 
+from alliance.errors import StorageError
 from alliance.permissions import settle_snapshot
 from alliance.readers import sha256_of
 from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, VIEWS_FILE, schema_digest
@@ -43,7 +44,8 @@ REWRITE_SHARE = 0.5
 # so comparing pays only for a table of several groups (the network's ratings, not a clinic's)
 DIFF_ROWS = 250_000
 CLINIC_BATCH = 100  # clinics whose rows are staged together: one scan of each table per batch, not per clinic
-SNAPSHOT_WRITERS = max(1, min(4, os.cpu_count() or 1))  # snapshot files written at once, one connection each
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # this process's
+SNAPSHOT_WRITERS = max(1, min(4, CORES))  # snapshot files written at once, one connection each
 STAGING = "snapshot_staging"  # the in-memory database holding a clinic batch's rows while its files are written
 
 
@@ -58,11 +60,15 @@ class SnapshotPublisher(Session):
         Each is brought up to date from a copy of the published file, or with ``fresh`` written anew, so that no
         byte of the old file survives in free blocks (after a pseudonym key rotation or a restore). Up to
         ``SNAPSHOT_WRITERS`` files are written at once, each on its own connection."""
+        if self.in_transaction:
+            # the files are written on other connections, which see only what is committed
+            raise StorageError("snapshots are published after a commit, never inside a transaction")
         folder.mkdir(parents=True, exist_ok=True)
         for leftover in folder.glob(".*.partial*"):  # a run killed mid-publish (or out of space) left these
             leftover.unlink(missing_ok=True)
         columns = self._columns()
-        clinics = clinic_ids if clinic_ids is not None else [
+        # each clinic once: one named twice would be written twice at once, into one partial file
+        clinics = list(dict.fromkeys(clinic_ids)) if clinic_ids is not None else [
             row[0] for row in self.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()
         ]  # fmt: skip
         published: list[Path] = []
@@ -98,11 +104,16 @@ class SnapshotPublisher(Session):
                 idle.put(writer)
 
         # each snapshot's transaction committed straight into its file: no WAL to write first and replay at DETACH
+        # (the setting is the process's: each file's recording checkpoints the warehouse too, about 3 ms)
         self.con.execute("SET checkpoint_threshold = '0b'")
+        pool = ThreadPoolExecutor(SNAPSHOT_WRITERS, thread_name_prefix="alliance-snapshot")
         try:
-            with ThreadPoolExecutor(SNAPSHOT_WRITERS, thread_name_prefix="alliance-snapshot") as pool:
-                yield lambda *args: pool.submit(write, *args)
+            yield lambda *args: pool.submit(write, *args)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the writes not yet started are dropped
+            raise
         finally:
+            pool.shutdown(wait=True)
             for writer in writers:
                 writer.con.close()
             with contextlib.suppress(duckdb.Error):  # never in place of the error that brought us here
@@ -128,8 +139,9 @@ class SnapshotPublisher(Session):
             return
         scope = self._scope("staged_clinics", clinic_ids)
         staged = {t: f"{STAGING}.{t}" for t in (*SNAPSHOT_TABLES, "client_refs") if "clinic_id" in columns[t]}
-        self.con.execute(f"ATTACH ':memory:' AS {STAGING}")
         try:
+            self.con.execute(f"DETACH DATABASE IF EXISTS {STAGING}")  # left by a publish whose DETACH failed
+            self.con.execute(f"ATTACH ':memory:' AS {STAGING}")
             for table, copy in staged.items():
                 self.con.execute(
                     f"CREATE TABLE {copy} AS SELECT * FROM {table} "
@@ -183,7 +195,7 @@ class SnapshotPublisher(Session):
             _remove(partial)
             raise
         now = _now()
-        with self.transaction():  # recorded at once, on this connection: a kill leaves no file unrecorded
+        with self.transaction():  # recorded as soon as it is in place, by the connection that wrote it
             self.con.execute("DELETE FROM snapshots WHERE path = ?", [target.name])
             self.con.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", [target.name, clinic_id, digest, now])
             self.audit("alliance", "publish_snapshot", target.name, digest[:16], now)
@@ -333,21 +345,25 @@ def table_checksums(con: duckdb.DuckDBPyConnection, stable_only: bool = False) -
 
 
 def _finished(futures: list[Future[Path]]) -> list[Path]:
-    """The written snapshots, in order. After a failure the writes not yet started are dropped, those under way
-    finish (each records itself), and the first failure is raised."""
-    written: list[Path] = []
-    failure: BaseException | None = None
+    """The written snapshots, in order. After a failure (or an interrupt) the writes not yet started are dropped
+    and those under way finish (each records itself) before the first failure is raised: the staged rows they
+    read stay until then."""
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)
+    except BaseException:
+        _settle(futures)
+        raise
+    failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+    if failed:
+        _settle(futures)
+        raise failed[0].exception()  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+def _settle(futures: list[Future[Path]]) -> None:
     for future in futures:
-        try:
-            written.append(future.result())
-        except BaseException as exc:  # a cancelled write raises too: only the first failure is the cause
-            if failure is None:
-                failure = exc
-                for later in futures:
-                    later.cancel()
-    if failure is not None:
-        raise failure
-    return written
+        future.cancel()
+    wait(futures)
 
 
 def _remove(partial: Path) -> None:
