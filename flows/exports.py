@@ -18,6 +18,7 @@ from alliance.errors import AllianceError, ConfigError
 from alliance.instruments import Instrument
 from alliance.pseudonyms import load_key, pseudonymise
 from alliance.readers import ReadLimits, read_export
+from alliance.readers.frames import engine_failure
 from alliance.settings import Settings
 from expectations import Prevalidated, validate_ratings
 from transforms.long_layout import widen
@@ -148,7 +149,9 @@ def candidates_of(exports: list[CanonicalExport], key: bytes) -> list[ExportCand
     for members in (chunk for kind in kinds.values() for chunk in _by_rows(kind, exports)):
         try:
             together = _mapped_together([exports[n] for n in members]) if len(members) > 1 else None
-        except Exception:  # each file of the kind is mapped alone below, and fails alone
+        except BaseException as exc:  # a Polars panic too: each file of the kind is mapped alone below
+            if not engine_failure(exc):
+                raise
             together = None
         for m, n in enumerate(members):
             export = exports[n]
@@ -159,7 +162,9 @@ def candidates_of(exports: list[CanonicalExport], key: bytes) -> list[ExportCand
                     for inst in export.clinic.export.instrument_specs
                 ]  # fmt: skip
                 out[n] = _identified(export, found, key)
-            except Exception:  # the file's own ingest reads it again and rejects it with its reason
+            except BaseException as exc:  # the file's own ingest reads it again and rejects it with its reason
+                if not engine_failure(exc):
+                    raise
                 out[n] = None
     return out
 
@@ -183,8 +188,10 @@ def _mapped_together(exports: list[CanonicalExport]) -> list[list[tuple[Instrume
     """The rating candidates of exports of one kind, mapped as one frame and split back by file."""
     first = exports[0]
     profile = first.clinic.export
-    whole = pl.concat(
-        [e.canonical.with_columns(pl.lit(m, pl.Int32).alias(FILE)) for m, e in enumerate(exports)], how="vertical"
+    whole = pl.concat(  # one chunk: a Polars 2.1 panic in a string function was met once on a concatenation
+        [e.canonical.with_columns(pl.lit(m, pl.Int32).alias(FILE)) for m, e in enumerate(exports)],
+        how="vertical",
+        rechunk=True,
     )
     found: list[list[tuple[Instrument, pl.DataFrame]]] = [[] for _ in exports]
     for inst in profile.instrument_specs:
@@ -349,8 +356,9 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
                 continue
             data = path.read_bytes()
             read.append((path, hashlib.sha256(data).hexdigest(), read_canonical(path, clinic, max_bytes, limits, data)))
-        except Exception:  # the file's own ingest rejects it, with its reason
-            continue
+        except BaseException as exc:  # the file's own ingest rejects it, with its reason
+            if not engine_failure(exc):
+                raise
     for (path, sha256, export), found in zip(read, candidates_of([e for _, _, e in read], key), strict=True):
         if found is None:
             continue

@@ -20,6 +20,7 @@ from alliance.errors import AllianceError, ConfigError, ExportGone, ExportReject
 from alliance.faults import crash_point, fault_point
 from alliance.pseudonyms import key_fingerprint, load_key
 from alliance.readers import ReadLimits, sha256_of
+from alliance.readers.frames import engine_failure
 from alliance.settings import Settings
 from alliance.storage import Ledger, LoadCounts, Warehouse, Writer, is_storage_failure
 from flows.archive import archive_bytes, archive_path, export_id_of, original_name
@@ -269,8 +270,8 @@ def _admit(
         )
     except ExportRejected as rejection:
         return _reject(writer, warehouse, settings, source, ledger, rejection.problem, str(rejection), publish)
-    except Exception as exc:  # the safety net: one file's surprise must not stop the others
-        if is_storage_failure(exc) and not isinstance(exc, OSError):
+    except BaseException as exc:  # the safety net, a Polars panic too: one file's surprise must not stop the others
+        if not engine_failure(exc) or (is_storage_failure(exc) and not isinstance(exc, OSError)):
             raise
         log.warning("%s (clinic %s): rejected after %s", source.name, clinic.id, type(exc).__name__)
         problem = _unexpected(exc, "reading and checking the file")

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from polars.exceptions import PanicException
 from polars.testing import assert_frame_equal
 
 import flows.exports as exports
@@ -47,17 +48,23 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, Clinic]]
     return [(f.path, c[f.clinic_id]) for c in (clinics, twins) for f in sample.files]
 
 
+def _mapped_heights(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The height of each frame ``rating_candidates`` maps from now on, in order."""
+    heights: list[int] = []
+    build = exports.rating_candidates
+
+    def measured(canonical: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        heights.append(canonical.height)
+        return build(canonical, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exports, "rating_candidates", measured)
+    return heights
+
+
 def test_exports_mapped_together_equal_each_mapped_alone(
     files: list[tuple[Path, Clinic]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    build = exports.rating_candidates
-
-    def counted(canonical: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
-        calls.append(canonical.height)
-        return build(canonical, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(exports, "rating_candidates", counted)
+    calls = _mapped_heights(monkeypatch)
     read = [read_canonical(path, clinic) for path, clinic in files]
     ours = candidates_of(read, KEY)
     together = len(calls)
@@ -86,14 +93,7 @@ def test_a_kind_is_mapped_in_frames_of_at_most_map_rows(
 ) -> None:
     """Files of one kind in runs of at most MAP_ROWS rows (one larger file alone), each equal to it mapped alone."""
     monkeypatch.setattr(exports, "MAP_ROWS", rows)
-    heights: list[int] = []
-    build = exports.rating_candidates
-
-    def measured(canonical: pl.DataFrame, *args: object, **kwargs: object) -> pl.DataFrame:
-        heights.append(canonical.height)
-        return build(canonical, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(exports, "rating_candidates", measured)
+    heights = _mapped_heights(monkeypatch)
     read = [read_canonical(path, clinic) for path, clinic in files]
     ours = candidates_of(read, KEY)
     largest = max(e.canonical.height for e in read)
@@ -103,16 +103,32 @@ def test_a_kind_is_mapped_in_frames_of_at_most_map_rows(
         _same(mine, export_candidates(path, clinic, KEY))
 
 
-def test_a_kind_that_fails_together_is_mapped_file_by_file(
-    files: list[tuple[Path, Clinic]], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "failure", [pl.exceptions.ComputeError("a frame the batch could not map"), PanicException("assertion failed")]
+)
+def test_a_kind_that_fails_together_is_mapped_file_by_file_and_a_file_fails_alone(
+    files: list[tuple[Path, Clinic]], monkeypatch: pytest.MonkeyPatch, failure: BaseException
 ) -> None:
+    """A Polars panic is a BaseException: it falls back like any engine failure, and never stops the batch."""
+
     def fails(found: list[CanonicalExport]) -> list[object]:
-        raise pl.exceptions.ComputeError("a frame the batch could not map")
+        raise failure
 
     monkeypatch.setattr(exports, "_mapped_together", fails)
-    ours = candidates_of([read_canonical(path, clinic) for path, clinic in files[:6]], KEY)
-    for mine, (path, clinic) in zip(ours, files[:6], strict=True):
-        _same(mine, export_candidates(path, clinic, KEY))
+    identified = exports._identified
+
+    def one_fails(export: CanonicalExport, *args: object) -> ExportCandidates:
+        if export is read[1]:
+            raise failure
+        return identified(export, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exports, "_identified", one_fails)
+    read = [read_canonical(path, clinic) for path, clinic in files[:6]]
+    ours = candidates_of(read, KEY)
+    assert ours[1] is None
+    for n, (mine, (path, clinic)) in enumerate(zip(ours, files[:6], strict=True)):
+        if n != 1:
+            _same(mine, export_candidates(path, clinic, KEY))
 
 
 @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from polars.exceptions import PanicException
 from typer.testing import CliRunner
 
 from alliance.cli import EXIT_QUARANTINED, EXIT_REJECTED, app
@@ -62,6 +63,28 @@ def test_an_unexpected_failure_rejects_that_file_and_the_sweep_goes_on(
     assert query(two_clinics, f"SELECT count(*) FROM ratings WHERE export_id = '{broken.export_id}'") == [(0,)]
     assert query(two_clinics, "SELECT count(*) FROM ratings") == [(10,)]
     assert not [p for c in ("north", "south") for p in (two_clinics.inbox / c).iterdir()]
+
+
+def test_a_polars_panic_rejects_that_file_and_the_sweep_goes_on(
+    two_clinics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Rust panic in Polars is a BaseException, not an Exception: it still rejects only its own file."""
+    import flows.pipeline
+
+    put(two_clinics, "north", "broken.csv", ROWS)
+    put(two_clinics, "south", "fine.csv", SOUTH_ROWS)
+    prepare = flows.pipeline.prepare_export
+
+    def panics(path: Path, *args: object, **kwargs: object) -> object:
+        if path.name == "broken.csv":
+            raise PanicException("assertion failed: i < self.len()")
+        return prepare(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(flows.pipeline, "prepare_export", panics)
+    results, errors = sweep_clinic(two_clinics)
+    assert errors == []
+    assert {r.file_name: r.status for r in results} == {"broken.csv": "rejected", "fine.csv": "loaded"}
+    assert "unexpected PanicException" in (next(r for r in results if r.file_name == "broken.csv").error or "")
 
 
 def test_a_real_crashing_value_no_longer_stops_other_files(two_clinics: Settings) -> None:
