@@ -119,12 +119,7 @@ def export_candidates(
 ) -> ExportCandidates:
     """Read one export and build its rating candidates; ExportRejected if unreadable."""
     export = read_canonical(path, clinic, max_bytes, limits, data)
-    profile = clinic.export
-    found = [
-        (inst, rating_candidates(export.canonical, profile, inst, export.today, clinic.timezone))
-        for inst in profile.instrument_specs
-    ]
-    return _identified(export, found, key)
+    return _identified(export, _mapped_alone(export), key)
 
 
 FILE = "__file"  # which export of several mapped together a row came from
@@ -156,12 +151,7 @@ def candidates_of(exports: list[CanonicalExport], key: bytes) -> list[ExportCand
         for m, n in enumerate(members):
             export = exports[n]
             try:
-                found = together[m] if together is not None else [
-                    (inst, rating_candidates(export.canonical, export.clinic.export, inst, export.today,
-                                             export.clinic.timezone))
-                    for inst in export.clinic.export.instrument_specs
-                ]  # fmt: skip
-                out[n] = _identified(export, found, key)
+                out[n] = _identified(export, together[m] if together is not None else _mapped_alone(export), key)
             except BaseException as exc:  # the file's own ingest reads it again and rejects it with its reason
                 if not engine_failure(exc):
                     raise
@@ -182,6 +172,15 @@ def _by_rows(members: list[int], exports: list[CanonicalExport]) -> Iterator[lis
         rows += height
     if chunk:
         yield chunk
+
+
+def _mapped_alone(export: CanonicalExport) -> list[tuple[Instrument, pl.DataFrame]]:
+    """The rating candidates of one export, per instrument of its profile."""
+    profile, clinic = export.clinic.export, export.clinic
+    return [
+        (inst, rating_candidates(export.canonical, profile, inst, export.today, clinic.timezone))
+        for inst in profile.instrument_specs
+    ]
 
 
 def _mapped_together(exports: list[CanonicalExport]) -> list[list[tuple[Instrument, pl.DataFrame]]]:
