@@ -17,8 +17,9 @@ from alliance.storage import Writer
 from transforms.calibration import Calibration, estimate
 from transforms.cases import CaseUpdate, update_cases
 from transforms.expected import ExpectedCurve, curves_frame, curves_of, estimate_expected
-from transforms.flags import Reconciled, declines_at_last_session, reconcile, score, stopped_appearing
+from transforms.flags import declines_at_last_session, score, stopped_appearing
 from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
+from transforms.reconcile import Reconciled, reconcile
 from transforms.trajectory import session_features
 
 ESTIMATED_ON = "estimated_on"  # meta key: ratings per instrument when reliable change was last estimated
