@@ -190,7 +190,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.call(scoring, "_calibrations", "score.calibrate", opaque=True)  # incl. its full-table read when stale
     clock.call(scoring, "_features", "score.features")
     clock.call(writer, "ratings_of", "score.read", opaque=True)  # opaque: its query through frame() stays here
-    clock.call(scoring, "score", "flag.rules")
+    clock.call(scoring, "score_shares", "flag.rules")
     clock.call(scoring, "stopped_appearing", "flag.silence_risk")
     clock.call(scoring, "reconcile", "flag.reconcile")
     for name in ("flags_of", "last_sessions"):

@@ -14,10 +14,11 @@ from alliance import __version__
 from alliance.clinics import Clinic, RuleConfig
 from alliance.settings import Settings
 from alliance.storage import Writer
+from flows.scorers import score_shares, scoring_pool
 from transforms.calibration import Calibration, estimate
 from transforms.cases import CaseUpdate, update_cases
 from transforms.expected import ExpectedCurve, curves_frame, curves_of, estimate_expected
-from transforms.flags import declines_at_last_session, score, stopped_appearing
+from transforms.flags import declines_at_last_session, stopped_appearing
 from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
 from transforms.reconcile import Reconciled, reconcile
 from transforms.trajectory import session_features
@@ -164,15 +165,19 @@ def score_dyads(
         dyad_ids = sorted({*dyad_ids, *pending["dyad_id"]})
     scored_dyads, touched_clinics, first_changes = 0, set(pending["clinic_id"]), []
     # every dyad in chunks: memory stays that of one chunk, whatever the network's size
-    for chunk in _dyad_chunks(writer) if dyad_ids is None else _chunks(dyad_ids):
-        ratings = writer.ratings_of(chunk)
-        scored = score(_features(ratings, configs), configs, calibrations, curves)
-        first = reconcile(scored.findings, writer.flags_of(dyad_ids=chunk, except_rule="stopped_appearing"), started)
-        writer.replace_flags(first.flags)
-        writer.replace_dyad_sessions(chunk, scored.sessions.select(SESSION_TABLE_COLUMNS))
-        scored_dyads += ratings["dyad_id"].n_unique()
-        touched_clinics.update(ratings["clinic_id"].unique().to_list())
-        first_changes.append(first.changes)
+    chunks = _dyad_chunks(writer) if dyad_ids is None else _chunks(dyad_ids)
+    with scoring_pool() as pool:
+        pool.start(sum(map(len, chunks)))
+        for chunk in chunks:
+            ratings = writer.ratings_of(chunk)
+            scored = score_shares(pool, _features(ratings, configs), configs, calibrations, curves)
+            flags = writer.flags_of(dyad_ids=chunk, except_rule="stopped_appearing")
+            first = reconcile(scored.findings, flags, started)
+            writer.replace_flags(first.flags)
+            writer.replace_dyad_sessions(chunk, scored.sessions.select(SESSION_TABLE_COLUMNS))
+            scored_dyads += ratings["dyad_id"].n_unique()
+            touched_clinics.update(ratings["clinic_id"].unique().to_list())
+            first_changes.append(first.changes)
     unsettled = _pending(writer)  # what an earlier version's batch cut short left
     scope_clinics = None if dyad_ids is None else sorted({*touched_clinics, *(settle or []), *unsettled})
     if scope_clinics == []:

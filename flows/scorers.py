@@ -1,0 +1,113 @@
+"""Scoring a large chunk of dyads on every core: the rules are Python, so each share of the dyads is scored in
+its own process, and the shares are put back together in order, exactly as one process would score them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import polars as pl
+
+from alliance.clinics import RuleConfig
+from alliance.storage.snapshots import CORES
+from transforms.calibration import Calibration
+from transforms.expected import ExpectedCurve
+from transforms.flags import Scored, score
+
+log = logging.getLogger("alliance.scoring")
+
+SCORE_PROCESSES = CORES  # processes a chunk's dyads are scored in, this one included
+# sessions below which one process scores alone: a worker takes 1–2 s to start
+PARALLEL_SESSIONS = 50_000
+PARALLEL_DYADS = 4_000  # dyads to score from which the workers start at once, while the first chunk is read
+
+
+def shares(features: pl.DataFrame, n: int) -> list[pl.DataFrame]:
+    """``features`` cut into up to ``n`` shares of about equal sessions, whole dyads each, in the order the
+    dyads first appear: concatenated, the shares' findings are the findings of the whole."""
+    sizes = features.group_by("dyad_id", maintain_order=True).len()
+    share = (sizes["len"].cum_sum() - sizes["len"]) * n // max(1, features.height)
+    parts = features.join(sizes.select("dyad_id", share.alias("_share")), on="dyad_id", maintain_order="left")
+    return [part.drop("_share") for part in parts.partition_by("_share", maintain_order=True)]
+
+
+class ScoringPool:
+    """Worker processes for scoring, started at the first chunk large enough to share (see ``score_shares``)."""
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.processes = SCORE_PROCESSES if processes is None else processes
+        # a daemon process (a Dask worker) may not start processes of its own
+        if multiprocessing.current_process().daemon:
+            self.processes = 1
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self, dyads: int) -> None:
+        """Start the workers now when ``dyads`` are enough work to share: they start while the first chunk is read."""
+        if self.processes > 1 and dyads >= PARALLEL_DYADS:
+            self._executor().submit(_ready)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.processes - 1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def submit(
+        self,
+        part: pl.DataFrame,
+        configs: dict[str, RuleConfig],
+        calibrations: dict[str, Calibration],
+        curves: dict[str, ExpectedCurve],
+    ) -> Future[Scored] | None:
+        """Score ``part`` in a worker; None when the workers stopped (a worker killed, out of memory)."""
+        try:
+            return self._executor().submit(score, part, configs, calibrations, curves)
+        except BrokenProcessPool:
+            return None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ready() -> bool:
+    """A worker's first task: importing this module imports the rules."""
+    return True
+
+
+@contextlib.contextmanager
+def scoring_pool(processes: int | None = None) -> Iterator[ScoringPool]:
+    """Worker processes for ``score_shares`` within this block, stopped on leaving it."""
+    pool = ScoringPool(processes)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def score_shares(
+    pool: ScoringPool,
+    features: pl.DataFrame,
+    configs: dict[str, RuleConfig],
+    calibrations: dict[str, Calibration],
+    curves: dict[str, ExpectedCurve],
+) -> Scored:
+    """``score``, with a chunk of at least ``PARALLEL_SESSIONS`` sessions spread over the pool's processes (this
+    one scores a share too): the same findings in the same order, and the same sessions."""
+    if pool.processes < 2 or features.height < PARALLEL_SESSIONS:
+        return score(features, configs, calibrations, curves)
+    first, *rest = shares(features, pool.processes)
+    futures = [pool.submit(part, configs, calibrations, curves) for part in rest]
+    results = [score(first, configs, calibrations, curves)]
+    for part, future in zip(rest, futures, strict=True):
+        try:
+            if future is None:
+                raise BrokenProcessPool
+            results.append(future.result())
+        except BrokenProcessPool:
+            log.warning("a scoring process stopped; its share of the dyads is scored in this one")
+            results.append(score(part, configs, calibrations, curves))
+    return Scored(pl.concat([r.findings for r in results]), pl.concat([r.sessions for r in results]))
