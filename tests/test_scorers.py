@@ -68,11 +68,12 @@ def test_shares_hold_whole_dyads_in_their_order_and_about_equal_sessions(inputs:
             assert max(p.height for p in parts) < 2 * features.height / n
 
 
-@pytest.mark.parametrize("processes", [2, 3])
+@pytest.mark.parametrize(("processes", "share_sessions"), [(2, 10_000_000), (2, 300), (3, 1_000)])
 def test_shares_scored_on_workers_equal_one_process(
-    inputs: Inputs, processes: int, monkeypatch: pytest.MonkeyPatch
+    inputs: Inputs, processes: int, share_sessions: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scorers, "PARALLEL_SESSIONS", 1)
+    monkeypatch.setattr(scorers, "SHARE_SESSIONS", share_sessions)  # one share a process, or many
     expected = score(*inputs)
     assert expected.findings.height > 100 and expected.findings["rule"].n_unique() >= 6
     with scorers.scoring_pool(processes) as pool:
@@ -87,6 +88,7 @@ def test_a_killed_worker_s_share_is_scored_in_this_process(
 ) -> None:
     monkeypatch.setattr(scorers, "PARALLEL_SESSIONS", 1)
     monkeypatch.setattr(scorers, "PARALLEL_DYADS", 1)
+    monkeypatch.setattr(scorers, "SHARE_SESSIONS", 1_000)
     expected = score(*inputs)
     with scorers.scoring_pool(2) as pool:
         pool.start(10)
