@@ -15,8 +15,9 @@ from alliance.settings import Settings
 from alliance.storage import Warehouse, writer_lease
 from flows.alerting import AlertReport, Secret, deliver_alerts
 from flows.batch import LoadBatch
-from flows.exports import PREVALIDATE_FILES, Validator, prevalidate
+from flows.exports import PREVALIDATE_FILES, Validator
 from flows.pipeline import ExportResult, inbox_files, ingest_file
+from flows.readahead import read_ahead
 from flows.reviews import settle_scores
 from flows.scoring import ScoringResult, scoring_totals
 
@@ -48,16 +49,18 @@ def sweep_clinics(settings: Settings, clinic_ids: list[str] | None) -> tuple[lis
     results: list[ExportResult] = []
     errors: list[str] = []
     paths = inbox_files(settings, clinic_ids)
-    for start in range(0, len(paths), PREVALIDATE_FILES):  # what is read ahead stays bounded
-        files = paths[start : start + PREVALIDATE_FILES]
-        validate = prevalidate(files, settings)  # one GX validation per instrument for these files
-        with writer_lease(settings.warehouse):  # files share a writer session for a few seconds at a time
-            batch = LoadBatch(settings)  # and their loads one transaction
-            _ingest_each(files, settings, validate, batch, results, errors)
-            try:
-                batch.flush()
-            except Exception as exc:  # the files it held are marked failed and stay in their inboxes
-                log.warning("nightly sweep: a batch's load failed: %s", type(exc).__name__)
+    # what is read ahead stays bounded: one GX validation per instrument for each group of files
+    groups = [paths[start : start + PREVALIDATE_FILES] for start in range(0, len(paths), PREVALIDATE_FILES)]
+    with read_ahead(groups, settings) as ahead:  # later groups are read on another core while one loads
+        for k, files in enumerate(groups):
+            validate = ahead.for_group(k)
+            with writer_lease(settings.warehouse):  # files share a writer session for a few seconds at a time
+                batch = LoadBatch(settings)  # and their loads one transaction
+                _ingest_each(files, settings, validate, batch, results, errors)
+                try:
+                    batch.flush()
+                except Exception as exc:  # the files it held are marked failed and stay in their inboxes
+                    log.warning("nightly sweep: a batch's load failed: %s", type(exc).__name__)
     # a file that could not be loaded at all is an error line, as before batches loaded together
     errors += [f"{r.file_name}: {r.error}" for r in results if r.status == "failed"]
     return [r for r in results if r.status not in ("taken", "failed")], errors

@@ -1,0 +1,115 @@
+"""A sweep's groups of files read and validated ahead on a worker process (flows/readahead.py) load exactly what
+one process loads; a worker killed mid-sweep costs only time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import ClassVar
+
+import duckdb
+import pytest
+
+from alliance.home import init_home
+from alliance.samples import SampleSet, add_profiles, generate_sample
+from alliance.settings import Settings, load_settings
+from alliance.storage import table_checksums
+from flows import nightly, readahead
+from flows.nightly import run_nightly
+from tests.conftest import TEST_KEY
+
+Checksums = dict[str, tuple[int, str]]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
+    return generate_sample(tmp_path_factory.mktemp("exports"), clinics=4, weeks=20, seed=8, dyads_per_clinic=20)
+
+
+def night(root: Path, sample: SampleSet) -> tuple[Settings, Checksums]:
+    settings = load_settings(root)
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    add_profiles(settings.clinics_file, sample.profiles)
+    for file in sample.files:
+        target = settings.inbox / file.clinic_id / file.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(file.path, target)
+    report = run_nightly(settings)
+    assert not report.errors and report.exports
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        return settings, table_checksums(con, stable_only=True)
+
+
+class Watched(readahead.ReadAhead):
+    """The real read-ahead, remembering what its worker found; ``kill_at`` kills the worker before that group."""
+
+    kill_at: ClassVar[int | None] = None
+    seen: ClassVar[list[Watched]] = []
+    handed: ClassVar[list[readahead.Prevalidated]] = []
+
+    def for_group(self, k: int) -> readahead.Prevalidated:
+        Watched.seen.append(self)
+        if k == self.kill_at and self._pool is not None:
+            for pid in list(self._pool._processes):  # type: ignore[attr-defined]
+                os.kill(pid, signal.SIGKILL)
+        found = super().for_group(k)
+        Watched.handed.append(found)
+        return found
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> type[Watched]:
+    Watched.seen, Watched.handed, Watched.kill_at = [], [], None
+    monkeypatch.setattr(readahead, "ReadAhead", Watched)
+    monkeypatch.setattr(nightly, "PREVALIDATE_FILES", 2)  # the sample's files in groups of two
+    return Watched
+
+
+def test_groups_read_ahead_on_a_worker_load_what_one_process_loads(
+    sample: SampleSet, tmp_path: Path, watched: type[Watched], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readahead, "READ_AHEAD", False)
+    _, alone = night(tmp_path / "alone", sample)
+    assert {ahead.from_worker for ahead in watched.seen} == {0}
+    monkeypatch.setattr(readahead, "READ_AHEAD", True)
+    watched.seen, watched.handed = [], []
+    _, ahead = night(tmp_path / "ahead", sample)
+    groups = len(watched.seen[-1].groups)
+    assert groups >= 3
+    assert 1 <= watched.seen[-1].from_worker < groups  # the worker found some groups, this process the others
+    assert all(found.served > 0 for found in watched.handed)  # each file's ingest took what was found ahead
+    assert ahead == alone
+
+
+def test_a_worker_killed_mid_sweep_costs_only_time(
+    sample: SampleSet,
+    tmp_path: Path,
+    watched: type[Watched],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(readahead, "READ_AHEAD", False)
+    _, alone = night(tmp_path / "alone", sample)
+    monkeypatch.setattr(readahead, "READ_AHEAD", True)
+    watched.kill_at = 1
+    with caplog.at_level(logging.WARNING, logger="alliance.pipeline"):
+        _, killed = night(tmp_path / "killed", sample)
+    assert watched.seen[-1].from_worker == 0
+    assert "read-ahead of a group of files failed (BrokenProcessPool)" in caplog.text
+    assert killed == alone
+
+
+def test_sweeps_side_by_side_share_the_spare_cores(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the Prefect nightly sweeps its batches in parallel threads: one worker per spare core, not one per sweep
+    monkeypatch.setattr(readahead, "READ_AHEAD", True)
+    monkeypatch.setattr(readahead, "_WORKERS", readahead.threading.BoundedSemaphore(1))
+    with readahead.read_ahead([[], []], settings) as first, readahead.read_ahead([[], []], settings) as second:
+        assert first._pool is not None and second._pool is None
+        assert [second.for_group(0).served, second.for_group(1).served] == [0, 0]  # found here
+    with readahead.read_ahead([[], []], settings) as third:
+        assert third._pool is not None
+        assert third.for_group(0) is not None and third.for_group(1) is not None
