@@ -8,7 +8,6 @@ time: the group is found here instead.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -16,34 +15,65 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alliance.settings import Settings
-from alliance.storage.snapshots import CORES
 from expectations import Prevalidated
 from flows.exports import prevalidate
+from flows.workers import CORES, may_start_workers, worker_pool
 
 log = logging.getLogger("alliance.pipeline")
 
-READ_AHEAD = CORES > 1  # groups found ahead on a worker process; off with one core
-# worker processes reading ahead at once in this process: the Prefect nightly sweeps batches in parallel
-# threads, which share the spare cores rather than each starting a worker
-_WORKERS = threading.BoundedSemaphore(max(1, CORES - 1))
+READ_AHEAD = True  # later groups found ahead on worker processes, given a spare core
+
+
+def groups_of(paths: list[Path], size: int) -> list[list[Path]]:
+    """``paths`` in order, in the fewest groups of at most ``size`` files, of about equal sizes: 250 files make two
+    groups of 125, so that this process and a worker each have a share."""
+    count = -(-len(paths) // size)
+    return [paths[len(paths) * i // count : len(paths) * (i + 1) // count] for i in range(count)]
+
+
+class _Workers:
+    """The process's read-ahead workers, one per spare core, shared by the sweeps running at once (the Prefect
+    nightly sweeps its batches in parallel threads): started by the first, stopped when the last leaves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._pool: ProcessPoolExecutor | None = None
+
+    def join(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = worker_pool(max(1, CORES - 1))
+            self._users += 1
+            return self._pool
+
+    def leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            pool, last = self._pool, self._users == 0
+            if last:
+                self._pool = None
+        if last and pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKERS = _Workers()
 
 
 class ReadAhead:
-    """Each group's validation (``for_group``), asked for in order. One worker process finds the earliest group
-    nobody has started; while it works on the group this process needs, this process finds the next one."""
+    """Each group's validation (``for_group``), asked for in order. Worker processes find the groups sent to them
+    in order; a group no worker has started yet is found here instead, and while a worker is on the group this
+    process needs, this process finds the next group nobody has started."""
 
-    def __init__(self, groups: list[list[Path]], settings: Settings) -> None:
-        self.groups, self.settings = groups, settings
+    def __init__(self, groups: list[list[Path]], settings: Settings, clinic_id: str | None = None) -> None:
+        self.groups, self.settings, self.clinic_id = groups, settings, clinic_id
         self._sent: dict[int, Future[Prevalidated]] = {}
         self._found: dict[int, Prevalidated] = {}
         self._taken = 0  # groups below this were sent or found
-        self.from_worker = 0  # groups the worker found
-        # a daemon process (a Dask worker) may not start processes; one group needs no read-ahead
-        ahead = READ_AHEAD and len(groups) > 1 and not multiprocessing.current_process().daemon
-        self._slot = ahead and _WORKERS.acquire(blocking=False)
-        spawn = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(1, mp_context=spawn) if self._slot else None
-        self._stopped = False  # the worker stopped: the groups not yet sent are found here
+        self.from_worker = 0  # groups a worker found
+        ahead = READ_AHEAD and len(groups) > 1 and may_start_workers()  # one group needs no read-ahead
+        self._pool = _WORKERS.join() if ahead else None
+        self._stopped = False  # the workers stopped: the groups not yet sent are found here
 
     def for_group(self, k: int) -> Prevalidated:
         """Group ``k``'s validation: found here when nobody has started it, else the worker's; while the worker
@@ -51,17 +81,17 @@ class ReadAhead:
         if k == self._taken:  # the worker takes the next groups while this one is found here
             self._taken += 1
             self._send()
-            self._found[k] = prevalidate(self.groups[k], self.settings)
+            self._found[k] = prevalidate(self.groups[k], self.settings, self.clinic_id)
         while k not in self._found:
             future = self._sent.pop(k, None)
-            if future is None:  # asked for again: found again
-                self._found[k] = prevalidate(self.groups[k], self.settings)
+            if future is None or future.cancel():  # asked for again, or queued behind other sweeps' groups
+                self._found[k] = prevalidate(self.groups[k], self.settings, self.clinic_id)
             elif future.done() or self._taken >= len(self.groups):
                 self._found[k] = self._result(k, future)
             else:
                 self._sent[k], ahead = future, self._taken
                 self._taken += 1
-                self._found[ahead] = prevalidate(self.groups[ahead], self.settings)
+                self._found[ahead] = prevalidate(self.groups[ahead], self.settings, self.clinic_id)
         self._send()
         return self._found.pop(k)
 
@@ -70,7 +100,8 @@ class ReadAhead:
         pool = self._pool
         while pool is not None and not self._stopped and self._taken < len(self.groups) and self._waiting() < 2:
             try:
-                self._sent[self._taken] = pool.submit(prevalidate, self.groups[self._taken], self.settings)
+                group = self.groups[self._taken]
+                self._sent[self._taken] = pool.submit(prevalidate, group, self.settings, self.clinic_id)
             except RuntimeError:  # BrokenProcessPool: a worker killed
                 self._stopped = True
                 return
@@ -84,21 +115,21 @@ class ReadAhead:
             found = future.result()
         except Exception as exc:  # the group is found here: the same reads, and the same errors if real
             log.warning("read-ahead of a group of files failed (%s); it is read here", type(exc).__name__)
-            return prevalidate(self.groups[k], self.settings)
+            return prevalidate(self.groups[k], self.settings, self.clinic_id)
         self.from_worker += 1
         return found
 
     def close(self) -> None:
+        for future in self._sent.values():  # groups a worker has not started are dropped
+            future.cancel()
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._slot:
-            _WORKERS.release()
+            _WORKERS.leave()
 
 
 @contextmanager
-def read_ahead(groups: list[list[Path]], settings: Settings) -> Iterator[ReadAhead]:
-    """``ReadAhead`` over these groups, its worker stopped on leaving."""
-    ahead = ReadAhead(groups, settings)
+def read_ahead(groups: list[list[Path]], settings: Settings, clinic_id: str | None = None) -> Iterator[ReadAhead]:
+    """``ReadAhead`` over these groups (of one clinic's files, when named), its worker stopped on leaving."""
+    ahead = ReadAhead(groups, settings, clinic_id)
     try:
         yield ahead
     finally:

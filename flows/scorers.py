@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -13,7 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 import polars as pl
 
 from alliance.clinics import RuleConfig
-from alliance.storage.snapshots import CORES
+from flows.workers import CORES, may_start_workers, worker_pool
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
 from transforms.flags import Scored, score
@@ -40,10 +39,7 @@ class ScoringPool:
     """Worker processes for scoring, started at the first chunk large enough to share (see ``score_shares``)."""
 
     def __init__(self, processes: int | None = None) -> None:
-        self.processes = SCORE_PROCESSES if processes is None else processes
-        # a daemon process (a Dask worker) may not start processes of its own
-        if multiprocessing.current_process().daemon:
-            self.processes = 1
+        self.processes = (SCORE_PROCESSES if processes is None else processes) if may_start_workers() else 1
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self, dyads: int) -> None:
@@ -53,7 +49,7 @@ class ScoringPool:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.processes - 1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = worker_pool(self.processes - 1)
         return self._pool
 
     def submit(

@@ -13,14 +13,17 @@ from typing import ClassVar
 import duckdb
 import pytest
 
+from alliance.cli.exports import _ingest_all
 from alliance.home import init_home
 from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import table_checksums
-from flows import nightly, readahead
+from flows import exports, nightly, readahead
 from flows.nightly import run_nightly
+from flows.workers import CORES
 from tests.conftest import TEST_KEY
 
+pytestmark = pytest.mark.skipif(CORES < 2, reason="worker processes need a spare core")
 Checksums = dict[str, tuple[int, str]]
 
 
@@ -103,13 +106,50 @@ def test_a_worker_killed_mid_sweep_costs_only_time(
     assert killed == alone
 
 
-def test_sweeps_side_by_side_share_the_spare_cores(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the Prefect nightly sweeps its batches in parallel threads: one worker per spare core, not one per sweep
+def test_sweeps_side_by_side_share_the_workers(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the Prefect nightly sweeps its batches in parallel threads: one set of workers, not one per sweep
     monkeypatch.setattr(readahead, "READ_AHEAD", True)
-    monkeypatch.setattr(readahead, "_WORKERS", readahead.threading.BoundedSemaphore(1))
-    with readahead.read_ahead([[], []], settings) as first, readahead.read_ahead([[], []], settings) as second:
-        assert first._pool is not None and second._pool is None
-        assert [second.for_group(0).served, second.for_group(1).served] == [0, 0]  # found here
+    with readahead.read_ahead([[], []], settings) as first, readahead.read_ahead([[], [], []], settings) as second:
+        assert first._pool is not None and second._pool is first._pool
+        assert [second.for_group(k).served for k in range(3)] == [0, 0, 0]
+        assert first.for_group(0) is not None
+    assert first._pool._shutdown_thread  # type: ignore[attr-defined]  # stopped when the last sweep left
     with readahead.read_ahead([[], []], settings) as third:
-        assert third._pool is not None
+        assert third._pool is not None and third._pool is not first._pool
         assert third.for_group(0) is not None and third.for_group(1) is not None
+
+
+def test_alliance_ingest_of_many_files_reads_later_groups_ahead(
+    sample: SampleSet, tmp_path: Path, watched: type[Watched], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exports, "PREVALIDATE_FILES", 2)
+    sums = []
+    for ahead in (False, True):
+        monkeypatch.setattr(readahead, "READ_AHEAD", ahead)
+        settings = load_settings(tmp_path / f"home-{ahead}")
+        init_home(settings)
+        settings.key_file.write_text(TEST_KEY)
+        add_profiles(settings.clinics_file, sample.profiles)
+        paths = []
+        for file in sample.files:
+            target = settings.inbox / file.clinic_id / file.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            paths.append(Path(shutil.copy(file.path, target)))
+        watched.seen, watched.handed = [], []
+        results, _ = _ingest_all(paths, settings, None)
+        assert {r.status for r in results} == {"loaded"}
+        assert len(watched.seen[-1].groups) >= 3
+        assert (watched.seen[-1].from_worker > 0) is ahead
+        assert all(found.served > 0 for found in watched.handed)
+        with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+            sums.append(table_checksums(con, stable_only=True))
+    assert sums[0] == sums[1]
+
+
+def test_groups_keep_the_files_order_in_the_fewest_groups_of_about_equal_size() -> None:
+    for count in (0, 1, 199, 200, 201, 250, 1000, 1001):
+        paths = [Path(f"f{i}") for i in range(count)]
+        groups = readahead.groups_of(paths, 200)
+        assert [p for group in groups for p in group] == paths
+        assert len(groups) == -(-count // 200) and all(len(g) <= 200 for g in groups)
+        assert max(map(len, groups), default=0) - min(map(len, groups), default=0) <= 1

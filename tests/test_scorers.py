@@ -22,11 +22,13 @@ from alliance.storage import Warehouse, table_checksums
 from flows import scorers
 from flows.nightly import run_nightly
 from flows.scoring import _calibrations, _features, score_dyads
+from flows.workers import CORES
 from tests.conftest import TEST_KEY
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
 from transforms.flags import Scored, score
 
+pytestmark = pytest.mark.skipif(CORES < 2, reason="worker processes need a spare core")
 KEYS = ["dyad_id", "instrument", "session_date", "session_number"]
 Inputs = tuple[pl.DataFrame, dict[str, RuleConfig], dict[str, Calibration], dict[str, ExpectedCurve]]
 

@@ -127,12 +127,14 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     stands, then the scores settled (reliable change re-estimated once if due) and the snapshots published once.
     """
     from datetime import UTC, datetime
+    from itertools import accumulate
 
     from alliance.errors import ExportGone, KeyMissing
     from alliance.storage import writer_lease
     from flows.batch import LoadBatch
-    from flows.exports import PREVALIDATE_FILES, Validator, prevalidate
+    from flows.exports import PREVALIDATE_FILES, Validator
     from flows.pipeline import ExportResult, ingest_file
+    from flows.readahead import groups_of, read_ahead
     from flows.reviews import settle_scores
 
     results = []
@@ -140,12 +142,16 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     batch, started = len(paths) > 1, datetime.now(UTC)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     leased = writer_lease(settings.warehouse) if batch else contextlib.nullcontext()  # files share a session
-    with leased, Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
+    # GX once per instrument for each group of files; later groups read ahead on another core
+    groups = groups_of(paths, PREVALIDATE_FILES) if batch else []
+    progress = Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty())
+    with leased, progress, read_ahead(groups, settings, clinic) as ahead:
         loads = LoadBatch(settings) if batch else None  # and their loads one transaction
         task = progress.add_task("ingesting", total=len(paths))
+        starts = dict(zip(accumulate([0, *map(len, groups)]), range(len(groups)), strict=False))
         for index, path in enumerate(paths):
-            if len(paths) > 1 and index % PREVALIDATE_FILES == 0:  # GX once per instrument for the next files
-                validate = prevalidate(paths[index : index + PREVALIDATE_FILES], settings, clinic)
+            if index in starts:  # the first file of a group
+                validate = ahead.for_group(starts[index])
             progress.update(task, description=f"ingesting {path.name}")
             try:
                 results.append(
