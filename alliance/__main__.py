@@ -1,4 +1,4 @@
 from alliance.cli import app
 
-if __name__ == "__main__":  # a process started by spawn imports this module again: it must not run the CLI
+if __name__ == "__main__":  # imported, it runs nothing
     app()

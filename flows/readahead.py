@@ -17,11 +17,12 @@ from pathlib import Path
 from alliance.settings import Settings
 from expectations import Prevalidated
 from flows.exports import prevalidate
-from flows.workers import CORES, may_start_workers, worker_pool
+from flows.workers import CORES, may_start_workers, stop_workers, worker_pool
 
 log = logging.getLogger("alliance.pipeline")
 
 READ_AHEAD = True  # later groups found ahead on worker processes, given a spare core
+AHEAD = 2  # groups a sweep holds besides the one it loads (sent to a worker or found, not yet loaded): memory
 
 
 def groups_of(paths: list[Path], size: int) -> list[list[Path]]:
@@ -47,14 +48,15 @@ class _Workers:
             self._users += 1
             return self._pool
 
-    def leave(self) -> None:
+    def leave(self, finish: bool) -> None:
+        """One sweep done; the last one stops the workers (at once when it ends on an error or an interrupt)."""
         with self._lock:
             self._users -= 1
             pool, last = self._pool, self._users == 0
             if last:
                 self._pool = None
         if last and pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            stop_workers(pool, finish)
 
 
 _WORKERS = _Workers()
@@ -88,17 +90,19 @@ class ReadAhead:
                 self._found[k] = prevalidate(self.groups[k], self.settings, self.clinic_id)
             elif future.done() or self._taken >= len(self.groups):
                 self._found[k] = self._result(k, future)
-            else:
+            elif len(self._sent) + len(self._found) < AHEAD:  # k is under way: the next group is found here
                 self._sent[k], ahead = future, self._taken
                 self._taken += 1
                 self._found[ahead] = prevalidate(self.groups[ahead], self.settings, self.clinic_id)
+            else:
+                self._found[k] = self._result(k, future)
         self._send()
         return self._found.pop(k)
 
     def _send(self) -> None:
-        """Keep the worker on one group and the next, so that it never waits for this process."""
+        """Keep the workers on the next groups, as many as a sweep may hold (``AHEAD``)."""
         pool = self._pool
-        while pool is not None and not self._stopped and self._taken < len(self.groups) and self._waiting() < 2:
+        while pool is not None and not self._stopped and self._taken < len(self.groups) and self._held() < AHEAD:
             try:
                 group = self.groups[self._taken]
                 self._sent[self._taken] = pool.submit(prevalidate, group, self.settings, self.clinic_id)
@@ -107,8 +111,8 @@ class ReadAhead:
                 return
             self._taken += 1
 
-    def _waiting(self) -> int:
-        return sum(not future.done() for future in self._sent.values())
+    def _held(self) -> int:
+        return len(self._sent) + len(self._found)
 
     def _result(self, k: int, future: Future[Prevalidated]) -> Prevalidated:
         try:
@@ -119,11 +123,11 @@ class ReadAhead:
         self.from_worker += 1
         return found
 
-    def close(self) -> None:
+    def close(self, finish: bool = True) -> None:
         for future in self._sent.values():  # groups a worker has not started are dropped
             future.cancel()
         if self._pool is not None:
-            _WORKERS.leave()
+            _WORKERS.leave(finish)
 
 
 @contextmanager
@@ -132,5 +136,7 @@ def read_ahead(groups: list[list[Path]], settings: Settings, clinic_id: str | No
     ahead = ReadAhead(groups, settings, clinic_id)
     try:
         yield ahead
-    finally:
-        ahead.close()
+    except BaseException:
+        ahead.close(finish=False)
+        raise
+    ahead.close()

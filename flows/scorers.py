@@ -12,7 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 import polars as pl
 
 from alliance.clinics import RuleConfig
-from flows.workers import CORES, may_start_workers, worker_pool
+from flows.workers import CORES, may_start_workers, stop_workers, worker_pool
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
 from transforms.flags import Scored, score
@@ -41,6 +41,7 @@ class ScoringPool:
     def __init__(self, processes: int | None = None) -> None:
         self.processes = (SCORE_PROCESSES if processes is None else processes) if may_start_workers() else 1
         self._pool: ProcessPoolExecutor | None = None
+        self.stopped = False  # a worker was killed: the rest is scored in this process
 
     def start(self, dyads: int) -> None:
         """Start the workers now when ``dyads`` are enough work to share: they start while the first chunk is read."""
@@ -60,14 +61,22 @@ class ScoringPool:
         curves: dict[str, ExpectedCurve],
     ) -> Future[Scored] | None:
         """Score ``part`` in a worker; None when the workers stopped (a worker killed, out of memory)."""
+        if self.stopped:
+            return None
         try:
             return self._executor().submit(score, part, configs, calibrations, curves)
         except BrokenProcessPool:
+            self.stop()
             return None
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        if not self.stopped:
+            log.warning("a scoring process stopped; the rest of the dyads are scored in this one")
+        self.stopped = True
+
+    def close(self, finish: bool = True) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            stop_workers(self._pool, finish)
 
 
 def _ready() -> bool:
@@ -81,8 +90,10 @@ def scoring_pool(processes: int | None = None) -> Iterator[ScoringPool]:
     pool = ScoringPool(processes)
     try:
         yield pool
-    finally:
-        pool.close()
+    except BaseException:
+        pool.close(finish=False)  # an error or an interrupt: the shares under way are not waited for
+        raise
+    pool.close()
 
 
 def score_shares(
@@ -95,7 +106,7 @@ def score_shares(
     """``score``, with a chunk of at least ``PARALLEL_SESSIONS`` sessions cut into shares that this process takes
     from the front and the workers from the back, so that a worker still starting takes fewer: the same findings
     in the same order, and the same sessions."""
-    if pool.processes < 2 or features.height < PARALLEL_SESSIONS:
+    if pool.processes < 2 or pool.stopped or features.height < PARALLEL_SESSIONS:
         return score(features, configs, calibrations, curves)
     parts = shares(features, max(pool.processes, features.height // SHARE_SESSIONS))
     results: dict[int, Scored] = {}
@@ -115,7 +126,7 @@ def score_shares(
                 raise BrokenProcessPool
             results[i] = future.result()
         except BrokenProcessPool:  # a worker killed (out of memory): its shares are scored here
-            log.warning("a scoring process stopped; its share of the dyads is scored in this one")
+            pool.stop()
             results[i] = score(parts[i], configs, calibrations, curves)
     ordered = [results[i] for i in range(len(parts))]
     return Scored(pl.concat([r.findings for r in ordered]), pl.concat([r.sessions for r in ordered]))

@@ -20,7 +20,7 @@ from transforms.cases import CaseUpdate, update_cases
 from transforms.expected import ExpectedCurve, curves_frame, curves_of, estimate_expected
 from transforms.flags import declines_at_last_session, stopped_appearing
 from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
-from transforms.reconcile import Reconciled, reconcile
+from transforms.reconcile import CHANGE_SCHEMA, Reconciled, reconcile
 from transforms.trajectory import session_features
 
 ESTIMATED_ON = "estimated_on"  # meta key: ratings per instrument when reliable change was last estimated
@@ -167,7 +167,8 @@ def score_dyads(
     # every dyad in chunks: memory stays that of one chunk, whatever the network's size
     chunks = _dyad_chunks(writer) if dyad_ids is None else _chunks(dyad_ids)
     with scoring_pool() as pool:
-        pool.start(sum(map(len, chunks)))
+        if dyad_ids is None:  # a full scoring: the workers start while its first chunk is read
+            pool.start(sum(map(len, chunks)))
         for chunk in chunks:
             ratings = writer.ratings_of(chunk)
             scored = score_shares(pool, _features(ratings, configs), configs, calibrations, curves)
@@ -247,7 +248,7 @@ def _chunks(ids: list[str]) -> list[list[str]]:
 
 
 def _no_changes() -> pl.DataFrame:
-    return pl.DataFrame(schema={"flag_id": pl.String, "change": pl.String})
+    return pl.DataFrame(schema=CHANGE_SCHEMA)
 
 
 def _pending(writer: Writer) -> list[str]:

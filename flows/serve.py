@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from alliance.clinics import load_clinics
@@ -43,8 +44,9 @@ def score_task(home: str | None, swept_clinics: list[str], since: datetime) -> d
 
 @flow(name="nightly", log_prints=False, persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
 def nightly(home: str | None = None) -> dict[str, object]:
-    """Sweep every inbox (fanned out in ``SWEEP_TASKS`` batches of clinics), settle the scores, send digests
-    and trend alerts, publish snapshots, and summarise per clinic in artifacts.
+    """Sweep every inbox (fanned out in ``SWEEP_TASKS`` batches of clinics on a Dask cluster, one batch on the
+    local thread runner), settle the scores, send digests and trend alerts, publish snapshots, and summarise
+    per clinic in artifacts.
 
     The fan-out goes through the flow's task runner: ``nightly.with_options(task_runner=DaskTaskRunner(...))``
     spreads the batches over a Dask cluster unchanged (the warehouse lock still serialises the writes).
@@ -53,6 +55,9 @@ def nightly(home: str | None = None) -> dict[str, object]:
     settings = load_settings(Path(home) if home else None)
     clinic_ids = sorted(load_clinics(settings.clinics_file))
     batches = [batch for batch in (clinic_ids[i::SWEEP_TASKS] for i in range(SWEEP_TASKS)) if batch]
+    if isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner):  # type: ignore[union-attr]
+        # threads of one process share Python's lock; one sweep reads ahead on the spare cores instead
+        batches = [clinic_ids]
     swept = [row for rows in sweep_task.map(home, batches).result() for row in rows]
     swept_clinics = [str(r["clinic_id"]) for r in swept if r["status"] not in ("unsettled", "taken", "error")]
     scoring = score_task(home, swept_clinics, started)

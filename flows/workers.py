@@ -4,11 +4,12 @@ per spare core this process may use."""
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 
 from alliance.storage.snapshots import CORES
 
-__all__ = ["CORES", "may_start_workers", "worker_pool"]
+__all__ = ["CORES", "may_start_workers", "stop_workers", "worker_pool"]
 
 
 def may_start_workers() -> bool:
@@ -17,5 +18,17 @@ def may_start_workers() -> bool:
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """Processes started by spawn: a fork would copy Polars' and DuckDB's threads' locks, not their threads."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    """Processes started by spawn: a fork would copy Polars' and DuckDB's threads' locks, not their threads.
+    Ctrl-C reaches this process only, which stops the workers (``stop_workers``)."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(
+        workers, mp_context=context, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)
+    )
+
+
+def stop_workers(pool: ProcessPoolExecutor, finish: bool) -> None:
+    """Stop ``pool``: after the work under way when ``finish``, else at once (on an error or an interrupt)."""
+    if not finish:
+        for process in list(getattr(pool, "_processes", {}).values()):  # work started is not waited for
+            process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)

@@ -7,6 +7,8 @@ import logging
 import os
 import shutil
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -106,17 +108,44 @@ def test_a_worker_killed_mid_sweep_costs_only_time(
     assert killed == alone
 
 
-def test_sweeps_side_by_side_share_the_workers(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the Prefect nightly sweeps its batches in parallel threads: one set of workers, not one per sweep
+def test_sweeps_in_threads_share_the_workers_and_hold_few_groups(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the Prefect nightly may sweep batches in parallel threads: one set of workers, stopped by the last sweep
     monkeypatch.setattr(readahead, "READ_AHEAD", True)
-    with readahead.read_ahead([[], []], settings) as first, readahead.read_ahead([[], [], []], settings) as second:
-        assert first._pool is not None and second._pool is first._pool
-        assert [second.for_group(k).served for k in range(3)] == [0, 0, 0]
-        assert first.for_group(0) is not None
-    assert first._pool._shutdown_thread  # type: ignore[attr-defined]  # stopped when the last sweep left
-    with readahead.read_ahead([[], []], settings) as third:
-        assert third._pool is not None and third._pool is not first._pool
-        assert third.for_group(0) is not None and third.for_group(1) is not None
+    both_in, pools, held = threading.Barrier(2), [], []
+
+    def sweep(groups: int) -> None:
+        with readahead.read_ahead([[] for _ in range(groups)], settings) as ahead:
+            both_in.wait(timeout=60)
+            pools.append(ahead._pool)
+            for k in range(groups):
+                ahead.for_group(k)
+                time.sleep(0.05)  # a load: the workers finish what they hold
+                held.append(len(ahead._sent) + len(ahead._found))
+            assert ahead.from_worker > 0
+
+    threads = [threading.Thread(target=sweep, args=(n,)) for n in (6, 9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(pools) == 2 and pools[0] is pools[1] is not None
+    assert max(held) <= readahead.AHEAD  # what a sweep holds ahead stays bounded, however fast the workers
+    assert readahead._WORKERS._users == 0 and readahead._WORKERS._pool is None
+    with readahead.read_ahead([[], []], settings) as later:
+        assert later._pool is not None and later._pool is not pools[0]
+
+
+def test_an_interrupted_sweep_stops_its_workers_at_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readahead, "READ_AHEAD", True)
+    with pytest.raises(KeyboardInterrupt), readahead.read_ahead([[], [], []], settings) as ahead:
+        ahead.for_group(0)
+        workers = list(ahead._pool._processes.values())  # type: ignore[union-attr]
+        assert workers
+        raise KeyboardInterrupt
+    assert all(not worker.is_alive() for worker in workers)
+    assert readahead._WORKERS._pool is None
 
 
 def test_alliance_ingest_of_many_files_reads_later_groups_ahead(

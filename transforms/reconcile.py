@@ -14,8 +14,6 @@ from transforms.flags import EPS, FINDING_SCHEMA, FLAG_SCHEMA
 from transforms.rules import SEVERITIES
 
 CHANGE_SCHEMA: dict[str, pl.DataType] = {"flag_id": pl.String(), "change": pl.String()}
-# what a flag keeps of its own when a finding updates it: its review state and history
-KEPT = ("status", "first_flagged_at", "updated_at", "worsened_at", "resolved_at", "resolution", "risk_score")
 OPEN = ("open", "acknowledged")
 
 
@@ -140,5 +138,5 @@ def reconcile(findings: pl.DataFrame, existing: pl.DataFrame, now: datetime) -> 
         prior = order.join(prior.unique("flag_id", keep="last"), on="flag_id").sort("_at").drop("_at")
     stamp = pl.lit(now, dtype=FLAG_SCHEMA["updated_at"])
     merged = pl.concat([_found(findings, prior, stamp), _unfound(prior, findings["flag_id"], stamp)])
-    changes = merged.filter(pl.col("change").is_not_null()).select("flag_id", "change")
+    changes = merged.filter(pl.col("change").is_not_null()).select(*CHANGE_SCHEMA)
     return Reconciled(merged.drop("change"), changes)

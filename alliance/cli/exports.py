@@ -127,7 +127,6 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     stands, then the scores settled (reliable change re-estimated once if due) and the snapshots published once.
     """
     from datetime import UTC, datetime
-    from itertools import accumulate
 
     from alliance.errors import ExportGone, KeyMissing
     from alliance.storage import writer_lease
@@ -148,10 +147,9 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     with leased, progress, read_ahead(groups, settings, clinic) as ahead:
         loads = LoadBatch(settings) if batch else None  # and their loads one transaction
         task = progress.add_task("ingesting", total=len(paths))
-        starts = dict(zip(accumulate([0, *map(len, groups)]), range(len(groups)), strict=False))
-        for index, path in enumerate(paths):
-            if index in starts:  # the first file of a group
-                validate = ahead.for_group(starts[index])
+        for group, path in [(k, path) for k, files in enumerate(groups or [paths]) for path in files]:
+            if batch and path is groups[group][0]:  # a group's first file: its validation, found ahead
+                validate = ahead.for_group(group)
             progress.update(task, description=f"ingesting {path.name}")
             try:
                 results.append(
