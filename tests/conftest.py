@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ os.environ.pop("ALLIANCE_HOME", None)
 os.environ["ALLIANCE_SETTLE_S"] = "0"
 
 from alliance.home import init_home
+from alliance.samples import SampleSet, add_profiles
 from alliance.settings import Settings, load_settings
 
 TEST_KEY = "test-key-0123456789abcdef"
@@ -78,3 +81,28 @@ SOUTH_ROWS = [
     "C-102,s2,01/12/2026,1,8.0,8.0,8.0,8.0,18,",
     "C-103,s2,01/13/2026,1,8.0,12.5,8.0,8.0,,out of range",
 ]
+
+
+def home_with_night(root: Path, sample: SampleSet) -> Settings:
+    """A new home at ``root`` with the sample's clinics, and its files waiting in their inboxes."""
+    configured = load_settings(root)
+    init_home(configured)
+    configured.key_file.write_text(TEST_KEY)
+    add_profiles(configured.clinics_file, sample.profiles)
+    for file in sample.files:
+        target = configured.inbox / file.clinic_id / file.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(file.path, target)
+    return configured
+
+
+def put_courses(settings: Settings) -> None:
+    """Twelve short courses a clinic in north and south (``two_clinics``), some falling, some low at the end."""
+    for clinic in ("north", "south"):
+        rows = [
+            f"C-{k},{clinic[0]}{k % 3},{(date(2026, 1, 5) + timedelta(weeks=s)).strftime('%m/%d/%Y')},{s + 1},"
+            f"{v},{v},{v},{v},,"
+            for k in range(12)
+            for s, v in enumerate([9.5, 9.5, 9, 8.5, 9.5, 5 if k % 2 else 9.5, 4 if k % 3 == 0 else 9, 9][: 4 + k % 5])
+        ]
+        put(settings, clinic, f"{clinic}.csv", rows)

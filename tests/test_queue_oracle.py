@@ -14,7 +14,7 @@ from alliance.clinics import RuleConfig
 from alliance.settings import Settings
 from alliance.storage import Warehouse
 from flows.nightly import run_nightly
-from tests.conftest import put
+from tests.conftest import put_courses
 from tests.reference import queue as reference
 from transforms.queue import QueuePolicy, queue_frame
 from transforms.rules import RULES, SEVERITIES
@@ -99,14 +99,7 @@ def test_the_queue_over_all_dyads_equals_the_dyad_by_dyad_decisions(
 
 
 def test_the_queue_of_a_loaded_network_equals_the_dyad_by_dyad_decisions(two_clinics: Settings) -> None:
-    for clinic in ("north", "south"):
-        rows = [
-            f"C-{k},{clinic[0]}{k % 3},{(date(2026, 1, 5) + timedelta(weeks=s)).strftime('%m/%d/%Y')},{s + 1},"
-            f"{v},{v},{v},{v},,"
-            for k in range(12)
-            for s, v in enumerate([9.5, 9.5, 9, 8.5, 9.5, 5 if k % 2 else 9.5, 4 if k % 3 == 0 else 9, 9][: 4 + k % 5])
-        ]
-        put(two_clinics, clinic, f"{clinic}.csv", rows)
+    put_courses(two_clinics)
     run_nightly(two_clinics)
     with Warehouse.of(two_clinics).writer() as writer:
         flags, last = writer.flags_of(), writer.last_sessions(None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -16,14 +15,13 @@ import duckdb
 import pytest
 
 from alliance.cli.exports import _ingest_all
-from alliance.home import init_home
-from alliance.samples import SampleSet, add_profiles, generate_sample
-from alliance.settings import Settings, load_settings
+from alliance.samples import SampleSet, generate_sample
+from alliance.settings import Settings
 from alliance.storage import table_checksums
 from flows import exports, nightly, readahead
 from flows.nightly import run_nightly
 from flows.workers import CORES
-from tests.conftest import TEST_KEY
+from tests.conftest import home_with_night
 
 pytestmark = pytest.mark.skipif(CORES < 2, reason="worker processes need a spare core")
 Checksums = dict[str, tuple[int, str]]
@@ -35,14 +33,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
 
 
 def night(root: Path, sample: SampleSet) -> tuple[Settings, Checksums]:
-    settings = load_settings(root)
-    init_home(settings)
-    settings.key_file.write_text(TEST_KEY)
-    add_profiles(settings.clinics_file, sample.profiles)
-    for file in sample.files:
-        target = settings.inbox / file.clinic_id / file.path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(file.path, target)
+    settings = home_with_night(root, sample)
     report = run_nightly(settings)
     assert not report.errors and report.exports
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
@@ -155,15 +146,8 @@ def test_alliance_ingest_of_many_files_reads_later_groups_ahead(
     sums = []
     for ahead in (False, True):
         monkeypatch.setattr(readahead, "READ_AHEAD", ahead)
-        settings = load_settings(tmp_path / f"home-{ahead}")
-        init_home(settings)
-        settings.key_file.write_text(TEST_KEY)
-        add_profiles(settings.clinics_file, sample.profiles)
-        paths = []
-        for file in sample.files:
-            target = settings.inbox / file.clinic_id / file.path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            paths.append(Path(shutil.copy(file.path, target)))
+        settings = home_with_night(tmp_path / f"home-{ahead}", sample)
+        paths = [settings.inbox / file.clinic_id / file.path.name for file in sample.files]
         watched.seen, watched.handed = [], []
         results, _ = _ingest_all(paths, settings, None)
         assert {r.status for r in results} == {"loaded"}

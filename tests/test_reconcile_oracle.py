@@ -14,7 +14,7 @@ from polars.testing import assert_frame_equal
 from alliance.settings import Settings
 from alliance.storage import Warehouse
 from flows.nightly import run_nightly
-from tests.conftest import put
+from tests.conftest import put_courses
 from tests.reference import flags as reference
 from transforms.flags import FINDING_SCHEMA, FLAG_SCHEMA
 from transforms.reconcile import reconcile
@@ -99,14 +99,7 @@ def test_findings_that_equal_their_flags_change_nothing_and_keep_when_they_were_
 
 
 def test_a_loaded_networks_flags_merge_as_the_reference_merges_them(two_clinics: Settings) -> None:
-    for clinic in ("north", "south"):
-        rows = [
-            f"C-{k},{clinic[0]}{k % 3},{(date(2026, 1, 5) + timedelta(weeks=s)).strftime('%m/%d/%Y')},{s + 1},"
-            f"{v},{v},{v},{v},,"
-            for k in range(12)
-            for s, v in enumerate([9.5, 9.5, 9, 8.5, 9.5, 5 if k % 2 else 9.5, 4 if k % 3 == 0 else 9, 9][: 4 + k % 5])
-        ]
-        put(two_clinics, clinic, f"{clinic}.csv", rows)
+    put_courses(two_clinics)
     run_nightly(two_clinics)
     with Warehouse.of(two_clinics).writer() as writer:
         flags = writer.flags_of()

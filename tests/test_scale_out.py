@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from alliance.home import init_home
-from alliance.samples import SampleSet, add_profiles, generate_sample
-from alliance.settings import Settings, load_settings
+from alliance.samples import generate_sample
 from alliance.storage import table_checksums
 from flows.nightly import run_nightly
-from tests.conftest import TEST_KEY
-
-
-def home_with_night(root: Path, sample: SampleSet) -> Settings:
-    settings = load_settings(root)
-    init_home(settings)
-    settings.key_file.write_text(TEST_KEY)
-    add_profiles(settings.clinics_file, sample.profiles)
-    for file in sample.files:
-        target = settings.inbox / file.clinic_id / file.path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(file.path, target)
-    return settings
+from tests.conftest import home_with_night
 
 
 @pytest.mark.slow
