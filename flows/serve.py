@@ -54,10 +54,10 @@ def nightly(home: str | None = None) -> dict[str, object]:
     started = datetime.now(UTC)
     settings = load_settings(Path(home) if home else None)
     clinic_ids = sorted(load_clinics(settings.clinics_file))
-    batches = [batch for batch in (clinic_ids[i::SWEEP_TASKS] for i in range(SWEEP_TASKS)) if batch]
-    if isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner):  # type: ignore[union-attr]
-        # threads of one process share Python's lock; one sweep reads ahead on the spare cores instead
-        batches = [clinic_ids]
+    # threads of one process share Python's lock: locally one sweep, which reads ahead on the spare cores
+    local = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)  # type: ignore[union-attr]
+    batches = [clinic_ids] if local else [clinic_ids[i::SWEEP_TASKS] for i in range(SWEEP_TASKS)]
+    batches = [batch for batch in batches if batch]
     swept = [row for rows in sweep_task.map(home, batches).result() for row in rows]
     swept_clinics = [str(r["clinic_id"]) for r in swept if r["status"] not in ("unsettled", "taken", "error")]
     scoring = score_task(home, swept_clinics, started)

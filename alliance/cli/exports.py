@@ -147,27 +147,28 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     with leased, progress, read_ahead(groups, settings, clinic) as ahead:
         loads = LoadBatch(settings) if batch else None  # and their loads one transaction
         task = progress.add_task("ingesting", total=len(paths))
-        for group, path in [(k, path) for k, files in enumerate(groups or [paths]) for path in files]:
-            if batch and path is groups[group][0]:  # a group's first file: its validation, found ahead
-                validate = ahead.for_group(group)
-            progress.update(task, description=f"ingesting {path.name}")
-            try:
-                results.append(
-                    ingest_file(path, settings, clinic_id=clinic, publish=not batch, validate=validate, batch=loads)
-                )
-            except ExportGone as gone:  # another run (watcher, nightly) took it first: not an error
-                results.append(ExportResult(path.name, clinic or path.parent.name, "taken", "", error=str(gone)))
-            except (ConfigError, OSError) as problem:  # this file's problem (wrong folder, unreadable): go on
-                if len(paths) == 1 or isinstance(problem, KeyMissing):
-                    raise
-                error = str(problem) if isinstance(problem, ConfigError) else f"{type(problem).__name__}"
-                results.append(ExportResult(path.name, clinic or path.parent.name, "failed", "", error=error))
-            except Exception as exc:  # ingest_file rejects what it can; this is the net around the rest
-                if isinstance(exc, AllianceError):
-                    raise
-                error = f"unexpected {type(exc).__name__}; the file was left in place"
-                results.append(ExportResult(path.name, clinic or path.parent.name, "failed", "", error=error))
-            progress.advance(task)
+        for k, files in enumerate(groups or [paths]):
+            if batch:  # the group's validation, found ahead
+                validate = ahead.for_group(k)
+            for path in files:
+                progress.update(task, description=f"ingesting {path.name}")
+                try:
+                    results.append(
+                        ingest_file(path, settings, clinic_id=clinic, publish=not batch, validate=validate, batch=loads)
+                    )
+                except ExportGone as gone:  # another run (watcher, nightly) took it first: not an error
+                    results.append(ExportResult(path.name, clinic or path.parent.name, "taken", "", error=str(gone)))
+                except (ConfigError, OSError) as problem:  # this file's problem (wrong folder, unreadable): go on
+                    if len(paths) == 1 or isinstance(problem, KeyMissing):
+                        raise
+                    error = str(problem) if isinstance(problem, ConfigError) else f"{type(problem).__name__}"
+                    results.append(ExportResult(path.name, clinic or path.parent.name, "failed", "", error=error))
+                except Exception as exc:  # ingest_file rejects what it can; this is the net around the rest
+                    if isinstance(exc, AllianceError):
+                        raise
+                    error = f"unexpected {type(exc).__name__}; the file was left in place"
+                    results.append(ExportResult(path.name, clinic or path.parent.name, "failed", "", error=error))
+                progress.advance(task)
         if loads is not None:
             progress.update(task, description="loading")
             try:
