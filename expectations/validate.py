@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -31,6 +32,20 @@ def _batch_definition() -> Any:
     context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
     asset = context.data_sources.add_pandas("exports").add_dataframe_asset("ratings")
     return asset.add_batch_definition_whole_dataframe("all")
+
+
+def warm_up() -> threading.Thread:
+    """Import GX and build its context on a background thread (about 2 s, most of it Python's import), so that a
+    batch reads and maps its first files meanwhile. Validation waits for it and never builds the context twice;
+    a failure here is left for validation to raise with its own message."""
+
+    def build() -> None:
+        with _ONE_AT_A_TIME, contextlib.suppress(Exception):
+            _batch_definition()
+
+    thread = threading.Thread(target=build, name="alliance-gx-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @cache

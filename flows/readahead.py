@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alliance.settings import Settings
-from expectations import Prevalidated
+from expectations import Prevalidated, warm_up
 from flows.exports import prevalidate
 from flows.workers import CORES, may_start_workers, stop_workers, worker_pool
 
@@ -132,11 +132,16 @@ class ReadAhead:
 
 @contextmanager
 def read_ahead(groups: list[list[Path]], settings: Settings, clinic_id: str | None = None) -> Iterator[ReadAhead]:
-    """``ReadAhead`` over these groups (of one clinic's files, when named), its worker stopped on leaving."""
+    """``ReadAhead`` over these groups (of one clinic's files, when named), its worker stopped on leaving.
+    GX is imported meanwhile on a thread, while the first group is read and mapped here."""
+    warming = warm_up() if groups else None
     ahead = ReadAhead(groups, settings, clinic_id)
     try:
         yield ahead
     except BaseException:
         ahead.close(finish=False)
         raise
+    finally:
+        if warming is not None:
+            warming.join()  # never left importing as the process exits
     ahead.close()

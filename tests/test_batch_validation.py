@@ -28,9 +28,11 @@ from alliance.pseudonyms import load_key
 from alliance.readers import SOURCE_LINE, ReadLimits
 from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
-from expectations import Prevalidated, validate_exports, validate_ratings
+from expectations import Prevalidated, validate_exports, validate_ratings, warm_up
+from expectations import validate as validate_module
 from expectations.validate import _runnable
 from flows.exports import prepare_export, prevalidate
+from flows.readahead import read_ahead
 from tests.conftest import TEST_KEY
 from tests.test_fuzz import PROFILES, SRS, raw_frames
 from transforms.mapping import rating_candidates, resolve_columns, to_canonical
@@ -79,6 +81,50 @@ def test_a_suite_is_built_once_per_column_set_and_validates_as_a_fresh_one() -> 
     first = validate_ratings(candidates, SRS)
     assert {"out_of_range:srs_goals"} < set(first["rule"])  # and the duplicate session
     assert_frame_equal(validate_ratings(candidates, SRS), first)
+
+
+def test_gx_warms_up_on_a_thread_once_and_a_failed_warm_up_is_validation_s_to_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch starts GX's import and context on a thread while it reads its first files: a validation that
+    comes meanwhile waits for that context instead of building a second; a warm-up that fails raises nothing
+    on its thread, and the validation after it builds the context itself."""
+    raw = pl.DataFrame(
+        {"Client": ["c1", "c2"], "Therapist": ["t1", "t1"], "Date": ["05.01.2026"] * 2, "No": ["1", "2"],
+         "Rel": ["9", "9"], "Goals": ["9", "12.5"], "Approach": ["9", "9"], "Overall": ["9", "8"], "Total": ["36", "38.5"]}
+    ).with_columns(pl.int_range(2, 4, dtype=pl.Int64).alias(SOURCE_LINE))  # fmt: skip
+    candidates = _candidates(raw)
+    assert candidates is not None
+    validate_module._batch_definition.cache_clear()
+    warm_up().join()
+    assert validate_module._batch_definition.cache_info().misses == 1  # the warm-up built it
+    for _ in range(3):  # a validation right behind the warm-up: one context between them
+        validate_module._batch_definition.cache_clear()
+        warming = warm_up()
+        found = validate_ratings(candidates, SRS)
+        warming.join()
+        assert validate_module._batch_definition.cache_info().misses == 1
+        assert found["rule"].to_list() == ["out_of_range:srs_goals"]
+    unhandled: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: unhandled.append(args.exc_value))
+    import great_expectations as gx
+
+    validate_module._batch_definition.cache_clear()
+    real_context = gx.get_context
+    monkeypatch.setattr(gx, "get_context", lambda **kw: (_ for _ in ()).throw(OSError("no context")))
+    warm_up().join()
+    assert unhandled == [] and validate_module._batch_definition.cache_info().currsize == 0
+    monkeypatch.setattr(gx, "get_context", real_context)
+    assert validate_ratings(candidates, SRS)["rule"].to_list() == ["out_of_range:srs_goals"]
+
+
+def test_a_sweep_leaves_no_warm_up_running(settings: Settings) -> None:
+    """The warm-up is joined when the read-ahead ends, so no thread is left importing as the process exits."""
+    validate_module._batch_definition.cache_clear()
+    with read_ahead([[]], settings):
+        pass
+    assert "alliance-gx-warm-up" not in [t.name for t in threading.enumerate()]
+    assert validate_module._batch_definition.cache_info().currsize == 1
 
 
 @pytest.fixture(scope="module")
