@@ -1,5 +1,6 @@
-"""The rules as they run against the rules as first written (tests/reference): identical findings, reasons,
-evidence and per-session marks, on a realistic network and on random courses; exact arithmetic as ``statistics``."""
+"""The rules and scoring as they run against the rules and scoring as first written (tests/reference): identical
+findings, reasons, evidence and per-session marks, on a realistic network and on random courses; exact arithmetic
+as ``statistics``."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ from flows.pipeline import ingest_file
 from flows.scoring import _features
 from tests.conftest import TEST_KEY
 from tests.reference import rules as reference
+from tests.reference import scoring as reference_scoring
 from transforms import exact
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve, curves_of
-from transforms.flags import MARK_SCHEMA, Scored, marks_frame, score
-from transforms.rules import RULES, risk_score
+from transforms.flags import Scored, score
 
 scores = st.floats(min_value=0, max_value=40).map(lambda v: round(v, 1))
 any_floats = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
@@ -48,7 +49,7 @@ def assert_same(
     curves: dict[str, ExpectedCurve],
 ) -> Scored:
     fast = score(features, configs, calibrations, curves)
-    clear = score(features, configs, calibrations, curves, episodes_of=reference.series_episodes)
+    clear = reference_scoring.score(features, configs, calibrations, curves, episodes_of=reference.series_episodes)
     assert_frame_equal(fast.findings, clear.findings)
     assert_frame_equal(fast.sessions, clear.sessions)
     return fast
@@ -161,17 +162,3 @@ def test_the_rules_find_what_the_reference_rules_find_on_random_courses(
         code: Calibration(code, 5.0, 0.5, rc, 100, 80, within_sd) for code in ("SRS", "ORS", "WAI_SR") if rc
     }
     assert_same(_features(ratings, configs), configs, calibrations, {})
-
-
-@given(rules=st.lists(st.lists(st.sampled_from(sorted(RULES)), max_size=4).map(lambda r: sorted(set(r))), max_size=30))
-def test_marks_built_through_arrow_are_the_frame_polars_builds_from_python(rules: list[list[str]]) -> None:
-    n = len(rules)
-    marks = {
-        "dyad_id": ["d1"] * n,
-        "instrument": ["SRS"] * n,
-        "session_number": list(range(1, n + 1)),
-        "session_date": [date(2026, 1, 5) + timedelta(days=7 * i) for i in range(n)],
-        "rules": rules,
-        "risk": [risk_score(r) for r in rules],
-    }
-    assert_frame_equal(marks_frame(marks), pl.DataFrame(marks, schema=MARK_SCHEMA))

@@ -11,7 +11,6 @@ from datetime import date
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
@@ -69,6 +68,10 @@ MARK_SCHEMA: dict[str, pl.DataType] = {
     "rules": pl.List(pl.String),
     "risk": pl.Float64(),
 }
+# an episode's sessions in its series k: evidence from start to last, active from start until stop
+SPAN_SCHEMA: dict[str, pl.DataType] = {
+    "k": pl.UInt32(), "start": pl.Int64(), "last": pl.Int64(), "stop": pl.Int64(), "rule": pl.String(),
+}  # fmt: skip
 RC_RULES = ("reliable_decrease", "sudden_loss", "declining_trend", "not_on_track")
 
 
@@ -111,23 +114,43 @@ def _finding(dyad: dict[str, Any], s: Series, e: Episode, cal: Calibration | Non
     }
 
 
-def _session_marks(n: int, episodes: list[Episode]) -> tuple[list[list[str]], list[float]]:
-    """Per session: rules with evidence there, and the risk of the episodes active at that session."""
-    marks: list[list[str]] = [[] for _ in range(n)]
-    active: list[list[str]] = [[] for _ in range(n)]
-    for e in episodes:
-        for i in range(e.start, e.last + 1):
-            marks[i].append(e.rule)
-        for i in range(e.start, (e.end if e.end is not None else n)):
-            active[i].append(e.rule)
-    return [sorted(set(m)) for m in marks], [risk_score(sorted(set(a))) for a in active]
+def _marks(grouped: pl.DataFrame, spans: list[tuple[int, int, int, int, str]]) -> pl.DataFrame:
+    """Per session of each series (``k``, its row in ``grouped``): the rules with evidence there and the risk of
+    the episodes active there (MARK_SCHEMA), from every episode's span (k, start, last, stop, rule) at once."""
+    episodes = pl.DataFrame(spans, schema=SPAN_SCHEMA, orient="row")
 
+    def rules_over(stop: pl.Expr, name: str) -> pl.DataFrame:
+        return (
+            episodes.select("k", "rule", pl.int_ranges("start", stop).alias("i"))
+            .explode("i")
+            .drop_nulls("i")  # an episode that ends where it starts is active nowhere
+            .group_by("k", "i")
+            .agg(pl.col("rule").unique().sort().alias(name))
+        )
 
-def marks_frame(marks: dict[str, list[Any]]) -> pl.DataFrame:
-    """The per-session marks as a frame (MARK_SCHEMA). The rule lists go through Arrow: Polars builds a list
-    column from Python lists one inner list at a time, which cost a fifth of a backfill's scoring."""
-    rules = pl.from_arrow(pa.array(marks["rules"], type=pa.list_(pa.string())))
-    return pl.DataFrame({**marks, "rules": rules}, schema=MARK_SCHEMA)
+    active = rules_over(pl.col("stop"), "active").with_columns(pl.col("active").list.join(",").alias("combo"))
+    # few distinct sets of rules are active together: each one's risk computed once
+    risks = {combo: risk_score(combo.split(",") if combo else []) for combo in active["combo"].unique()}
+    sessions = (
+        grouped.with_row_index("k")
+        .select("k", "dyad_id", "instrument", "session_number", "session_date")
+        .explode("session_number", "session_date")
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("k").alias("i"))
+    )
+    risk = pl.col("combo").replace_strict(risks, return_dtype=pl.Float64).alias("risk")
+    return (
+        sessions.join(rules_over(pl.col("last") + 1, "rules"), on=["k", "i"], how="left")
+        .join(active.select("k", "i", risk), on=["k", "i"], how="left")
+        .select(
+            "dyad_id",
+            "instrument",
+            "session_number",
+            "session_date",
+            pl.col("rules").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+            pl.col("risk").fill_null(risk_score([])),
+        )
+        .cast(MARK_SCHEMA)  # type: ignore[arg-type]
+    )
 
 
 def score(
@@ -146,10 +169,10 @@ def score(
         pl.first("clinic_id"), pl.first("client_id"), pl.first("therapist_id"), *series_cols
     )
     findings: list[dict[str, Any]] = []
-    marks: dict[str, list[Any]] = {name: [] for name in MARK_SCHEMA}
-    by_dyad: dict[str, list[tuple[Series, list[Episode], Calibration | None]]] = {}
+    spans: list[tuple[int, int, int, int, str]] = []
+    by_dyad: dict[str, list[tuple[int, Series, list[Episode], Calibration | None]]] = {}
     dyads: dict[str, dict[str, Any]] = {}
-    for row in grouped.iter_rows(named=True):
+    for k, row in enumerate(grouped.iter_rows(named=True)):
         inst = instrument(row["instrument"])
         cal = calibrations.get(inst.code)
         rc, sd = (cal.rc, cal.within_sd) if cal else (None, None)
@@ -157,26 +180,21 @@ def score(
         s = Series(inst, row["session_date"], row["session_number"], row["score"], row["items"], row["slope"])
         episodes = episodes_of(s, Thresholds.of(config, inst, rc, sd, curves.get(inst.code)))
         dyads[row["dyad_id"]] = row
-        by_dyad.setdefault(row["dyad_id"], []).append((s, episodes, cal))
+        by_dyad.setdefault(row["dyad_id"], []).append((k, s, episodes, cal))
     for dyad_id, series_list in by_dyad.items():
         dyad = dyads[dyad_id]
-        outcome_eps = [e for s, eps, _ in series_list if s.instrument.construct == "outcome" for e in eps]
-        for s, episodes, cal in series_list:
+        outcome_eps = [e for _, s, eps, _ in series_list if s.instrument.construct == "outcome" for e in eps]
+        for k, s, episodes, cal in series_list:
             if s.instrument.construct == "alliance":
                 escalated = escalation(s, episodes, outcome_eps)
                 if escalated is not None:
                     episodes = [*episodes, escalated]
             findings.extend(_finding(dyad, s, e, cal) for e in episodes)
-            rules_at, risk_at = _session_marks(len(s.scores), episodes)
             n = len(s.scores)
-            marks["dyad_id"].extend([dyad_id] * n)
-            marks["instrument"].extend([s.instrument.code] * n)
-            marks["session_number"].extend(s.numbers)
-            marks["session_date"].extend(s.dates)
-            marks["rules"].extend(rules_at)
-            marks["risk"].extend(risk_at)
-    session_marks = marks_frame(marks)
-    sessions = features.join(session_marks, on=["dyad_id", "instrument", "session_date", "session_number"], how="left")
+            spans += [(k, e.start, e.last, n if e.end is None else e.end, e.rule) for e in episodes]
+    sessions = features.join(
+        _marks(grouped, spans), on=["dyad_id", "instrument", "session_date", "session_number"], how="left"
+    )
     columns = {name: [f[name] for f in findings] for name in FINDING_SCHEMA}
     return Scored(pl.DataFrame(columns, schema=FINDING_SCHEMA), sessions)
 
