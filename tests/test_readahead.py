@@ -104,7 +104,7 @@ def test_sweeps_in_threads_share_the_workers_and_hold_few_groups(
 ) -> None:
     # the Prefect nightly may sweep batches in parallel threads: one set of workers, stopped by the last sweep
     monkeypatch.setattr(readahead, "READ_AHEAD", True)
-    both_in, pools, held = threading.Barrier(2), [], []
+    both_in, pools, held, by_worker = threading.Barrier(2), [], [], []
 
     def sweep(groups: int) -> None:
         with readahead.read_ahead([[] for _ in range(groups)], settings) as ahead:
@@ -114,7 +114,7 @@ def test_sweeps_in_threads_share_the_workers_and_hold_few_groups(
                 ahead.for_group(k)
                 time.sleep(0.05)  # a load: the workers finish what they hold
                 held.append(len(ahead._sent) + len(ahead._found))
-            assert ahead.from_worker > 0
+            by_worker.append(ahead.from_worker)
 
     threads = [threading.Thread(target=sweep, args=(n,)) for n in (6, 9)]
     for thread in threads:
@@ -122,6 +122,8 @@ def test_sweeps_in_threads_share_the_workers_and_hold_few_groups(
     for thread in threads:
         thread.join(timeout=120)
     assert len(pools) == 2 and pools[0] is pools[1] is not None
+    # which sweep's groups the shared worker takes first is a race; that it takes some is not
+    assert len(by_worker) == 2 and sum(by_worker) > 0
     assert max(held) <= readahead.AHEAD  # what a sweep holds ahead stays bounded, however fast the workers
     assert readahead._WORKERS._users == 0 and readahead._WORKERS._pool is None
     with readahead.read_ahead([[], []], settings) as later:
