@@ -190,17 +190,27 @@ def test_a_batch_whose_end_re_scores_every_dyad_scores_each_once(tmp_path: Path)
 
 
 def test_a_full_scoring_in_chunks_leaves_what_one_pass_leaves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dyads scored 7 at a time and clinics settled one at a time leave the tables, and report the changes, that
+    one pass over all of them does."""
     from flows import scoring
 
     scored = []
-    for name, chunk in (("chunked", 7), ("whole", 10**9)):
+    for name, chunk, clinics in (("chunked", 7, 1), ("whole", 10**9, 10**9)):
         monkeypatch.setattr(scoring, "SCORE_CHUNK_DYADS", chunk)
+        monkeypatch.setattr(scoring, "SETTLE_CLINICS", clinics)
         settings, sample = _home(tmp_path / name)
         first = run_nightly(settings)  # a first load: every dyad scored at the end, in chunks of 7 dyads or one
         with settings.clinics_file.open("a", encoding="utf-8") as handle:
             handle.write(f"\n[clinics.{next(iter(sample.profiles))}.rules]\nrupture_k = 1.0\n")
         second = run_nightly(settings)  # every dyad again, against the flags the first left
         assert first.scoring is not None and second.scoring is not None
-        scored.append((_scored(settings), first.scoring.dyads_scored, second.scoring.new))
+        reported = [
+            (r.dyads_scored, r.new, r.worsened, r.reopened, r.auto_resolved, r.queue_dyads, r.cases_opened,
+             r.cases_worse, r.cases_closed, sorted(r.clinics))
+            for r in (first.scoring, second.scoring)
+        ]  # fmt: skip
+        scored.append((_scored(settings), reported))
     assert scored[0] == scored[1]
-    assert scored[0][1] > 7  # more than one chunk
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        clinics = con.execute("SELECT count(DISTINCT clinic_id) FROM dyads").fetchall()[0][0]
+    assert scored[0][1][0][0] > 7 and clinics == 2  # more than one chunk of each

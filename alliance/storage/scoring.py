@@ -171,6 +171,14 @@ class ScoringTables(Session):
         self.con.execute("INSERT INTO meta VALUES ('queue_min_risk', ?)", [str(queue_min_risk)])
         self.con.execute("INSERT INTO meta VALUES ('queue_setting', ?)", [queue_setting])
 
+    def clinics_held(self) -> list[str]:
+        """Every clinic with ratings, flags, dyads or cases, in order: what settling the whole network covers."""
+        rows = self.con.execute(
+            "SELECT clinic_id FROM ratings UNION SELECT clinic_id FROM flags UNION SELECT clinic_id FROM dyads "
+            "UNION SELECT clinic_id FROM cases ORDER BY 1"
+        ).fetchall()
+        return [str(clinic_id) for (clinic_id,) in rows]
+
     def dyads_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
         """The dyads summary of these clinics (all when None)."""
         if clinic_ids is None:
