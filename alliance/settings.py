@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         default=None, description="The dashboard's client secret at the identity provider."
     )
     min_free_mb: float = Field(default=500.0, ge=0, description="Warn before a run when less disk space is free.")
+    duckdb_memory: str = Field(
+        default="2GB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="Memory the writer's DuckDB may hold (cache, joins, snapshot comparisons) before spilling to disk.",
+    )
     max_file_mb: float = Field(default=512.0, gt=0, description="Exports larger than this are rejected.")
     max_rows: int = Field(default=2_000_000, gt=0, description="Exports with more rows (records) are rejected.")
     max_xlsx_uncompressed_mb: float = Field(

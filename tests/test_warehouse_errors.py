@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from alliance.cli import app
 from alliance.errors import WarehouseBusy
-from alliance.settings import Settings
+from alliance.settings import Settings, load_settings
 from alliance.storage import Warehouse
+from flows.nightly import run_nightly
 from flows.pipeline import ingest_file
 from tests.conftest import put
 from tests.test_pipeline import ROWS
@@ -99,6 +100,28 @@ def test_a_bad_setting_in_the_environment_is_one_error_line(
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: bad setting in the environment: ALLIANCE_LOCK_TIMEOUT_S:")
     assert line.endswith("fix or unset it")
+
+
+def test_the_writer_s_duckdb_memory_is_the_setting_and_a_night_runs_within_a_small_one(
+    two_clinics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB would take 80% of the machine's memory; the writer holds ALLIANCE_DUCKDB_MEMORY (2GB by default)
+    and spills beyond it. A night loads, scores and publishes within 64 MB; a value DuckDB cannot read is refused
+    before any run starts."""
+    with Warehouse.of(load_settings(two_clinics.home)).writer() as writer:
+        assert writer.con.execute("SELECT current_setting('memory_limit')").fetchall() == [("1.8 GiB",)]
+    monkeypatch.setenv("ALLIANCE_DUCKDB_MEMORY", "64MB")
+    settings = load_settings(two_clinics.home)
+    put(settings, "north", "night.csv", ROWS)
+    report = run_nightly(settings)
+    assert [r.status for r in report.exports] == ["loaded"] and report.scoring is not None
+    assert (Warehouse.of(settings).snapshots / "clinic-north.duckdb").exists()
+    with Warehouse.of(settings).writer() as writer:
+        assert writer.con.execute("SELECT current_setting('memory_limit')").fetchall() == [("61.0 MiB",)]
+    monkeypatch.setenv("ALLIANCE_DUCKDB_MEMORY", "2GB'; DROP TABLE ratings; --")
+    result = CliRunner().invoke(app, ["status", "--home", str(two_clinics.home)])
+    (line,) = result.output.strip().splitlines()
+    assert result.exit_code == 1 and line.startswith("Error: bad setting in the environment: ALLIANCE_DUCKDB_MEMORY:")
 
 
 def test_half_written_snapshots_left_by_an_earlier_run_are_cleaned_up(two_clinics: Settings) -> None:

@@ -41,17 +41,21 @@ class Warehouse:
         lock_timeout_s: float = 600.0,
         min_free_mb: float = 500.0,
         snapshot_groups: dict[str, str] | None = None,
+        memory: str = "2GB",
     ) -> None:
         self.path = path
         self.lock_timeout_s = lock_timeout_s
         self.min_free_mb = min_free_mb
+        self.memory = memory
         self.snapshot_groups = snapshot_groups or {}
 
     @classmethod
     def of(cls, settings: Settings) -> Warehouse:
         """The warehouse of a home, with its lock wait and free-space warning from settings."""
         groups = snapshot_groups(settings.clinics_file)
-        return cls(settings.warehouse, settings.lock_timeout_s, settings.min_free_mb, groups)
+        return cls(
+            settings.warehouse, settings.lock_timeout_s, settings.min_free_mb, groups, memory=settings.duckdb_memory
+        )
 
     @property
     def lock_path(self) -> Path:
@@ -92,6 +96,8 @@ class Warehouse:
         try:
             con = self._connect_for_writing(deadline)
             try:
+                # DuckDB's default is 80% of RAM: a night's cache and comparisons alone then reached several GB
+                con.execute(f"SET memory_limit = '{self.memory}'")
                 make_private(self.path)  # a warehouse from before owner-only homes, or copied in
                 _ensure_schema(con)
                 yield Writer(con, self.snapshot_groups)
