@@ -72,21 +72,29 @@ def _earlier(warehouse: Warehouse, case_ids: list[str]) -> Earlier:
         return writer.case_alert_dates(case_ids)
 
 
-def _delivered(warehouse: Warehouse, messages: list[AlertMessage]) -> dict[str, set[tuple[str, str | None]]]:
+Delivered = set[tuple[str, str, str, str | None]]  # (clinic_id, recipient, alert_key, channel) already sent
+
+
+def _delivered(warehouse: Warehouse, messages: list[AlertMessage]) -> Delivered:
+    wanted = pl.DataFrame(
+        [(m.clinic_id, m.recipient, key) for m in messages for key in m.keys],
+        schema={"clinic_id": pl.String, "recipient": pl.String, "alert_key": pl.String},
+        orient="row",
+    ).unique()
     with warehouse.writer() as writer:
-        return {m.recipient: writer.sent_alert_keys(list(m.keys), m.recipient) for m in messages}
+        return writer.sent_alerts(wanted)
 
 
-def _per_channel(
-    messages: list[AlertMessage], delivered: dict[str, set[tuple[str, str | None]]], narrow: Narrow
-) -> list[AlertMessage]:
+def _per_channel(messages: list[AlertMessage], delivered: Delivered, narrow: Narrow) -> list[AlertMessage]:
     """One message per channel that still lacks some of its keys, holding only those keys."""
     todo_messages: list[AlertMessage] = []
     for message in messages:
-        told = delivered[message.recipient]
+        mine = (message.clinic_id, message.recipient)
         for url in message.urls:
             channel = channel_id(url)
-            todo = [k for k in message.keys if (k, channel) not in told and (k, None) not in told]
+            todo = [
+                k for k in message.keys if (*mine, k, channel) not in delivered and (*mine, k, None) not in delivered
+            ]
             if not todo:
                 continue
             one = replace(message, urls=(url,))

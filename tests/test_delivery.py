@@ -175,3 +175,24 @@ def test_no_client_data_in_any_alert_payload_or_log(
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
         client_ids = {r[0] for r in con.execute("SELECT client_id FROM ratings").fetchall()}
     assert not [c for c in client_ids if c in sent]  # not even pseudonyms: the dyad code is enough
+
+
+def test_two_clinics_alerting_the_same_recipient_name_are_each_told_once(
+    network: tuple[Settings, SampleSet], hook: Hook
+) -> None:
+    """Recipients are names within a clinic ("leads", a supervisor's name): two clinics' messages to "leads" in
+    one run are looked up each against its own deliveries, so a re-run repeats neither."""
+    settings, sample = network
+    text = settings.clinics_file.read_text(encoding="utf-8")
+    for clinic in ("lakeview", "rheinpark"):
+        header = f"[clinics.{clinic}.alerts]\n"
+        line = f'leads = ["json://127.0.0.1:{hook.port}/{clinic}-leads"]\n'
+        text = text.replace(header, header + line) if header in text else text + f"\n{header}{line}"
+    settings.clinics_file.write_text(text, encoding="utf-8")
+    ingest_all(settings, sample)
+    clinics = load_clinics(settings.clinics_file)
+    deliver_alerts(settings, clinics, trends=True, backoff_s=0.01)
+    first = [r["path"] for r in hook.requests if r["path"].endswith("leads")]
+    assert len(first) >= 2 and len(set(first)) == len(first)  # several clinics' leads, once each
+    deliver_alerts(settings, clinics, trends=True, backoff_s=0.01)
+    assert [r["path"] for r in hook.requests if r["path"].endswith("leads")] == first

@@ -65,20 +65,22 @@ class ReviewTables(Session):
         )
         return str(from_status)
 
-    def sent_alert_keys(self, keys: list[str], recipient: str) -> set[tuple[str, str | None]]:
-        """Which of these alert keys were already delivered to this recipient, as (key, channel) pairs.
-
-        A channel of None is a delivery recorded before channels were: it counts for every channel.
+    def sent_alerts(self, wanted: pl.DataFrame) -> set[tuple[str, str, str, str | None]]:
+        """Which of these (clinic_id, recipient, alert_key) were already delivered, as (clinic_id, recipient,
+        alert_key, channel): one query for a run's messages. A recipient is a name within its clinic ("leads", a
+        supervisor's name). A channel of None is a delivery recorded before channels were: it counts for every channel.
         """
-        if not keys:
+        if wanted.is_empty():
             return set()
-        scope = self._scope("scope_alert_keys", keys)
-        rows = self.con.execute(
-            f"""SELECT DISTINCT alert_key, channel FROM alerts
-            WHERE status = 'sent' AND recipient = ? AND alert_key IN (SELECT id FROM {scope})""",
-            [recipient],
-        ).fetchall()
-        return {(row[0], row[1]) for row in rows}
+        self.con.register("wanted_alerts", wanted.select("clinic_id", "recipient", "alert_key").to_arrow())
+        try:
+            rows = self.con.execute(
+                """SELECT DISTINCT a.clinic_id, a.recipient, a.alert_key, a.channel FROM alerts a
+                JOIN wanted_alerts w USING (clinic_id, recipient, alert_key) WHERE a.status = 'sent'"""
+            ).fetchall()
+        finally:
+            self.con.unregister("wanted_alerts")
+        return {(row[0], row[1], row[2], row[3]) for row in rows}
 
     def case_alert_dates(self, case_ids: list[str]) -> dict[tuple[str, str], str]:
         """(recipient, case_id) → the day (ISO) an alert about the case last reached that recipient."""
