@@ -136,6 +136,13 @@ def _deliver(
     return outcomes
 
 
+def _by_clinic(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Each clinic's rows, in their order: one pass, not a filter per clinic of a thousand."""
+    if frame.is_empty():
+        return {}
+    return {str(key[0]): part for key, part in frame.partition_by("clinic_id", as_dict=True).items()}
+
+
 def deliver_alerts(
     settings: Settings,
     clinics: dict[str, Clinic],
@@ -155,13 +162,15 @@ def deliver_alerts(
     earlier = _earlier(warehouse, cases["case_id"].to_list()) if cases.height else {}
     signals = pl.DataFrame()
     messages: list[AlertMessage] = []
+    cases_of = _by_clinic(cases)
     for clinic in (clinics[c] for c in sorted(clinics) if clinic_ids is None or c in clinic_ids):
-        messages += case_messages(cases.filter(pl.col("clinic_id") == clinic.id), clinic, _link(settings), earlier)
+        messages += case_messages(cases_of.get(clinic.id, cases.clear()), clinic, _link(settings), earlier)
     if trends:
         signals = current_trend_signals(warehouse, settings, clinics)
         report.trend_signals = signals.height
+        signals_of = _by_clinic(signals)
         for clinic in (clinics[c] for c in sorted(clinics)):
-            messages += trend_messages(signals.filter(pl.col("clinic_id") == clinic.id), clinic)
+            messages += trend_messages(signals_of.get(clinic.id, signals.clear()), clinic)
     if not messages:
         return report
 
@@ -197,8 +206,10 @@ def current_trend_signals(warehouse: Warehouse, settings: Settings, clinics: dic
     A week counts once it has ended in the clinic's timezone, and signals only with at least
     ``settings.trend_min_sessions`` sessions (dyads, for the flagged share) behind it.
     """
-    with warehouse.reader() as reader:
-        sessions = reader.frame("SELECT * FROM dyad_sessions")
+    with warehouse.reader() as reader:  # the columns the weekly series read: not every session's items and rules
+        sessions = reader.frame(
+            "SELECT clinic_id, therapist_id, dyad_id, instrument, session_date, score, risk FROM dyad_sessions"
+        )
     if sessions.is_empty():
         return pl.DataFrame()
     today = {clinic_id: datetime.now(clinic.tz).date() for clinic_id, clinic in clinics.items()}
