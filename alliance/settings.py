@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     min_free_mb: float = Field(default=500.0, ge=0, description="Warn before a run when less disk space is free.")
     duckdb_memory: str = Field(
         default="2GB",
-        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        pattern=r"^[1-9]\d*(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="Memory the writer's DuckDB may hold (cache, joins, snapshot comparisons) before spilling to disk.",
     )
     max_file_mb: float = Field(default=512.0, gt=0, description="Exports larger than this are rejected.")

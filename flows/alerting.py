@@ -168,9 +168,9 @@ def deliver_alerts(
     if trends:
         signals = current_trend_signals(warehouse, settings, clinics)
         report.trend_signals = signals.height
-        signals_of = _by_clinic(signals)
-        for clinic in (clinics[c] for c in sorted(clinics)):
-            messages += trend_messages(signals_of.get(clinic.id, signals.clear()), clinic)
+        signals_of = _by_clinic(signals)  # none on an empty network: no trend messages
+        for clinic in (clinics[c] for c in sorted(clinics) if c in signals_of):
+            messages += trend_messages(signals_of[clinic.id], clinic)
     if not messages:
         return report
 

@@ -135,13 +135,14 @@ def read_ahead(groups: list[list[Path]], settings: Settings, clinic_id: str | No
     """``ReadAhead`` over these groups (of one clinic's files, when named), its worker stopped on leaving.
     GX is imported meanwhile on a thread, while the first group is read and mapped here."""
     warming = warm_up() if groups else None
-    ahead = ReadAhead(groups, settings, clinic_id)
     try:
-        yield ahead
-    except BaseException:
-        ahead.close(finish=False)
-        raise
+        ahead = ReadAhead(groups, settings, clinic_id)
+        try:
+            yield ahead
+        except BaseException:
+            ahead.close(finish=False)
+            raise
+        ahead.close()
     finally:
         if warming is not None:
             warming.join()  # never left importing as the process exits
-    ahead.close()

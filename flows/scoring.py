@@ -267,6 +267,8 @@ def _settle(
     queue and cases read only its own rows, so the chunks decide what one pass over the network decides, in the
     memory of a chunk."""
     clinics = writer.clinics_held() if scope_clinics is None else scope_clinics
+    if scope_clinics is None and len(clinics) <= SETTLE_CLINICS:
+        return _clinic_standing(writer, configs, settings, None, started)  # the whole network fits one pass
     parts = [
         _clinic_standing(writer, configs, settings, clinics[start : start + SETTLE_CLINICS], started)
         for start in range(0, len(clinics), SETTLE_CLINICS)

@@ -196,3 +196,13 @@ def test_two_clinics_alerting_the_same_recipient_name_are_each_told_once(
     assert len(first) >= 2 and len(set(first)) == len(first)  # several clinics' leads, once each
     deliver_alerts(settings, clinics, trends=True, backoff_s=0.01)
     assert [r["path"] for r in hook.requests if r["path"].endswith("leads")] == first
+
+
+def test_trend_alerts_of_a_network_without_sessions_are_none(tmp_path: Path, hook: Hook) -> None:
+    settings = load_settings(tmp_path / "home")
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(tmp_path / "drop", clinics=2, weeks=8, seed=4, dyads_per_clinic=3)
+    add_profiles(settings.clinics_file, sample.profiles)
+    report = deliver_alerts(settings, load_clinics(settings.clinics_file), trends=True, backoff_s=0.01)
+    assert (report.sent, report.failed, report.trend_signals) == (0, 0, 0) and hook.requests == []

@@ -118,10 +118,13 @@ def test_the_writer_s_duckdb_memory_is_the_setting_and_a_night_runs_within_a_sma
     assert (Warehouse.of(settings).snapshots / "clinic-north.duckdb").exists()
     with Warehouse.of(settings).writer() as writer:
         assert writer.con.execute("SELECT current_setting('memory_limit')").fetchall() == [("61.0 MiB",)]
-    monkeypatch.setenv("ALLIANCE_DUCKDB_MEMORY", "2GB'; DROP TABLE ratings; --")
-    result = CliRunner().invoke(app, ["status", "--home", str(two_clinics.home)])
-    (line,) = result.output.strip().splitlines()
-    assert result.exit_code == 1 and line.startswith("Error: bad setting in the environment: ALLIANCE_DUCKDB_MEMORY:")
+    for bad in ("2GB'; DROP TABLE ratings; --", "0MB", "lots"):
+        monkeypatch.setenv("ALLIANCE_DUCKDB_MEMORY", bad)
+        result = CliRunner().invoke(app, ["status", "--home", str(two_clinics.home)])
+        (line,) = result.output.strip().splitlines()
+        assert result.exit_code == 1 and line.startswith(
+            "Error: bad setting in the environment: ALLIANCE_DUCKDB_MEMORY:"
+        )
 
 
 def test_half_written_snapshots_left_by_an_earlier_run_are_cleaned_up(two_clinics: Settings) -> None:

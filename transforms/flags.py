@@ -70,7 +70,7 @@ MARK_SCHEMA: dict[str, pl.DataType] = {
 }
 # an episode's sessions in its series k: evidence from start to last, active from start until stop
 SPAN_SCHEMA: dict[str, pl.DataType] = {
-    "k": pl.UInt32(), "start": pl.Int64(), "last": pl.Int64(), "stop": pl.Int64(), "rule": pl.String(),
+    "k": pl.Int64(), "start": pl.Int64(), "last": pl.Int64(), "stop": pl.Int64(), "rule": pl.String(),
 }  # fmt: skip
 RC_RULES = ("reliable_decrease", "sudden_loss", "declining_trend", "not_on_track")
 
@@ -133,7 +133,7 @@ def _marks(grouped: pl.DataFrame, spans: list[tuple[int, int, int, int, str]]) -
     risks = {combo: risk_score(combo.split(",") if combo else []) for combo in active["combo"].unique()}
     sessions = (
         grouped.with_row_index("k")
-        .select("k", "dyad_id", "instrument", "session_number", "session_date")
+        .select(pl.col("k").cast(pl.Int64), "dyad_id", "instrument", "session_number", "session_date")
         .explode("session_number", "session_date")
         .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("k").alias("i"))
     )

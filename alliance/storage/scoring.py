@@ -128,6 +128,7 @@ class ScoringTables(Session):
                        list_transform(range(1, len(days)), lambda i: days[i + 1] - days[i]), 'median'
                    )::DOUBLE END AS cadence_days
             FROM per_dyad JOIN clinics c ON c.clinic_id = last.clinic_id
+            ORDER BY last.clinic_id, dyad_id  -- the queue breaks ties in this order: the same every run
             """
         )
 

@@ -96,8 +96,6 @@ class Warehouse:
         try:
             con = self._connect_for_writing(deadline)
             try:
-                # DuckDB's default is 80% of RAM: a night's cache and comparisons alone then reached several GB
-                con.execute(f"SET memory_limit = '{self.memory}'")
                 make_private(self.path)  # a warehouse from before owner-only homes, or copied in
                 _ensure_schema(con)
                 yield Writer(con, self.snapshot_groups)
@@ -188,7 +186,9 @@ class Warehouse:
         """Open read-write, waiting (until the writer lock's deadline) for a process that holds DuckDB's own lock."""
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                # DuckDB's default is 80% of RAM: a night's cache and comparisons alone then reached several GB;
+                # set at connect, so that replaying a log after a crash is held to it too
+                return duckdb.connect(str(self.path), config={"memory_limit": self.memory})
             except duckdb.IOException as exc:
                 if "conflicting lock" not in str(exc).lower():
                     raise self._unopenable(exc) from None
