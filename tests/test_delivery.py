@@ -206,3 +206,23 @@ def test_trend_alerts_of_a_network_without_sessions_are_none(tmp_path: Path, hoo
     add_profiles(settings.clinics_file, sample.profiles)
     report = deliver_alerts(settings, load_clinics(settings.clinics_file), trends=True, backoff_s=0.01)
     assert (report.sent, report.failed, report.trend_signals) == (0, 0, 0) and hook.requests == []
+
+
+def test_trend_signals_charted_a_clinic_at_a_time_are_those_of_one_pass(
+    network: tuple[Settings, SampleSet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every weekly series is one clinic's: charting clinics one at a time (memory that of a clinic) finds the
+    signals charting them all at once finds."""
+    from polars.testing import assert_frame_equal
+
+    from alliance.storage import Warehouse
+    from flows import alerting
+
+    settings, sample = network
+    ingest_all(settings, sample)
+    clinics = load_clinics(settings.clinics_file)
+    together = alerting.current_trend_signals(Warehouse.of(settings), settings, clinics)
+    monkeypatch.setattr(alerting, "TREND_CLINICS", 1)
+    apart = alerting.current_trend_signals(Warehouse.of(settings), settings, clinics)
+    assert together.height > 0 and together["clinic_id"].n_unique() >= 2
+    assert_frame_equal(apart.sort(apart.columns), together.sort(together.columns))
