@@ -267,14 +267,12 @@ def _settle(
     queue and cases read only its own rows, so the chunks decide what one pass over the network decides, in the
     memory of a chunk."""
     clinics = writer.clinics_held() if scope_clinics is None else scope_clinics
-    if scope_clinics is None and len(clinics) <= SETTLE_CLINICS:
-        return _clinic_standing(writer, configs, settings, None, started)  # the whole network fits one pass
+    if scope_clinics is None and len(clinics) <= SETTLE_CLINICS:  # the whole network (or none) in one pass
+        return _clinic_standing(writer, configs, settings, None, started)
     parts = [
         _clinic_standing(writer, configs, settings, clinics[start : start + SETTLE_CLINICS], started)
         for start in range(0, len(clinics), SETTLE_CLINICS)
     ]
-    if not parts:
-        return Reconciled(pl.DataFrame(), _no_changes()), CaseUpdate(pl.DataFrame(), _no_changes())
     return (
         Reconciled(pl.concat([r.flags for r, _ in parts]), pl.concat([r.changes for r, _ in parts])),
         CaseUpdate(
