@@ -116,11 +116,11 @@ class LoadBatch:
             try:
                 with writer.transaction():
                     counts = writer.load_exports(loads)
-                    for (admitted, _), count in zip(waiting, counts, strict=True):
+                    for admitted, _ in waiting:
                         fault_point("load", admitted.ledger.file_name)
-                        if count.touched_dyads:  # scored in one pass at the batch's end (settle_scores)
-                            writer.mark_pending(admitted.ledger.export_id, admitted.ledger.clinic_id,
-                                                list(count.touched_dyads))  # fmt: skip
+                    # scored in one pass at the batch's end (settle_scores)
+                    writer.mark_pending([(a.ledger.export_id, a.ledger.clinic_id, list(count.touched_dyads))
+                                         for (a, _), count in zip(waiting, counts, strict=True)])  # fmt: skip
             except Exception as exc:  # rolled back
                 if is_storage_failure(exc):
                     raise

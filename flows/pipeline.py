@@ -366,7 +366,7 @@ def _load_and_score(
     if not touched:
         return counts, None
     if in_batch:  # the batch's end scores every file's dyads in one pass (flows.reviews.settle_scores)
-        writer.mark_pending(ledger.export_id, ledger.clinic_id, touched)
+        writer.mark_pending([(ledger.export_id, ledger.clinic_id, touched)])
         return counts, None
     scoring = score_dyads(writer, clinics, settings, touched, export_id=ledger.export_id)
     return counts, scoring

@@ -204,10 +204,18 @@ class ScoringTables(Session):
         self.con.execute("DELETE FROM cases WHERE case_id IN (SELECT case_id FROM incoming_cases)")
         self.con.execute("INSERT INTO cases BY NAME SELECT * FROM incoming_cases")
 
-    def mark_pending(self, export_id: str, clinic_id: str, dyad_ids: list[str]) -> None:
-        """Dyads a file of a batch loaded, left for the batch's end to score in one pass (inside ``transaction()``)."""
-        scope = self._scope("scope_pending", dyad_ids)
-        self.con.execute(f"INSERT INTO pending_dyads SELECT id, ?, ? FROM {scope}", [clinic_id, export_id])
+    def mark_pending(self, loads: list[tuple[str, str, list[str]]]) -> None:
+        """Dyads the files of a batch loaded, as (export_id, clinic_id, dyad_ids) a file, left for the batch's end
+        to score in one pass (inside ``transaction()``): one statement for the batch."""
+        pending = pl.DataFrame(
+            [(dyad_id, clinic_id, export_id) for export_id, clinic_id, dyad_ids in loads for dyad_id in dyad_ids],
+            schema={"dyad_id": pl.String, "clinic_id": pl.String, "export_id": pl.String},
+            orient="row",
+        )
+        if pending.height:
+            self.con.register("incoming_pending", pending.to_arrow())
+            self.con.execute("INSERT INTO pending_dyads BY NAME SELECT * FROM incoming_pending")
+            self.con.unregister("incoming_pending")
 
     def pending_dyads(self) -> pl.DataFrame:
         """(dyad_id, clinic_id) of every dyad loaded and not yet scored: a batch's, or one cut short."""

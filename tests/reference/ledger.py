@@ -70,7 +70,7 @@ def load_export(
         quarantined=quarantine.height,
         touched_dyads=tuple(row[0] for row in touched),
     )
-    writer._write_ledger(ledger, counts)
+    writer._write_ledger([(ledger, counts)])
     for name in ("incoming_ratings", "incoming_quarantine", "incoming_refs"):
         con.unregister(name)
     return counts
