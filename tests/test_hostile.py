@@ -17,6 +17,8 @@ import duckdb
 import polars as pl
 import pytest
 import xlsxwriter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alliance.clinics import ExportProfile
 from alliance.errors import ConfigError, ExportRejected
@@ -908,6 +910,37 @@ def test_foreign_therapists_is_a_pure_function() -> None:
     ]
     assert foreign_therapists(candidates, known.clear(), "a").is_empty()
     assert foreign_therapists(candidates.clear(), known, "a").is_empty()
+
+
+THERAPISTS = st.sampled_from(["t1", "t2", "t3", "t4", None])
+CLINICS = st.sampled_from(["a", "b", "c"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    therapists=st.lists(THERAPISTS, max_size=8),
+    known=st.lists(st.tuples(CLINICS, THERAPISTS.filter(bool)), max_size=8, unique=True),
+)
+def test_foreign_therapists_finds_what_a_row_by_row_reading_of_the_rule_finds(
+    therapists: list[str | None], known: list[tuple[str, str]]
+) -> None:
+    """The rule read row by row (the oracle) against the frame version, whose shortcut for a file of therapists
+    all known at its clinic must not hide one known only elsewhere."""
+    from transforms.quarantine import foreign_therapists
+
+    candidates = pl.DataFrame(
+        {"row_id": list(range(len(therapists))), "therapist_id": therapists},
+        schema={"row_id": pl.Int64, "therapist_id": pl.String},
+    )
+    pairs = pl.DataFrame(known, schema={"clinic_id": pl.String, "therapist_id": pl.String}, orient="row")
+    expected = []
+    for row_id, therapist in enumerate(therapists):
+        owners = sorted({c for c, t in known if t == therapist and c != "a"})
+        if therapist is not None and owners and ("a", therapist) not in known:
+            clinics = ", ".join(f"'{c}'" for c in owners)
+            expected.append((row_id, f"is a therapist id of clinic {clinics}, never seen at this clinic"))
+    found = foreign_therapists(candidates, pairs, "a")
+    assert [(r["row_id"], r["detail"]) for r in found.to_dicts()] == expected
 
 
 def test_sheet_scan_fast_path_agrees_with_the_cell_by_cell_path() -> None:

@@ -8,13 +8,14 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from alliance.clinics import ExportProfile
 from alliance.errors import ExportRejected
 from alliance.instruments import instrument
 from expectations import validate_ratings
 from transforms.mapping import rating_candidates, resolve_columns, to_canonical, unrated_rows
-from transforms.quarantine import reason, screen
+from transforms.quarantine import Screened, reason, screen
 
 SRS = instrument("SRS")
 TODAY = date(2026, 3, 1)
@@ -243,8 +244,40 @@ def test_any_cell_text_is_typed_or_gets_a_parse_rule_never_an_exception(rows: li
     with_ids = candidates.with_row_index("row_id").with_columns(
         pl.col("row_id").cast(pl.Int64), pl.col("client_ref").alias("client_id")
     )
-    screened = screen(with_ids, pl.DataFrame(schema={"row_id": pl.Int64, "rule": pl.String}), SRS, VENDOR_OF, "e", "c")
+    screened, general = _screened_both_ways(with_ids)
     assert screened.accepted.height + screened.quarantined.height == candidates.height
+    assert_frame_equal(screened.accepted, general.accepted)
+    assert_frame_equal(screened.quarantined, general.quarantined)
     raw = {value for row in rows for value in row.values() if "#" in value and "x" in value}  # a shape turns x into A
     reasons = [text for texts in screened.quarantined["reasons"].to_list() for text in texts]
     assert not [value for value in raw for text in reasons if value.strip() and value.strip() in text]
+
+
+def _screened_both_ways(with_ids: pl.DataFrame) -> tuple[Screened, Screened]:
+    """``screen`` with no failures, and down its general path: a failure of a row the frame does not hold is joined
+    and explained like any other, and changes nothing."""
+    none = pl.DataFrame(schema={"row_id": pl.Int64, "rule": pl.String})
+    elsewhere = pl.DataFrame({"row_id": [with_ids.height + 10], "rule": ["missing:total"]})
+    return screen(with_ids, none, SRS, VENDOR_OF, "e", "c"), screen(with_ids, elsewhere, SRS, VENDOR_OF, "e", "c")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    numbers=st.lists(st.integers(1, 60), min_size=1, max_size=30), totals=st.lists(st.sampled_from(["36,8", "", "x"]))
+)
+def test_a_file_whose_rows_all_pass_is_screened_as_the_general_path_screens_it(
+    numbers: list[int], totals: list[str]
+) -> None:
+    """The shortcut for a file without a failing row (most files) accepts what the join would accept, in order."""
+    rows = [
+        {**GOOD, "No": str(n), "Total": totals[i] if i < len(totals) else GOOD["Total"]} for i, n in enumerate(numbers)
+    ]
+    candidates = rating_candidates(canonical(*rows), PROFILE, SRS, TODAY)
+    with_ids = candidates.with_row_index("row_id").with_columns(
+        pl.col("row_id").cast(pl.Int64), pl.col("client_ref").alias("client_id")
+    )
+    fast, general = _screened_both_ways(with_ids)
+    assert_frame_equal(fast.accepted, general.accepted)
+    assert_frame_equal(fast.quarantined, general.quarantined)
+    if candidates["parse_errors"].list.len().sum() == 0:
+        assert fast.quarantined.is_empty() and fast.accepted.height == len(rows)

@@ -101,6 +101,8 @@ def screen(
         if "parse_failures" in candidates.columns
         else candidates.select("row_id", pl.col("parse_errors").alias("rule")).explode("rule").drop_nulls()
     )
+    if parse.is_empty() and failures.is_empty():  # every row passed (most files): nothing to join or explain
+        return Screened(candidates, pl.DataFrame(schema=QUARANTINE_SCHEMA))
     found = pl.concat([parse, failures], how="diagonal_relaxed")
     broken = (
         found.select("row_id", "rule")
@@ -167,6 +169,8 @@ def foreign_therapists(candidates: pl.DataFrame, known: pl.DataFrame, clinic_id:
     if candidates.is_empty() or known.is_empty():
         return pl.DataFrame(schema=schema)
     own = known.filter(pl.col("clinic_id") == clinic_id)["therapist_id"]
+    if candidates["therapist_id"].is_in(own.implode()).all():  # most files: every therapist known here already
+        return pl.DataFrame(schema=schema)
     owners = (
         known.filter((pl.col("clinic_id") != clinic_id) & ~pl.col("therapist_id").is_in(own.implode()))
         .group_by("therapist_id")
