@@ -8,11 +8,14 @@ from datetime import date, timedelta
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transforms.trends import (
     chart_frame,
     complete_weeks,
     ewma_chart,
+    latest_point,
     trend_signals,
     weekly_alliance,
     weekly_flagged_share,
@@ -249,3 +252,16 @@ def test_a_point_needs_enough_sessions_behind_it() -> None:
     weekly = weekly_alliance(one_dyad([*BASELINE, 34.0, 34.0, 34.0]))  # one session a week
     assert trend_signals(weekly, "mean_score", "low", count="n_sessions", min_count=1).height == 2
     assert trend_signals(weekly, "mean_score", "low", count="n_sessions", min_count=2).is_empty()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.floats(0, 40, allow_nan=False) | st.sampled_from([36.0, 37.5, 38.0]), max_size=40),
+    lam=st.sampled_from([0.2, 0.3, 1.0]),
+    baseline_weeks=st.integers(1, 10),
+)
+def test_the_latest_point_is_the_full_charts_last_point(values: list[float], lam: float, baseline_weeks: int) -> None:
+    """The night's shortcut (``latest_point``) against the chart it stands for, bit for bit."""
+    days = weeks(len(values)) if values else None
+    chart = ewma_chart(values, lam=lam, baseline_weeks=baseline_weeks, weeks=days)
+    assert latest_point(values, lam=lam, baseline_weeks=baseline_weeks, weeks=days) == (chart[-1] if chart else None)

@@ -150,29 +150,69 @@ def ewma_chart(
 
     Example: ``ewma_chart([37, 38, 37, 38, 37, 38, 37, 38, 33, 33, 33])[-1].signal == "low"``.
     """
+    target = _target(values, lam, L, baseline_weeks, weeks)
+    if target is None:
+        return []
+    points: list[ChartPoint] = []
+    ewma = target[0]
+    for i, value in enumerate(values, start=1):
+        ewma = lam * float(value) + (1 - lam) * ewma
+        points.append(_point(i, value, ewma, target, lam, L, baseline_weeks, weeks))
+    return points
+
+
+def latest_point(
+    values: Sequence[float],
+    lam: float = 0.2,
+    L: float = 3.0,
+    baseline_weeks: int = 8,
+    weeks: Sequence[date] | None = None,
+) -> ChartPoint | None:
+    """``ewma_chart(...)[-1]`` without building the weeks before it: the same recursion, one pair of limits
+    (a night judges the latest week of every series of the network)."""
+    target = _target(values, lam, L, baseline_weeks, weeks)
+    if target is None:
+        return None
+    ewma = target[0]
+    for value in values:
+        ewma = lam * float(value) + (1 - lam) * ewma
+    return _point(len(values), values[-1], ewma, target, lam, L, baseline_weeks, weeks)
+
+
+def _target(
+    values: Sequence[float], lam: float, L: float, baseline_weeks: int, weeks: Sequence[date] | None
+) -> tuple[float, float, bool] | None:
+    """Target, sigma and whether the baseline can set limits; None for an empty series."""
     _check(lam, L, baseline_weeks)
     if weeks is not None and len(weeks) != len(values):
         raise ValueError(f"{len(weeks)} weeks for {len(values)} values")
     if not values:
-        return []
+        return None
     baseline = [float(v) for v in values[:baseline_weeks]]
-    mu0 = statistics.fmean(baseline)
     sigma = statistics.stdev(baseline) if len(baseline) > 1 else 0.0
-    usable = len(baseline) >= MIN_BASELINE and sigma > 1e-12
-    points: list[ChartPoint] = []
-    ewma = mu0
-    for i, value in enumerate(values, start=1):
-        ewma = lam * float(value) + (1 - lam) * ewma
-        lower = upper = None
-        signal: Direction | None = None
-        if usable:
-            half = _half_width(i, sigma, lam, L)
-            lower, upper = mu0 - half, mu0 + half
-            # the baseline defines the target: only the weeks after it are monitored
-            signal = _signal(ewma, lower, upper) if i > baseline_weeks else None
-        week = weeks[i - 1] if weeks is not None else None
-        points.append(ChartPoint(i, week, float(value), ewma, lower, upper, signal))
-    return points
+    return statistics.fmean(baseline), sigma, len(baseline) >= MIN_BASELINE and sigma > 1e-12
+
+
+def _point(
+    i: int,
+    value: float,
+    ewma: float,
+    target: tuple[float, float, bool],
+    lam: float,
+    L: float,
+    baseline_weeks: int,
+    weeks: Sequence[date] | None,
+) -> ChartPoint:
+    mu0, sigma, usable = target
+    lower = upper = None
+    signal: Direction | None = None
+    if usable:
+        half = _half_width(i, sigma, lam, L)
+        lower, upper = mu0 - half, mu0 + half
+        # the baseline defines the target: only the weeks after it are monitored
+        signal = _signal(ewma, lower, upper) if i > baseline_weeks else None
+    week = weeks[i - 1] if weeks is not None else None
+    return ChartPoint(i, week, float(value), ewma, lower, upper, signal)
 
 
 def _series(weekly: pl.DataFrame, metric: str) -> Iterator[tuple[dict[str, Any], list[date], list[float]]]:
@@ -242,8 +282,7 @@ def trend_signals(
         latest_count = {tuple(r[k] for k in SERIES_KEY): r[count] for r in last_weeks.iter_rows(named=True)}
     rows = []
     for key, weeks, values in _series(weekly, metric):
-        points = ewma_chart(values, lam, L, baseline_weeks, weeks)
-        last = points[-1] if points else None
+        last = latest_point(values, lam, L, baseline_weeks, weeks)
         enough = count is None or latest_count.get(tuple(key.values()), 0) >= min_count
         if last is not None and last.signal == direction and enough:
             rows.append({**_row(key, metric, last), "direction": direction})
