@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from alliance.cli import app
 from alliance.errors import AllianceError
 from alliance.settings import Settings
-from flows.pipeline import ingest_file, release_export
+from flows.pipeline import ingest_file
+from flows.release import release_export
 from tests.conftest import SOUTH_ROWS, put
 from tests.test_pipeline import ROWS
 

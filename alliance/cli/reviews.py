@@ -164,7 +164,7 @@ def release(
 
     Recorded in the audit table with who and why. Example: alliance release 3f9a2c1b7d0e4a55 --by "Dr Lee"
     """
-    from flows.pipeline import release_export
+    from flows.release import release_export
 
     settings = _settings(home)
     result = release_export(settings, export_id, by, note)
