@@ -124,7 +124,8 @@ def settle_scores(settings: Settings, swept_clinics: list[str], since: datetime)
             everyone = writer.frame(
                 "SELECT count(*) AS n FROM scoring_runs WHERE started_at >= ? AND recalibrated", [since]
             ).item()
-            writer.publish(warehouse.snapshots, None if everyone else list(result.clinics))
+            # every row of the network compared: a change a killed run left unpublished is caught up nightly
+            writer.publish(warehouse.snapshots, None if everyone else list(result.clinics), whole_network=True)
     return result
 
 

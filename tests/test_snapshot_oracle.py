@@ -16,6 +16,7 @@ from alliance.settings import Settings, load_settings
 from alliance.storage import Warehouse, table_checksums
 from alliance.storage import snapshots as snapshots_module
 from flows.nightly import run_nightly
+from flows.pipeline import ingest_file
 from flows.reviews import list_cases, list_flags, review_case, review_flag
 from tests.conftest import TEST_KEY
 from tests.reference.snapshots import write_snapshot
@@ -159,7 +160,7 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     fill = snapshots_module.SnapshotPublisher._fill
 
     def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object) -> None:
-        filled.append((table, args[-1] is not None))  # held: the table was in a copied snapshot
+        filled.append((table, args[2] is not None))  # held: the table was in a copied snapshot
         fill(self, table, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_fill", spy)
@@ -212,6 +213,7 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     (folder / "clinic-harbor.duckdb").chmod(0o600)
     (folder / "clinic-harbor.duckdb").write_bytes(b"not a database")
     filled.clear()
+    compared.clear()  # a review's publish compares the network on its clinic's rows, of any size
     check("second")
     with Warehouse.of(settings).writer() as writer:  # the connection is back on the warehouse, nothing attached
         assert writer.con.execute("SELECT current_database()").fetchall() == [("warehouse",)]
@@ -228,3 +230,69 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
             "UPDATE dyads SET ongoing_rules = NULL WHERE dyad_id = (SELECT min(dyad_id) FROM dyads WHERE ongoing_rules = [])"
         )
     check("third")
+
+
+def test_a_clinics_publish_compares_the_network_on_its_clinics_and_those_a_run_left_unpublished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's publish compares the network snapshot's clinic tables on that clinic's rows (and those of any
+    clinic changed after the snapshot was recorded) and still equals the oracle's; a change outside the
+    recorded columns waits for the nightly, which compares every row."""
+    settings = load_settings(tmp_path / "home")
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(tmp_path / "drop", clinics=5, weeks=14, seed=11, dyads_per_clinic=10)
+    add_profiles(settings.clinics_file, sample.profiles)
+    later = next(f for f in sample.files if "corrected" in f.path.name)
+    for file in sample.files:
+        if file is not later:
+            target = settings.inbox / file.clinic_id / file.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.path.read_bytes())
+    run_nightly(settings)
+    warehouse = Warehouse.of(settings)
+    network = warehouse.snapshots / "network.duckdb"
+    scopes: dict[str, list[str] | None] = {}
+    fill = snapshots_module.SnapshotPublisher._fill
+
+    def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object) -> None:
+        if args[-1] is not None or table == "ratings":
+            scopes[table] = args[-1]  # type: ignore[assignment]
+        fill(self, table, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_fill", spy)
+
+    def matches_the_oracle(round_: str) -> bool:
+        with warehouse.writer() as writer:
+            write_snapshot(writer.con, tmp_path / f"{round_}.duckdb", None)
+        return _contents(network) == _contents(tmp_path / f"{round_}.duckdb")
+
+    with warehouse.writer() as writer:  # another clinic's flag changed by a run killed before its publish
+        other = writer.con.execute(
+            "SELECT min(clinic_id) FROM flags WHERE clinic_id <> ?", [later.clinic_id]
+        ).fetchall()[0][0]
+        writer.con.execute(
+            "UPDATE flags SET reason = reason || ' (rescored)', updated_at = now() "
+            "WHERE flag_id = (SELECT min(flag_id) FROM flags WHERE clinic_id = ?)",
+            [other],
+        )
+    target = settings.inbox / later.clinic_id / later.path.name
+    target.write_bytes(later.path.read_bytes())
+    assert ingest_file(target, settings, clinic_id=later.clinic_id).status == "loaded"
+    assert matches_the_oracle("file")
+    assert scopes["ratings"] == sorted({later.clinic_id, other})  # its clinic and the one left unpublished
+    assert scopes["quarantine"] == scopes["ratings"]  # a small table compared on those rows too
+
+    with warehouse.writer() as writer:  # a change no recorded column dates
+        writer.con.execute(
+            "UPDATE dyads SET sessions = sessions + 1 WHERE dyad_id = (SELECT min(dyad_id) FROM dyads "
+            "WHERE clinic_id = ?)",
+            [other],
+        )
+    with warehouse.writer() as writer:
+        writer.publish(warehouse.snapshots, [later.clinic_id])
+    assert scopes["ratings"] == [later.clinic_id]
+    assert not matches_the_oracle("missed")
+    run_nightly(settings)  # nothing to sweep: the settle step still publishes, comparing every row
+    assert scopes["ratings"] is None
+    assert matches_the_oracle("nightly")

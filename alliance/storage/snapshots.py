@@ -43,6 +43,11 @@ REWRITE_SHARE = 0.5
 # smaller tables are written whole: DuckDB stores rows in groups of 122,880 and rewrites a group it changes,
 # so comparing pays only for a table of several groups (the network's ratings, not a clinic's)
 DIFF_ROWS = 250_000
+# when a run last changed a clinic's rows: a run killed between its commit and its publish is caught up by the next
+CHANGED_AT = (
+    ("exports", "received_at"), ("ratings", "updated_at"), ("quarantine", "quarantined_at"),
+    ("flags", "updated_at"), ("cases", "updated_at"), ("alerts", "attempted_at"),
+)  # fmt: skip
 CLINIC_BATCH = 100  # clinics whose rows are staged together: one scan of each table per batch, not per clinic
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # this process's
 # snapshot files written at once, one connection each: two a core, since a file's commit waits on the disk
@@ -56,12 +61,19 @@ class SnapshotPublisher(Session):
 
     alias = "snap"  # the name this connection attaches a snapshot file under
 
-    def publish(self, folder: Path, clinic_ids: list[str] | None, fresh: bool = False) -> list[Path]:
+    def publish(
+        self, folder: Path, clinic_ids: list[str] | None, fresh: bool = False, whole_network: bool = False
+    ) -> list[Path]:
         """Write read-only snapshots (network, and these clinics' or all) and swap them in atomically.
 
         Each is brought up to date from a copy of the published file, or with ``fresh`` written anew, so that no
         byte of the old file survives in free blocks (after a pseudonym key rotation or a restore). Up to
-        ``SNAPSHOT_WRITERS`` files are written at once, each on its own connection."""
+        ``SNAPSHOT_WRITERS`` files are written at once, each on its own connection.
+
+        With named clinics, the network snapshot's clinic tables are compared only on those clinics' rows and
+        those of clinics loaded since it was last published (a run killed before its publish): a file's publish
+        then costs its clinic, not the network's history. ``whole_network`` compares every row, which also
+        catches a change a killed run left unpublished outside any load (the nightly asks for it)."""
         if self.in_transaction:
             # the files are written on other connections, which see only what is committed
             raise StorageError("snapshots are published after a commit, never inside a transaction")
@@ -76,7 +88,8 @@ class SnapshotPublisher(Session):
         ]  # fmt: skip
         published: list[Path] = []
         with self._writers() as write:
-            pending = [write(folder / "network.duckdb", None, columns, {}, fresh)]
+            scope = None if clinic_ids is None or whole_network else self._network_scope(clinics)
+            pending = [write(folder / "network.duckdb", None, columns, {}, fresh, scope)]
             for start in range(0, len(clinics), CLINIC_BATCH):
                 batch = clinics[start : start + CLINIC_BATCH]
                 with self._staged(batch, columns) as source:
@@ -121,6 +134,14 @@ class SnapshotPublisher(Session):
                 writer.con.close()
             with contextlib.suppress(duckdb.Error):  # never in place of the error that brought us here
                 self.con.execute(f"SET checkpoint_threshold = '{previous}'")
+
+    def _network_scope(self, clinics: list[str]) -> list[str]:
+        """The named clinics and those whose rows a run changed after the network snapshot was last recorded."""
+        since = "(SELECT coalesce(max(published_at), '-infinity') FROM snapshots WHERE path = 'network.duckdb')"
+        changed = " UNION ".join(
+            f"SELECT clinic_id FROM {table} WHERE {column} >= {since}" for table, column in CHANGED_AT
+        )
+        return sorted(set(clinics) | {row[0] for row in self.con.execute(changed).fetchall()})
 
     def _columns(self) -> dict[str, list[str]]:
         rows = self.con.execute(
@@ -181,11 +202,12 @@ class SnapshotPublisher(Session):
         columns: dict[str, list[str]],
         source: dict[str, str] | None = None,
         fresh: bool = False,
+        scope: list[str] | None = None,
     ) -> Path:
         partial = target.with_name(f".{target.name}.partial")
         copy = target.exists() and not fresh
         try:
-            self._write(partial, target if copy else None, clinic_id, columns, source or {})
+            self._write(partial, target if copy else None, clinic_id, columns, source or {}, scope)
         except Exception as exc:
             if not copy or isinstance(exc, OSError) or _disk_full(exc):
                 raise
@@ -210,10 +232,11 @@ class SnapshotPublisher(Session):
 
     def _write(
         self, partial: Path, copy_of: Path | None, clinic_id: str | None, columns: dict[str, list[str]],
-        source: dict[str, str],
+        source: dict[str, str], scope: list[str] | None = None,
     ) -> None:  # fmt: skip
         """Write the snapshot file at ``partial``: from a copy of the published one when given (only what
-        changed is written), else a new file in the snapshot storage version. On failure nothing is left."""
+        changed is written, on a clinic table only in the ``scope`` clinics' rows when given), else a new file
+        in the snapshot storage version. On failure nothing is left."""
         _remove(partial)
         snap = self.alias
         tables = [*SNAPSHOT_TABLES, *(["client_refs"] if clinic_id is not None else [])]
@@ -234,7 +257,8 @@ class SnapshotPublisher(Session):
                 for table in tables:
                     select = self._contents(table, clinic_id, columns[table], source)
                     params = {"clinic": clinic_id} if "$clinic" in select else None
-                    self._fill(table, select, params, held.get(table))
+                    within = scope if scope is not None and "clinic_id" in columns[table] else None
+                    self._fill(table, select, params, held.get(table), within)
                 if not current:
                     self._views(home)
             self.con.execute(f"DETACH {snap}")
@@ -274,23 +298,36 @@ class SnapshotPublisher(Session):
             return False
         return found == [(schema_digest(),)]
 
-    def _fill(self, table: str, select: str, params: dict[str, Any] | None, held: int | None) -> None:
+    def _fill(
+        self, table: str, select: str, params: dict[str, Any] | None, held: int | None, within: list[str] | None = None
+    ) -> None:
         """Make ``<snapshot>.<table>`` hold exactly the rows of ``select``. A large table of a copied snapshot, with the
         same columns, gets only the rows that differ: rows are compared by a 64-bit hash of the whole row and its
         lists' lengths, counted, so a row that changed is deleted and its new version inserted, and duplicate
-        rows keep their number."""
+        rows keep their number. With ``within`` only those clinics' rows are compared: the caller knows that
+        no other row changed."""
         copy = f"{self.alias}.{table}"
-        columns = self._same_columns(table, select, params) if held is not None and held >= DIFF_ROWS else None
+        compare = held is not None and (held >= DIFF_ROWS or within is not None)  # a clinic's rows cost little
+        columns = self._same_columns(table, select, params) if compare else None
         if held is not None and columns is not None:
             # DuckDB's hash gives NULL, [] and [NULL] the same value: each list's length goes into it too
             lengths = [f"coalesce(len(_row.{_quote(name)}), -1)" for name, kind in columns if kind.endswith("[]")]
             digest = f"hash({', '.join(['_row', *lengths])})"
+            mine, bounds = "", {}
+            if within is not None:
+                if not within:
+                    return  # no clinic's rows changed
+                # the bounds let a scan skip other clinics' row groups; the list keeps out those between them
+                mine = "AND _row.clinic_id BETWEEN $first AND $last AND list_contains($within, _row.clinic_id)"
+                bounds = {"within": within, "first": min(within), "last": max(within)}
+            rows = f"_row WHERE true {mine}"
+            scoped = {**(params or {}), **bounds} or None
             changed = self.con.execute(
-                f"""WITH want AS (SELECT {digest} AS h, count(*) AS n FROM ({select}) _row GROUP BY h),
-                         have AS (SELECT {digest} AS h, count(*) AS n FROM {copy} _row GROUP BY h)
+                f"""WITH want AS (SELECT {digest} AS h, count(*) AS n FROM ({select}) {rows} GROUP BY h),
+                         have AS (SELECT {digest} AS h, count(*) AS n FROM {copy} {rows} GROUP BY h)
                     SELECT coalesce(want.h, have.h), coalesce(want.n, 0), coalesce(have.n, 0)
                     FROM want FULL JOIN have ON want.h = have.h WHERE want.n IS DISTINCT FROM have.n""",
-                params,
+                scoped,
             ).fetchall()
             if sum(added + gone for _, added, gone in changed) <= REWRITE_SHARE * held:
                 if changed:
@@ -299,12 +336,13 @@ class SnapshotPublisher(Session):
                     try:
                         self.con.execute(
                             f"DELETE FROM {copy} WHERE rowid IN (SELECT rowid FROM {copy} _row "
-                            f"WHERE {digest} IN (SELECT h FROM changed_rows))"
+                            f"WHERE {digest} IN (SELECT h FROM changed_rows) {mine})",
+                            bounds or None,
                         )
                         self.con.execute(
                             f"INSERT INTO {copy} SELECT * FROM ({select}) _row "
-                            f"WHERE {digest} IN (SELECT h FROM changed_rows)",
-                            params,
+                            f"WHERE {digest} IN (SELECT h FROM changed_rows) {mine}",
+                            scoped,
                         )
                     finally:
                         self.con.unregister("changed_rows")
