@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         description="How often `alliance serve` asks Prefect for runs to start (Prefect's default, 10 s, adds 0–10 s "
         "to every file's landing-to-alert time).",
     )
+    serve_runs: int = Field(
+        default=2,
+        ge=1,
+        description="Flow runs `alliance serve` runs at once. The warehouse takes one writer at a time: a second run "
+        "starts while the first publishes and takes the lock when it is free (a file landing then does not wait "
+        "on Prefect to start it); more only add processes waiting on the lock.",
+    )
     require_final_newline: bool = Field(
         default=True, description="CSV files not ending in a newline are rejected: truncated or still being written."
     )

@@ -99,7 +99,11 @@ def _artifacts(
 
 
 def deployments(settings: Settings) -> list[object]:
-    """The two deployments: ingest on a file-arrival event, and the nightly cron; one run of each at a time."""
+    """The two deployments: ingest on a file-arrival event, and the nightly cron, one run at a time.
+
+    Ingest runs have no deployment limit: the server would hold a file landing behind the run before it for
+    15–30 s (its slot wait), where the writer lock orders them within a second; the runner's ``serve_runs``
+    bounds how many run at once."""
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
@@ -114,7 +118,7 @@ def deployments(settings: Settings) -> list[object]:
         },
     )
     return [
-        ingest_export.to_deployment(name="ingest-export", triggers=[on_arrival], concurrency_limit=1),
+        ingest_export.to_deployment(name="ingest-export", triggers=[on_arrival]),
         nightly.to_deployment(
             name="nightly",
             schedules=[Cron(settings.nightly_cron, timezone=settings.nightly_timezone)],
@@ -133,6 +137,6 @@ def serve_everything(settings: Settings, polling: bool = False) -> None:
     log.info("Prefect API %s; watching %s", os.environ.get("PREFECT_API_URL"), settings.inbox)
     with InboxWatcher(settings, polling=polling, settle_seconds=settings.settle_s):
         try:
-            serve(*deployments(settings), query_seconds=settings.runner_poll_s)  # type: ignore[arg-type]
+            serve(*deployments(settings), query_seconds=settings.runner_poll_s, limit=settings.serve_runs)  # type: ignore[arg-type]
         except KeyboardInterrupt:
             log.info("stopping")
