@@ -48,9 +48,10 @@ def snapshot_groups(clinics_file: Path) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=4)
 def _groups_in(text: str) -> dict[str, str]:
-    # parsed once per text: every file's writer session asks, and a 1,000-clinic file takes ~0.15 s to parse
+    from alliance.clinics import clinics_toml  # the profiles' own parse, shared
+
     try:
-        raw = tomllib.loads(text)
+        raw = clinics_toml(text)
     except tomllib.TOMLDecodeError:
         return {}  # the full loader reports a broken file; snapshots then stay owner-only
     clinics = raw.get("clinics", {})
