@@ -10,6 +10,7 @@ from alliance.clinics import load_clinics
 from alliance.errors import AllianceError, ExportGone, WarehouseBusy
 from alliance.settings import load_settings
 from alliance.storage import Warehouse
+from expectations import warm_up
 from flows.alerting import deliver_alerts
 from flows.events import EXPORT_RECEIVED, ingest_parameters
 from flows.pipeline import ExportResult, ingest_file, publish_scope
@@ -39,12 +40,17 @@ def busy(task: object, run: object, state: object) -> bool:
 @task(retries=3, retry_delay_seconds=[10, 30, 90], retry_condition_fn=busy, persist_result=False)
 def ingest_task(path: str, home: str | None, clinic_id: str | None) -> dict[str, object]:
     """Ingest one file; counts only in the result (no client data in Prefect's result store)."""
+    # GX's import (2-3 s in a new flow process) overlaps reading the profiles, waiting for the writer lock (the
+    # run before this one may still be publishing) and reading the file
+    warming = warm_up()
     try:
         settings = load_settings(Path(home) if home else None)
         # the snapshots are published after the alerts: rebuilding them grows with the history, an alert must not
         result = ingest_file(Path(path), settings, clinic_id=clinic_id, publish=False)
     except ExportGone as gone:  # the nightly sweep (or another event) took it first
         result = ExportResult(Path(path).name, clinic_id or Path(path).parent.name, "taken", "", error=str(gone))
+    finally:
+        warming.join()  # never left importing as the process exits
     return summary(result)
 
 

@@ -71,9 +71,9 @@ class SnapshotPublisher(Session):
         ``SNAPSHOT_WRITERS`` files are written at once, each on its own connection.
 
         With named clinics, the network snapshot's clinic tables are compared only on those clinics' rows and
-        those of clinics loaded since it was last published (a run killed before its publish): a file's publish
-        then costs its clinic, not the network's history. ``whole_network`` compares every row, which also
-        catches a change a killed run left unpublished outside any load (the nightly asks for it)."""
+        those of clinics a run changed (``CHANGED_AT``) after it was last recorded (a run killed before its
+        publish): a file's publish then costs its clinic, not the network's history. ``whole_network`` compares
+        every row, which also catches a change no such column dates (the nightly asks for it)."""
         if self.in_transaction:
             # the files are written on other connections, which see only what is committed
             raise StorageError("snapshots are published after a commit, never inside a transaction")
