@@ -276,12 +276,21 @@ def test_a_clinics_publish_compares_the_network_on_its_clinics_and_those_a_run_l
             "WHERE flag_id = (SELECT min(flag_id) FROM flags WHERE clinic_id = ?)",
             [other],
         )
+        # and a third clinic's alert, recorded after the publish of the run that sent it (as the nightly does)
+        alerted = writer.con.execute(
+            "SELECT max(clinic_id) FROM flags WHERE clinic_id NOT IN (?, ?)", [later.clinic_id, other]
+        ).fetchall()[0][0]
+        writer.con.execute(
+            "INSERT INTO alerts VALUES ('k1', 'digest', ?, 'lead@clinic.example', 'sent', now(), NULL, NULL, NULL)",
+            [alerted],
+        )
     target = settings.inbox / later.clinic_id / later.path.name
     target.write_bytes(later.path.read_bytes())
     assert ingest_file(target, settings, clinic_id=later.clinic_id).status == "loaded"
     assert matches_the_oracle("file")
     assert scopes["ratings"] == sorted({later.clinic_id, other})  # its clinic and the one left unpublished
     assert scopes["quarantine"] == scopes["ratings"]  # a small table compared on those rows too
+    assert scopes["alerts"] == sorted({later.clinic_id, other, alerted})  # the alert: its own table only
 
     with warehouse.writer() as writer:  # a change no recorded column dates
         writer.con.execute(

@@ -46,8 +46,10 @@ DIFF_ROWS = 250_000
 # when a run last changed a clinic's rows: a run killed between its commit and its publish is caught up by the next
 CHANGED_AT = (
     ("exports", "received_at"), ("ratings", "updated_at"), ("quarantine", "quarantined_at"),
-    ("flags", "updated_at"), ("cases", "updated_at"), ("alerts", "attempted_at"),
+    ("flags", "updated_at"), ("cases", "updated_at"),
 )  # fmt: skip
+# alerts are recorded after the run that sent them published (the nightly's): only their own table waits on them
+SENT_AT = ("alerts", "attempted_at")
 CLINIC_BATCH = 100  # clinics whose rows are staged together: one scan of each table per batch, not per clinic
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # this process's
 # snapshot files written at once, one connection each: two a core, since a file's commit waits on the disk
@@ -71,8 +73,8 @@ class SnapshotPublisher(Session):
         ``SNAPSHOT_WRITERS`` files are written at once, each on its own connection.
 
         With named clinics, the network snapshot's clinic tables are compared only on those clinics' rows and
-        those of clinics a run changed (``CHANGED_AT``) after it was last recorded (a run killed before its
-        publish): a file's publish then costs its clinic, not the network's history. ``whole_network`` compares
+        those of clinics a run changed after it was last recorded (a run killed before its publish; alerts sent
+        after it): a file's publish then costs its clinic, not the network's history. ``whole_network`` compares
         every row, which also catches a change no such column dates (the nightly asks for it)."""
         if self.in_transaction:
             # the files are written on other connections, which see only what is committed
@@ -88,7 +90,7 @@ class SnapshotPublisher(Session):
         ]  # fmt: skip
         published: list[Path] = []
         with self._writers() as write:
-            scope = None if clinic_ids is None or whole_network else self._network_scope(clinics)
+            scope = None if clinic_ids is None or whole_network else self._network_scope(clinics, columns)
             pending = [write(folder / "network.duckdb", None, columns, {}, fresh, scope)]
             for start in range(0, len(clinics), CLINIC_BATCH):
                 batch = clinics[start : start + CLINIC_BATCH]
@@ -135,13 +137,19 @@ class SnapshotPublisher(Session):
             with contextlib.suppress(duckdb.Error):  # never in place of the error that brought us here
                 self.con.execute(f"SET checkpoint_threshold = '{previous}'")
 
-    def _network_scope(self, clinics: list[str]) -> list[str]:
-        """The named clinics and those whose rows a run changed after the network snapshot was last recorded."""
+    def _network_scope(self, clinics: list[str], columns: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Each clinic table's clinics to compare: the named ones, and those a run changed after the network
+        snapshot was last recorded (by ``CHANGED_AT``; the alerts table also by ``SENT_AT``)."""
         since = "(SELECT coalesce(max(published_at), '-infinity') FROM snapshots WHERE path = 'network.duckdb')"
-        changed = " UNION ".join(
-            f"SELECT clinic_id FROM {table} WHERE {column} >= {since}" for table, column in CHANGED_AT
-        )
-        return sorted(set(clinics) | {row[0] for row in self.con.execute(changed).fetchall()})
+
+        def changed(table: str, column: str) -> set[str]:
+            query = f"SELECT DISTINCT clinic_id FROM {table} WHERE {column} >= {since}"
+            return {row[0] for row in self.con.execute(query).fetchall()}
+
+        loaded = set(clinics).union(*(changed(table, column) for table, column in CHANGED_AT))
+        scope = {table: sorted(loaded) for table, names in columns.items() if "clinic_id" in names}
+        scope[SENT_AT[0]] = sorted(loaded | changed(*SENT_AT))
+        return scope
 
     def _columns(self) -> dict[str, list[str]]:
         rows = self.con.execute(
@@ -202,7 +210,7 @@ class SnapshotPublisher(Session):
         columns: dict[str, list[str]],
         source: dict[str, str] | None = None,
         fresh: bool = False,
-        scope: list[str] | None = None,
+        scope: dict[str, list[str]] | None = None,
     ) -> Path:
         partial = target.with_name(f".{target.name}.partial")
         copy = target.exists() and not fresh
@@ -232,10 +240,10 @@ class SnapshotPublisher(Session):
 
     def _write(
         self, partial: Path, copy_of: Path | None, clinic_id: str | None, columns: dict[str, list[str]],
-        source: dict[str, str], scope: list[str] | None = None,
+        source: dict[str, str], scope: dict[str, list[str]] | None = None,
     ) -> None:  # fmt: skip
         """Write the snapshot file at ``partial``: from a copy of the published one when given (only what
-        changed is written, on a clinic table only in the ``scope`` clinics' rows when given), else a new file
+        changed is written, on a clinic table only in its ``scope`` clinics' rows when given), else a new file
         in the snapshot storage version. On failure nothing is left."""
         _remove(partial)
         snap = self.alias
@@ -257,7 +265,7 @@ class SnapshotPublisher(Session):
                 for table in tables:
                     select = self._contents(table, clinic_id, columns[table], source)
                     params = {"clinic": clinic_id} if "$clinic" in select else None
-                    within = scope if scope is not None and "clinic_id" in columns[table] else None
+                    within = None if scope is None else scope.get(table)
                     self._fill(table, select, params, held.get(table), within)
                 if not current:
                     self._views(home)
