@@ -213,7 +213,7 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     (folder / "clinic-harbor.duckdb").chmod(0o600)
     (folder / "clinic-harbor.duckdb").write_bytes(b"not a database")
     filled.clear()
-    compared.clear()  # a review's publish compares the network on its clinic's rows, of any size
+    compared.clear()
     check("second")
     with Warehouse.of(settings).writer() as writer:  # the connection is back on the warehouse, nothing attached
         assert writer.con.execute("SELECT current_database()").fetchall() == [("warehouse",)]
@@ -238,6 +238,7 @@ def test_a_clinics_publish_compares_the_network_on_its_clinics_and_those_a_run_l
     """A file's publish compares the network snapshot's clinic tables on that clinic's rows (and those of any
     clinic changed after the snapshot was recorded) and still equals the oracle's; a change outside the
     recorded columns waits for the nightly, which compares every row."""
+    monkeypatch.setattr(snapshots_module, "SCOPED_DIFF_ROWS", 1)  # every table compared, as the network's are
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)

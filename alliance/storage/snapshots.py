@@ -43,6 +43,8 @@ REWRITE_SHARE = 0.5
 # smaller tables are written whole: DuckDB stores rows in groups of 122,880 and rewrites a group it changes,
 # so comparing pays only for a table of several groups (the network's ratings, not a clinic's)
 DIFF_ROWS = 250_000
+# a table compared on a few clinics' rows pays for those rows alone, but below one row group a rewrite is cheaper
+SCOPED_DIFF_ROWS = 122_880
 # when a run last changed a clinic's rows: a run killed between its commit and its publish is caught up by the next
 CHANGED_AT = (
     ("exports", "received_at"), ("ratings", "updated_at"), ("quarantine", "quarantined_at"),
@@ -315,7 +317,7 @@ class SnapshotPublisher(Session):
         rows keep their number. With ``within`` only those clinics' rows are compared: the caller knows that
         no other row changed."""
         copy = f"{self.alias}.{table}"
-        compare = held is not None and (held >= DIFF_ROWS or within is not None)  # a clinic's rows cost little
+        compare = held is not None and held >= (DIFF_ROWS if within is None else SCOPED_DIFF_ROWS)
         columns = self._same_columns(table, select, params) if compare else None
         if held is not None and columns is not None:
             # DuckDB's hash gives NULL, [] and [NULL] the same value: each list's length goes into it too
