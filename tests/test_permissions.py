@@ -141,14 +141,18 @@ def test_verify_reports_files_wider_than_owner_only(open_parent: Path) -> None:
     assert "snapshots: mode 0755 is wider than 0700" in result.output
 
 
-def test_snapshot_groups_follow_clinics_toml_and_each_text_is_parsed_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text tomllib parses from here on."""
+    texts: list[str] = []
+    real = tomllib.loads
+    monkeypatch.setattr(tomllib, "loads", lambda text: texts.append(text) or real(text))
+    return texts
+
+
+def test_snapshot_groups_follow_clinics_toml_and_each_text_is_parsed_once(tmp_path: Path, parsed: list[str]) -> None:
     """Every file's writer session asks for the groups: the file is read each time, parsed once per text."""
     path = tmp_path / "clinics.toml"
-    parsed: list[str] = []
-    real = tomllib.loads
-    monkeypatch.setattr(tomllib, "loads", lambda text: parsed.append(text) or real(text))
     path.write_text(f'# {tmp_path}\n[clinics.a]\nsnapshot_group = "ga"\n')
     assert snapshot_groups(path) == {"a": "ga"}
     snapshot_groups(path)["a"] = "changed by a caller"
@@ -161,13 +165,10 @@ def test_snapshot_groups_follow_clinics_toml_and_each_text_is_parsed_once(
 
 
 def test_the_profiles_and_the_snapshot_groups_share_one_parse_of_clinics_toml(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, parsed: list[str]
 ) -> None:
     """A file's run reads both; a network's clinics.toml takes ~0.2 s to parse."""
     path = tmp_path / "clinics.toml"
-    parsed: list[str] = []
-    real = tomllib.loads
-    monkeypatch.setattr(tomllib, "loads", lambda text: parsed.append(text) or real(text))
     path.write_text(f"# {tmp_path}\n" + GOOD.replace("[clinics.north]", '[clinics.north]\nsnapshot_group = "ga"'))
     assert list(load_clinics(path)) == ["north"]
     assert snapshot_groups(path) == {"north": "ga"}
