@@ -99,7 +99,7 @@ def _artifacts(
 
 
 def deployments(settings: Settings) -> list[object]:
-    """The two deployments: ingest on a file-arrival event, and the nightly cron, one run at a time.
+    """The two deployments: ingest on a file-arrival event, and the nightly cron (one run at a time).
 
     Ingest runs have no deployment limit: the server would hold a file landing behind the run before it for
     15–30 s (its slot wait), where the writer lock orders them within a second; the runner's ``serve_runs``
