@@ -221,6 +221,7 @@ def _identified(export: CanonicalExport, found: list[tuple[Instrument, pl.DataFr
 
 
 PREVALIDATE_FILES = 200  # files read and validated ahead in one batch: GX's fixed cost shared, memory bounded
+PREVALIDATE_BYTES = 64_000_000  # or fewer: a group's frames take about 6 times its files' bytes in memory
 ReadToken = tuple[str, str, str, bytes, int | None, ReadLimits | None]
 
 

@@ -15,7 +15,7 @@ from alliance.settings import Settings
 from alliance.storage import Warehouse, writer_lease
 from flows.alerting import AlertReport, Secret, deliver_alerts
 from flows.batch import LoadBatch
-from flows.exports import PREVALIDATE_FILES, Validator
+from flows.exports import PREVALIDATE_BYTES, PREVALIDATE_FILES, Validator
 from flows.pipeline import ExportResult, inbox_files, ingest_file
 from flows.readahead import groups_of, read_ahead
 from flows.reviews import settle_scores
@@ -50,7 +50,7 @@ def sweep_clinics(settings: Settings, clinic_ids: list[str] | None) -> tuple[lis
     errors: list[str] = []
     paths = inbox_files(settings, clinic_ids)
     # what is read ahead stays bounded: one GX validation per instrument for each group of files
-    groups = groups_of(paths, PREVALIDATE_FILES)
+    groups = groups_of(paths, PREVALIDATE_FILES, PREVALIDATE_BYTES)
     with read_ahead(groups, settings) as ahead:  # later groups are read on another core while one loads
         for k, files in enumerate(groups):
             validate = ahead.for_group(k)

@@ -8,6 +8,7 @@ time: the group is found here instead.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -25,11 +26,37 @@ READ_AHEAD = True  # later groups found ahead on worker processes, given a spare
 AHEAD = 2  # groups a sweep holds besides the one it loads (sent to a worker or found, not yet loaded): memory
 
 
-def groups_of(paths: list[Path], size: int) -> list[list[Path]]:
-    """``paths`` in order, in the fewest groups of at most ``size`` files, of about equal sizes: 250 files make two
-    groups of 125, so that this process and a worker each have a share."""
-    count = -(-len(paths) // size)
-    return [paths[len(paths) * i // count : len(paths) * (i + 1) // count] for i in range(count)]
+def groups_of(paths: list[Path], size: int, max_bytes: int | None = None) -> list[list[Path]]:
+    """``paths`` in order, in the fewest groups of at most ``size`` files and ``max_bytes`` bytes (a larger file
+    alone), of about equal shares: 250 small files make two groups of 125, so that this process and a worker
+    each have one; a backfill's 100 exports of 13 MB make groups of a few files, so memory stays bounded."""
+    if not paths:
+        return []
+    sizes = [_bytes(path) for path in paths] if max_bytes else [0] * len(paths)
+    weights = [max(1 / size, n / max_bytes if max_bytes else 0.0) for n in sizes]
+    total = sum(weights)
+    count = max(-(-len(paths) // size), math.ceil(total - 1e-9))
+    while count < len(paths):
+        split: list[list[int]] = [[] for _ in range(count)]
+        before = 0.0
+        for i, weight in enumerate(weights):
+            # each file goes to the share its middle falls in: equal weights give shares one file apart at most
+            split[min(count - 1, int((before + weight / 2) / total * count))].append(i)
+            before += weight
+        groups = [group for group in split if group]
+        if all(
+            len(g) <= size and (not max_bytes or len(g) == 1 or sum(sizes[i] for i in g) <= max_bytes) for g in groups
+        ):
+            return [[paths[i] for i in group] for group in groups]
+        count += 1
+    return [[path] for path in paths]
+
+
+def _bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # gone or unreadable: its own ingest says so
+        return 0
 
 
 class _Workers:

@@ -144,7 +144,7 @@ def test_an_interrupted_sweep_stops_its_workers_at_once(settings: Settings, monk
 def test_alliance_ingest_of_many_files_reads_later_groups_ahead(
     sample: SampleSet, tmp_path: Path, watched: type[Watched], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(exports, "PREVALIDATE_FILES", 2)
+    monkeypatch.setattr(exports, "PREVALIDATE_BYTES", 1)  # every export over the bound: a group each
     sums = []
     for ahead in (False, True):
         monkeypatch.setattr(readahead, "READ_AHEAD", ahead)
@@ -168,3 +168,29 @@ def test_groups_keep_the_files_order_in_the_fewest_groups_of_about_equal_size() 
         assert [p for group in groups for p in group] == paths
         assert len(groups) == -(-count // 200) and all(len(g) <= 200 for g in groups)
         assert max(map(len, groups), default=0) - min(map(len, groups), default=0) <= 1
+
+
+def test_groups_of_large_files_stay_under_a_byte_bound(tmp_path: Path) -> None:
+    def files(*sizes: int) -> list[Path]:
+        paths = []
+        for i, size in enumerate(sizes):
+            path = tmp_path / f"{len(list(tmp_path.iterdir()))}-{i}.csv"
+            path.write_bytes(b"x" * size)
+            paths.append(path)
+        return paths
+
+    # ten exports of 40 bytes under a 100-byte bound: four groups would need one of three (120 bytes)
+    paths = files(*[40] * 10)
+    groups = readahead.groups_of(paths, 200, max_bytes=100)
+    assert [p for group in groups for p in group] == paths
+    assert [len(group) for group in groups] == [2] * 5
+    # a file over the bound is a group alone; the file count still bounds the small ones; a file gone weighs nothing
+    mixed = files(10, 10, 10, 250, 10, 10, 60, 60)
+    mixed.append(tmp_path / "gone.csv")
+    groups = readahead.groups_of(mixed, 3, max_bytes=100)
+    assert [p for group in groups for p in group] == mixed
+    assert all(len(g) <= 3 and (len(g) == 1 or sum(p.stat().st_size for p in g if p.exists()) <= 100) for g in groups)
+    assert [mixed[3]] in groups
+    # small files: the count alone decides, as without a bound
+    small = files(*[1] * 250)
+    assert [len(group) for group in readahead.groups_of(small, 200, max_bytes=100_000)] == [125, 125]

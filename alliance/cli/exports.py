@@ -131,7 +131,7 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     from alliance.errors import ExportGone, KeyMissing
     from alliance.storage import writer_lease
     from flows.batch import LoadBatch
-    from flows.exports import PREVALIDATE_FILES, Validator
+    from flows.exports import PREVALIDATE_BYTES, PREVALIDATE_FILES, Validator
     from flows.pipeline import ExportResult, ingest_file
     from flows.readahead import groups_of, read_ahead
     from flows.reviews import settle_scores
@@ -142,7 +142,7 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     leased = writer_lease(settings.warehouse) if batch else contextlib.nullcontext()  # files share a session
     # GX once per instrument for each group of files; later groups read ahead on another core
-    groups = groups_of(paths, PREVALIDATE_FILES) if batch else []
+    groups = groups_of(paths, PREVALIDATE_FILES, PREVALIDATE_BYTES) if batch else []
     progress = Progress(*columns, console=err_console, transient=True, disable=not sys.stderr.isatty())
     with leased, progress, read_ahead(groups, settings, clinic) as ahead:
         loads = LoadBatch(settings) if batch else None  # and their loads one transaction
