@@ -21,7 +21,7 @@ from transforms.expected import ExpectedCurve, curves_frame, curves_of, estimate
 from transforms.flags import declines_at_last_session, stopped_appearing
 from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
 from transforms.reconcile import CHANGE_SCHEMA, Reconciled, reconcile
-from transforms.trajectory import session_features
+from transforms.trajectory import course_scores, session_features
 
 ESTIMATED_ON = "estimated_on"  # meta key: ratings per instrument when reliable change was last estimated
 PENDING_CLINICS = "pending_clinics"  # meta key of earlier versions: clinics a batch cut short left unsettled
@@ -109,7 +109,7 @@ def _calibrations(
     if not force and not _stale(writer, counts, growth):
         return stored, curves, False
     writer.set_meta(ESTIMATED_ON, json.dumps(counts, sort_keys=True))
-    features = session_features(writer.ratings_of(None))
+    features = course_scores(writer.course_ratings())
     fresh = {c.instrument: c for c in estimate(features)}
     changed = [c for code, c in fresh.items() if stored.get(code) != c]
     now = datetime.now(UTC)

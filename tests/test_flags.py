@@ -15,9 +15,13 @@ from alliance.errors import AllianceError, StorageError
 from alliance.home import init_home
 from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
+from alliance.storage import Warehouse
 from flows.pipeline import ingest_file
 from flows.reviews import list_flags, rescore, review_flag
 from tests.conftest import TEST_KEY
+from transforms.calibration import estimate
+from transforms.expected import estimate_expected
+from transforms.trajectory import course_scores, session_features
 
 # What each planted shape must raise. WAI-SR has no published cutoff, so its single low session shows as a fall.
 EXPECTED = {
@@ -256,3 +260,17 @@ def test_rescore_tells_what_each_queue_setting_would_give(network: tuple[Setting
         if "at most" in option["setting"]:
             share = float(option["setting"].split("at most ")[1].split("%")[0]) / 100
             assert option["share_of_open"] <= share + 1 / max(1, option["open_dyads"])
+
+
+def test_reestimation_reads_only_scores_and_estimates_as_from_every_feature(
+    network: tuple[Settings, SampleSet],
+) -> None:
+    settings, _ = network
+    with Warehouse.of(settings).writer() as writer:
+        slim = course_scores(writer.course_ratings())
+        full = session_features(writer.ratings_of(None))
+    assert "items" not in slim.columns and slim.height == full.height
+    calibrations, curves = estimate(slim), estimate_expected(slim)
+    assert calibrations and curves  # the comparison means something only with estimates to compare
+    assert calibrations == estimate(full)
+    assert curves == estimate_expected(full)

@@ -24,6 +24,16 @@ def with_dyad_id(ratings: pl.DataFrame) -> pl.DataFrame:
     return ratings.join(codes, on=list(DYAD_KEY), how="left")
 
 
+def course_scores(ratings: pl.DataFrame) -> pl.DataFrame:
+    """Ratings in course order with each session's ``session_index`` (1-based, by date then number) and
+    ``score``: all that reliable change and the expected trajectories are estimated from."""
+    frame = ratings if "dyad_id" in ratings.columns else with_dyad_id(ratings)
+    return frame.sort([*SERIES, "session_date", "session_number"]).with_columns(
+        pl.int_range(1, pl.len() + 1).over(list(SERIES)).cast(pl.Int32).alias("session_index"),
+        pl.col("total").alias("score"),
+    )
+
+
 def session_features(ratings: pl.DataFrame, window: int = 4) -> pl.DataFrame:
     """One row per rated session with the features the rules read.
 
@@ -32,7 +42,6 @@ def session_features(ratings: pl.DataFrame, window: int = 4) -> pl.DataFrame:
     baseline (mean of the first 3 sessions), slope (least squares over the last ``window`` sessions),
     ewma, dyad_mean, dyad_sd, z_own and min_item.
     """
-    frame = ratings if "dyad_id" in ratings.columns else with_dyad_id(ratings)
     t = pl.col("session_index").cast(pl.Float64)
     x = pl.col("score")
     over = list(SERIES)
@@ -41,11 +50,7 @@ def session_features(ratings: pl.DataFrame, window: int = 4) -> pl.DataFrame:
         return expr.rolling_mean(window_size=window, min_samples=window).over(over)
 
     return (
-        frame.sort([*SERIES, "session_date", "session_number"])
-        .with_columns(
-            pl.int_range(1, pl.len() + 1).over(over).cast(pl.Int32).alias("session_index"),
-            pl.col("total").alias("score"),
-        )
+        course_scores(ratings)
         .with_columns(
             (x - x.shift(1).over(over)).alias("delta"),
             x.filter(pl.col("session_index") <= BASELINE_SESSIONS).mean().over(over).alias("baseline"),

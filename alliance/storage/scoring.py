@@ -20,6 +20,11 @@ class ScoringTables(Session):
         scope = self._scope("scope_dyads", dyad_ids)
         return self.frame(f"SELECT {columns} FROM ratings SEMI JOIN {scope} s ON ratings.dyad_id = s.id")
 
+    def course_ratings(self) -> pl.DataFrame:
+        """Every rating's dyad, instrument, session and total, without items or ids: what a re-estimation
+        reads (a tenth of the memory of ``ratings_of(None)`` at 10M ratings)."""
+        return self.frame("SELECT dyad_id, instrument, session_date, session_number, total FROM ratings")
+
     # the current calibration and expected trajectories, read once per writer session (a batch's files share
     # it); dropped when this session saves new ones or rolls back (Session.forget)
     _calibrations: pl.DataFrame | None = None
