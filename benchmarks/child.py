@@ -11,6 +11,7 @@ import pstats
 import resource
 import subprocess
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from time import perf_counter
 from typing import Any
 
 import duckdb
+import psutil
 
 import flows.nightly
 from alliance.settings import Settings, load_settings
@@ -38,6 +40,33 @@ def rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; not Linux: best effort
+
+
+class TreeMemory:
+    """The peak of this process's RSS plus its worker processes' (read-ahead, scoring), sampled every 0.2 s:
+    what the machine must hold, which the process's own high-water mark leaves out."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="tree-memory", daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._done.wait(0.2):
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):  # a worker that exited between the listing and the read
+                    total += process.memory_info().rss
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def cpu_s() -> float:
@@ -130,7 +159,7 @@ def _timed(spec: dict[str, Any], settings: Settings, baseline: float) -> dict[st
     instrument(clock, prefect=spec["workload"] == "prefect-nightly")
     profiler = cProfile.Profile() if spec["profile"] else None
     start = perf_counter()
-    with clock.timing("other.run"):
+    with clock.timing("other.run"), TreeMemory() as tree:
         if profiler:
             profiler.enable()
         results, dyads_scored = _workload(spec, settings, clock)
@@ -156,6 +185,7 @@ def _timed(spec: dict[str, Any], settings: Settings, baseline: float) -> dict[st
         "recalibrations": sum(r.recalibrated for r in results),
         "dyads_scored_last": dyads_scored,
         "peak_rss_mb": rss_mb(),
+        "peak_tree_mb": tree.peak_mb,
         "baseline_rss_mb": baseline,
         "cpu": dict(clock.cpu),
         "cpu_s": cpu_s(),

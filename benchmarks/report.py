@@ -50,6 +50,12 @@ class RunReport:
     alert_messages: int
     warehouse_mb: float
     missing_wrappers: list[str]
+    peak_tree_mb: float = 0.0  # with its worker processes, sampled (0: not measured)
+
+    @property
+    def peak_mb(self) -> float:
+        """What the run held at most: its own high-water mark, or with its workers when that was more."""
+        return max(self.peak_rss_mb, self.peak_tree_mb)
 
     @property
     def rows_per_s(self) -> float:
@@ -176,16 +182,16 @@ def _run_tables(runs: list[RunReport]) -> list[str]:
     """Totals, stages (seconds and share), stage details and phases of the timed runs."""
     out: list[str] = []
     out += ["| run | files | rows | ratings (new/upd/unch/quar) | generate s | setup s | wall s | rows/s | "
-            "floor s | floor rows/s | ratio | peak RSS MB | median file s | recal | alerts | warehouse MB | "
-            "child CPU s | load avg |",
+            "floor s | floor rows/s | ratio | peak RSS MB (with workers) | median file s | recal | alerts | "
+            "warehouse MB | child CPU s | load avg |",
             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in runs:
         out.append(
             f"| {r.label} | {r.files:,} | {r.rows:,} | {r.ratings:,} ({r.ratings_new:,}/{r.ratings_updated:,}/"
             f"{r.ratings_unchanged:,}/{r.ratings_quarantined:,}) | {r.generate_s:.1f} | {r.setup_s:.1f} | "
             f"{r.wall_s:.1f} | {r.rows_per_s:,.0f} | {r.floor_s:.2f} | {r.floor_rows_per_s:,.0f} | {r.ratio:.4f} | "
-            f"{r.peak_rss_mb:,.0f} | {r.file_s_median:.2f} | {r.recalibrations} | {r.alert_messages} | "
-            f"{r.warehouse_mb:,.0f} | {r.cpu_s:.1f} | {r.load_avg[0]:.1f} → {r.load_avg[1]:.1f} |"
+            f"{r.peak_rss_mb:,.0f} ({r.peak_tree_mb:,.0f}) | {r.file_s_median:.2f} | {r.recalibrations} | "
+            f"{r.alert_messages} | {r.warehouse_mb:,.0f} | {r.cpu_s:.1f} | {r.load_avg[0]:.1f} → {r.load_avg[1]:.1f} |"
         )
     out += ["", "Stages (exclusive wall seconds, share of wall, CPU seconds):", ""]
     out.append("| stage | " + " | ".join(f"run {i + 1} s | share | CPU s" for i in range(len(runs))) + " |")

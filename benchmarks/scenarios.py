@@ -108,6 +108,7 @@ def timed_run(
         alert_messages=AlertHook.received - sent_before,
         warehouse_mb=settings.warehouse.stat().st_size / 1e6,
         missing_wrappers=child["missing"],
+        peak_tree_mb=child["peak_tree_mb"],
     )
 
 
@@ -162,8 +163,9 @@ def night_runs(
 
 
 def memory_verdict(run: RunReport) -> Verdict:
-    return Verdict("peak memory < 4 GB", f"{run.peak_rss_mb:,.0f} MB", run.peak_rss_mb / TARGET_RSS_MB,
-                   "of the limit", run.peak_rss_mb < TARGET_RSS_MB)  # fmt: skip
+    measured = f"{run.peak_rss_mb:,.0f} MB, {run.peak_tree_mb:,.0f} MB with its worker processes"
+    return Verdict("peak memory < 4 GB", measured, run.peak_mb / TARGET_RSS_MB, "of the limit",
+                   run.peak_mb < TARGET_RSS_MB)  # fmt: skip
 
 
 def backfill_verdicts(run: RunReport) -> list[Verdict]:

@@ -7,6 +7,9 @@ the verdicts follow from the figures.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from typer.testing import CliRunner
 
 from alliance.clinics import load_clinics
 from alliance.samples import add_profiles, generate_sample
+from benchmarks.child import TreeMemory
 from benchmarks.floor import floor_frame
 from benchmarks.peer import run_peer
 from benchmarks.report import BenchReport, RunReport, Verdict, format_report, machine_info
@@ -23,7 +27,9 @@ from benchmarks.scenarios import backfill_verdicts, history_verdicts, night_verd
 from benchmarks.workload import new_home
 
 
-def _run(wall_s: float, floor_s: float = 1.0, rows: int = 1000, peak: float = 500.0, history: int = 0) -> RunReport:
+def _run(
+    wall_s: float, floor_s: float = 1.0, rows: int = 1000, peak: float = 500.0, history: int = 0, tree: float = 0.0
+) -> RunReport:
     stages = dict.fromkeys(("read", "map", "validate", "load", "commit", "score", "flag", "publish", "alert"), 0.0)
     return RunReport(
         label="run", clinics=4, history_rows=history, files=4, rows=rows, ratings=rows, ratings_new=rows,
@@ -32,6 +38,7 @@ def _run(wall_s: float, floor_s: float = 1.0, rows: int = 1000, peak: float = 50
         details={"other.run": wall_s}, first_call_s={}, calls={}, phases={}, file_s_median=0.0, file_s_max=0.0,
         recalibrations=0, dyads_scored_last=0, peak_rss_mb=peak, baseline_rss_mb=100.0, cpu_s=wall_s,
         load_avg=(0.0, 0.0), floor_s=floor_s, alert_messages=0, warehouse_mb=1.0, missing_wrappers=[],
+        peak_tree_mb=tree,
     )  # fmt: skip
 
 
@@ -44,6 +51,19 @@ def test_backfill_verdict_is_the_ratio_to_the_floor_against_one_third() -> None:
     assert [v.met for v in fast] == [True, True] and fast[0].ratio == pytest.approx(0.4)
     assert slow[0].met is False and slow[0].ratio == pytest.approx(1 / 3.5)
     assert backfill_verdicts(_run(1.0, peak=5000.0))[1].met is False  # over 4 GB
+    # its worker processes count: 3 GB here and 2 GB in a worker is 5 GB the machine must hold
+    with_workers = backfill_verdicts(_run(1.0, peak=3000.0, tree=5000.0))[1]
+    assert with_workers.met is False and with_workers.ratio == pytest.approx(5000 / 4096)
+
+
+def test_tree_memory_counts_the_worker_processes() -> None:
+    hold = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(3)"
+    with TreeMemory() as alone:
+        time.sleep(1)
+    with TreeMemory() as tree:
+        worker = subprocess.Popen([sys.executable, "-c", hold])
+        worker.wait(timeout=30)
+    assert tree.peak_mb > alone.peak_mb + 250  # the worker's 300 MB, touched page by page
 
 
 def test_night_verdicts_judge_the_limit_memory_and_the_prefect_overhead() -> None:
