@@ -233,6 +233,7 @@ def score_dyads(
 
 SCORE_CHUNK_DYADS = 20_000  # ≈ 240k ratings: a full scoring's peak memory stays near 1 GB
 SETTLE_CLINICS = 250  # clinics settled at once: all 1,000 of night 1.0 at once held 4.5 GB, 250 at a time 2.0 GB
+SETTLE_DYADS = 100_000  # or fewer clinics, when their dyads reach this: the backfill's 100 clinics at once held 8 GB
 
 
 def _dyad_chunks(writer: Writer) -> list[list[str]]:
@@ -267,18 +268,31 @@ def _settle(
     queue and cases read only its own rows, so the chunks decide what one pass over the network decides, in the
     memory of a chunk."""
     clinics = writer.clinics_held() if scope_clinics is None else scope_clinics
-    if scope_clinics is None and len(clinics) <= SETTLE_CLINICS:  # the whole network (or none) in one pass
+    groups = settle_groups(clinics, writer.dyads_per_clinic())
+    if scope_clinics is None and len(groups) <= 1:  # the whole network (or none) in one pass
         return _clinic_standing(writer, configs, settings, None, started)
-    parts = [
-        _clinic_standing(writer, configs, settings, clinics[start : start + SETTLE_CLINICS], started)
-        for start in range(0, len(clinics), SETTLE_CLINICS)
-    ]
+    parts = [_clinic_standing(writer, configs, settings, group, started) for group in groups]
     return (
         Reconciled(pl.concat([r.flags for r, _ in parts]), pl.concat([r.changes for r, _ in parts])),
         CaseUpdate(
             pl.concat([c.cases for _, c in parts], how="diagonal_relaxed"), pl.concat([c.changes for _, c in parts])
         ),
     )
+
+
+def settle_groups(clinics: list[str], dyads: dict[str, int]) -> list[list[str]]:
+    """``clinics`` in order, in groups of at most ``SETTLE_CLINICS`` clinics and ``SETTLE_DYADS`` rated dyads (a
+    larger clinic alone): what one ``_clinic_standing`` holds at once."""
+    groups: list[list[str]] = []
+    held = 0
+    for clinic in clinics:
+        size = dyads.get(clinic, 0)
+        if not groups or len(groups[-1]) >= SETTLE_CLINICS or held + size > SETTLE_DYADS:
+            groups.append([])
+            held = 0
+        groups[-1].append(clinic)
+        held += size
+    return groups
 
 
 def _clinic_standing(

@@ -190,14 +190,14 @@ def test_a_batch_whose_end_re_scores_every_dyad_scores_each_once(tmp_path: Path)
 
 
 def test_a_full_scoring_in_chunks_leaves_what_one_pass_leaves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dyads scored 7 at a time and clinics settled one at a time leave the tables, and report the changes, that
-    one pass over all of them does."""
+    """Dyads scored 7 at a time and clinics settled one at a time (each over the dyad bound) leave the tables, and
+    report the changes, that one pass over all of them does."""
     from flows import scoring
 
     scored = []
-    for name, chunk, clinics in (("chunked", 7, 1), ("whole", 10**9, 10**9)):
+    for name, chunk, dyads in (("chunked", 7, 1), ("whole", 10**9, 10**9)):
         monkeypatch.setattr(scoring, "SCORE_CHUNK_DYADS", chunk)
-        monkeypatch.setattr(scoring, "SETTLE_CLINICS", clinics)
+        monkeypatch.setattr(scoring, "SETTLE_DYADS", dyads)  # with one dyad, each clinic is settled alone
         settings, sample = _home(tmp_path / name)
         first = run_nightly(settings)  # a first load: every dyad scored at the end, in chunks of 7 dyads or one
         with settings.clinics_file.open("a", encoding="utf-8") as handle:
@@ -214,3 +214,14 @@ def test_a_full_scoring_in_chunks_leaves_what_one_pass_leaves(tmp_path: Path, mo
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
         clinics = con.execute("SELECT count(DISTINCT clinic_id) FROM dyads").fetchall()[0][0]
     assert scored[0][1][0][0] > 7 and clinics == 2  # more than one chunk of each
+
+
+def test_clinics_are_settled_in_groups_bounded_by_clinics_and_dyads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows import scoring
+
+    monkeypatch.setattr(scoring, "SETTLE_CLINICS", 3)
+    monkeypatch.setattr(scoring, "SETTLE_DYADS", 100)
+    clinics = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    dyads = {"a": 10, "b": 10, "c": 10, "d": 10, "e": 90, "f": 150, "g": 40}  # h: no rated dyad yet
+    assert scoring.settle_groups(clinics, dyads) == [["a", "b", "c"], ["d", "e"], ["f"], ["g", "h"]]
+    assert scoring.settle_groups([], dyads) == []

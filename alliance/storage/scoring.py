@@ -185,6 +185,11 @@ class ScoringTables(Session):
         ).fetchall()
         return [str(clinic_id) for (clinic_id,) in rows]
 
+    def dyads_per_clinic(self) -> dict[str, int]:
+        """Each clinic's rated dyads: what settling a clinic holds in memory grows with."""
+        rows = self.con.execute("SELECT clinic_id, count(DISTINCT dyad_id) FROM ratings GROUP BY 1").fetchall()
+        return {str(clinic_id): int(n) for clinic_id, n in rows}
+
     def dyads_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
         """The dyads summary of these clinics (all when None)."""
         if clinic_ids is None:
