@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after_commit", "after_publish", "after_alert_sent")  # the night's (tests/test_crash.py)
+# the night's (tests/test_crash.py); a first night is a full scoring, which commits chunk by chunk
+POINTS = ("after_commit", "after_scoring_chunk", "after_publish", "after_alert_sent")
 REKEY_POINTS = ("after_rekey_commit",)  # key rotation's (tests/test_rekey.py)
 FAULT_STAGES = ("prepare", "load")
 

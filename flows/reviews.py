@@ -94,7 +94,9 @@ def rescore(settings: Settings, recalibrate: bool = False) -> ScoringResult:
     warehouse = Warehouse.of(settings)
     with warehouse.writer() as writer:
         with writer.transaction():
-            result = score_dyads(writer, clinics, settings, None, kind="rescore", recalibrate=recalibrate)
+            result = score_dyads(
+                writer, clinics, settings, None, kind="rescore", recalibrate=recalibrate, commit_chunks=True
+            )
         options = queue_options(writer, clinics, settings)
         writer.publish(warehouse.snapshots, None)
     return replace(result, queue_options=options)
@@ -116,11 +118,13 @@ def settle_scores(settings: Settings, swept_clinics: list[str], since: datetime)
     with warehouse.writer() as writer:
         if full_scoring_due(writer, clinics, settings):
             with writer.transaction():
-                result = score_dyads(writer, clinics, settings, None, kind="rescore")
+                result = score_dyads(writer, clinics, settings, None, kind="rescore", commit_chunks=True)
             writer.publish(warehouse.snapshots, None)
         else:
             with writer.transaction():  # the clinics settled: those swept, and those of every dyad left waiting
-                result = score_dyads(writer, clinics, settings, [], kind="batch", settle=swept_clinics)
+                result = score_dyads(
+                    writer, clinics, settings, [], kind="batch", settle=swept_clinics, commit_chunks=True
+                )
             everyone = writer.frame(
                 "SELECT count(*) AS n FROM scoring_runs WHERE started_at >= ? AND recalibrated", [since]
             ).item()

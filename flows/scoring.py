@@ -12,6 +12,7 @@ import polars as pl
 
 from alliance import __version__
 from alliance.clinics import Clinic, RuleConfig
+from alliance.faults import crash_point
 from alliance.settings import Settings
 from alliance.storage import Writer
 from flows.scorers import score_shares, scoring_pool
@@ -148,12 +149,18 @@ def score_dyads(
     export_id: str | None = None,
     recalibrate: bool = False,
     settle: list[str] | None = None,
+    commit_chunks: bool = False,
 ) -> ScoringResult:
     """Re-score these dyads (all when None) inside the caller's transaction; incremental equals full.
 
     The dyads a batch's files loaded and left in ``pending_dyads`` are scored with them, and ``settle`` names
     clinics whose silence, queue and cases are decided again besides those of the dyads scored: a batch's end
     is ``score_dyads(..., [], kind="batch", settle=its clinics)``.
+
+    With ``commit_chunks`` (a transaction holding this scoring alone: a batch's end, ``rescore``), a full scoring
+    commits each chunk of dyads as it goes, so that the transaction never holds every flag and scored session of
+    the network (4 GB more at the full-scale backfill). Until its end the warehouse says a full scoring is due,
+    so one cut short is done again whole by the next run.
     """
     started = datetime.now(UTC)
     configs = {cid: clinic.rules for cid, clinic in clinics.items()}
@@ -166,6 +173,9 @@ def score_dyads(
     scored_dyads, touched_clinics, first_changes = 0, set(pending["clinic_id"]), []
     # every dyad in chunks: memory stays that of one chunk, whatever the network's size
     chunks = _dyad_chunks(writer) if dyad_ids is None else _chunks(dyad_ids)
+    commit_chunks = commit_chunks and dyad_ids is None
+    if commit_chunks:
+        writer.set_meta(SCORED_WITH, "")  # a full scoring under way: due again until it ends
     with scoring_pool() as pool:
         if dyad_ids is None:  # a full scoring: the workers start while its first chunk is read
             pool.start(sum(map(len, chunks)))
@@ -179,6 +189,9 @@ def score_dyads(
             scored_dyads += ratings["dyad_id"].n_unique()
             touched_clinics.update(ratings["clinic_id"].unique().to_list())
             first_changes.append(first.changes)
+            if commit_chunks:
+                writer.commit_so_far()
+                crash_point("after_scoring_chunk")
     unsettled = _pending(writer)  # what an earlier version's batch cut short left
     scope_clinics = None if dyad_ids is None else sorted({*touched_clinics, *(settle or []), *unsettled})
     if scope_clinics == []:

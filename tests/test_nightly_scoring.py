@@ -225,3 +225,31 @@ def test_clinics_are_settled_in_groups_bounded_by_clinics_and_dyads(monkeypatch:
     dyads = {"a": 10, "b": 10, "c": 10, "d": 10, "e": 90, "f": 150, "g": 40}  # h: no rated dyad yet
     assert scoring.settle_groups(clinics, dyads) == [["a", "b", "c"], ["d", "e"], ["f"], ["g", "h"]]
     assert scoring.settle_groups([], dyads) == []
+
+
+def test_a_full_scoring_cut_short_after_a_committed_chunk_is_done_whole_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full scoring commits chunk by chunk (its memory stays that of a chunk): stopped after the first, it leaves
+    a full scoring due, and the next night ends where one uninterrupted night ends."""
+    from flows import scoring
+
+    monkeypatch.setattr(scoring, "SCORE_CHUNK_DYADS", 7)
+    whole, _ = _home(tmp_path / "whole")
+    run_nightly(whole)
+
+    def stop(name: str) -> None:
+        if name == "after_scoring_chunk":
+            raise KeyboardInterrupt  # as Ctrl-C would; kill -9 at this point is tests/test_crash.py's
+
+    cut, _ = _home(tmp_path / "cut")
+    with monkeypatch.context() as patched:
+        patched.setattr(scoring, "crash_point", stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_nightly(cut)
+    with duckdb.connect(str(cut.warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM flags").fetchone()[0] > 0  # type: ignore[index]  # one chunk's
+        assert con.execute("SELECT value FROM meta WHERE key = 'scored_with'").fetchall() == [("",)]
+    assert _scored(cut) != _scored(whole)
+    run_nightly(cut)  # nothing left to sweep: the full scoring is due, and done whole
+    assert _scored(cut) == _scored(whole)

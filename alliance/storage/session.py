@@ -74,6 +74,15 @@ class Session:
             self.forget()
             raise
 
+    def commit_so_far(self) -> None:
+        """Inside ``transaction()``: commit what is written so far and go on in a new transaction. DuckDB holds an
+        open transaction's writes in memory outside its limit (2 GB more per 10M rows): a long write that may
+        stop halfway, because the warehouse then says its work is still due, commits as it goes."""
+        if not self.in_transaction:
+            raise StorageError("commit_so_far is for a write inside transaction()")
+        self.con.execute("COMMIT")
+        self.con.execute("BEGIN TRANSACTION")
+
     def forget(self) -> None:
         """Drop what the session keeps of its tables in memory: a rollback undid what it may hold."""
 
