@@ -159,8 +159,8 @@ def score_dyads(
 
     With ``commit_chunks`` (a transaction holding this scoring alone: a batch's end, ``rescore``), a full scoring
     commits each chunk of dyads as it goes, so that the transaction never holds every flag and scored session of
-    the network (4 GB more at the full-scale backfill). Until its end the warehouse says a full scoring is due,
-    so one cut short is done again whole by the next run.
+    the network (2.9 → 7.3 GB over the full-scale backfill's 24 chunks). Until its end the warehouse says a full
+    scoring is due, so one cut short is done again whole by the next run.
     """
     started = datetime.now(UTC)
     configs = {cid: clinic.rules for cid, clinic in clinics.items()}

@@ -76,7 +76,7 @@ class Session:
 
     def commit_so_far(self) -> None:
         """Inside ``transaction()``: commit what is written so far and go on in a new transaction. DuckDB holds an
-        open transaction's writes in memory outside its limit (2 GB more per 10M rows): a long write that may
+        open transaction's writes in memory outside its limit (1.6 GB more for 10M rows): a long write that may
         stop halfway, because the warehouse then says its work is still due, commits as it goes."""
         if not self.in_transaction:
             raise StorageError("commit_so_far is for a write inside transaction()")
