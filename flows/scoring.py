@@ -282,7 +282,7 @@ def _settle(
     memory of a chunk."""
     clinics = writer.clinics_held() if scope_clinics is None else scope_clinics
     # a file's own clinic needs no count of every clinic's dyads (a scan of the network's ratings)
-    groups = settle_groups(clinics, writer.dyads_per_clinic()) if len(clinics) > 1 else [clinics] if clinics else []
+    groups = settle_groups(clinics, writer.dyads_per_clinic() if len(clinics) > 1 else {})
     if scope_clinics is None and len(groups) <= 1:  # the whole network (or none) in one pass
         return _clinic_standing(writer, configs, settings, None, started)
     parts = [_clinic_standing(writer, configs, settings, group, started) for group in groups]
