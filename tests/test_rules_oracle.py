@@ -162,3 +162,31 @@ def test_the_rules_find_what_the_reference_rules_find_on_random_courses(
         code: Calibration(code, 5.0, 0.5, rc, 100, 80, within_sd) for code in ("SRS", "ORS", "WAI_SR") if rc
     }
     assert_same(_features(ratings, configs), configs, calibrations, {})
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(
+    ratings=courses(),
+    rc=st.sampled_from([None, 1.0, 2.5, 3.0, 4.0]),
+    within_sd=st.sampled_from([0.5, 1.0, 1.25, 2.0]),
+    rupture_k=st.sampled_from([1.0, 2.0]),
+    decline=st.sampled_from([0.0, 1.0, 3.5]),
+    cutoff=st.sampled_from([None, 30.0, 36.0]),
+    window=st.sampled_from([3, 4]),
+)
+def test_the_screened_rules_match_the_reference_at_the_thresholds(
+    ratings: pl.DataFrame,
+    rc: float | None,
+    within_sd: float,
+    rupture_k: float,
+    decline: float,
+    cutoff: float | None,
+    window: int,
+) -> None:
+    """Reliable changes, SDs and cutoffs on the scores' own 0.1 steps: falls and lows land exactly on them, where a
+    screen that rounds the wrong way would skip a rule that fires."""
+    configs = {"c1": RuleConfig(trend_window=window, rupture_k=rupture_k, trend_decline=decline, low_cutoff=cutoff)}
+    calibrations = {
+        code: Calibration(code, 5.0, 0.5, rc, 100, 80, within_sd) for code in ("SRS", "ORS", "WAI_SR") if rc
+    }
+    assert_same(_features(ratings, configs), configs, calibrations, {})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -26,6 +25,7 @@ from transforms.rules import (
     risk_score,
     series_episodes,
 )
+from transforms.screen import SCREENED, possible_rules, thresholds_frame
 
 EPS = 1e-6
 FINDING_SCHEMA: dict[str, pl.DataType] = {
@@ -158,29 +158,35 @@ def score(
     configs: dict[str, RuleConfig],
     calibrations: dict[str, Calibration],
     curves: dict[str, ExpectedCurve] | None = None,
-    episodes_of: Callable[[Series, Thresholds], list[Episode]] = series_episodes,
 ) -> Scored:
     """Run every rule over every dyad's series in ``features`` (from ``session_features``), with each
-    instrument's reliable change and, when estimated, its expected trajectory. ``episodes_of`` is the rule set
-    (the tests pass the reference rules as the oracle)."""
+    instrument's reliable change and, when estimated, its expected trajectory; a rule the screen rules out on a
+    series (``transforms.screen``) is not run there."""
     curves = curves or {}
+    thresholds: dict[tuple[str, str], Thresholds] = {}
+    for clinic_id, code in features.select("clinic_id", "instrument").unique().iter_rows():
+        inst, cal = instrument(code), calibrations.get(code)
+        rc, sd = (cal.rc, cal.within_sd) if cal else (None, None)
+        config = configs.get(clinic_id, RuleConfig())
+        thresholds[(clinic_id, code)] = Thresholds.of(config, inst, rc, sd, curves.get(code))
     series_cols = ["session_date", "session_number", "score", "items", "slope"]
-    grouped = features.group_by(["dyad_id", "instrument"], maintain_order=True).agg(
-        pl.first("clinic_id"), pl.first("client_id"), pl.first("therapist_id"), *series_cols
-    )
+    grouped = possible_rules(features, thresholds_frame(thresholds)).group_by(
+        ["dyad_id", "instrument"], maintain_order=True
+    ).agg(
+        pl.first("clinic_id"), pl.first("client_id"), pl.first("therapist_id"), *series_cols,
+        *(pl.col(f"can_{rule}").any() for rule in SCREENED),
+    )  # fmt: skip
     findings: list[dict[str, Any]] = []
     spans: list[tuple[int, int, int, int, str]] = []
     by_dyad: dict[str, list[tuple[int, Series, list[Episode], Calibration | None]]] = {}
     dyads: dict[str, dict[str, Any]] = {}
     for k, row in enumerate(grouped.iter_rows(named=True)):
         inst = instrument(row["instrument"])
-        cal = calibrations.get(inst.code)
-        rc, sd = (cal.rc, cal.within_sd) if cal else (None, None)
-        config = configs.get(row["clinic_id"], RuleConfig())
         s = Series(inst, row["session_date"], row["session_number"], row["score"], row["items"], row["slope"])
-        episodes = episodes_of(s, Thresholds.of(config, inst, rc, sd, curves.get(inst.code)))
+        quiet = frozenset(rule for rule in SCREENED if not row[f"can_{rule}"])
+        episodes = series_episodes(s, thresholds[(row["clinic_id"], inst.code)], quiet)
         dyads[row["dyad_id"]] = row
-        by_dyad.setdefault(row["dyad_id"], []).append((k, s, episodes, cal))
+        by_dyad.setdefault(row["dyad_id"], []).append((k, s, episodes, calibrations.get(inst.code)))
     for dyad_id, series_list in by_dyad.items():
         dyad = dyads[dyad_id]
         outcome_eps = [e for _, s, eps, _ in series_list if s.instrument.construct == "outcome" for e in eps]

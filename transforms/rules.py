@@ -261,13 +261,14 @@ OUTCOME_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (not_
 SEVERE_RC = 2.0  # a fall of this many reliable changes below the recent level queues at once
 
 
-def series_episodes(s: Series, th: Thresholds) -> list[Episode]:
-    """Every applicable rule's episodes on one series: alliance rules on alliance instruments, rule 8 on outcome."""
+def series_episodes(s: Series, th: Thresholds, quiet: frozenset[str] = frozenset()) -> list[Episode]:
+    """Every applicable rule's episodes on one series: alliance rules on alliance instruments, rule 8 on outcome.
+    The rules named in ``quiet`` are known to find nothing here (``transforms.screen``) and are not run."""
     rules = OUTCOME_RULES if s.instrument.construct == "outcome" else SERIES_RULES
     found = [
         episode
         for rule in rules
-        if rule is not not_on_track or s.instrument.construct == "outcome"
+        if (rule is not not_on_track or s.instrument.construct == "outcome") and rule.__name__ not in quiet
         for episode in rule(s, th)
     ]
     last = len(s.scores) - 1
