@@ -146,15 +146,28 @@ def low_item(s: Series, th: Thresholds) -> list[Episode]:
         values = s.items[i] or []
         return [n for n, v in zip(names, values, strict=False) if v is not None and v < limit - EPS]
 
-    flags = [bool(lows(i)) for i in range(len(s.scores))]
     return _runs(
         "low_item",
         s,
-        flags,
+        _any_below(s.items, limit - EPS, len(names)),
         lambda a, b: f"{s.instrument.code} item(s) {', '.join(lows(b) or lows(a))} below {limit:g} at {s.at(b)}",
         lambda a, b: max(limit - min(v for v in (s.items[i] or [limit]) if v is not None) for i in range(a, b + 1)),
         {"low_item": limit},
     )
+
+
+def _any_below(items: list[list[float] | None], low: float, width: int) -> list[bool]:
+    """Per session: whether one of its first ``width`` items is below ``low`` (a plain loop: this runs for every
+    session of the network, and stops at the first low item)."""
+    out = []
+    for values in items:
+        hit = False
+        for v in (values or ())[:width]:
+            if v is not None and v < low:
+                hit = True
+                break
+        out.append(hit)
+    return out
 
 
 def not_on_track(s: Series, th: Thresholds) -> list[Episode]:
