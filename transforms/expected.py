@@ -59,6 +59,11 @@ class ExpectedCurve:
         """The band for a course that started at ``intake``, at its ``session_index``-th session (1-based)."""
         return self.cells.get((self.band_of(intake), min(session_index, MAX_SESSION)))
 
+    def course(self, intake: float, sessions: int) -> list[Band | None]:
+        """The bands of a course's first ``sessions`` sessions: ``at`` for each, its intake band found once."""
+        band = self.band_of(intake)
+        return [self.cells.get((band, min(i, MAX_SESSION))) for i in range(1, sessions + 1)]
+
 
 def estimate_expected(features: pl.DataFrame) -> list[ExpectedCurve]:
     """Curves per instrument from ``session_features`` output (dyad_id, instrument, session_index, score)."""

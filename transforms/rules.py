@@ -179,7 +179,7 @@ def not_on_track(s: Series, th: Thresholds) -> list[Episode]:
     x = s.scores
     curve = th.expected
     if curve is not None:
-        bands = [curve.at(x[0], i + 1) for i in range(len(x))]
+        bands = curve.course(x[0], len(x))
         holds = [i >= 2 and (b := bands[i]) is not None and x[i] < b.lower - EPS for i in range(len(x))]
 
         def describe(a: int, last: int) -> str:
@@ -222,7 +222,7 @@ def below_expected(s: Series, th: Thresholds) -> list[Episode]:
     if curve is None or s.instrument.construct != "alliance" or not s.scores:
         return []
     x = s.scores
-    bands = [curve.at(x[0], i + 1) for i in range(len(x))]
+    bands = curve.course(x[0], len(x))
     holds = [i >= 1 and (b := bands[i]) is not None and x[i] < b.lower - EPS for i in range(len(x))]
 
     def describe(a: int, last: int) -> str:
