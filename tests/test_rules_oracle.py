@@ -37,6 +37,7 @@ any_floats = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, m
 def test_exact_means_and_sds_are_statistics_own(values: list[float]) -> None:
     assert exact.mean(values) == statistics.mean(values)
     assert exact.stdev(values) == statistics.stdev(values)
+    assert exact.variance(values) == statistics.variance(values)
     for i, (mean, sd) in enumerate(exact.prefix_moments(values)):
         assert mean == (statistics.mean(values[:i]) if i else None)
         assert sd == (statistics.stdev(values[:i]) if i >= 2 else None)

@@ -11,7 +11,7 @@ from transforms.episodes import EPS, RULES, T_CRITICAL, Episode, Series, Thresho
 
 
 def _pooled_sd(pre: list[float], post: list[float]) -> float:
-    spread = (len(pre) - 1) * statistics.variance(pre) + (len(post) - 1) * statistics.variance(post)
+    spread = (len(pre) - 1) * exact.variance(pre) + (len(post) - 1) * exact.variance(post)
     return math.sqrt(spread / (len(pre) + len(post) - 2))
 
 

@@ -55,6 +55,15 @@ def stdev(values: Sequence[float]) -> float:
     return _sd(len(scaled), sum(scaled), sum(a * a for a in scaled), denominator)
 
 
+def variance(values: Sequence[float]) -> float:
+    """The sample variance, equal to ``statistics.variance`` on floats."""
+    if len(values) < 2:
+        raise ValueError("variance needs at least two values")
+    scaled, denominator = _scaled(values)
+    k, total, squares = len(scaled), sum(scaled), sum(a * a for a in scaled)
+    return (k * squares - total * total) / (k * (k - 1) * denominator * denominator)  # int / int rounds once
+
+
 def prefix_moments(values: Sequence[float]) -> list[tuple[float | None, float | None]]:
     """For each i, the mean and sample SD of values[:i] (None where there are too few values)."""
     scaled, denominator = _scaled(values)
