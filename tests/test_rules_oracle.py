@@ -186,8 +186,19 @@ def test_the_screened_rules_match_the_reference_at_the_thresholds(
 ) -> None:
     """Reliable changes, SDs and cutoffs on the scores' own 0.1 steps: falls and lows land exactly on them, where a
     screen that rounds the wrong way would skip a rule that fires."""
-    configs = {"c1": RuleConfig(trend_window=window, rupture_k=rupture_k, trend_decline=decline, low_cutoff=cutoff)}
+    configs = {
+        "c1": RuleConfig(trend_window=window, rupture_k=rupture_k, trend_decline=decline, low_cutoff=cutoff),
+        # a second clinic with other settings: each series is screened with its own clinic's thresholds
+        "c2": RuleConfig(trend_window=window + 2, rupture_k=3.0 - rupture_k, trend_decline=3.5 - decline),
+    }
     calibrations = {
         code: Calibration(code, 5.0, 0.5, rc, 100, 80, within_sd) for code in ("SRS", "ORS", "WAI_SR") if rc
     }
+    # odd dyads belong to the second clinic
+    ratings = ratings.with_columns(
+        pl.when(pl.col("dyad_id").is_in(["d1", "d3"]))
+        .then(pl.lit("c2"))
+        .otherwise(pl.col("clinic_id"))
+        .alias("clinic_id")
+    )
     assert_same(_features(ratings, configs), configs, calibrations, {})

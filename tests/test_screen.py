@@ -73,3 +73,11 @@ def test_a_slide_too_gentle_for_the_slope_is_not_ruled_out() -> None:
                     scores, features["items"].to_list(), features["slope"].to_list())  # fmt: skip
     found = declining_trend(series, Thresholds.of(config, instrument("SRS"), 2.5, 1.5))
     assert [e.start for e in found] == [6]
+
+
+def test_a_session_without_thresholds_rules_nothing_out() -> None:
+    config = RuleConfig()
+    features = _features(_course([39.0, 38.5, 39.2, 38.8]), {"c1": config})
+    th = Thresholds.of(config, instrument("SRS"), 3.0, 1.5)
+    screened = possible_rules(features, thresholds_frame({("another clinic", "SRS"): th}))
+    assert all(screened[f"can_{rule}"].all() for rule in SCREENED)

@@ -44,6 +44,8 @@ def possible_rules(features: pl.DataFrame, thresholds: pl.DataFrame) -> pl.DataF
     held_low = (n > 5) & (i >= 5) & (pl.col("_first_three") - last_two >= rc - MARGIN)
     # rule 6 opens k SDs below the earlier mean, and its SD is never below the pooled one
     deep = (i >= 2) & (x < pl.col("_earlier_mean") - pl.col("rupture_k") * pl.col("pooled_sd") + MARGIN)
+    # a session the thresholds did not join to (no clinic id) rules nothing out
+    unmatched = pl.col("rupture_k").is_null()
     return (
         features.join(thresholds, on=["clinic_id", "instrument"], how="left", maintain_order="left")
         .with_columns(
@@ -52,15 +54,15 @@ def possible_rules(features: pl.DataFrame, thresholds: pl.DataFrame) -> pl.DataF
             ((x.cum_sum() - x) / pl.int_range(pl.len())).over(series).alias("_earlier_mean"),
             ((x + x.shift(1)) / 2).over(series).alias("_last_two"),
             (x.shift(1) - x).over(series).alias("_fall"),
-            x.cum_max().shift(pl.col("trend_window").first()).over(series).alias("_highest_before"),
+            x.cum_max().shift(pl.col("trend_window").first().fill_null(0)).over(series).alias("_highest_before"),
             x.head(3).mean().over(series).alias("_first_three"),
         )
         .with_columns(
-            low.fill_null(False).alias("can_low_score"),
-            (low & (i >= 2)).fill_null(False).alias("can_new_low"),
-            (fall >= rc - MARGIN).fill_null(False).alias("can_reliable_decrease"),
-            (fall >= rc - MARGIN).fill_null(False).alias("can_sudden_loss"),
-            deep.fill_null(False).alias("can_rupture"),
-            (steep.fill_null(False) | held_low.fill_null(False)).alias("can_declining_trend"),
+            (low.fill_null(False) | unmatched).alias("can_low_score"),
+            ((low & (i >= 2)).fill_null(False) | unmatched).alias("can_new_low"),
+            ((fall >= rc - MARGIN).fill_null(False) | unmatched).alias("can_reliable_decrease"),
+            ((fall >= rc - MARGIN).fill_null(False) | unmatched).alias("can_sudden_loss"),
+            (deep.fill_null(False) | unmatched).alias("can_rupture"),
+            (steep.fill_null(False) | held_low.fill_null(False) | unmatched).alias("can_declining_trend"),
         )
     )
