@@ -32,9 +32,13 @@ def _sqrt_of_fraction(n: int, m: int) -> float:
     return root << q if q >= 0 else root / (1 << -q)
 
 
-def _sd(k: int, total: int, squares: int, denominator: int) -> float:
+def _variance(k: int, total: int, squares: int, denominator: int) -> tuple[int, int]:
     # sample variance of k values with sums total/D and squares/D²: (k·Σa² − (Σa)²) / (k(k−1)D²), exactly
-    n, m = k * squares - total * total, k * (k - 1) * denominator * denominator
+    return k * squares - total * total, k * (k - 1) * denominator * denominator
+
+
+def _sd(k: int, total: int, squares: int, denominator: int) -> float:
+    n, m = _variance(k, total, squares, denominator)
     g = math.gcd(n, m)
     return float(_sqrt_of_fraction(n // g, m // g))
 
@@ -60,8 +64,8 @@ def variance(values: Sequence[float]) -> float:
     if len(values) < 2:
         raise ValueError("variance needs at least two values")
     scaled, denominator = _scaled(values)
-    k, total, squares = len(scaled), sum(scaled), sum(a * a for a in scaled)
-    return (k * squares - total * total) / (k * (k - 1) * denominator * denominator)  # int / int rounds once
+    n, m = _variance(len(scaled), sum(scaled), sum(a * a for a in scaled), denominator)
+    return n / m  # int / int rounds once, correctly
 
 
 def prefix_moments(values: Sequence[float]) -> list[tuple[float | None, float | None]]:

@@ -35,22 +35,25 @@ def possible_rules(features: pl.DataFrame, thresholds: pl.DataFrame) -> pl.DataF
     """``features`` (in course order within each dyad and instrument) with a column ``can_<rule>`` per screened
     rule: true at each session where the rule could open an episode."""
     series = ["dyad_id", "instrument"]
-    x, i, n = pl.col("score"), pl.col("_i"), pl.col("_n")
+    x, i = pl.col("score"), pl.col("_i")
     rc, last_two, fall = pl.col("rc"), pl.col("_last_two"), pl.col("_fall")
     low = x < pl.col("cutoff") + MARGIN
     # rule 7 opens where the level before its windows (a median of earlier sessions, so at most their highest)
     # is trend_decline above the last two sessions, or where those sit rc below the first three's mean
     steep = (i >= pl.col("trend_window")) & (pl.col("_highest_before") - last_two >= pl.col("trend_decline") - MARGIN)
-    held_low = (n > 5) & (i >= 5) & (pl.col("_first_three") - last_two >= rc - MARGIN)
+    held_low = (i >= 5) & (pl.col("_first_three") - last_two >= rc - MARGIN)
     # rule 6 opens k SDs below the earlier mean, and its SD is never below the pooled one
     deep = (i >= 2) & (x < pl.col("_earlier_mean") - pl.col("rupture_k") * pl.col("pooled_sd") + MARGIN)
     # a session the thresholds did not join to (no clinic id) rules nothing out
     unmatched = pl.col("rupture_k").is_null()
+
+    def could(opens: pl.Expr) -> pl.Expr:
+        return opens.fill_null(False) | unmatched
+
     return (
         features.join(thresholds, on=["clinic_id", "instrument"], how="left", maintain_order="left")
         .with_columns(
             pl.int_range(pl.len()).over(series).alias("_i"),
-            pl.len().over(series).alias("_n"),
             ((x.cum_sum() - x) / pl.int_range(pl.len())).over(series).alias("_earlier_mean"),
             ((x + x.shift(1)) / 2).over(series).alias("_last_two"),
             (x.shift(1) - x).over(series).alias("_fall"),
@@ -58,11 +61,11 @@ def possible_rules(features: pl.DataFrame, thresholds: pl.DataFrame) -> pl.DataF
             x.head(3).mean().over(series).alias("_first_three"),
         )
         .with_columns(
-            (low.fill_null(False) | unmatched).alias("can_low_score"),
-            ((low & (i >= 2)).fill_null(False) | unmatched).alias("can_new_low"),
-            ((fall >= rc - MARGIN).fill_null(False) | unmatched).alias("can_reliable_decrease"),
-            ((fall >= rc - MARGIN).fill_null(False) | unmatched).alias("can_sudden_loss"),
-            (deep.fill_null(False) | unmatched).alias("can_rupture"),
-            (steep.fill_null(False) | held_low.fill_null(False) | unmatched).alias("can_declining_trend"),
+            could(low).alias("can_low_score"),
+            could(low & (i >= 2)).alias("can_new_low"),
+            could(fall >= rc - MARGIN).alias("can_reliable_decrease"),
+            could(fall >= rc - MARGIN).alias("can_sudden_loss"),
+            could(deep).alias("can_rupture"),
+            (could(steep) | could(held_low)).alias("can_declining_trend"),
         )
     )
