@@ -208,7 +208,9 @@ class RuleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     low_cutoff: float | None = Field(default=None, description="rule 1: total below this is low (default: registry)")
-    drop_points: float = Field(default=1.0, gt=0, description="rule 2: a fall of this much from the last session")
+    drop_points: float = Field(
+        default=1.0, ge=0.01, description="rule 2: a fall of this much from the last session (scores move in 0.1 steps)"
+    )
     low_item: float | None = Field(default=None, description="rule 3: an item below this (default: registry)")
     rupture_k: float = Field(default=2.0, gt=0, description="rule 6: k SDs below own mean (2 strict, 1 lenient)")
     unrepaired_sessions: int = Field(default=3, ge=1, description="rule 6: an unrepaired rupture this old is high")

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from alliance.clinics import RuleConfig
 from alliance.instruments import Instrument, instrument
+from transforms.advisory import advisories
 from transforms.calibration import reliable_change
 from transforms.flags import FINDING_SCHEMA, declines_at_last_session, stopped_appearing
 from transforms.rules import (
@@ -25,9 +26,7 @@ from transforms.rules import (
     Series,
     Thresholds,
     declining_trend,
-    drop,
     escalation,
-    low_item,
     low_score,
     not_on_track,
     reliable_decrease,
@@ -76,6 +75,20 @@ def thresholds(
     inst: Instrument = SRS, rc: float | None = 5.0, pooled_sd: float | None = None, **config: Any
 ) -> Thresholds:
     return Thresholds.of(RuleConfig(**config), inst, rc, pooled_sd)
+
+
+def advisory(rule: str, s: Series, th: Thresholds) -> list[dict[str, Any]]:
+    """Rule 2 (drop) or 3 (low_item) on one series, run as scoring runs them over every series at once."""
+    n = len(s.scores)
+    sessions = pl.DataFrame(
+        {
+            "k": [0] * n, "i": list(range(n)), "n": [n] * n, "clinic_id": ["c"] * n,
+            "instrument": [s.instrument.code] * n, "session_date": s.dates, "session_number": s.numbers,
+            "score": s.scores, "items": s.items,
+        },
+        schema_overrides={"k": pl.Int64, "i": pl.Int64, "n": pl.Int64, "items": pl.List(pl.Float64)},
+    )  # fmt: skip
+    return advisories(sessions, {("c", s.instrument.code): th}).filter(pl.col("rule") == rule).to_dicts()
 
 
 def spans_ok(episodes: list[Episode], n: int) -> None:
@@ -149,24 +162,24 @@ def test_low_score_never_fires_on_wai_sr_without_published_cutoff(config: dict[s
     ],
 )
 def test_drop_flags_at_minus_1_not_minus_0_9(before: float, after: float, flagged: bool) -> None:
-    found = drop(series([before, after]), thresholds())
+    found = advisory("drop", series([before, after]), thresholds())
     assert len(found) == flagged
     if flagged:
-        assert found[0].start == 1 and found[0].severity == "advisory"
-        assert found[0].reason == f"SRS fell from {before:.1f} to {after:.1f} at session 2"
+        assert found[0]["start"] == 1 and found[0]["ongoing"]
+        assert found[0]["reason"] == f"SRS fell from {before:.1f} to {after:.1f} at session 2"
 
 
 def test_drop_stays_open_while_1_point_below_and_repairs_within_1_point() -> None:
     # fell from 38: 37.0 is still 1 point below (open), 37.1 is back within 1 point (repaired)
-    [episode] = drop(series([38.0, 37.0, 37.0, 37.0, 37.1]), thresholds())
-    assert (episode.start, episode.last, episode.end, episode.outcome) == (1, 3, 4, "repaired")
-    assert "back to 37.1 at session 5" in episode.reason
+    [episode] = advisory("drop", series([38.0, 37.0, 37.0, 37.0, 37.1]), thresholds())
+    assert (episode["start"], episode["last"], episode["stop"], episode["ongoing"]) == (1, 3, 4, False)
+    assert "back to 37.1 at session 5" in episode["reason"]
 
 
 def test_drop_second_fall_inside_open_episode_raises_magnitude_not_a_second_flag() -> None:
-    [episode] = drop(series([38.0, 37.0, 35.0]), thresholds())
-    assert episode.ongoing and (episode.start, episode.last) == (1, 2)
-    assert episode.magnitude == pytest.approx(3.0)
+    [episode] = advisory("drop", series([38.0, 37.0, 35.0]), thresholds())
+    assert episode["ongoing"] and (episode["start"], episode["last"]) == (1, 2)
+    assert episode["magnitude"] == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize(
@@ -178,7 +191,7 @@ def test_drop_second_fall_inside_open_episode_raises_magnitude_not_a_second_flag
     ],
 )
 def test_drop_on_wai_sr_is_rescaled_to_1_2_points(before: float, after: float, flagged: bool) -> None:
-    assert len(drop(series([before, after], inst=WAI), thresholds(WAI))) == flagged
+    assert len(advisory("drop", series([before, after], inst=WAI), thresholds(WAI))) == flagged
 
 
 # 3. Low item (advisory) -------------------------------------------------------------------------
@@ -187,21 +200,20 @@ def test_drop_on_wai_sr_is_rescaled_to_1_2_points(before: float, after: float, f
 @pytest.mark.parametrize(("lowest", "flagged"), [(9.0, False), (8.9, True)])
 def test_low_item_flags_below_9_not_at_9(lowest: float, flagged: bool) -> None:
     items: list[list[float] | None] = [[10.0, 10.0, 10.0, 10.0], [9.5, 9.5, 9.5, lowest]]
-    found = low_item(series([40.0, 28.5 + lowest], items=items), thresholds())
+    found = advisory("low_item", series([40.0, 28.5 + lowest], items=items), thresholds())
     assert len(found) == flagged
     if flagged:
-        assert found[0].severity == "advisory"
-        assert found[0].reason == "SRS item(s) overall below 9 at session 2"
+        assert found[0]["reason"] == "SRS item(s) overall below 9 at session 2"
 
 
 def test_low_item_reason_names_every_low_item() -> None:
-    [episode] = low_item(series([34.0], items=[[8.0, 10.0, 8.5, 7.5]]), thresholds())
-    assert "relationship, approach, overall" in episode.reason
-    assert episode.magnitude == pytest.approx(1.5)
+    [episode] = advisory("low_item", series([34.0], items=[[8.0, 10.0, 8.5, 7.5]]), thresholds())
+    assert "relationship, approach, overall" in episode["reason"]
+    assert episode["magnitude"] == pytest.approx(1.5)
 
 
 def test_low_item_without_items_is_silent() -> None:
-    assert low_item(series([20.0, 10.0]), thresholds()) == []
+    assert advisory("low_item", series([20.0, 10.0]), thresholds()) == []
 
 
 # 4. Reliable decrease ---------------------------------------------------------------------------

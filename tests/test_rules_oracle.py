@@ -174,6 +174,8 @@ def test_the_rules_find_what_the_reference_rules_find_on_random_courses(
     decline=st.sampled_from([0.0, 1.0, 3.5]),
     cutoff=st.sampled_from([None, 30.0, 36.0]),
     window=st.sampled_from([3, 4]),
+    drop=st.sampled_from([0.01, 0.3, 1.0, 2.5]),
+    low_item=st.sampled_from([None, 4.5, 9.0]),
 )
 def test_the_screened_rules_match_the_reference_at_the_thresholds(
     ratings: pl.DataFrame,
@@ -183,13 +185,19 @@ def test_the_screened_rules_match_the_reference_at_the_thresholds(
     decline: float,
     cutoff: float | None,
     window: int,
+    drop: float,
+    low_item: float | None,
 ) -> None:
-    """Reliable changes, SDs and cutoffs on the scores' own 0.1 steps: falls and lows land exactly on them, where a
-    screen that rounds the wrong way would skip a rule that fires."""
+    """Reliable changes, SDs, cutoffs, drops and item thresholds on the scores' own 0.1 steps: falls and lows land
+    exactly on them, where a screen or a vectorised rule that rounds the wrong way would differ."""
     configs = {
-        "c1": RuleConfig(trend_window=window, rupture_k=rupture_k, trend_decline=decline, low_cutoff=cutoff),
+        "c1": RuleConfig(
+            trend_window=window, rupture_k=rupture_k, trend_decline=decline, low_cutoff=cutoff, drop_points=drop
+        ),
         # a second clinic with other settings: each series is screened with its own clinic's thresholds
-        "c2": RuleConfig(trend_window=window + 2, rupture_k=3.0 - rupture_k, trend_decline=3.5 - decline),
+        "c2": RuleConfig(
+            trend_window=window + 2, rupture_k=3.0 - rupture_k, trend_decline=3.5 - decline, low_item=low_item
+        ),
     }
     calibrations = {
         code: Calibration(code, 5.0, 0.5, rc, 100, 80, within_sd) for code in ("SRS", "ORS", "WAI_SR") if rc

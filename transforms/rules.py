@@ -1,6 +1,7 @@
 """Detection rules (domain.md 1–9) over one dyad's sessions: each rule yields episodes with a one-line reason.
 
 Rules 5–7, judged against the dyad's own earlier sessions, live in ``transforms.declines``; all are applied here.
+Rules 2 (drop) and 3 (low item) run over every series at once, in ``transforms.advisory``.
 """
 
 from __future__ import annotations
@@ -45,18 +46,6 @@ __all__ = [
     "sudden_loss",
     "theil_sen",
 ]
-
-
-def drop(s: Series, th: Thresholds) -> list[Episode]:
-    """Rule 2: Δ ≤ −1 from the last session; open until the score is back within 1 point of where it fell from."""
-    x = s.scores
-
-    def describe(e: Episode, ref: float) -> str:
-        return f"{s.instrument.code} fell from {_fmt(ref)} to {_fmt(x[e.start])} at {s.at(e.start)}"
-
-    return _referenced(
-        "drop", s, lambda i: x[i - 1] if i > 0 and x[i] - x[i - 1] <= -th.drop + EPS else None, th.drop, describe
-    )
 
 
 def reliable_decrease(s: Series, th: Thresholds) -> list[Episode]:
@@ -133,41 +122,6 @@ def new_low(s: Series, th: Thresholds) -> list[Episode]:
         episodes.append(episode)
         break  # only the first low of a course is new for the client
     return episodes
-
-
-def low_item(s: Series, th: Thresholds) -> list[Episode]:
-    """Rule 3 (advisory): any item below the practice threshold (SRS < 9)."""
-    if th.low_item is None or s.instrument.construct != "alliance":
-        return []
-    limit = th.low_item
-    names = s.instrument.items
-
-    def lows(i: int) -> list[str]:
-        values = s.items[i] or []
-        return [n for n, v in zip(names, values, strict=False) if v is not None and v < limit - EPS]
-
-    return _runs(
-        "low_item",
-        s,
-        _any_below(s.items, limit - EPS, len(names)),
-        lambda a, b: f"{s.instrument.code} item(s) {', '.join(lows(b) or lows(a))} below {limit:g} at {s.at(b)}",
-        lambda a, b: max(limit - min(v for v in (s.items[i] or [limit]) if v is not None) for i in range(a, b + 1)),
-        {"low_item": limit},
-    )
-
-
-def _any_below(items: list[list[float] | None], low: float, width: int) -> list[bool]:
-    """Per session: whether one of its first ``width`` items is below ``low`` (a plain loop: this runs for every
-    session of the network, and stops at the first low item)."""
-    out = []
-    for values in items:
-        hit = False
-        for v in (values or ())[:width]:
-            if v is not None and v < low:
-                hit = True
-                break
-        out.append(hit)
-    return out
 
 
 def not_on_track(s: Series, th: Thresholds) -> list[Episode]:
@@ -258,8 +212,6 @@ def session_gap(s: Series, th: Thresholds) -> list[Episode]:
 SERIES_RULES: tuple[Callable[[Series, Thresholds], list[Episode]], ...] = (
     low_score,
     new_low,
-    drop,
-    low_item,
     reliable_decrease,
     sudden_loss,
     rupture,
