@@ -31,7 +31,8 @@ from alliance.samples.realistic import REALISTIC_PATTERNS, realistic_course, the
 from alliance.samples.trajectories import Scale, outcome_walk
 from transforms.calibration import Calibration, estimate
 from transforms.expected import ExpectedCurve, estimate_expected
-from transforms.flags import FINDING_SCHEMA, declines_at_last_session, score, stopped_appearing
+from transforms.findings import score
+from transforms.flags import FINDING_SCHEMA, declines_at_last_session, stopped_appearing
 from transforms.queue import QueuePolicy, Standing, select_by_clinic, standing
 from transforms.trajectory import session_features
 

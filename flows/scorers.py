@@ -1,5 +1,6 @@
-"""Scoring a large chunk of dyads on every core: the rules are Python, so each share of the dyads is scored in
-its own process, and the shares are put back together in order, exactly as one process would score them."""
+"""Scoring a large chunk of dyads on every core: the per-series rules are Python, so each share of the dyads' series
+runs them in its own process while this one runs rules 2 and 3 over every series at once; put back together, the
+findings are exactly what one process finds."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import polars as pl
 
 from alliance.clinics import RuleConfig
 from flows.workers import CORES, may_start_workers, stop_workers, worker_pool
+from transforms.advisory import advisories
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
-from transforms.flags import Scored, score
+from transforms.findings import Found, Scored, courses, per_dyad, score, scored
+from transforms.rules import Thresholds
 
 log = logging.getLogger("alliance.scoring")
 
@@ -26,12 +29,12 @@ SHARE_SESSIONS = 10_000  # sessions of one share: small enough that the processe
 PARALLEL_DYADS = 4_000  # dyads to score from which the workers start at once, while the first chunk is read
 
 
-def shares(features: pl.DataFrame, n: int) -> list[pl.DataFrame]:
-    """``features`` cut into up to ``n`` shares of about equal sessions, whole dyads each, in the order the
-    dyads first appear: concatenated, the shares' findings are the findings of the whole."""
-    sizes = features.group_by("dyad_id", maintain_order=True).len()
-    share = (sizes["len"].cum_sum() - sizes["len"]) * n // max(1, features.height)
-    parts = features.join(sizes.select("dyad_id", share.alias("_share")), on="dyad_id", maintain_order="left")
+def shares(grouped: pl.DataFrame, n: int) -> list[pl.DataFrame]:
+    """A scoring's series (``Courses.grouped``) cut into up to ``n`` shares of about equal sessions, whole dyads
+    each (rule 8's escalation reads all of a dyad's series), in the order the dyads first appear."""
+    sizes = grouped.group_by("dyad_id", maintain_order=True).agg(pl.col("score").list.len().sum().alias("len"))
+    share = (sizes["len"].cum_sum() - sizes["len"]) * n // max(1, sizes["len"].sum())
+    parts = grouped.join(sizes.select("dyad_id", share.alias("_share")), on="dyad_id", maintain_order="left")
     return [part.drop("_share") for part in parts.partition_by("_share", maintain_order=True)]
 
 
@@ -54,17 +57,14 @@ class ScoringPool:
         return self._pool
 
     def submit(
-        self,
-        part: pl.DataFrame,
-        configs: dict[str, RuleConfig],
-        calibrations: dict[str, Calibration],
-        curves: dict[str, ExpectedCurve],
-    ) -> Future[Scored] | None:
-        """Score ``part`` in a worker; None when the workers stopped (a worker killed, out of memory)."""
+        self, part: pl.DataFrame, thresholds: dict[tuple[str, str], Thresholds], calibrations: dict[str, Calibration]
+    ) -> Future[Found] | None:
+        """Run the per-series rules on ``part`` in a worker; None when the workers stopped (a worker killed, out
+        of memory)."""
         if self.stopped:
             return None
         try:
-            return self._executor().submit(score, part, configs, calibrations, curves)
+            return self._executor().submit(per_dyad, part, thresholds, calibrations)
         except BrokenProcessPool:
             self.stop()
             return None
@@ -103,22 +103,26 @@ def score_shares(
     calibrations: dict[str, Calibration],
     curves: dict[str, ExpectedCurve],
 ) -> Scored:
-    """``score``, with a chunk of at least ``PARALLEL_SESSIONS`` sessions cut into shares that this process takes
-    from the front and the workers from the back, so that a worker still starting takes fewer: the same findings
-    in the same order, and the same sessions."""
+    """``score``, with a chunk of at least ``PARALLEL_SESSIONS`` sessions cut into shares of series that this
+    process takes from the front and the workers from the back, so that a worker still starting takes fewer. This
+    process first runs rules 2 and 3 over every series, while the workers start on their shares."""
     if pool.processes < 2 or pool.stopped or features.height < PARALLEL_SESSIONS:
         return score(features, configs, calibrations, curves)
-    parts = shares(features, max(pool.processes, features.height // SHARE_SESSIONS))
-    results: dict[int, Scored] = {}
-    sent: dict[int, Future[Scored] | None] = {}
+    c = courses(features, configs, calibrations, curves)
+    parts = shares(c.grouped, max(pool.processes, features.height // SHARE_SESSIONS))
+    results: dict[int, Found] = {}
+    sent: dict[int, Future[Found] | None] = {}
+    advisory: pl.DataFrame | None = None
     front, back = 0, len(parts)  # parts[front:back] are neither scored here nor sent
     while front < back:
         # each worker holds one share and the next, so that it never waits for this process
         while front < back and sum(not f.done() for f in sent.values() if f is not None) < 2 * (pool.processes - 1):
             back -= 1
-            sent[back] = pool.submit(parts[back], configs, calibrations, curves)
-        if front < back:
-            results[front] = score(parts[front], configs, calibrations, curves)
+            sent[back] = pool.submit(parts[back], c.thresholds, calibrations)
+        if advisory is None:
+            advisory = advisories(c.sessions, c.thresholds)
+        elif front < back:
+            results[front] = per_dyad(parts[front], c.thresholds, calibrations)
             front += 1
     for i, future in sent.items():
         try:
@@ -127,6 +131,5 @@ def score_shares(
             results[i] = future.result()
         except BrokenProcessPool:  # a worker killed (out of memory): its shares are scored here
             pool.stop()
-            results[i] = score(parts[i], configs, calibrations, curves)
-    ordered = [results[i] for i in range(len(parts))]
-    return Scored(pl.concat([r.findings for r in ordered]), pl.concat([r.sessions for r in ordered]))
+            results[i] = per_dyad(parts[i], c.thresholds, calibrations)
+    return scored(c, [results[i] for i in range(len(parts))], advisory)

@@ -27,7 +27,7 @@ from tests.reference import scoring as reference_scoring
 from transforms import exact
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve, curves_of
-from transforms.flags import Scored, score
+from transforms.findings import Scored, score
 
 scores = st.floats(min_value=0, max_value=40).map(lambda v: round(v, 1))
 any_floats = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)

@@ -26,7 +26,7 @@ from flows.workers import CORES
 from tests.conftest import TEST_KEY
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
-from transforms.flags import Scored, score
+from transforms.findings import Scored, courses, score
 
 pytestmark = pytest.mark.skipif(CORES < 2, reason="worker processes need a spare core")
 KEYS = ["dyad_id", "instrument", "session_date", "session_number"]
@@ -59,15 +59,16 @@ def assert_same(got: Scored, expected: Scored) -> None:
 
 
 def test_shares_hold_whole_dyads_in_their_order_and_about_equal_sessions(inputs: Inputs) -> None:
-    features = inputs[0]
+    grouped = courses(*inputs).grouped
+    sessions = grouped["score"].list.len().sum()
     for n in (1, 2, 3, 7):
-        parts = scorers.shares(features, n)
-        assert len(parts) == min(n, features["dyad_id"].n_unique())
-        assert_frame_equal(pl.concat(parts), features)
+        parts = scorers.shares(grouped, n)
+        assert len(parts) == min(n, grouped["dyad_id"].n_unique())
+        assert_frame_equal(pl.concat(parts), grouped)
         owners = [set(part["dyad_id"]) for part in parts]
-        assert sum(map(len, owners)) == features["dyad_id"].n_unique()  # no dyad split between two shares
+        assert sum(map(len, owners)) == grouped["dyad_id"].n_unique()  # no dyad split between two shares
         if n > 1:
-            assert max(p.height for p in parts) < 2 * features.height / n
+            assert max(p["score"].list.len().sum() for p in parts) < 2 * sessions / n
 
 
 @pytest.mark.parametrize(("processes", "share_sessions"), [(2, 10_000_000), (2, 300), (3, 1_000)])

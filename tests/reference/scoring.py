@@ -1,5 +1,5 @@
 """Scoring as first written: each series' per-session marks and findings built in Python loops, kept unchanged as
-the oracle of transforms.flags.score (test_rules_oracle.py)."""
+the oracle of transforms.findings.score (test_rules_oracle.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
-from transforms.flags import FINDING_SCHEMA, MARK_SCHEMA, RC_RULES, Scored, flag_id
+from transforms.findings import MARK_SCHEMA, Scored
+from transforms.flags import FINDING_SCHEMA, RC_RULES, flag_id
 from transforms.rules import Episode, Series, Thresholds, escalation, risk_score, series_episodes
 
 
