@@ -27,7 +27,7 @@ SETTINGS_SCHEMA: dict[str, pl.DataType] = {
     "clinic_id": pl.String(), "instrument": pl.String(), "drop": pl.Float64(), "drop_json": pl.String(),
     "low_item": pl.Float64(), "low_item_json": pl.String(), "low_item_text": pl.String(),
 }  # fmt: skip
-k, i, n, x, start, stop = pl.col("k"), pl.col("i"), pl.col("n"), pl.col("score"), pl.col("start"), pl.col("stop")
+i, n, x, start, stop = pl.col("i"), pl.col("n"), pl.col("score"), pl.col("start"), pl.col("stop")
 
 
 def settings_frame(thresholds: dict[tuple[str, str], Thresholds]) -> pl.DataFrame:
@@ -140,7 +140,7 @@ def _low_items(frame: pl.DataFrame) -> pl.DataFrame:
             rule=pl.lit("low_item"),
             start=start,
             last=pl.col("last"),
-            stop=pl.min_horizontal(pl.col("last") + 1, n),
+            stop=pl.col("last") + 1,
             ongoing=pl.col("last") + 1 == n,
             level=pl.col("low_item"),
             reason=pl.concat_str(

@@ -8,7 +8,6 @@ findings in the order the rules wrote them and the rules and risk on each sessio
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -219,10 +218,9 @@ def _advisory_findings(episodes: pl.DataFrame, c: Courses) -> pl.DataFrame:
         .join(at("start", "first_session", "first_session_date"), on=["k", "start"])
         .join(at("last", "last_session", "last_session_date"), on=["k", "last"])
     )
-    day = pl.col("first_session_date").cast(pl.String)
-    keys = found.select(pl.format("{}|{}|{}|{}|{}", "dyad_id", "instrument", "rule", day, "first_session")).to_series()
+    keys = found.select("dyad_id", "instrument", "rule", "first_session_date", "first_session").iter_rows()
     return found.with_columns(
-        flag_id=pl.Series([hashlib.sha256(key.encode()).hexdigest()[:16] for key in keys], dtype=pl.String),
+        flag_id=pl.Series([flag_id(*key) for key in keys], dtype=pl.String),
         severity=pl.col("rule").replace_strict({rule: RULES[rule].severity for rule in ADVISORY_RULES}),
         outcome=pl.when("ongoing").then(pl.lit("ongoing")).otherwise(pl.lit("repaired")),
         provisional=pl.lit(False),
