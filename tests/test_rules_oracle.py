@@ -26,7 +26,7 @@ from tests.reference import rules as reference
 from tests.reference import scoring as reference_scoring
 from transforms import exact
 from transforms.calibration import Calibration
-from transforms.expected import ExpectedCurve, curves_of
+from transforms.expected import MAX_SESSION, Band, ExpectedCurve, curves_of
 from transforms.findings import Scored, score
 
 scores = st.floats(min_value=0, max_value=40).map(lambda v: round(v, 1))
@@ -148,6 +148,25 @@ def courses(draw: st.DrawFn) -> pl.DataFrame:
     )
 
 
+@st.composite
+def expected_curves(draw: st.DrawFn) -> dict[str, ExpectedCurve]:
+    """Expected curves whose intake edges and lower bands sit on the scores' 0.1 steps, some cells missing."""
+    curves = {}
+    for code, top in (("SRS", 40.0), ("ORS", 40.0), ("WAI_SR", 60.0)):
+        if not draw(st.booleans()):
+            continue
+        steps = st.sampled_from([round(top * f, 1) for f in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)])
+        edges = tuple(sorted(set(draw(st.lists(steps, max_size=4)))))
+        cells = {}
+        for band in range(len(edges) + 1):
+            for cell in range(1, MAX_SESSION + 1):
+                if draw(st.integers(0, 4)):  # a cell with too few dyads has no band
+                    lower = draw(steps)
+                    cells[(band, cell)] = Band(lower + 1.0, lower, lower + 2.0, 20, 0.0, top)
+        curves[code] = ExpectedCurve(f"{code}-drawn", code, edges, cells)
+    return curves
+
+
 @hypothesis_settings(max_examples=150, deadline=None)
 @given(
     ratings=courses(),
@@ -176,6 +195,7 @@ def test_the_rules_find_what_the_reference_rules_find_on_random_courses(
     window=st.sampled_from([3, 4]),
     drop=st.sampled_from([0.01, 0.3, 1.0, 2.5]),
     low_item=st.sampled_from([None, 4.5, 9.0]),
+    curves=expected_curves(),
 )
 def test_the_screened_rules_match_the_reference_at_the_thresholds(
     ratings: pl.DataFrame,
@@ -187,9 +207,11 @@ def test_the_screened_rules_match_the_reference_at_the_thresholds(
     window: int,
     drop: float,
     low_item: float | None,
+    curves: dict[str, ExpectedCurve],
 ) -> None:
-    """Reliable changes, SDs, cutoffs, drops and item thresholds on the scores' own 0.1 steps: falls and lows land
-    exactly on them, where a screen or a vectorised rule that rounds the wrong way would differ."""
+    """Reliable changes, SDs, cutoffs, drops, item thresholds, intake edges and expected bands on the scores' own
+    0.1 steps: falls and lows land exactly on them, where a screen or a vectorised rule that rounds the wrong way
+    would differ."""
     configs = {
         "c1": RuleConfig(
             trend_window=window, rupture_k=rupture_k, trend_decline=decline, low_cutoff=cutoff, drop_points=drop
@@ -209,4 +231,4 @@ def test_the_screened_rules_match_the_reference_at_the_thresholds(
         .otherwise(pl.col("clinic_id"))
         .alias("clinic_id")
     )
-    assert_same(_features(ratings, configs), configs, calibrations, {})
+    assert_same(_features(ratings, configs), configs, calibrations, curves)
