@@ -14,7 +14,7 @@ from alliance import __version__
 from alliance.clinics import Clinic, RuleConfig
 from alliance.faults import crash_point
 from alliance.settings import Settings
-from alliance.storage import Writer
+from alliance.storage import UNDATED_CHANGE, Writer
 from flows.scorers import score_shares, scoring_pool
 from transforms.calibration import Calibration, estimate
 from transforms.cases import CaseUpdate, update_cases
@@ -174,6 +174,8 @@ def score_dyads(
     # every dyad in chunks: memory stays that of one chunk, whatever the network's size
     chunks = _dyad_chunks(writer) if dyad_ids is None else _chunks(dyad_ids)
     commit_chunks = commit_chunks and dyad_ids is None
+    if dyad_ids is None:  # rows no column dates change (marks, risks): snapshots are compared whole once after it
+        writer.set_meta(UNDATED_CHANGE, started.isoformat())
     if commit_chunks:
         writer.set_meta(SCORED_WITH, "")  # a full scoring under way: due again until it ends
     with scoring_pool() as pool:

@@ -16,7 +16,7 @@ import pytest
 from alliance.home import init_home
 from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
-from alliance.storage.snapshots import table_checksums
+from alliance.storage.checksums import table_checksums
 from flows.nightly import run_nightly
 from flows.reviews import rescore
 from tests.conftest import TEST_KEY

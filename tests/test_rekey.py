@@ -20,7 +20,7 @@ from alliance.home import init_home
 from alliance.pseudonyms import create_key_file, load_key, pseudonym
 from alliance.samples import add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
-from alliance.storage import Warehouse, table_checksums
+from alliance.storage import UNDATED_CHANGE, Warehouse, table_checksums
 from dashboards.data import dyad_reviews
 from flows.nightly import run_nightly
 from flows.pipeline import ingest_file
@@ -46,8 +46,12 @@ def test_rekey_rederives_every_id_and_keeps_everything(tmp_path: Path) -> None:
     review_flag(settings, flag, "acknowledged", "Dr Lee", "seen")
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
         before = table_checksums(con)
+    started = datetime.now(UTC)
     result = CliRunner().invoke(app, ["rekey", "--home", str(settings.home)])
     assert result.exit_code == 0, result.output
+    # ids no column dates changed: stamped, so a snapshot published before it is compared on every row
+    stamp = rows(settings.warehouse, f"SELECT value FROM meta WHERE key = '{UNDATED_CHANGE}'")
+    assert datetime.fromisoformat(stamp[0][0]) > started
     new = load_key(settings)
     assert new != TEST_KEY.encode() and list(settings.home.glob("pseudonym.key.retired-*"))
     refs = rows(settings.warehouse, "SELECT clinic_id, client_id, client_ref FROM client_refs")

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -13,11 +16,11 @@ from alliance.home import init_home
 from alliance.readers import sha256_of
 from alliance.samples import SampleFile, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
-from alliance.storage import Warehouse, table_checksums
+from alliance.storage import UNDATED_CHANGE, Warehouse, snapshot_tables, table_checksums
 from alliance.storage import snapshots as snapshots_module
 from flows.nightly import run_nightly
 from flows.pipeline import ingest_file
-from flows.reviews import list_cases, list_flags, review_case, review_flag
+from flows.reviews import list_cases, list_flags, rescore, review_case, review_flag
 from tests.conftest import TEST_KEY
 from tests.reference.snapshots import write_snapshot
 
@@ -134,12 +137,12 @@ def test_a_publish_names_each_clinic_once_and_never_runs_inside_a_transaction(
         assert writer.publish(folder, [clinic]) == published
 
 
-@pytest.mark.parametrize("diff_rows", [1, snapshots_module.DIFF_ROWS])
+@pytest.mark.parametrize("diff_rows", [1, snapshot_tables.DIFF_ROWS])
 def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, diff_rows: int
 ) -> None:
     """Every table compared row by row (diff_rows 1), or the few-row tables written whole into the copy."""
-    monkeypatch.setattr(snapshots_module, "DIFF_ROWS", diff_rows)
+    monkeypatch.setattr(snapshot_tables, "DIFF_ROWS", diff_rows)
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
@@ -159,9 +162,9 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     filled: list[tuple[str, bool]] = []
     fill = snapshots_module.SnapshotPublisher._fill
 
-    def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object) -> None:
+    def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object, **kwargs: object) -> None:
         filled.append((table, args[2] is not None))  # held: the table was in a copied snapshot
-        fill(self, table, *args)  # type: ignore[arg-type]
+        fill(self, table, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_fill", spy)
     compared: list[str] = []
@@ -238,7 +241,7 @@ def test_a_clinics_publish_compares_the_network_on_its_clinics_and_those_a_run_l
     """A file's publish compares the network snapshot's clinic tables on that clinic's rows (and those of any
     clinic changed after the snapshot was recorded) and still equals the oracle's; a change outside the
     recorded columns waits for the nightly, which compares every row."""
-    monkeypatch.setattr(snapshots_module, "SCOPED_DIFF_ROWS", 1)  # every table compared, as the network's are
+    monkeypatch.setattr(snapshot_tables, "SCOPED_DIFF_ROWS", 1)  # every table compared, as the network's are
     settings = load_settings(tmp_path / "home")
     init_home(settings)
     settings.key_file.write_text(TEST_KEY)
@@ -256,10 +259,10 @@ def test_a_clinics_publish_compares_the_network_on_its_clinics_and_those_a_run_l
     scopes: dict[str, list[str] | None] = {}
     fill = snapshots_module.SnapshotPublisher._fill
 
-    def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object) -> None:
+    def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object, **kwargs: object) -> None:
         if args[-1] is not None or table == "ratings":
             scopes[table] = args[-1]  # type: ignore[assignment]
-        fill(self, table, *args)  # type: ignore[arg-type]
+        fill(self, table, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_fill", spy)
 
@@ -306,3 +309,92 @@ def test_a_clinics_publish_compares_the_network_on_its_clinics_and_those_a_run_l
     run_nightly(settings)  # nothing to sweep: the settle step still publishes, comparing every row
     assert scopes["ratings"] is None
     assert matches_the_oracle("nightly")
+
+
+def test_a_publish_by_dyad_replaces_the_changed_dyads_rows_and_equals_the_oracle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots brought up to date dyad by dyad hold what the oracle writes: after a night's files, after a
+    queue's risk moved (no column dates it: the dyads summary shows it), after a change no column dates at all
+    (a full scoring's marks: its meta stamp sends the next publish back to every row), and when a snapshot file is
+    newer than its record (a restored warehouse)."""
+    monkeypatch.setattr(snapshot_tables, "BY_DYAD_ROWS", 1)  # the sample's tables are small
+    # reliable change is not re-estimated by the second night: its full scoring would compare every row
+    settings = load_settings(tmp_path / "home").model_copy(update={"recalibrate_growth": 100.0})
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(tmp_path / "drop", clinics=5, weeks=14, seed=11, dyads_per_clinic=10)
+    add_profiles(settings.clinics_file, sample.profiles)
+    later = [f for f in sample.files if f.clinic_id == "lakeview" or "corrected" in f.path.name]
+
+    def land(files: list[SampleFile]) -> None:
+        for file in files:
+            target = settings.inbox / file.clinic_id / file.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.path.read_bytes())
+        run_nightly(settings)
+
+    land([f for f in sample.files if f not in later])
+    by_dyad: list[tuple[str, bool]] = []
+    fill = snapshots_module.SnapshotPublisher._fill
+
+    def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object, **kwargs: object) -> None:
+        if table == "dyad_sessions":
+            by_dyad.append((self.con.execute("SELECT count(*) FROM snapshot_dyads").fetchall()[0][0]
+                            if kwargs.get("by_dyad") else -1, bool(kwargs.get("by_dyad"))))  # fmt: skip
+        fill(self, table, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_fill", spy)
+    warehouse = Warehouse.of(settings)
+
+    def matches_the_oracle(round_: str, clinic: str | None = None) -> list[bool]:
+        """Whether each snapshot written was by dyad, after checking the published ones (``clinic``'s and the
+        network's, else all) against the oracle."""
+        (tmp_path / round_).mkdir()
+        published = sorted(warehouse.snapshots.glob("*.duckdb" if clinic is None else f"*{clinic}.duckdb"))
+        published = sorted({*published, warehouse.snapshots / "network.duckdb"})
+        with warehouse.writer() as writer:
+            for path in published:
+                clinic_id = None if path.name == "network.duckdb" else path.stem.removeprefix("clinic-")
+                write_snapshot(writer.con, tmp_path / round_ / path.name, clinic_id)
+        flags = [d for _, d in by_dyad]
+        by_dyad.clear()
+        for path in published:
+            assert _contents(path) == _contents(tmp_path / round_ / path.name), (round_, path.name)
+        return flags
+
+    land(later)  # a second night: a new clinic's file, a corrected re-export
+    assert any(matches_the_oracle("night"))
+
+    def publish(clinic: str) -> None:
+        with warehouse.writer() as writer:
+            writer.publish(warehouse.snapshots, [clinic])
+
+    with warehouse.writer() as writer:  # a queue's risk moved, as settling a clinic writes it: no column dates it
+        dyad, clinic = writer.con.execute("SELECT dyad_id, clinic_id FROM flags ORDER BY flag_id LIMIT 1").fetchall()[0]
+        writer.con.execute("UPDATE dyads SET risk_score = risk_score + 0.5 WHERE dyad_id = ?", [dyad])
+        writer.con.execute("UPDATE flags SET risk_score = risk_score + 0.5 WHERE dyad_id = ?", [dyad])
+    publish(clinic)
+    assert by_dyad[0] == (1, True)  # the network's snapshot: that one dyad replaced
+    assert matches_the_oracle("risk", clinic) == [True, True]
+
+    stamp = datetime.now(UTC)  # a full scoring's marks: stamped, so the next publish compares every row
+    with warehouse.writer() as writer:
+        writer.con.execute("UPDATE dyad_sessions SET risk = risk + 1 WHERE dyad_id = ?", [dyad])
+        writer.set_meta(UNDATED_CHANGE, stamp.isoformat())
+    publish(clinic)
+    assert matches_the_oracle("undated", clinic) == [False, False]
+    with warehouse.writer() as writer:
+        assert datetime.fromisoformat(str(writer.meta_value(UNDATED_CHANGE))) == stamp
+    rescore(settings)  # a full scoring stamps itself
+    with warehouse.writer() as writer:
+        assert datetime.fromisoformat(str(writer.meta_value(UNDATED_CHANGE))) > stamp
+    by_dyad.clear()
+
+    with warehouse.writer() as writer:  # a snapshot newer than its record: compared on every row
+        writer.con.execute("UPDATE dyad_sessions SET risk = risk + 1 WHERE dyad_id = ?", [dyad])
+    for name in ("network.duckdb", f"clinic-{clinic}.duckdb"):
+        path = warehouse.snapshots / name
+        os.utime(path, (path.stat().st_atime, time.time() + 60))
+    publish(clinic)
+    assert matches_the_oracle("restored", clinic) == [False, False]

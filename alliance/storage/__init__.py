@@ -1,5 +1,6 @@
 """The warehouse: the only package that imports duckdb, knows the file, the writer lock and the tables."""
 
+from alliance.storage.checksums import CHECKSUM_TABLES, VOLATILE_COLUMNS, table_checksums
 from alliance.storage.lease import writer_lease
 from alliance.storage.ledger import LEDGER_COUNTS, ExportLoad, Ledger, LoadCounts
 from alliance.storage.schema import (
@@ -11,17 +12,11 @@ from alliance.storage.schema import (
     REVIEW_STATUSES,
     SCHEMA,
     SCHEMA_VERSION,
+    UNDATED_CHANGE,
     VIEWS_FILE,
 )
 from alliance.storage.session import free_mb, is_storage_failure
-from alliance.storage.snapshots import (
-    CHECKSUM_TABLES,
-    NETWORK_REDACTED,
-    SNAPSHOT_TABLES,
-    SNAPSHOT_VERSION,
-    VOLATILE_COLUMNS,
-    table_checksums,
-)
+from alliance.storage.snapshots import NETWORK_REDACTED, SNAPSHOT_TABLES, SNAPSHOT_VERSION
 from alliance.storage.warehouse import Reader, Warehouse, Writer
 
 __all__ = [
@@ -38,6 +33,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SNAPSHOT_TABLES",
     "SNAPSHOT_VERSION",
+    "UNDATED_CHANGE",
     "VIEWS_FILE",
     "VOLATILE_COLUMNS",
     "ExportLoad",

@@ -8,7 +8,7 @@ import polars as pl
 
 from alliance.errors import StorageError
 from alliance.readers import sha256_of
-from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, RATING_KEY
+from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, RATING_KEY, UNDATED_CHANGE
 from alliance.storage.session import Session, _now
 
 
@@ -73,6 +73,7 @@ class Maintenance(Session):
         for table in ("ratings", "rating_history", "dyad_sessions", "flags", "dyads", "cases", "pending_dyads"):
             con.execute(f"UPDATE {table} t SET dyad_id = m.new FROM dyad_map m WHERE t.dyad_id = m.old")
         con.execute("UPDATE flags t SET flag_id = m.new FROM flag_map m WHERE t.flag_id = m.old")
+        self.set_meta(UNDATED_CHANGE, now.isoformat())  # ids no column dates: snapshots are compared whole after it
         # ids renamed by an earlier rotation follow along, so every old id resolves in one step
         con.execute(
             """INSERT INTO flag_renames

@@ -15,6 +15,9 @@ SCHEMA_VERSION = 1
 RATING_KEY = ("clinic_id", "client_id", "therapist_id", "instrument", "session_date", "session_number")
 DYAD_KEY = ("clinic_id", "client_id", "therapist_id")
 REVIEW_STATUSES = ("open", "acknowledged", "resolved")
+# meta key: when a change no column dates (a full scoring's marks and risks, a key rotation's ids) last wrote;
+# a snapshot published before it is compared on every row
+UNDATED_CHANGE = "undated_change_at"
 
 # Stable, documented tables (README "Tables"); no PRIMARY KEY/UNIQUE: DuckDB's ART indexes have open
 # corruption reports, and uniqueness is kept by the single writer instead.

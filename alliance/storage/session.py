@@ -25,6 +25,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _quote(name: str) -> str:
+    """An identifier quoted for SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def is_storage_failure(exc: BaseException) -> bool:
     """True when an error is the warehouse's own (disk full, I/O, a broken connection), not one file's content."""
     return _disk_full(exc) or isinstance(

@@ -1,4 +1,4 @@
-"""Read-only snapshots for readers (network and per clinic), and table checksums that prove two copies equal."""
+"""Read-only snapshots for readers (network and per clinic), published atomically and checksummed."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ import queue
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import polars as pl
 
 from alliance.errors import StorageError
 from alliance.permissions import settle_snapshot
 from alliance.readers import sha256_of
 from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, VIEWS_FILE, schema_digest
-from alliance.storage.session import Session, _disk_full, _now
+from alliance.storage.session import _disk_full, _now, _quote
+from alliance.storage.snapshot_tables import DYAD_TABLES, SnapshotTables
 
 log = logging.getLogger("alliance.storage")
 
@@ -38,13 +39,6 @@ NETWORK_REDACTED = {
     "case_reviews": "* EXCLUDE (note), NULL::VARCHAR AS note",
     "quarantine": '* EXCLUDE ("values"), NULL::JSON AS "values"',
 }
-# a table whose rows changed beyond this share is written whole: cheaper than deleting and inserting them
-REWRITE_SHARE = 0.5
-# smaller tables are written whole: DuckDB stores rows in groups of 122,880 and rewrites a group it changes,
-# so comparing pays only for a table of several groups (the network's ratings, not a clinic's)
-DIFF_ROWS = 250_000
-# a table compared on a few clinics' rows pays for those rows alone, but below one row group a rewrite is cheaper
-SCOPED_DIFF_ROWS = 122_880
 # when a run last changed a clinic's rows: a run killed between its commit and its publish is caught up by the next
 CHANGED_AT = (
     ("exports", "received_at"), ("ratings", "updated_at"), ("quarantine", "quarantined_at"),
@@ -60,10 +54,8 @@ SNAPSHOT_WRITERS = max(1, min(4, 2 * CORES))
 STAGING = "snapshot_staging"  # the in-memory database holding a clinic batch's rows while its files are written
 
 
-class SnapshotPublisher(Session):
+class SnapshotPublisher(SnapshotTables):
     """Publishing the snapshots, checksummed and swapped in atomically."""
-
-    alias = "snap"  # the name this connection attaches a snapshot file under
 
     def publish(
         self, folder: Path, clinic_ids: list[str] | None, fresh: bool = False, whole_network: bool = False
@@ -77,7 +69,11 @@ class SnapshotPublisher(Session):
         With named clinics, the network snapshot's clinic tables are compared only on those clinics' rows and
         those of clinics a run changed after it was last recorded (a run killed before its publish; alerts sent
         after it): a file's publish then costs its clinic, not the network's history. ``whole_network`` compares
-        every row, which also catches a change no such column dates (the nightly asks for it)."""
+        every clinic's rows, which also catches a change no such column dates (the nightly asks for it).
+
+        With named clinics too, a snapshot whose dyad tables are large (``BY_DYAD_ROWS``) gets in them only the
+        rows of the dyads changed since it was published (``DYAD_TABLES``), unless a change no column dates
+        came after (``UNDATED_CHANGE``) or the file is newer than its record (a restored warehouse)."""
         if self.in_transaction:
             # the files are written on other connections, which see only what is committed
             raise StorageError("snapshots are published after a commit, never inside a transaction")
@@ -91,13 +87,21 @@ class SnapshotPublisher(Session):
             row[0] for row in self.con.execute("SELECT DISTINCT clinic_id FROM exports ORDER BY 1").fetchall()
         ]  # fmt: skip
         published: list[Path] = []
-        with self._writers() as write:
+        # a publish of named clinics replaces the dyad tables' rows of the dyads changed since each one's publish
+        targets = ["network.duckdb", *(f"clinic-{cid}.duckdb" for cid in clinics)]
+        baselines = self._baselines(targets) if clinic_ids is not None and not fresh else {}
+        with self._writers() as write, self._changed_dyads(baselines):
             scope = None if clinic_ids is None or whole_network else self._network_scope(clinics, columns)
-            pending = [write(folder / "network.duckdb", None, columns, {}, fresh, scope)]
+            network = baselines.get("network.duckdb")
+            pending = [write(folder / "network.duckdb", None, columns, {}, fresh, scope, network)]
             for start in range(0, len(clinics), CLINIC_BATCH):
                 batch = clinics[start : start + CLINIC_BATCH]
                 with self._staged(batch, columns) as source:
-                    pending += [write(folder / f"clinic-{cid}.duckdb", cid, columns, source, fresh) for cid in batch]
+                    pending += [
+                        write(folder / f"clinic-{cid}.duckdb", cid, columns, source, fresh, None,
+                              baselines.get(f"clinic-{cid}.duckdb"))
+                        for cid in batch
+                    ]  # fmt: skip
                     published += _finished(pending)  # the staged rows stay until every writer is done with them
                     pending = []
             published += _finished(pending)
@@ -213,11 +217,12 @@ class SnapshotPublisher(Session):
         source: dict[str, str] | None = None,
         fresh: bool = False,
         scope: dict[str, list[str]] | None = None,
+        baseline: datetime | None = None,
     ) -> Path:
         partial = target.with_name(f".{target.name}.partial")
         copy = target.exists() and not fresh
         try:
-            self._write(partial, target if copy else None, clinic_id, columns, source or {}, scope)
+            self._write(partial, target if copy else None, clinic_id, columns, source or {}, scope, baseline)
         except Exception as exc:
             if not copy or isinstance(exc, OSError) or _disk_full(exc):
                 raise
@@ -243,10 +248,12 @@ class SnapshotPublisher(Session):
     def _write(
         self, partial: Path, copy_of: Path | None, clinic_id: str | None, columns: dict[str, list[str]],
         source: dict[str, str], scope: dict[str, list[str]] | None = None,
+        baseline: datetime | None = None,
     ) -> None:  # fmt: skip
         """Write the snapshot file at ``partial``: from a copy of the published one when given (only what
         changed is written, on a clinic table only in its ``scope`` clinics' rows when given), else a new file
-        in the snapshot storage version. On failure nothing is left."""
+        in the snapshot storage version. With a ``baseline`` (when the copy was published) the dyad tables get
+        only the rows of the dyads changed since, if the file is no newer. On failure nothing is left."""
         _remove(partial)
         snap = self.alias
         tables = [*SNAPSHOT_TABLES, *(["client_refs"] if clinic_id is not None else [])]
@@ -261,6 +268,8 @@ class SnapshotPublisher(Session):
                 self.con.execute(f"ATTACH '{quoted}' AS {snap} (STORAGE_VERSION '{SNAPSHOT_VERSION}')")
             held = self._held() if copy_of is not None else {}
             current = bool(held) and self._views_current()  # read outside the transaction: a miss aborts none
+            dyads = self._contents("dyads", clinic_id, columns["dyads"], source)
+            by_dyad = copy_of is not None and self._by_dyad(copy_of, baseline, held, dyads, clinic_id)
             with self.transaction():
                 for stale in set(held) - set(tables):
                     self.con.execute(f"DROP TABLE {snap}.{stale}")
@@ -268,7 +277,7 @@ class SnapshotPublisher(Session):
                     select = self._contents(table, clinic_id, columns[table], source)
                     params = {"clinic": clinic_id} if "$clinic" in select else None
                     within = None if scope is None else scope.get(table)
-                    self._fill(table, select, params, held.get(table), within)
+                    self._fill(table, select, params, held.get(table), within, by_dyad=by_dyad and table in DYAD_TABLES)
                 if not current:
                     self._views(home)
             self.con.execute(f"DETACH {snap}")
@@ -293,13 +302,6 @@ class SnapshotPublisher(Session):
         finally:
             self.con.execute(f"USE {_quote(home)}")
 
-    def _held(self) -> dict[str, int]:
-        """The copied snapshot's tables and about how many rows each holds."""
-        rows = self.con.execute(
-            "SELECT table_name, estimated_size FROM duckdb_tables() WHERE database_name = $snap", {"snap": self.alias}
-        ).fetchall()
-        return {str(name): int(size) for name, size in rows}
-
     def _views_current(self) -> bool:
         """True when the copied snapshot was published by this version: its views are this version's views."""
         try:
@@ -307,96 +309,6 @@ class SnapshotPublisher(Session):
         except duckdb.Error:  # no meta table, or one of another shape
             return False
         return found == [(schema_digest(),)]
-
-    def _fill(
-        self, table: str, select: str, params: dict[str, Any] | None, held: int | None, within: list[str] | None = None
-    ) -> None:
-        """Make ``<snapshot>.<table>`` hold exactly the rows of ``select``. A large table of a copied snapshot, with the
-        same columns, gets only the rows that differ: rows are compared by a 64-bit hash of the whole row and its
-        lists' lengths, counted, so a row that changed is deleted and its new version inserted, and duplicate
-        rows keep their number. With ``within`` only those clinics' rows are compared: the caller knows that
-        no other row changed."""
-        copy = f"{self.alias}.{table}"
-        compare = held is not None and held >= (DIFF_ROWS if within is None else SCOPED_DIFF_ROWS)
-        columns = self._same_columns(table, select, params) if compare else None
-        if held is not None and columns is not None:
-            # DuckDB's hash gives NULL, [] and [NULL] the same value: each list's length goes into it too
-            lengths = [f"coalesce(len(_row.{_quote(name)}), -1)" for name, kind in columns if kind.endswith("[]")]
-            digest = f"hash({', '.join(['_row', *lengths])})"
-            mine, bounds = "", {}
-            if within is not None:
-                if not within:
-                    return  # no clinic's rows changed
-                # the bounds let a scan skip other clinics' row groups; the list keeps out those between them
-                mine = "AND _row.clinic_id BETWEEN $first AND $last AND list_contains($within, _row.clinic_id)"
-                bounds = {"within": within, "first": min(within), "last": max(within)}
-            rows = f"_row WHERE true {mine}"
-            scoped = {**(params or {}), **bounds} or None
-            changed = self.con.execute(
-                f"""WITH want AS (SELECT {digest} AS h, count(*) AS n FROM ({select}) {rows} GROUP BY h),
-                         have AS (SELECT {digest} AS h, count(*) AS n FROM {copy} {rows} GROUP BY h)
-                    SELECT coalesce(want.h, have.h), coalesce(want.n, 0), coalesce(have.n, 0)
-                    FROM want FULL JOIN have ON want.h = have.h WHERE want.n IS DISTINCT FROM have.n""",
-                scoped,
-            ).fetchall()
-            if sum(added + gone for _, added, gone in changed) <= REWRITE_SHARE * held:
-                if changed:
-                    hashes = pl.DataFrame({"h": [h for h, _, _ in changed]}, schema={"h": pl.UInt64})
-                    self.con.register("changed_rows", hashes.to_arrow())
-                    try:
-                        self.con.execute(
-                            f"DELETE FROM {copy} WHERE rowid IN (SELECT rowid FROM {copy} _row "
-                            f"WHERE {digest} IN (SELECT h FROM changed_rows) {mine})",
-                            bounds or None,
-                        )
-                        self.con.execute(
-                            f"INSERT INTO {copy} SELECT * FROM ({select}) _row "
-                            f"WHERE {digest} IN (SELECT h FROM changed_rows) {mine}",
-                            scoped,
-                        )
-                    finally:
-                        self.con.unregister("changed_rows")
-                return
-        self.con.execute(f"CREATE OR REPLACE TABLE {copy} AS {select}", params)
-
-    def _same_columns(self, table: str, select: str, params: dict[str, Any] | None) -> list[tuple[str, str]] | None:
-        """The copied table's (name, type) columns when ``select`` gives the same ones, else None."""
-        want = self.con.execute(f"SELECT * FROM ({select}) LIMIT 0", params).description
-        have = self.con.execute(f"SELECT * FROM {self.alias}.{table} LIMIT 0").description
-        columns = [(c[0], str(c[1])) for c in have]
-        return columns if [(c[0], str(c[1])) for c in want] == columns else None
-
-
-# Columns that record when or in which run something happened (or which channel URL, which names a host and
-# port): they differ between two runs that loaded the same data, so checksums that prove "same warehouse" leave
-# them out.
-VOLATILE_COLUMNS = {
-    "received_at", "loaded_at", "updated_at", "replaced_at", "quarantined_at", "first_flagged_at",
-    "worsened_at", "resolved_at", "estimated_at", "attempted_at", "reviewed_at", "published_at", "happened_at",
-    "run_id", "started_at", "finished_at", "archived_as", "sha256", "alert_key", "renamed_at", "opened_at",
-    "changed_at", "closed_at", "channel",
-}  # fmt: skip
-CHECKSUM_TABLES = (
-    "exports", "ratings", "rating_history", "quarantine", "client_refs", "dyad_sessions", "flags", "dyads",
-    "reviews", "cases", "case_reviews", "calibrations", "expected_trajectories", "alerts", "flag_renames",
-    "pending_dyads",
-)  # fmt: skip
-
-
-def table_checksums(con: duckdb.DuckDBPyConnection, stable_only: bool = False) -> dict[str, tuple[int, str]]:
-    """Row count and an order-independent md5 of every table's rows (without volatile columns when asked)."""
-    out: dict[str, tuple[int, str]] = {}
-    present = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    for table in [t for t in CHECKSUM_TABLES if t in present]:  # a backup from before a table was added lacks it
-        columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-        kept = [c for c in columns if not (stable_only and c in VOLATILE_COLUMNS)]
-        row = " || '|' || ".join(f"coalesce(CAST({_quote(c)} AS VARCHAR), '∅')" for c in kept)
-        count, digest = con.execute(
-            "SELECT count(*), coalesce(md5(string_agg(r, chr(10) ORDER BY r)), '') "
-            f"FROM (SELECT {row} AS r FROM {table})"
-        ).fetchall()[0]
-        out[table] = (int(count), str(digest))
-    return out
 
 
 def _finished(futures: list[Future[Path]]) -> list[Path]:
@@ -424,7 +336,3 @@ def _settle(futures: list[Future[Path]]) -> None:
 def _remove(partial: Path) -> None:
     for leftover in (partial, partial.with_name(partial.name + ".wal")):
         leftover.unlink(missing_ok=True)
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

@@ -18,6 +18,7 @@ from filelock import FileLock, Timeout
 from alliance.errors import StorageError, WarehouseBusy
 from alliance.permissions import OWNER_FILE, make_private, private_umask, settle_folders, snapshot_groups
 from alliance.settings import Settings
+from alliance.storage.checksums import table_checksums
 from alliance.storage.lease import current
 from alliance.storage.ledger import LedgerTables
 from alliance.storage.maintenance import Maintenance
@@ -25,7 +26,7 @@ from alliance.storage.reviews import ReviewTables
 from alliance.storage.schema import _ensure_schema
 from alliance.storage.scoring import ScoringTables
 from alliance.storage.session import Session, _disk_full, free_mb, log
-from alliance.storage.snapshots import SnapshotPublisher, table_checksums
+from alliance.storage.snapshots import SnapshotPublisher
 
 
 class Writer(LedgerTables, ScoringTables, ReviewTables, Maintenance, SnapshotPublisher, Session):
