@@ -260,7 +260,8 @@ def test_a_clinics_publish_compares_the_network_on_its_clinics_and_those_a_run_l
     fill = snapshots_module.SnapshotPublisher._fill
 
     def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object, **kwargs: object) -> None:
-        if args[-1] is not None or table == "ratings":
+        network = args[1] is None  # a clinic's tables are selected with its id: written beside, in any order
+        if network and (args[-1] is not None or table == "ratings"):
             scopes[table] = args[-1]  # type: ignore[assignment]
         fill(self, table, *args, **kwargs)  # type: ignore[arg-type]
 

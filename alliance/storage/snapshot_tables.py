@@ -26,11 +26,15 @@ SCOPED_DIFF_ROWS = 122_880
 # the rows of dyads that changed since it was published. A change shows by a column dating it, or in the dyads
 # summary, which is compared whole (a queue's risk moved, ids renamed by a key rotation).
 DYAD_TABLES = ("ratings", "rating_history", "dyad_sessions", "flags")
+# of those, the tables whose rows change only with the dyad's ratings (its scored sessions follow them): a dyad
+# whose flags alone changed (silence, as its clinic's latest session moves; a review) keeps its rows there
+RATED_TABLES = ("ratings", "rating_history", "dyad_sessions")
 # below this many rows in every dyad table a snapshot's tables are written whole: finding the changed dyads costs
 # more (history 0.1's clinics of 1,500 rows a table published in 5.2 s by dyad, 4.0 s whole)
 BY_DYAD_ROWS = 10_000
-# the columns dating a change to a dyad's rows
-DYAD_CHANGED_AT = (("ratings", "updated_at"), ("rating_history", "replaced_at"), ("flags", "updated_at"))
+# the columns dating a change to a dyad's ratings, and to its flags
+RATED_AT = (("ratings", "updated_at"), ("rating_history", "replaced_at"))
+FLAGGED_AT = ("flags", "updated_at")
 CHANGED = "snapshot_changed_dyads"  # the in-memory database holding the dyads changed since the oldest snapshot
 DYADS_TO_REPLACE = "snapshot_dyads"  # a writer connection's temporary table: its snapshot's dyads to replace
 
@@ -53,22 +57,26 @@ class SnapshotTables(Session):
 
     @contextlib.contextmanager
     def _changed_dyads(self, baselines: dict[str, datetime]) -> Iterator[None]:
-        """The dyads whose rows a dated change touched since the oldest of these baselines, with when it last
-        did, in an in-memory database every writer connection sees."""
+        """The dyads whose ratings or flags a dated change touched since the oldest of these baselines, with when
+        each last did, in an in-memory database every writer connection sees."""
         if not baselines:
             yield
             return
         since = {"since": min(baselines.values())}
         dated = " UNION ALL ".join(
-            f"SELECT dyad_id, clinic_id, {column} AS changed_at FROM {table} WHERE {column} >= $since"
-            for table, column in DYAD_CHANGED_AT
-        )
+            [
+                *(f"SELECT dyad_id, clinic_id, {column} AS rated_at, NULL::TIMESTAMPTZ AS flagged_at FROM {table} "
+                  f"WHERE {column} >= $since" for table, column in RATED_AT),
+                f"SELECT dyad_id, clinic_id, NULL, {FLAGGED_AT[1]} FROM {FLAGGED_AT[0]} "
+                f"WHERE {FLAGGED_AT[1]} >= $since",
+            ]
+        )  # fmt: skip
         try:
             self.con.execute(f"DETACH DATABASE IF EXISTS {CHANGED}")
             self.con.execute(f"ATTACH ':memory:' AS {CHANGED}")
             self.con.execute(
-                f"CREATE TABLE {CHANGED}.dyads AS SELECT dyad_id, clinic_id, max(changed_at) AS changed_at "
-                f"FROM ({dated}) GROUP BY dyad_id, clinic_id",
+                f"CREATE TABLE {CHANGED}.dyads AS SELECT dyad_id, clinic_id, max(rated_at) AS rated_at, "
+                f"max(flagged_at) AS flagged_at FROM ({dated}) GROUP BY dyad_id, clinic_id",
                 since,
             )
             yield
@@ -91,7 +99,8 @@ class SnapshotTables(Session):
 
     def _dyads_to_replace(self, select: str, clinic_id: str | None, held: dict[str, int], since: datetime) -> bool:
         """Gather in ``DYADS_TO_REPLACE`` the dyads of this snapshot whose rows may differ from the copy's: those
-        a dated change touched ``since``, and those whose summary row (``select``) differs. False when the copy's dyads
+        a dated change touched ``since`` (``rated`` when it touched their ratings), and those whose summary row
+        (``select``) differs. False when the copy's dyads
         summary has other columns (then the dyad tables are filled as any other)."""
         params = {"clinic": clinic_id} if "$clinic" in select else {}
         if "dyads" not in held or self._same_columns("dyads", select, params or None) is None:
@@ -100,9 +109,12 @@ class SnapshotTables(Session):
         copy = f"{self.alias}.dyads"
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {DYADS_TO_REPLACE} AS
-            SELECT dyad_id FROM {CHANGED}.dyads WHERE changed_at >= $since {mine}
-            UNION SELECT dyad_id FROM (SELECT * FROM ({select}) EXCEPT SELECT * FROM {copy})
-            UNION SELECT dyad_id FROM (SELECT * FROM {copy} EXCEPT SELECT * FROM ({select}))""",
+            SELECT dyad_id, bool_or(rated) AS rated FROM (
+                SELECT dyad_id, coalesce(rated_at >= $since, false) AS rated FROM {CHANGED}.dyads
+                WHERE (rated_at >= $since OR flagged_at >= $since) {mine}
+                UNION ALL SELECT dyad_id, false FROM (SELECT * FROM ({select}) EXCEPT SELECT * FROM {copy})
+                UNION ALL SELECT dyad_id, false FROM (SELECT * FROM {copy} EXCEPT SELECT * FROM ({select}))
+            ) GROUP BY dyad_id""",
             {**params, "since": since},
         )
         return True
@@ -127,14 +139,16 @@ class SnapshotTables(Session):
         same columns, gets only the rows that differ: rows are compared by a 64-bit hash of the whole row and its
         lists' lengths, counted, so a row that changed is deleted and its new version inserted, and duplicate
         rows keep their number. With ``within`` only those clinics' rows are compared; with ``by_dyad`` the
-        rows of the dyads in ``DYADS_TO_REPLACE`` are replaced, whatever the table's size. Either way the caller
+        rows of the dyads in ``DYADS_TO_REPLACE`` are replaced (in ``RATED_TABLES``, of those whose ratings
+        changed), whatever the table's size. Either way the caller
         knows that no other row changed."""
         copy = f"{self.alias}.{table}"
         compare = held is not None and (by_dyad or held >= (DIFF_ROWS if within is None else SCOPED_DIFF_ROWS))
         columns = self._same_columns(table, select, params) if compare else None
         if by_dyad and columns is not None:
             # the changed dyads' rows replaced: cheaper than hashing every row of theirs to find the few that differ
-            of_changed = f"_row.dyad_id IN (SELECT dyad_id FROM {DYADS_TO_REPLACE})"
+            rated = " WHERE rated" if table in RATED_TABLES else ""
+            of_changed = f"_row.dyad_id IN (SELECT dyad_id FROM {DYADS_TO_REPLACE}{rated})"
             self.con.execute(f"DELETE FROM {copy} _row WHERE {of_changed}")
             self.con.execute(f"INSERT INTO {copy} SELECT * FROM ({select}) _row WHERE {of_changed}", params)
             return
