@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +58,27 @@ def _contents(path: Path) -> dict[str, object]:
         views = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()
         meta = sorted(con.execute("SELECT * FROM meta").fetchall())
         return {"types": types, "views": views, "meta": meta, "rows": table_checksums(con)}
+
+
+def _first_night(tmp_path: Path, settings: Settings) -> tuple[list[SampleFile], Callable[[list[SampleFile]], None]]:
+    """Five clinics' first night run on a new home; returns the files of a second night (a new clinic's file, a
+    corrected re-export) and the function that lands files and runs the night."""
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(tmp_path / "drop", clinics=5, weeks=14, seed=11, dyads_per_clinic=10)
+    add_profiles(settings.clinics_file, sample.profiles)
+    later = [f for f in sample.files if f.clinic_id == "lakeview" or "corrected" in f.path.name]
+    assert len(later) == 2
+
+    def land(files: list[SampleFile]) -> None:
+        for file in files:
+            target = settings.inbox / file.clinic_id / file.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.path.read_bytes())
+        run_nightly(settings)
+
+    land([f for f in sample.files if f not in later])
+    return later, land
 
 
 @pytest.mark.parametrize(("batch", "writers"), [(1, 1), (2, 3), (100, 1), (100, 3)])
@@ -144,21 +166,7 @@ def test_a_republished_snapshot_writes_what_changed_and_equals_a_fresh_one(
     """Every table compared row by row (diff_rows 1), or the few-row tables written whole into the copy."""
     monkeypatch.setattr(snapshot_tables, "DIFF_ROWS", diff_rows)
     settings = load_settings(tmp_path / "home")
-    init_home(settings)
-    settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(tmp_path / "drop", clinics=5, weeks=14, seed=11, dyads_per_clinic=10)
-    add_profiles(settings.clinics_file, sample.profiles)
-    later = [f for f in sample.files if f.clinic_id == "lakeview" or "corrected" in f.path.name]
-    assert len(later) == 2
-
-    def land(files: list[SampleFile]) -> None:
-        for file in files:
-            target = settings.inbox / file.clinic_id / file.path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.path.read_bytes())
-        run_nightly(settings)
-
-    land([f for f in sample.files if f not in later])
+    later, land = _first_night(tmp_path, settings)
     filled: list[tuple[str, bool]] = []
     fill = snapshots_module.SnapshotPublisher._fill
 
@@ -322,21 +330,8 @@ def test_a_publish_by_dyad_replaces_the_changed_dyads_rows_and_equals_the_oracle
     monkeypatch.setattr(snapshot_tables, "BY_DYAD_ROWS", 1)  # the sample's tables are small
     # reliable change is not re-estimated by the second night: its full scoring would compare every row
     settings = load_settings(tmp_path / "home").model_copy(update={"recalibrate_growth": 100.0})
-    init_home(settings)
-    settings.key_file.write_text(TEST_KEY)
-    sample = generate_sample(tmp_path / "drop", clinics=5, weeks=14, seed=11, dyads_per_clinic=10)
-    add_profiles(settings.clinics_file, sample.profiles)
-    later = [f for f in sample.files if f.clinic_id == "lakeview" or "corrected" in f.path.name]
-
-    def land(files: list[SampleFile]) -> None:
-        for file in files:
-            target = settings.inbox / file.clinic_id / file.path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.path.read_bytes())
-        run_nightly(settings)
-
-    land([f for f in sample.files if f not in later])
-    by_dyad: list[tuple[str, bool]] = []
+    later, land = _first_night(tmp_path, settings)
+    by_dyad: list[tuple[int, bool]] = []
     fill = snapshots_module.SnapshotPublisher._fill
 
     def spy(self: snapshots_module.SnapshotPublisher, table: str, *args: object, **kwargs: object) -> None:

@@ -100,8 +100,8 @@ class SnapshotTables(Session):
     def _dyads_to_replace(self, select: str, clinic_id: str | None, held: dict[str, int], since: datetime) -> bool:
         """Gather in ``DYADS_TO_REPLACE`` the dyads of this snapshot whose rows may differ from the copy's: those
         a dated change touched ``since`` (``rated`` when it touched their ratings), and those whose summary row
-        (``select``) differs. False when the copy's dyads
-        summary has other columns (then the dyad tables are filled as any other)."""
+        (``select``) differs. False when the copy's dyads summary has other columns (then the dyad tables are
+        filled as any other)."""
         params = {"clinic": clinic_id} if "$clinic" in select else {}
         if "dyads" not in held or self._same_columns("dyads", select, params or None) is None:
             return False
@@ -140,8 +140,7 @@ class SnapshotTables(Session):
         lists' lengths, counted, so a row that changed is deleted and its new version inserted, and duplicate
         rows keep their number. With ``within`` only those clinics' rows are compared; with ``by_dyad`` the
         rows of the dyads in ``DYADS_TO_REPLACE`` are replaced (in ``RATED_TABLES``, of those whose ratings
-        changed), whatever the table's size. Either way the caller
-        knows that no other row changed."""
+        changed), whatever the table's size. Either way the caller knows that no other row changed."""
         copy = f"{self.alias}.{table}"
         compare = held is not None and (by_dyad or held >= (DIFF_ROWS if within is None else SCOPED_DIFF_ROWS))
         columns = self._same_columns(table, select, params) if compare else None
