@@ -590,8 +590,25 @@ def test_stopped_appearing_after_a_decline_and_one_and_a_half_weekly_intervals(
     [row] = found.to_dicts()
     assert row["outcome"] == outcome and row["ongoing"] == (outcome == "ongoing")
     assert row["rule"] == "stopped_appearing" and row["last_session"] == 9
-    assert json.loads(row["evidence"])["silent_days"] == silent_days
+    assert json.loads(row["evidence"])["silent_days"] == min(silent_days, 56)  # a closed one: the day it closed
     assert "after a decline (SRS 31.0 at session 9" in row["reason"]
+
+
+def test_a_closed_silence_keeps_the_figures_of_the_day_it_closed() -> None:
+    """Judged on later nights, as the clinic's latest session moves on, a closed finding is the same row: a
+    network's old dropouts are not rewritten every night."""
+    weekly = pl.lit(7.0).alias("cadence_days")
+    closed = [stopped_appearing(_last_seen(days).with_columns(weekly), {}, DECLINE) for days in (56, 57, 400)]
+    assert closed[0].equals(closed[1]) and closed[0].equals(closed[2])
+    [row] = closed[0].to_dicts()
+    assert row["magnitude"] == 56.0 and "up to 2026-04-27; now counted as closed" in row["reason"]
+    assert json.loads(row["evidence"])["closed_on"] == "2026-04-27"
+    ongoing = [stopped_appearing(_last_seen(days).with_columns(weekly), {}, DECLINE) for days in (54, 55)]
+    assert ongoing[0]["magnitude"].to_list() == [54.0] and ongoing[1]["magnitude"].to_list() == [55.0]
+    # under an inactive_days shorter than the silence threshold, it closes the day it is first found
+    short = RuleConfig(inactive_days=7)
+    first, later = (stopped_appearing(_last_seen(d).with_columns(weekly), {"c1": short}, DECLINE) for d in (11, 30))
+    assert first.equals(later) and first["magnitude"].to_list() == [11.0]
 
 
 def test_a_course_that_ends_without_a_decline_is_not_stopped_appearing() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import date
+from datetime import date, timedelta
 
 import polars as pl
 
@@ -69,6 +69,9 @@ def stopped_appearing(
     last_session_date, clinic_latest, optional cadence_days); ``declines`` maps a dyad to the reason of the
     decline its last session showed. A course that ends without a decline is no finding: it leaves the
     queue (see transforms.queue). Output: findings (ongoing, or outcome 'inactive').
+
+    A closed finding keeps the figures of the day it closed: otherwise every dyad that ever stopped appearing
+    would be rewritten each night, as its clinic's latest session moves on.
     """
     declines = declines or {}
     rows = []
@@ -82,6 +85,25 @@ def stopped_appearing(
         if silent < threshold:
             continue
         ongoing = silent < config.inactive_days
+        evidence = {
+            "silent_days": silent,
+            "threshold_days": threshold,
+            "gap_days": config.gap_days,
+            "inactive_days": config.inactive_days,
+        }
+        if ongoing:
+            reason = (
+                f"no session for {silent} days after a decline ({decline}); the clinic's latest session is "
+                f"{row['clinic_latest'].isoformat()}"
+            )
+        else:
+            silent = max(threshold, config.inactive_days)  # the day it closed (its first, under a short inactive_days)
+            closed_on = row["last_session_date"] + timedelta(days=silent)
+            evidence |= {"silent_days": silent, "closed_on": closed_on.isoformat()}
+            reason = (
+                f"no session for {silent} days after a decline ({decline}), up to {closed_on.isoformat()}; "
+                "now counted as closed"
+            )
         rows.append(
             {
                 "flag_id": flag_id(
@@ -102,18 +124,8 @@ def stopped_appearing(
                 "outcome": "ongoing" if ongoing else "inactive",
                 "provisional": False,
                 "magnitude": float(silent),
-                "reason": (
-                    f"no session for {silent} days after a decline ({decline}); the clinic's latest session is "
-                    f"{row['clinic_latest'].isoformat()}" + ("" if ongoing else "; now counted as closed")
-                ),
-                "evidence": json.dumps(
-                    {
-                        "silent_days": silent,
-                        "threshold_days": threshold,
-                        "gap_days": config.gap_days,
-                        "inactive_days": config.inactive_days,
-                    }
-                ),
+                "reason": reason,
+                "evidence": json.dumps(evidence),
                 "first_session": row["last_session"],
                 "first_session_date": row["last_session_date"],
                 "last_session": row["last_session"],
