@@ -321,12 +321,20 @@ def _clinic_standing(
     """Silence, the queue and cases for every dyad of these clinics (all when None), from their flags."""
     # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
     last_sessions = writer.last_sessions(scope_clinics)
-    declines = declines_at_last_session(writer.flags_of(clinic_ids=scope_clinics, except_rule="stopped_appearing"))
+    # silence, the queue and cases read the ongoing findings alone: not a clinic's closed ones, which grow with
+    # its history (most of its flags after a few years)
+    declines = declines_at_last_session(
+        writer.flags_of(clinic_ids=scope_clinics, except_rule="stopped_appearing", ongoing=True)
+    )
     silent = stopped_appearing(last_sessions, configs, declines)
-    second = reconcile(silent, writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing"), started)
-    writer.replace_flags(second.flags)
+    held = writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing")
+    second = reconcile(silent, held, started)
+    # only the flags this judgement changed (stamped now) are stored again; the rest are the rows held, unless
+    # one was held twice (the reconcile keeps one of them)
+    twice = held["flag_id"].is_duplicated().any()
+    writer.replace_flags(second.flags if twice else second.flags.filter(pl.col("updated_at") == started))
     policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
-    scope_flags = writer.flags_of(clinic_ids=scope_clinics)
+    scope_flags = writer.flags_of(clinic_ids=scope_clinics, ongoing=True)
     standing = queue_frame(scope_flags, last_sessions, configs, policy)
     writer.refresh_dyads(scope_clinics, standing, policy.min_risk, policy.describe())
     # the same flags: refresh_dyads changes only their risk_score, which cases do not read

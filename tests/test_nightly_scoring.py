@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from alliance.home import init_home
@@ -253,3 +254,62 @@ def test_a_full_scoring_cut_short_after_a_committed_chunk_is_done_whole_by_the_n
     assert _scored(cut) != _scored(whole)
     run_nightly(cut)  # nothing left to sweep: the full scoring is due, and done whole
     assert _scored(cut) == _scored(whole)
+
+
+def test_a_settle_that_changes_no_silence_stores_no_flag_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Silence is judged for every dyad of a settled clinic; only the flags it changed are written back, so a
+    network's old dropouts are not deleted and inserted again each night."""
+    from alliance.storage.scoring import ScoringTables
+    from flows.reviews import settle_scores
+
+    sample = generate_sample(settings.inbox, clinics=2, weeks=40, dyads_per_clinic=12, today=date(2026, 2, 1))
+    add_profiles(settings.clinics_file, sample.profiles)
+    run_nightly(settings)
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        held = con.execute("SELECT DISTINCT outcome FROM flags WHERE rule = 'stopped_appearing'").fetchall()
+    assert sorted(held) == [("inactive",), ("ongoing",)]  # open and closed silences both held
+    before = _scored(settings)
+    stored: list[int] = []
+    replace = ScoringTables.replace_flags
+
+    def spy(self: ScoringTables, flags: pl.DataFrame) -> None:
+        stored.append(flags.height)
+        replace(self, flags)
+
+    monkeypatch.setattr(ScoringTables, "replace_flags", spy)
+    settle_scores(settings, sorted(sample.profiles), datetime.now(UTC))
+    assert stored == [0]  # judged again, nothing changed: nothing stored again
+    assert _scored(settings) == before
+
+
+def test_silence_the_queue_and_cases_decided_from_ongoing_flags_are_those_from_every_flag(settings: Settings) -> None:
+    """The settle step reads a clinic's ongoing flags alone; the oracle hands every flag, closed ones too, to the
+    same decisions."""
+    from polars.testing import assert_frame_equal
+
+    from alliance.clinics import load_clinics
+    from alliance.storage import Warehouse
+    from transforms.cases import update_cases
+    from transforms.flags import declines_at_last_session
+    from transforms.queue import QueuePolicy, queue_frame
+
+    sample = generate_sample(settings.inbox, clinics=2, weeks=40, dyads_per_clinic=15, today=date(2026, 2, 1))
+    add_profiles(settings.clinics_file, sample.profiles)
+    run_nightly(settings)
+    configs = {cid: clinic.rules for cid, clinic in load_clinics(settings.clinics_file).items()}
+    policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
+    now = datetime.now(UTC)
+    with Warehouse.of(settings).writer() as writer:
+        every, ongoing = writer.flags_of(clinic_ids=None), writer.flags_of(clinic_ids=None, ongoing=True)
+        assert 0 < ongoing.height < every.height // 2  # most flags are closed ones
+        last, cases, dyads = writer.last_sessions(None), writer.cases_of(None), writer.dyads_of(None)
+    assert declines_at_last_session(ongoing) == declines_at_last_session(every) != {}
+    queue = queue_frame(ongoing, last, configs, policy)
+    assert_frame_equal(queue, queue_frame(every, last, configs, policy))
+    assert queue["in_queue"].any()
+    for part in ("cases", "changes"):
+        got, want = (getattr(update_cases(cases, dyads, flags, now), part) for flags in (ongoing, every))
+        assert_frame_equal(got, want)
+    assert update_cases(cases.clear(), dyads, ongoing, now).cases.height > 0  # cases to open, from ongoing flags

@@ -68,9 +68,11 @@ class ScoringTables(Session):
         clinic_ids: list[str] | None = None,
         rule: str | None = None,
         except_rule: str | None = None,
+        ongoing: bool = False,
     ) -> pl.DataFrame:
-        """Flags in a scoring scope: of some dyads or clinics, optionally of one rule or all but one."""
-        where, params = ["TRUE"], []
+        """Flags in a scoring scope: of some dyads or clinics, optionally of one rule or all but one, or only
+        the ongoing ones."""
+        where, params = ["ongoing" if ongoing else "TRUE"], []
         if dyad_ids is not None:
             where.append(f"dyad_id IN (SELECT id FROM {self._scope('scope_flag_dyads', dyad_ids)})")
         if clinic_ids is not None:
