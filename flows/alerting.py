@@ -14,9 +14,10 @@ from alliance.alerts import Earlier, case_messages, trend_key, trend_messages
 from alliance.clinics import Clinic
 from alliance.delivery import AlertMessage, channel_id, send
 from alliance.faults import crash_point
+from alliance.instruments import registry
 from alliance.settings import Settings
-from alliance.storage import Warehouse
-from transforms.trends import complete_weeks, trend_signals, weekly_alliance, weekly_flagged_share
+from alliance.storage import Reader, Warehouse
+from transforms.trends import EPS, complete_weeks, trend_signals
 
 log = logging.getLogger("alliance.alerts")
 Secret = Callable[[str], str | None]
@@ -203,34 +204,59 @@ def deliver_alerts(
     return report
 
 
+# The weekly series of transforms.trends (weekly_alliance, weekly_flagged_share) aggregated where the sessions
+# are: a clinic's five years are 260 weeks to chart, not every session read into Polars (1.5 s → 0.3 s at 2.9M).
+# tests/test_delivery.py checks them against the Polars functions.
+WEEKLY_SESSIONS = """
+    SELECT clinic_id, therapist_id, dyad_id, instrument, date_trunc('week', session_date)::DATE AS week, score,
+           coalesce(risk, 0.0) >= $flagged_from AS flagged
+    FROM dyad_sessions WHERE list_contains($clinics, clinic_id) AND list_contains($instruments, instrument)"""
+BY_LEVEL = """
+    SELECT CASE WHEN grouping(therapist_id) = 1 THEN 'clinic' ELSE 'therapist' END AS level,
+           clinic_id, therapist_id, instrument, week, {aggregates}
+    FROM {rows} GROUP BY GROUPING SETS ((clinic_id, instrument, week), (clinic_id, therapist_id, instrument, week))"""
+WEEKLY_ALLIANCE = BY_LEVEL.format(
+    aggregates="avg(score) AS mean_score, count(*) AS n_sessions", rows=f"({WEEKLY_SESSIONS})"
+)
+WEEKLY_FLAGGED_SHARE = BY_LEVEL.format(
+    aggregates="count(*) FILTER (flagged) / count(*) AS flagged_share, count(*) AS n_dyads, "
+    "count(*) FILTER (flagged) AS n_flagged",
+    rows=f"(SELECT clinic_id, therapist_id, instrument, week, dyad_id, bool_or(flagged) AS flagged "
+    f"FROM ({WEEKLY_SESSIONS}) GROUP BY ALL)",
+)
+
+
 def current_trend_signals(warehouse: Warehouse, settings: Settings, clinics: dict[str, Clinic]) -> pl.DataFrame:
     """Out-of-control weekly series at the latest complete week: low mean alliance, high flagged share.
 
     A week counts once it has ended in the clinic's timezone, and signals only with at least
     ``settings.trend_min_sessions`` sessions (dyads, for the flagged share) behind it. Every series is one clinic's,
-    so they are charted ``TREND_CLINICS`` clinics at a time: the memory of those clinics' sessions, not the network's.
+    so they are charted ``TREND_CLINICS`` clinics at a time: the memory of those clinics' weeks, not the network's.
     """
     ids = sorted(clinics)
     found = []
     with warehouse.reader() as reader:
         for start in range(0, len(ids), TREND_CLINICS):
             chunk = ids[start : start + TREND_CLINICS]
-            # the columns the weekly series read: not every session's items and rules
-            sessions = reader.frame(
-                "SELECT clinic_id, therapist_id, dyad_id, instrument, session_date, score, risk FROM dyad_sessions "
-                "WHERE list_contains($clinics, clinic_id)",
-                {"clinics": chunk},
-            )
-            if sessions.height:
-                found.append(_trend_signals({c: clinics[c] for c in chunk}, settings, sessions))
+            weekly, share = weekly_series(reader, chunk, settings.queue_min_risk)
+            if weekly.height:
+                found.append(_trend_signals({c: clinics[c] for c in chunk}, settings, weekly, share))
     return pl.concat(found, how="diagonal_relaxed") if found else pl.DataFrame()
 
 
-def _trend_signals(clinics: dict[str, Clinic], settings: Settings, sessions: pl.DataFrame) -> pl.DataFrame:
+def weekly_series(reader: Reader, clinic_ids: list[str], threshold: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """These clinics' ``weekly_alliance`` and ``weekly_flagged_share`` (risk from ``threshold``), summed in SQL."""
+    alliance = sorted(code for code, spec in registry().items() if spec.construct == "alliance")
+    params = {"clinics": clinic_ids, "instruments": alliance, "flagged_from": threshold - EPS}
+    return reader.frame(WEEKLY_ALLIANCE, params), reader.frame(WEEKLY_FLAGGED_SHARE, params)
+
+
+def _trend_signals(
+    clinics: dict[str, Clinic], settings: Settings, weekly: pl.DataFrame, share: pl.DataFrame
+) -> pl.DataFrame:
+    """The signals of these clinics' weekly series (``weekly_alliance`` and ``weekly_flagged_share`` frames)."""
     today = {clinic_id: datetime.now(clinic.tz).date() for clinic_id, clinic in clinics.items()}
     minimum = settings.trend_min_sessions
-    alliance = complete_weeks(weekly_alliance(sessions), today)
-    share = complete_weeks(weekly_flagged_share(sessions, settings.queue_min_risk), today)
-    low = trend_signals(alliance, "mean_score", "low", count="n_sessions", min_count=minimum)
-    high = trend_signals(share, "flagged_share", "high", count="n_dyads", min_count=minimum)
+    low = trend_signals(complete_weeks(weekly, today), "mean_score", "low", count="n_sessions", min_count=minimum)
+    high = trend_signals(complete_weeks(share, today), "flagged_share", "high", count="n_dyads", min_count=minimum)
     return pl.concat([low, high], how="diagonal_relaxed")

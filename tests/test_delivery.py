@@ -229,3 +229,36 @@ def test_trend_signals_charted_a_clinic_at_a_time_are_those_of_one_pass(
     monkeypatch.setattr(alerting, "TREND_CLINICS", 1)
     apart = alerting.current_trend_signals(Warehouse.of(settings), settings, signalling)
     assert_frame_equal(apart.sort(apart.columns), together.sort(together.columns))
+
+
+@pytest.mark.parametrize("profile", ["clean", "realistic"])
+def test_trend_signals_from_weeks_summed_in_the_warehouse_are_those_of_the_polars_series(
+    tmp_path: Path, profile: str
+) -> None:
+    """The oracle: transforms.trends' weekly series over every session read into Polars give the same weeks and
+    the same signals as the warehouse's weekly sums (means equal to float rounding, counts exactly)."""
+    from polars.testing import assert_frame_equal
+
+    from alliance.storage import Warehouse
+    from flows import alerting
+    from transforms.trends import weekly_alliance, weekly_flagged_share
+
+    settings = load_settings(tmp_path / "home")
+    init_home(settings)
+    settings.key_file.write_text(TEST_KEY)
+    sample = generate_sample(settings.inbox, clinics=3, weeks=30, seed=11, dyads_per_clinic=20, profile=profile)
+    add_profiles(settings.clinics_file, sample.profiles)
+    ingest_all(settings, sample)
+    clinics = load_clinics(settings.clinics_file)
+    with Warehouse.of(settings).reader() as reader:
+        sessions = reader.frame(
+            "SELECT clinic_id, therapist_id, dyad_id, instrument, session_date, score, risk FROM dyad_sessions"
+        )
+        summed = alerting.weekly_series(reader, sorted(clinics), settings.queue_min_risk)
+    expected = weekly_alliance(sessions), weekly_flagged_share(sessions, settings.queue_min_risk)
+    for got, want in zip(summed, expected, strict=True):
+        assert want.height > 100
+        assert_frame_equal(got.sort(got.columns), want.sort(want.columns), check_exact=False, rel_tol=1e-12)
+    signals = alerting.current_trend_signals(Warehouse.of(settings), settings, clinics)
+    oracle = alerting._trend_signals(clinics, settings, *expected)
+    assert_frame_equal(signals.sort(signals.columns), oracle.sort(oracle.columns))
