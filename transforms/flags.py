@@ -75,10 +75,10 @@ def stopped_appearing(
     """
     declines = declines or {}
     rows = []
-    for row in last_sessions.iter_rows(named=True):
-        decline = declines.get(row["dyad_id"])
-        if decline is None:
-            continue
+    # only the dyads whose last session showed a decline: a few of a clinic's, whose dyads grow with its history
+    after_decline = last_sessions.filter(pl.col("dyad_id").is_in(pl.Series(list(declines), dtype=pl.String).implode()))
+    for row in after_decline.iter_rows(named=True):
+        decline = declines[row["dyad_id"]]
         config = configs.get(row["clinic_id"], RuleConfig())
         silent = (row["clinic_latest"] - row["last_session_date"]).days
         threshold = silence_threshold(config, row.get("cadence_days"))
