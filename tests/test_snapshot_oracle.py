@@ -328,6 +328,7 @@ def test_a_publish_by_dyad_replaces_the_changed_dyads_rows_and_equals_the_oracle
     (a full scoring's marks: its meta stamp sends the next publish back to every row), and when a snapshot file is
     newer than its record (a restored warehouse)."""
     monkeypatch.setattr(snapshot_tables, "BY_DYAD_ROWS", 1)  # the sample's tables are small
+    monkeypatch.setattr(snapshot_tables, "BY_DYAD_TABLE_ROWS", 1)
     # reliable change is not re-estimated by the second night: its full scoring would compare every row
     settings = load_settings(tmp_path / "home").model_copy(update={"recalibrate_growth": 100.0})
     later, land = _first_night(tmp_path, settings)

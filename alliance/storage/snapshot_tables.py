@@ -24,14 +24,19 @@ DIFF_ROWS = 250_000
 SCOPED_DIFF_ROWS = 122_880
 # Tables whose rows each belong to one dyad: a snapshot brought up to date from its published copy replaces only
 # the rows of dyads that changed since it was published. A change shows by a column dating it, or in the dyads
-# summary, which is compared whole (a queue's risk moved, ids renamed by a key rotation).
-DYAD_TABLES = ("ratings", "rating_history", "dyad_sessions", "flags")
+# summary, which is compared whole (a queue's risk moved, ids renamed by a key rotation); that comparison finds
+# every summary row that differs, so the summary itself gets those dyads' rows too.
+DYAD_TABLES = ("ratings", "rating_history", "dyad_sessions", "flags", "dyads")
 # of those, the tables whose rows change only with the dyad's ratings (its scored sessions follow them): a dyad
 # whose flags alone changed (silence, as its clinic's latest session moves; a review) keeps its rows there
 RATED_TABLES = ("ratings", "rating_history", "dyad_sessions")
 # below this many rows in every dyad table a snapshot's tables are written whole: finding the changed dyads costs
 # more (history 0.1's clinics of 1,500 rows a table published in 5.2 s by dyad, 4.0 s whole)
 BY_DYAD_ROWS = 10_000
+# even then a dyad table below this many rows is rewritten whole, one statement instead of a delete and an insert
+# (history 0.1's 2M home, a clinic's tables summed over its 100 clinics: a 1,342-row dyads summary 0.6 s whole
+# against 1.4 s by dyad, a 15-row rating history 0.3 against 1.0; 9,607 flags 3.1 whole against 2.3 by dyad)
+BY_DYAD_TABLE_ROWS = 5_000
 # the columns dating a change to a dyad's ratings, and to its flags
 RATED_AT = (("ratings", "updated_at"), ("rating_history", "replaced_at"))
 FLAGGED_AT = ("flags", "updated_at")
@@ -96,6 +101,11 @@ class SnapshotTables(Session):
             and max(held.get(table, 0) for table in DYAD_TABLES) >= BY_DYAD_ROWS
             and self._dyads_to_replace(dyads, clinic_id, held, published_at)
         )
+
+    @staticmethod
+    def _replaces_by_dyad(table: str, held: dict[str, int]) -> bool:
+        """Whether this dyad table gets the changed dyads' rows, when the snapshot's do: not a small one."""
+        return table in DYAD_TABLES and held.get(table, 0) >= BY_DYAD_TABLE_ROWS
 
     def _dyads_to_replace(self, select: str, clinic_id: str | None, held: dict[str, int], since: datetime) -> bool:
         """Gather in ``DYADS_TO_REPLACE`` the dyads of this snapshot whose rows may differ from the copy's: those

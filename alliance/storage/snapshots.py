@@ -20,7 +20,7 @@ from alliance.permissions import settle_snapshot
 from alliance.readers import sha256_of
 from alliance.storage.schema import CURRENT_FLAG, CURRENT_FLAG_ID, VIEWS_FILE, schema_digest
 from alliance.storage.session import _disk_full, _now, _quote
-from alliance.storage.snapshot_tables import DYAD_TABLES, SnapshotTables
+from alliance.storage.snapshot_tables import SnapshotTables
 
 log = logging.getLogger("alliance.storage")
 
@@ -277,7 +277,8 @@ class SnapshotPublisher(SnapshotTables):
                     select = self._contents(table, clinic_id, columns[table], source)
                     params = {"clinic": clinic_id} if "$clinic" in select else None
                     within = None if scope is None else scope.get(table)
-                    self._fill(table, select, params, held.get(table), within, by_dyad=by_dyad and table in DYAD_TABLES)
+                    replace = by_dyad and self._replaces_by_dyad(table, held)
+                    self._fill(table, select, params, held.get(table), within, by_dyad=replace)
                 if not current:
                     self._views(home)
             self.con.execute(f"DETACH {snap}")
