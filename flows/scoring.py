@@ -330,8 +330,8 @@ def _clinic_standing(
     held = writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing")
     second = reconcile(silent, held, started)
     # only the flags this judgement changed (stamped now) are stored again; the rest are the rows held, unless
-    # one was held twice (the reconcile keeps one of them)
-    twice = held["flag_id"].is_duplicated().any()
+    # an id was held or found twice (the reconcile keeps one of the rows held, and starts anew a second finding)
+    twice = held["flag_id"].is_duplicated().any() or silent["flag_id"].is_duplicated().any()
     writer.replace_flags(second.flags if twice else second.flags.filter(pl.col("updated_at") == started))
     policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
     scope_flags = writer.flags_of(clinic_ids=scope_clinics, ongoing=True)
