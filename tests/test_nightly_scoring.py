@@ -313,3 +313,23 @@ def test_silence_the_queue_and_cases_decided_from_ongoing_flags_are_those_from_e
         got, want = (getattr(update_cases(cases, dyads, flags, now), part) for flags in (ongoing, every))
         assert_frame_equal(got, want)
     assert update_cases(cases.clear(), dyads, ongoing, now).cases.height > 0  # cases to open, from ongoing flags
+
+
+def test_a_night_after_an_upgrade_scores_every_dyad_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new version may word or judge findings differently (0.2.0: closed silences): its first night scores every
+    dyad, so a clinic without new exports does not keep the old version's flags."""
+    from flows import scoring
+
+    sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=8, today=date(2026, 2, 1))
+    add_profiles(settings.clinics_file, sample.profiles)
+    run_nightly(settings)
+    quiet = run_nightly(settings)
+    assert quiet.scoring is not None and quiet.scoring.dyads_scored == 0
+    monkeypatch.setattr(scoring, "__version__", "99.0.0")
+    upgraded = run_nightly(settings)
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        dyads = con.execute("SELECT count(DISTINCT dyad_id) FROM ratings").fetchall()[0][0]
+    assert upgraded.scoring is not None and upgraded.scoring.dyads_scored == dyads > 0
+    assert _last_run(settings) == ("rescore", dyads)
+    after = run_nightly(settings)
+    assert after.scoring is not None and after.scoring.dyads_scored == 0  # once
