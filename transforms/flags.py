@@ -85,12 +85,7 @@ def stopped_appearing(
         if silent < threshold:
             continue
         ongoing = silent < config.inactive_days
-        evidence = {
-            "silent_days": silent,
-            "threshold_days": threshold,
-            "gap_days": config.gap_days,
-            "inactive_days": config.inactive_days,
-        }
+        closing: dict[str, str] = {}
         if ongoing:
             reason = (
                 f"no session for {silent} days after a decline ({decline}); the clinic's latest session is "
@@ -98,12 +93,18 @@ def stopped_appearing(
             )
         else:
             silent = max(threshold, config.inactive_days)  # the day it closed (its first, under a short inactive_days)
-            closed_on = row["last_session_date"] + timedelta(days=silent)
-            evidence |= {"silent_days": silent, "closed_on": closed_on.isoformat()}
+            closing["closed_on"] = (row["last_session_date"] + timedelta(days=silent)).isoformat()
             reason = (
-                f"no session for {silent} days after a decline ({decline}), up to {closed_on.isoformat()}; "
+                f"no session for {silent} days after a decline ({decline}), up to {closing['closed_on']}; "
                 "now counted as closed"
             )
+        evidence = {
+            "silent_days": silent,
+            "threshold_days": threshold,
+            "gap_days": config.gap_days,
+            "inactive_days": config.inactive_days,
+            **closing,
+        }
         rows.append(
             {
                 "flag_id": flag_id(
