@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -395,3 +396,69 @@ def test_a_publish_by_dyad_replaces_the_changed_dyads_rows_and_equals_the_oracle
         os.utime(path, (path.stat().st_atime, time.time() + 60))
     publish(clinic)
     assert matches_the_oracle("restored", clinic) == [False, False]
+
+
+@pytest.mark.parametrize("table_rows", [1, snapshot_tables.BY_DYAD_TABLE_ROWS])
+def test_a_batch_stages_only_recently_rated_rows_where_snapshots_go_by_dyad_and_each_equals_the_oracle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table_rows: int
+) -> None:
+    """A clinic batch stages, for the snapshots it will bring up to date by dyad, only the rows of dyads rated
+    since their publish. What the staging left out is read from the warehouse where a snapshot needs it: a rated
+    table small enough to be written whole (``table_rows``), a snapshot newer than its record (a restored file,
+    written from every row), a rated table of another shape (rewritten). Every snapshot equals the oracle."""
+    monkeypatch.setattr(snapshot_tables, "BY_DYAD_ROWS", 1)  # the sample's tables are small
+    monkeypatch.setattr(snapshot_tables, "BY_DYAD_TABLE_ROWS", table_rows)
+    settings = load_settings(tmp_path / "home").model_copy(update={"recalibrate_growth": 100.0})
+    later, land = _first_night(tmp_path, settings)
+    warehouse = Warehouse.of(settings)
+    staged: dict[str, tuple[int, int]] = {}  # per clinic: its ratings staged, and all of them
+    stage = snapshots_module.SnapshotPublisher._staged
+
+    @contextlib.contextmanager
+    def spy(self: snapshots_module.SnapshotPublisher, clinic_ids: list[str], *args: object) -> Iterator[object]:
+        with stage(self, clinic_ids, *args) as source:  # type: ignore[arg-type]
+            for clinic in clinic_ids:
+                held, every = (
+                    self.con.execute(f"SELECT count(*) FROM {table} WHERE clinic_id = ?", [clinic]).fetchall()[0][0]
+                    for table in (source["ratings"], "ratings")
+                )
+                staged[clinic] = (held, every)
+            yield source
+
+    def matches_the_oracle(round_: str) -> None:
+        (tmp_path / round_).mkdir()
+        with warehouse.writer() as writer:
+            for path in sorted(warehouse.snapshots.glob("*.duckdb")):
+                clinic_id = None if path.name == "network.duckdb" else path.stem.removeprefix("clinic-")
+                write_snapshot(writer.con, tmp_path / round_ / path.name, clinic_id)
+        for path in sorted(warehouse.snapshots.glob("*.duckdb")):
+            assert _contents(path) == _contents(tmp_path / round_ / path.name), (round_, path.name)
+
+    monkeypatch.setattr(snapshots_module.SnapshotPublisher, "_staged", spy)
+    land(later)  # a second night: a new clinic's file (every row staged), a corrected re-export
+    new, corrected = sorted(staged.items(), key=lambda kv: kv[1][0] == kv[1][1], reverse=True)
+    assert new[1][0] == new[1][1] > 0 and 0 < corrected[1][0] < corrected[1][1] / 2, staged
+    matches_the_oracle("night")
+
+    with warehouse.writer() as writer:  # a dyad of each of two clinics rated anew
+        clinics = [
+            row[0] for row in writer.con.execute("SELECT DISTINCT clinic_id FROM ratings ORDER BY 1 LIMIT 2").fetchall()
+        ]
+        writer.con.execute(
+            "UPDATE ratings SET total = total + 1, updated_at = now() WHERE dyad_id IN "
+            "(SELECT min(dyad_id) FROM ratings WHERE list_contains(?, clinic_id) GROUP BY clinic_id)",
+            [clinics],
+        )
+    restored = warehouse.snapshots / f"clinic-{clinics[0]}.duckdb"
+    os.utime(restored, (restored.stat().st_atime, time.time() + 60))
+    altered = warehouse.snapshots / f"clinic-{clinics[1]}.duckdb"  # by dyad, but its ratings of another shape
+    stamp = altered.stat()
+    altered.chmod(0o600)
+    with duckdb.connect(str(altered)) as con:
+        con.execute("ALTER TABLE ratings ADD COLUMN note VARCHAR")
+    os.utime(altered, (stamp.st_atime, stamp.st_mtime))
+    staged.clear()
+    with warehouse.writer() as writer:
+        writer.publish(warehouse.snapshots, clinics)
+    assert all(0 < held < every for held, every in staged.values()) and len(staged) == 2, staged
+    matches_the_oracle("restored")

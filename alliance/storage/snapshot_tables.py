@@ -102,6 +102,21 @@ class SnapshotTables(Session):
             and self._dyads_to_replace(dyads, clinic_id, held, published_at)
         )
 
+    def _likely_by_dyad(self, clinic_ids: list[str], baselines: dict[str, datetime]) -> dict[str, datetime]:
+        """Of these clinics, those whose snapshots will likely be brought up to date by dyad (published since
+        the last undated change, with ``BY_DYAD_ROWS`` ratings or more), with when each was published. A wrong
+        guess costs time alone: ``_write`` reads what the staging left out from the warehouse."""
+        published = {
+            cid: baselines[f"clinic-{cid}.duckdb"] for cid in clinic_ids if f"clinic-{cid}.duckdb" in baselines
+        }
+        if not published:
+            return {}
+        large = self.con.execute(
+            "SELECT clinic_id FROM ratings WHERE list_contains($ids, clinic_id) GROUP BY 1 HAVING count(*) >= $rows",
+            {"ids": sorted(published), "rows": BY_DYAD_ROWS},
+        ).fetchall()
+        return {cid: published[cid] for (cid,) in large}
+
     @staticmethod
     def _replaces_by_dyad(table: str, held: dict[str, int]) -> bool:
         """Whether this dyad table gets the changed dyads' rows, when the snapshot's do: not a small one."""
@@ -144,13 +159,15 @@ class SnapshotTables(Session):
         held: int | None,
         within: list[str] | None = None,
         by_dyad: bool = False,
+        whole: str | None = None,
     ) -> None:
         """Make ``<snapshot>.<table>`` hold exactly the rows of ``select``. A large table of a copied snapshot, with the
         same columns, gets only the rows that differ: rows are compared by a 64-bit hash of the whole row and its
         lists' lengths, counted, so a row that changed is deleted and its new version inserted, and duplicate
         rows keep their number. With ``within`` only those clinics' rows are compared; with ``by_dyad`` the
         rows of the dyads in ``DYADS_TO_REPLACE`` are replaced (in ``RATED_TABLES``, of those whose ratings
-        changed), whatever the table's size. Either way the caller knows that no other row changed."""
+        changed), whatever the table's size. Either way the caller knows that no other row changed. ``whole``
+        selects every row when ``select`` holds only the changed dyads' rows: read unless dyads are replaced."""
         copy = f"{self.alias}.{table}"
         compare = held is not None and (by_dyad or held >= (DIFF_ROWS if within is None else SCOPED_DIFF_ROWS))
         columns = self._same_columns(table, select, params) if compare else None
@@ -161,6 +178,7 @@ class SnapshotTables(Session):
             self.con.execute(f"DELETE FROM {copy} _row WHERE {of_changed}")
             self.con.execute(f"INSERT INTO {copy} SELECT * FROM ({select}) _row WHERE {of_changed}", params)
             return
+        select = whole or select
         if held is not None and columns is not None:
             # DuckDB's hash gives NULL, [] and [NULL] the same value: each list's length goes into it too
             lengths = [f"coalesce(len(_row.{_quote(name)}), -1)" for name, kind in columns if kind.endswith("[]")]
