@@ -199,7 +199,9 @@ def score_dyads(
     if scope_clinics == []:
         second, cases = Reconciled(pl.DataFrame(), _no_changes()), CaseUpdate(pl.DataFrame(), _no_changes())
     else:
-        second, cases = _settle(writer, configs, settings, scope_clinics, started)
+        # the dyads whose ratings may have changed: those scored, and every dyad of a clinic left unsettled
+        rated = None if dyad_ids is None else sorted({*dyad_ids, *writer.dyads_rated_in(unsettled)})
+        second, cases = _settle(writer, configs, settings, scope_clinics, started, rated)
     if pending.height:
         writer.clear_pending()
     if unsettled:
@@ -278,16 +280,17 @@ def _settle(
     settings: Settings,
     scope_clinics: list[str] | None,
     started: datetime,
+    rated: list[str] | None = None,
 ) -> tuple[Reconciled, CaseUpdate]:
     """``_clinic_standing`` of these clinics (all when None), ``SETTLE_CLINICS`` at a time: a clinic's silence,
     queue and cases read only its own rows, so the chunks decide what one pass over the network decides, in the
-    memory of a chunk."""
+    memory of a chunk. ``rated``: the dyads whose ratings may have changed (all when None)."""
     clinics = writer.clinics_held() if scope_clinics is None else scope_clinics
     # a file's own clinic needs no count of every clinic's dyads (a scan of the network's ratings)
     groups = settle_groups(clinics, writer.dyads_per_clinic() if len(clinics) > 1 else {})
     if scope_clinics is None and len(groups) <= 1:  # the whole network (or none) in one pass
-        return _clinic_standing(writer, configs, settings, None, started)
-    parts = [_clinic_standing(writer, configs, settings, group, started) for group in groups]
+        return _clinic_standing(writer, configs, settings, None, started, rated)
+    parts = [_clinic_standing(writer, configs, settings, group, started, rated) for group in groups]
     return (
         Reconciled(pl.concat([r.flags for r, _ in parts]), pl.concat([r.changes for r, _ in parts])),
         CaseUpdate(
@@ -317,8 +320,11 @@ def _clinic_standing(
     settings: Settings,
     scope_clinics: list[str] | None,
     started: datetime,
+    rated: list[str] | None = None,
 ) -> tuple[Reconciled, CaseUpdate]:
-    """Silence, the queue and cases for every dyad of these clinics (all when None), from their flags."""
+    """Silence, the queue and cases for every dyad of these clinics (all when None), from their flags, once
+    the courses of the ``rated`` dyads among them (all when None) are brought up to date."""
+    writer.refresh_courses(scope_clinics, rated)
     # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
     last_sessions = writer.last_sessions(scope_clinics)
     # silence, the queue and cases read the ongoing findings alone: not a clinic's closed ones, which grow with
@@ -336,8 +342,8 @@ def _clinic_standing(
     policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
     scope_flags = writer.flags_of(clinic_ids=scope_clinics, ongoing=True)
     standing = queue_frame(scope_flags, last_sessions, configs, policy)
-    writer.refresh_dyads(scope_clinics, standing, policy.min_risk, policy.describe())
-    # the same flags: refresh_dyads changes only their risk_score, which cases do not read
+    writer.set_standing(scope_clinics, standing, policy.min_risk, policy.describe())
+    # the same flags: set_standing changes only their risk_score, which cases do not read
     cases = update_cases(writer.cases_of(scope_clinics), writer.dyads_of(scope_clinics), scope_flags, started)
     writer.replace_cases(cases.cases)
     return second, cases

@@ -1,5 +1,7 @@
-"""Each dyad's last session, its clinic's latest day and its usual interval: one aggregation per dyad against the
-window functions first written (tests/reference/sessions.py), on a loaded network and on random ratings."""
+"""Each dyad's last session, its clinic's latest day and its usual interval, as the dyads summary keeps them
+(rebuilt only for the dyads whose ratings changed) against the window functions over every rating first written
+(tests/reference/sessions.py), and that summary against the aggregation over every rating first written
+(tests/reference/dyads.py): on a loaded network and on random ratings changed a few dyads at a time."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from alliance.settings import Settings
 from alliance.storage import Warehouse, Writer
 from flows.nightly import run_nightly
 from tests.conftest import home_with_night
+from tests.reference import dyads as reference_dyads
 from tests.reference import sessions as reference
 
 
@@ -35,6 +38,7 @@ def test_a_loaded_network_s_last_sessions_are_the_window_functions_own(tmp_path:
     run_nightly(settings)
     with Warehouse.of(settings).writer() as writer:
         everyone = assert_same(writer, None)
+        assert_frame_equal(courses(writer), reference_dyads.courses(writer))
         clinics = sorted(set(everyone["clinic_id"]))
         assert len(clinics) == 3 and everyone["cadence_days"].null_count() < everyone.height
         assert set(assert_same(writer, clinics[1:])["clinic_id"]) == set(clinics[1:])
@@ -103,16 +107,44 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
     return Warehouse.of(settings)
 
 
+def _store(writer: Writer, rows: pl.DataFrame) -> None:
+    writer.con.register("drawn", rows.to_arrow())
+    writer.con.execute("INSERT INTO ratings BY NAME SELECT * FROM drawn")
+    writer.con.unregister("drawn")
+
+
 @hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=ratings(), scope=st.sampled_from([None, ["c0"], ["c1", "c9"]]))
-@example(rows=TIED, scope=None)
-def test_random_ratings_give_the_window_functions_last_sessions(
-    warehouse: Warehouse, rows: pl.DataFrame, scope: list[str] | None
+@given(rows=ratings(), later=ratings(), scope=st.sampled_from([None, ["c0"], ["c1", "c9"]]))
+@example(rows=TIED, later=TIED, scope=None)
+def test_random_ratings_changed_a_few_dyads_at_a_time_give_the_window_functions_last_sessions(
+    warehouse: Warehouse, rows: pl.DataFrame, later: pl.DataFrame, scope: list[str] | None
 ) -> None:
+    """Ratings stored and every course built; then ``later``'s ratings replace their dyads' (new dyads among
+    them) and only those dyads' courses are rebuilt, in ``scope``'s clinics: the summary is what the oracle
+    aggregates from every rating, there and in every other clinic as before."""
     with warehouse.writer() as writer:
         with writer.transaction():
             writer.con.execute("DELETE FROM ratings")
-            writer.con.register("drawn", rows.to_arrow())
-            writer.con.execute("INSERT INTO ratings BY NAME SELECT * FROM drawn")
-            writer.con.unregister("drawn")
+            writer.con.execute("DELETE FROM dyads")
+            _store(writer, rows)
+            writer.refresh_courses(None, None)
         assert_same(writer, scope)
+        assert_frame_equal(courses(writer), reference_dyads.courses(writer))
+        before = courses(writer)
+        changed = sorted(set(later["dyad_id"]))
+        with writer.transaction():
+            writer.con.execute("DELETE FROM ratings WHERE list_contains(?, dyad_id)", [changed])
+            _store(writer, later)
+            writer.refresh_courses(scope, changed)
+        mine = pl.col("clinic_id").is_in(scope) if scope is not None else pl.lit(True)
+        want = reference_dyads.courses(writer)
+        assert_frame_equal(courses(writer).filter(mine), want.filter(mine))
+        # another clinic's rows wait for their own clinic's settle: as they were
+        assert_frame_equal(courses(writer).filter(~mine), before.filter(~mine))
+        if scope is None:
+            assert_same(writer, None)
+
+
+def courses(writer: Writer) -> pl.DataFrame:
+    """The dyads summary's course columns, in dyad order."""
+    return writer.frame(f"SELECT {', '.join(reference_dyads.COURSE_COLUMNS)} FROM dyads ORDER BY dyad_id")

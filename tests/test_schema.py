@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import pytest
+from polars.testing import assert_frame_equal
 
 from alliance.errors import StorageError
+from alliance.samples import generate_sample
 from alliance.settings import Settings
 from alliance.storage import Warehouse
 from alliance.storage.schema import schema_digest
+from flows.nightly import run_nightly
+from tests.conftest import home_with_night
+from tests.reference.dyads import COURSE_COLUMNS, courses
 
 
 def _sql(settings: Settings, *statements: str) -> list[tuple[object, ...]]:
@@ -53,3 +60,21 @@ def test_a_warehouse_of_a_newer_version_is_refused(settings: Settings) -> None:
          "UPDATE meta SET value = 'newer' WHERE key = 'schema_digest'", "SELECT 1")  # fmt: skip
     with pytest.raises(StorageError, match="newer than this version"), Warehouse.of(settings).writer():
         pass
+
+
+def test_a_dyads_summary_from_before_its_course_columns_gains_them_filled_from_the_ratings(tmp_path: Path) -> None:
+    """The last session, its instrument and the usual interval are read from the summary each night: a warehouse
+    that predates them gets them from its ratings when its schema is brought up to date, as the oracle has them."""
+    sample = generate_sample(tmp_path / "drop", clinics=2, weeks=12, seed=3, dyads_per_clinic=8)
+    settings = home_with_night(tmp_path / "home", sample)
+    run_nightly(settings)
+    _sql(
+        settings,
+        *(f"ALTER TABLE dyads DROP COLUMN {column}" for column in ("last_session", "last_instrument", "cadence_days")),
+        "DELETE FROM meta WHERE key = 'schema_digest'",
+        "SELECT 1",
+    )
+    with Warehouse.of(settings).writer() as writer:
+        found = writer.frame(f"SELECT {', '.join(COURSE_COLUMNS)} FROM dyads ORDER BY dyad_id")
+        assert found.height > 0 and found["last_instrument"].null_count() == 0
+        assert_frame_equal(found, courses(writer))

@@ -166,6 +166,9 @@ CREATE TABLE IF NOT EXISTS dyads (
     in_queue BOOLEAN NOT NULL
 );
 ALTER TABLE dyads ADD COLUMN IF NOT EXISTS course_open BOOLEAN DEFAULT true;
+ALTER TABLE dyads ADD COLUMN IF NOT EXISTS last_session INTEGER;
+ALTER TABLE dyads ADD COLUMN IF NOT EXISTS last_instrument VARCHAR;
+ALTER TABLE dyads ADD COLUMN IF NOT EXISTS cadence_days DOUBLE;
 CREATE TABLE IF NOT EXISTS cases (
     case_id VARCHAR NOT NULL,
     dyad_id VARCHAR NOT NULL,
@@ -285,6 +288,34 @@ ALTER TABLE alerts ADD COLUMN IF NOT EXISTS case_id VARCHAR;
 """
 
 
+# Each dyad's course from its ratings (of those ``{where}`` selects): what the dyads summary holds besides its
+# standing. The latest session is by date, then number, then an alliance instrument before ORS, then by name;
+# the usual interval is the median of the days between its session days (NULL with one).
+COURSES = """
+SELECT dyad_id, clinic_id, therapist_id, client_id, instruments, sessions, first_session_date, last_session_date,
+       last.session_number AS last_session, last.instrument AS last_instrument,
+       CASE WHEN len(days) > 1 THEN list_aggregate(
+           list_transform(range(1, len(days)), lambda i: days[i + 1] - days[i]), 'median'
+       )::DOUBLE END AS cadence_days
+FROM (
+    SELECT dyad_id, any_value(clinic_id) AS clinic_id, any_value(therapist_id) AS therapist_id,
+           any_value(client_id) AS client_id, list_sort(list_distinct(list(instrument))) AS instruments,
+           count(DISTINCT (session_date, session_number))::INTEGER AS sessions,
+           min(session_date) AS first_session_date, max(session_date) AS last_session_date,
+           arg_min(struct_pack(instrument, session_number),
+                   struct_pack(d := DATE '1970-01-01' - session_date, n := -session_number,
+                               o := instrument IN ('ORS'), i := instrument)) AS last,
+           list_sort(list_distinct(list(session_date))) AS days
+    FROM ratings WHERE {where} GROUP BY dyad_id
+)
+"""
+# a warehouse whose dyads summary predates the course columns gets them from its ratings, once
+FILL_COURSES = f"""
+UPDATE dyads SET last_session = c.last_session, last_instrument = c.last_instrument, cadence_days = c.cadence_days
+FROM ({COURSES.format(where="TRUE")}) c WHERE dyads.dyad_id = c.dyad_id
+"""
+
+
 @functools.cache
 def schema_digest() -> str:
     """What the tables, migrations and views of this version are: a warehouse that records it needs no DDL."""
@@ -296,8 +327,14 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     with contextlib.suppress(duckdb.CatalogException):  # a new file has no meta table yet
         if con.execute("SELECT value FROM meta WHERE key = 'schema_digest'").fetchall() == [(schema_digest(),)]:
             return  # the DDL costs ~20 ms a connection, paid per file of a night
+    unfilled = con.execute(
+        "SELECT count(*) = 0 FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND table_name = 'dyads' AND column_name = 'last_instrument'"
+    ).fetchall()[0][0]
     con.execute(SCHEMA)
     con.execute(MIGRATIONS)
+    if unfilled:
+        con.execute(FILL_COURSES)
     con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
     found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     if not found:
