@@ -20,7 +20,7 @@ from transforms.calibration import Calibration, estimate
 from transforms.cases import CaseUpdate, update_cases
 from transforms.expected import ExpectedCurve, curves_frame, curves_of, estimate_expected
 from transforms.flags import declines_at_last_session, stopped_appearing
-from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame
+from transforms.queue import QueuePolicy, compare_policies, policy_options, queue_frame, settled_for_good
 from transforms.reconcile import CHANGE_SCHEMA, Reconciled, reconcile
 from transforms.trajectory import course_scores, session_features
 
@@ -325,26 +325,34 @@ def _clinic_standing(
     """Silence, the queue and cases for every dyad of these clinics (all when None), from their flags, once
     the courses of the ``rated`` dyads among them (all when None) are brought up to date."""
     writer.refresh_courses(scope_clinics, rated)
-    # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
+    previous_cases = writer.cases_of(scope_clinics)
+    # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic, but for
+    # those whose course ended long enough ago that nothing can change until they are rated again (most of a
+    # clinic's dyads after a few years); a dyad with a live case is kept, as its case may close
     last_sessions = writer.last_sessions(scope_clinics)
+    live_cases = previous_cases.filter(pl.col("status") != "closed")["dyad_id"].implode()
+    last_sessions = last_sessions.filter(
+        ~settled_for_good(last_sessions, configs, rated) | pl.col("dyad_id").is_in(live_cases)
+    )
+    live = None if rated is None else last_sessions["dyad_id"].to_list()
     # silence, the queue and cases read the ongoing findings alone: not a clinic's closed ones, which grow with
     # its history (most of its flags after a few years)
     declines = declines_at_last_session(
-        writer.flags_of(clinic_ids=scope_clinics, except_rule="stopped_appearing", ongoing=True)
+        writer.flags_of(live, scope_clinics, except_rule="stopped_appearing", ongoing=True)
     )
     silent = stopped_appearing(last_sessions, configs, declines)
-    held = writer.flags_of(clinic_ids=scope_clinics, rule="stopped_appearing")
+    held = writer.flags_of(live, scope_clinics, rule="stopped_appearing")
     second = reconcile(silent, held, started)
     # only the flags this judgement changed (stamped now) are stored again; the rest are the rows held, unless
     # an id was held or found twice (the reconcile keeps one of the rows held, and starts anew a second finding)
     twice = held["flag_id"].is_duplicated().any() or silent["flag_id"].is_duplicated().any()
     writer.replace_flags(second.flags if twice else second.flags.filter(pl.col("updated_at") == started))
     policy = QueuePolicy(settings.queue_min_risk, settings.queue_target_share)
-    scope_flags = writer.flags_of(clinic_ids=scope_clinics, ongoing=True)
+    scope_flags = writer.flags_of(live, scope_clinics, ongoing=True)
     standing = queue_frame(scope_flags, last_sessions, configs, policy)
     writer.set_standing(scope_clinics, standing, policy.min_risk, policy.describe())
     # the same flags: set_standing changes only their risk_score, which cases do not read
-    cases = update_cases(writer.cases_of(scope_clinics), writer.dyads_of(scope_clinics), scope_flags, started)
+    cases = update_cases(previous_cases, writer.dyads_of(scope_clinics), scope_flags, started)
     writer.replace_cases(cases.cases)
     return second, cases
 

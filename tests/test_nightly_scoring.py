@@ -320,6 +320,8 @@ def test_a_night_after_an_upgrade_scores_every_dyad_once(settings: Settings, mon
     dyad, so a clinic without new exports does not keep the old version's flags."""
     from flows import scoring
 
+    # reliable change is not re-estimated by the later nights: that would score every dyad, skipping none
+    settings = settings.model_copy(update={"recalibrate_growth": 100.0})
     sample = generate_sample(settings.inbox, clinics=2, weeks=12, dyads_per_clinic=8, today=date(2026, 2, 1))
     add_profiles(settings.clinics_file, sample.profiles)
     run_nightly(settings)
@@ -333,3 +335,61 @@ def test_a_night_after_an_upgrade_scores_every_dyad_once(settings: Settings, mon
     assert _last_run(settings) == ("rescore", dyads)
     after = run_nightly(settings)
     assert after.scoring is not None and after.scoring.dyads_scored == 0  # once
+
+
+def _until(data: bytes, last: date, target: Path) -> Path:
+    """A US export cut to the sessions up to ``last``, as the clinic would have exported it then (rows whose
+    date does not parse, planted invalid cells, kept in every cut)."""
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+    column = rows[0].index("Session Date")
+
+    def kept(row: list[str]) -> bool:
+        try:
+            return datetime.strptime(row[column], "%m/%d/%Y").date() <= last
+        except ValueError:
+            return True
+
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows([rows[0], *filter(kept, rows[1:])])
+    target.write_bytes(out.getvalue().encode("utf-8"))
+    return target
+
+
+def test_dyads_settled_for_good_are_skipped_and_each_night_leaves_what_a_full_rescore_would(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most of a long-running clinic's dyads ended long ago: settling it skips them until they are rated again.
+    Over nights whose cumulative exports add weeks of sessions (the clinic's latest day moving on, courses
+    ending, silences closing), each night leaves every dyad, flag and case as scoring every dyad again does."""
+    from flows import scoring
+
+    # reliable change is not re-estimated by the later nights: that would score every dyad, skipping none
+    settings = settings.model_copy(update={"recalibrate_growth": 100.0})
+    sample = generate_sample(tmp := settings.home.parent / "drop", clinics=2, weeks=40, dyads_per_clinic=12,
+                             today=date(2026, 2, 1))  # fmt: skip
+    add_profiles(settings.clinics_file, sample.profiles)
+    export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
+    data = export.path.read_bytes()
+    inbox = settings.inbox / export.clinic_id
+    for file in sample.files:
+        if file.clinic_id != export.clinic_id:
+            (settings.inbox / file.clinic_id).mkdir(parents=True, exist_ok=True)
+            (settings.inbox / file.clinic_id / file.path.name).write_bytes(file.path.read_bytes())
+    skipped: list[int] = []
+    judge = scoring.settled_for_good
+
+    def spy(*args: object) -> pl.Series:
+        found = judge(*args)  # type: ignore[arg-type]
+        skipped.append(int(found.sum()))
+        return found
+
+    monkeypatch.setattr(scoring, "settled_for_good", spy)
+    inbox.mkdir(parents=True, exist_ok=True)
+    for n, last in enumerate((date(2025, 8, 1), date(2025, 10, 15), date(2025, 12, 20), date(2026, 2, 1))):
+        _until(data, last, inbox / f"export_{n}.csv")
+        night = run_nightly(settings)
+        assert n == 0 or (night.scoring is not None and not night.scoring.recalibrated)
+        after_night = _scored(settings)
+        rescore(settings)
+        assert _scored(settings) == after_night, last  # the oracle: every dyad scored and settled again
+    assert tmp.exists() and sum(skipped[1:]) > 0, skipped  # the later nights skipped dyads settled for good

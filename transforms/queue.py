@@ -86,6 +86,38 @@ def standing(
     )
 
 
+def settled_for_good(
+    last_sessions: pl.DataFrame, configs: dict[str, RuleConfig], rated: Sequence[str] | None
+) -> pl.Series:
+    """Per row of ``last_sessions``: whether settling the dyad again can change nothing, so a settle may skip it.
+
+    Its course had ended, it was out of the queue and its silence closed (``inactive_days``, ``gap_days``) by its
+    clinic's latest day at the clinic's last settle: from then on its standing and findings depend on its own
+    ratings and flags alone, which change only when it is rated again (``rated``, every dyad when None). That
+    day is at least the latest session of the dyads not rated since: any clinic whose ratings changed is settled
+    in the same run (or its dyads are all counted as rated).
+    """
+    if rated is None or last_sessions.is_empty():
+        return pl.Series("settled", [False] * last_sessions.height, dtype=pl.Boolean)
+    clinic_ids = last_sessions["clinic_id"].unique().to_list()
+    rule_configs = [configs.get(cid, RuleConfig()) for cid in clinic_ids]
+    settings = pl.DataFrame(
+        {
+            "clinic_id": clinic_ids,
+            "horizon": [max(c.inactive_days, c.gap_days) for c in rule_configs],
+            "course_end_days": [c.course_end_days for c in rule_configs],
+        },
+        schema={"clinic_id": pl.String, "horizon": pl.Int64, "course_end_days": pl.Int64},
+    )
+    unrated = ~pl.col("dyad_id").is_in(pl.Series(list(rated), dtype=pl.String).implode())
+    known = pl.col("last_session_date").filter(unrated).max().over("clinic_id")  # the clinic's day, at least
+    silent = (known - pl.col("last_session_date")).dt.total_days()
+    usual = pl.when(pl.col("cadence_days") > 0).then(pl.col("cadence_days")).otherwise(7.0)
+    settled = unrated & (silent >= pl.col("horizon")) & (silent > usual + pl.col("course_end_days"))
+    frame = last_sessions.join(settings, on="clinic_id", how="left", maintain_order="left")
+    return frame.select(settled.fill_null(False).alias("settled"))["settled"]
+
+
 @dataclass(frozen=True)
 class QueuePolicy:
     """Which dyads enter the queue: risk at or above ``min_risk``, and at most ``target_share`` of open dyads

@@ -148,12 +148,12 @@ class ScoringTables(Session):
     def set_standing(
         self, clinic_ids: list[str] | None, standing: pl.DataFrame, queue_min_risk: float, queue_setting: str
     ) -> None:
-        """Set the standing (risk, ongoing rules, queue membership, open course) of every dyad of these clinics
-        (all when None), and each of their flags' risk; only rows that change are written.
+        """Set the standing (risk, ongoing rules, queue membership, open course) of the dyads of these clinics
+        (all when None) that ``standing`` holds, and their flags' risk; only rows that change are written.
 
         ``standing`` holds one row per dyad (dyad_id, risk_score, rules, in_queue, course_open), as
-        ``transforms.queue.queue_frame`` decides it; a dyad missing from it has no risk, is out of the queue and
-        its course open. The threshold and the setting's wording are kept for readers.
+        ``transforms.queue.queue_frame`` decides it; a dyad missing from it keeps its standing (one settled for
+        good). The threshold and the setting's wording are kept for readers.
         """
         where = (
             "TRUE"
@@ -166,10 +166,8 @@ class ScoringTables(Session):
             f"""
             UPDATE dyads SET {", ".join(f"{c} = n.{c}" for c in STANDING)}
             FROM (
-                SELECT d.dyad_id, coalesce(k.risk_score, 0) AS risk_score,
-                       coalesce(k.rules, []::VARCHAR[]) AS ongoing_rules, coalesce(k.in_queue, false) AS in_queue,
-                       coalesce(k.course_open, true) AS course_open
-                FROM dyads d LEFT JOIN incoming_standing k USING (dyad_id) WHERE {where}
+                SELECT d.dyad_id, k.risk_score, k.rules AS ongoing_rules, k.in_queue, k.course_open
+                FROM dyads d JOIN incoming_standing k USING (dyad_id) WHERE {where}
             ) n
             WHERE dyads.dyad_id = n.dyad_id AND ({changed})
             """
