@@ -195,7 +195,7 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.call(scoring, "reconcile", "flag.reconcile")
     for name in ("flags_of", "last_sessions"):
         clock.call(writer, name, "flag.read", opaque=True)
-    for name in ("replace_flags", "replace_dyad_sessions", "refresh_dyads", "record_scoring_run"):
+    for name in ("replace_flags", "replace_dyad_sessions", "refresh_courses", "set_standing", "record_scoring_run"):
         clock.call(writer, name, "flag.write")
     for owner in (pipeline, flows.reviews):
         clock.call(owner, "score_dyads", "flag.other")  # score_dyads' own queries (queue counts) between the calls

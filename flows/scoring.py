@@ -201,7 +201,9 @@ def score_dyads(
     else:
         # the dyads whose ratings may have changed: those scored, and every dyad of a clinic left unsettled
         rated = None if dyad_ids is None else sorted({*dyad_ids, *writer.dyads_rated_in(unsettled)})
-        second, cases = _settle(writer, configs, settings, scope_clinics, started, rated)
+        # dyads settled for good are skipped only while every flag stands as these rules score it
+        skip = rated is not None and writer.meta_value(SCORED_WITH) == scoring_fingerprint(clinics, settings)
+        second, cases = _settle(writer, configs, settings, scope_clinics, started, rated, skip)
     if pending.height:
         writer.clear_pending()
     if unsettled:
@@ -281,16 +283,18 @@ def _settle(
     scope_clinics: list[str] | None,
     started: datetime,
     rated: list[str] | None = None,
+    skip: bool = False,
 ) -> tuple[Reconciled, CaseUpdate]:
     """``_clinic_standing`` of these clinics (all when None), ``SETTLE_CLINICS`` at a time: a clinic's silence,
     queue and cases read only its own rows, so the chunks decide what one pass over the network decides, in the
-    memory of a chunk. ``rated``: the dyads whose ratings may have changed (all when None)."""
+    memory of a chunk. ``rated``: the dyads whose ratings may have changed (all when None); ``skip``: leave out
+    the dyads settled for good."""
     clinics = writer.clinics_held() if scope_clinics is None else scope_clinics
     # a file's own clinic needs no count of every clinic's dyads (a scan of the network's ratings)
     groups = settle_groups(clinics, writer.dyads_per_clinic() if len(clinics) > 1 else {})
     if scope_clinics is None and len(groups) <= 1:  # the whole network (or none) in one pass
-        return _clinic_standing(writer, configs, settings, None, started, rated)
-    parts = [_clinic_standing(writer, configs, settings, group, started, rated) for group in groups]
+        return _clinic_standing(writer, configs, settings, None, started, rated, skip)
+    parts = [_clinic_standing(writer, configs, settings, group, started, rated, skip) for group in groups]
     return (
         Reconciled(pl.concat([r.flags for r, _ in parts]), pl.concat([r.changes for r, _ in parts])),
         CaseUpdate(
@@ -321,20 +325,26 @@ def _clinic_standing(
     scope_clinics: list[str] | None,
     started: datetime,
     rated: list[str] | None = None,
+    skip: bool = False,
 ) -> tuple[Reconciled, CaseUpdate]:
     """Silence, the queue and cases for every dyad of these clinics (all when None), from their flags, once
-    the courses of the ``rated`` dyads among them (all when None) are brought up to date."""
+    the courses of the ``rated`` dyads among them (all when None) are brought up to date; with ``skip``, for
+    every dyad but those settled for good."""
     writer.refresh_courses(scope_clinics, rated)
     previous_cases = writer.cases_of(scope_clinics)
-    # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic, but for
-    # those whose course ended long enough ago that nothing can change until they are rated again (most of a
-    # clinic's dyads after a few years); a dyad with a live case is kept, as its case may close
+    # silence is relative to the clinic's latest session, so it is judged for every dyad of the clinic
     last_sessions = writer.last_sessions(scope_clinics)
-    live_cases = previous_cases.filter(pl.col("status") != "closed")["dyad_id"].implode()
-    last_sessions = last_sessions.filter(
-        ~settled_for_good(last_sessions, configs, rated) | pl.col("dyad_id").is_in(live_cases)
-    )
-    live = None if rated is None else last_sessions["dyad_id"].to_list()
+    live = None
+    if skip:
+        # but for those whose course ended long enough ago that nothing can change until they are rated again
+        # (most of a clinic's dyads after a few years); kept: a dyad with a live case, as its case may close,
+        # and one whose ended silence a supervisor reopened, as settling resolves it again
+        kept = [*previous_cases.filter(pl.col("status") != "closed")["dyad_id"],
+                *writer.dyads_with_open_ended_silences(scope_clinics)]  # fmt: skip
+        last_sessions = last_sessions.filter(
+            ~settled_for_good(last_sessions, configs, rated) | pl.col("dyad_id").is_in(kept)
+        )
+        live = last_sessions["dyad_id"].to_list()
     # silence, the queue and cases read the ongoing findings alone: not a clinic's closed ones, which grow with
     # its history (most of its flags after a few years)
     declines = declines_at_last_session(

@@ -14,12 +14,14 @@ import duckdb
 import polars as pl
 import pytest
 
+from alliance.clinics import load_clinics
 from alliance.home import init_home
 from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
+from alliance.storage import Warehouse
 from alliance.storage.checksums import table_checksums
 from flows.nightly import run_nightly
-from flows.reviews import rescore
+from flows.reviews import rescore, review_flag
 from tests.conftest import TEST_KEY
 
 SCORED_TABLES = ("flags", "dyads", "dyad_sessions", "cases", "calibrations", "expected_trajectories")
@@ -360,20 +362,20 @@ def test_dyads_settled_for_good_are_skipped_and_each_night_leaves_what_a_full_re
 ) -> None:
     """Most of a long-running clinic's dyads ended long ago: settling it skips them until they are rated again.
     Over nights whose cumulative exports add weeks of sessions (the clinic's latest day moving on, courses
-    ending, silences closing), each night leaves every dyad, flag and case as scoring every dyad again does."""
+    ending, silences closing), each night leaves every dyad, flag and case as scoring every dyad again does,
+    also after a supervisor reopened the clinic's ended silences. While a full scoring is due, nothing is skipped."""
     from flows import scoring
 
     # reliable change is not re-estimated by the later nights: that would score every dyad, skipping none
     settings = settings.model_copy(update={"recalibrate_growth": 100.0})
-    sample = generate_sample(tmp := settings.home.parent / "drop", clinics=2, weeks=40, dyads_per_clinic=12,
+    sample = generate_sample(settings.home.parent / "drop", clinics=2, weeks=40, dyads_per_clinic=12,
                              today=date(2026, 2, 1))  # fmt: skip
     add_profiles(settings.clinics_file, sample.profiles)
     export = next(f for f in sample.files if f.layout == "us_csv" and "corrected" not in f.path.name)
     data = export.path.read_bytes()
-    inbox = settings.inbox / export.clinic_id
     for file in sample.files:
+        (settings.inbox / file.clinic_id).mkdir(parents=True, exist_ok=True)
         if file.clinic_id != export.clinic_id:
-            (settings.inbox / file.clinic_id).mkdir(parents=True, exist_ok=True)
             (settings.inbox / file.clinic_id / file.path.name).write_bytes(file.path.read_bytes())
     skipped: list[int] = []
     judge = scoring.settled_for_good
@@ -384,12 +386,32 @@ def test_dyads_settled_for_good_are_skipped_and_each_night_leaves_what_a_full_re
         return found
 
     monkeypatch.setattr(scoring, "settled_for_good", spy)
-    inbox.mkdir(parents=True, exist_ok=True)
     for n, last in enumerate((date(2025, 8, 1), date(2025, 10, 15), date(2025, 12, 20), date(2026, 2, 1))):
-        _until(data, last, inbox / f"export_{n}.csv")
+        if n == 3:  # a supervisor reopens every ended silence of the clinic: settling it resolves each again
+            ended = _sql(
+                settings,
+                "SELECT flag_id FROM flags WHERE rule = 'stopped_appearing' AND NOT ongoing "
+                f"AND clinic_id = '{export.clinic_id}'",
+            )
+            assert ended
+            for (flag_id,) in ended:
+                review_flag(settings, str(flag_id), "open", "dr.lee")
+        _until(data, last, settings.inbox / export.clinic_id / f"export_{n}.csv")
         night = run_nightly(settings)
         assert n == 0 or (night.scoring is not None and not night.scoring.recalibrated)
         after_night = _scored(settings)
         rescore(settings)
         assert _scored(settings) == after_night, last  # the oracle: every dyad scored and settled again
-    assert tmp.exists() and sum(skipped[1:]) > 0, skipped  # the later nights skipped dyads settled for good
+    assert sum(skipped[1:]) > 0, skipped  # the later nights skipped dyads settled for good
+
+    skipped.clear()  # a full scoring due (a clinic's rules changed) when a file's dyads are scored alone
+    dyad = str(_sql(settings, "SELECT min(dyad_id) FROM ratings")[0][0])
+    with Warehouse.of(settings).writer() as writer, writer.transaction():
+        writer.set_meta(scoring.SCORED_WITH, "rules of another day")
+        scoring.score_dyads(writer, load_clinics(settings.clinics_file), settings, [dyad])
+    assert skipped == []  # nothing skipped: the flags of the dyads left out may not stand as these rules say
+
+
+def _sql(settings: Settings, query: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        return con.execute(query).fetchall()

@@ -18,6 +18,7 @@ import polars as pl
 from alliance.clinics import RuleConfig
 from transforms.rules import DECLINE_RULES, RULES, SEVERITIES, risk_score
 
+DAY_SETTINGS = ("course_end_days", "inactive_days", "gap_days")  # a clinic's rules that count days of silence
 QUEUE_SCHEMA: dict[str, pl.DataType] = {
     "dyad_id": pl.String(),
     "risk_score": pl.Float64(),
@@ -86,6 +87,22 @@ def standing(
     )
 
 
+def _rule_settings(last_sessions: pl.DataFrame, configs: dict[str, RuleConfig]) -> pl.DataFrame:
+    """The day counts of each clinic's rules that decide when a course ends and a silence closes."""
+    clinic_ids = last_sessions["clinic_id"].unique().to_list()
+    rules = [configs.get(cid, RuleConfig()) for cid in clinic_ids]
+    return pl.DataFrame(
+        {"clinic_id": clinic_ids, **{name: [getattr(c, name) for c in rules] for name in DAY_SETTINGS}},
+        schema={"clinic_id": pl.String, **dict.fromkeys(DAY_SETTINGS, pl.Int64)},
+    )
+
+
+def _ended(silent: pl.Expr, cadence: pl.Expr) -> pl.Expr:
+    """``course_ended`` over frames: no session for ``course_end_days`` beyond the usual interval."""
+    usual = pl.when(cadence > 0).then(cadence).otherwise(7.0)
+    return silent > usual + pl.col("course_end_days")
+
+
 def settled_for_good(
     last_sessions: pl.DataFrame, configs: dict[str, RuleConfig], rated: Sequence[str] | None
 ) -> pl.Series:
@@ -99,22 +116,14 @@ def settled_for_good(
     """
     if rated is None or last_sessions.is_empty():
         return pl.Series("settled", [False] * last_sessions.height, dtype=pl.Boolean)
-    clinic_ids = last_sessions["clinic_id"].unique().to_list()
-    rule_configs = [configs.get(cid, RuleConfig()) for cid in clinic_ids]
-    settings = pl.DataFrame(
-        {
-            "clinic_id": clinic_ids,
-            "horizon": [max(c.inactive_days, c.gap_days) for c in rule_configs],
-            "course_end_days": [c.course_end_days for c in rule_configs],
-        },
-        schema={"clinic_id": pl.String, "horizon": pl.Int64, "course_end_days": pl.Int64},
-    )
     unrated = ~pl.col("dyad_id").is_in(pl.Series(list(rated), dtype=pl.String).implode())
     known = pl.col("last_session_date").filter(unrated).max().over("clinic_id")  # the clinic's day, at least
     silent = (known - pl.col("last_session_date")).dt.total_days()
-    usual = pl.when(pl.col("cadence_days") > 0).then(pl.col("cadence_days")).otherwise(7.0)
-    settled = unrated & (silent >= pl.col("horizon")) & (silent > usual + pl.col("course_end_days"))
-    frame = last_sessions.join(settings, on="clinic_id", how="left", maintain_order="left")
+    closed_for_good = silent >= pl.max_horizontal("inactive_days", "gap_days")
+    settled = unrated & closed_for_good & _ended(silent, pl.col("cadence_days"))
+    frame = last_sessions.join(
+        _rule_settings(last_sessions, configs), on="clinic_id", how="left", maintain_order="left"
+    )
     return frame.select(settled.fill_null(False).alias("settled"))["settled"]
 
 
@@ -171,25 +180,14 @@ def queue_frame(
     risks = combos.with_columns(
         pl.Series("risk_score", [risk_score(c.split("|")) for c in combos["combo"]], dtype=pl.Float64)
     )
-    clinic_ids = last_sessions["clinic_id"].unique().to_list()
-    rule_configs = [configs.get(cid, RuleConfig()) for cid in clinic_ids]
-    settings = pl.DataFrame(
-        {
-            "clinic_id": clinic_ids,
-            "course_end_days": [c.course_end_days for c in rule_configs],
-            "inactive_days": [c.inactive_days for c in rule_configs],
-        },
-        schema={"clinic_id": pl.String, "course_end_days": pl.Int64, "inactive_days": pl.Int64},
-    )
     silent = (pl.col("clinic_latest") - pl.col("last_session_date")).dt.total_days()
     cadence = pl.col("cadence_days") if "cadence_days" in last_sessions.columns else pl.lit(None, pl.Float64)
-    usual = pl.when(cadence > 0).then(cadence).otherwise(7.0)
-    ended = silent > usual + pl.col("course_end_days")
+    ended = _ended(silent, cadence)
     dropped_out = pl.col("rules").list.contains("stopped_appearing")
     frame = (
         last_sessions.with_row_index("position")
         .join(confirmed, on="dyad_id", how="left")
-        .join(settings, on="clinic_id", how="left")
+        .join(_rule_settings(last_sessions, configs), on="clinic_id", how="left")
         .with_columns(pl.col("rules").fill_null(pl.lit([], pl.List(pl.String))))
         .with_columns(pl.col("rules").list.join("|").alias("combo"))
         .join(risks, on="combo", how="left")

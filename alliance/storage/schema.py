@@ -327,13 +327,10 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     with contextlib.suppress(duckdb.CatalogException):  # a new file has no meta table yet
         if con.execute("SELECT value FROM meta WHERE key = 'schema_digest'").fetchall() == [(schema_digest(),)]:
             return  # the DDL costs ~20 ms a connection, paid per file of a night
-    unfilled = con.execute(
-        "SELECT count(*) = 0 FROM duckdb_columns() WHERE database_name = current_database() "
-        "AND table_name = 'dyads' AND column_name = 'last_instrument'"
-    ).fetchall()[0][0]
     con.execute(SCHEMA)
     con.execute(MIGRATIONS)
-    if unfilled:
+    # by the rows, not the columns' presence: a fill cut short (memory, disk) is done again on the next open
+    if con.execute("SELECT count(*) FROM dyads WHERE last_instrument IS NULL").fetchall()[0][0]:
         con.execute(FILL_COURSES)
     con.execute(VIEWS_FILE.read_text(encoding="utf-8"))
     found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()

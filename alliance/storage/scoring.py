@@ -173,7 +173,8 @@ class ScoringTables(Session):
             """
         )
         self.con.execute(
-            f"UPDATE flags SET risk_score = d.risk_score FROM dyads d WHERE flags.dyad_id = d.dyad_id AND {where}"
+            f"UPDATE flags SET risk_score = d.risk_score FROM dyads d WHERE flags.dyad_id = d.dyad_id AND {where} "
+            "AND flags.risk_score IS DISTINCT FROM d.risk_score"
         )
         self.con.execute("DELETE FROM meta WHERE key IN ('queue_min_risk', 'queue_setting')")
         self.con.execute("INSERT INTO meta VALUES ('queue_min_risk', ?)", [str(queue_min_risk)])
@@ -191,6 +192,17 @@ class ScoringTables(Session):
         """Each clinic's rated dyads: what settling a clinic holds in memory grows with."""
         rows = self.con.execute("SELECT clinic_id, count(DISTINCT dyad_id) FROM ratings GROUP BY 1").fetchall()
         return {str(clinic_id): int(n) for clinic_id, n in rows}
+
+    def dyads_with_open_ended_silences(self, clinic_ids: list[str] | None) -> list[str]:
+        """The dyads of these clinics (all when None) with a silence that ended while its flag is open or
+        acknowledged (a supervisor reopened it): settling them resolves it again."""
+        where = (
+            "TRUE" if clinic_ids is None else f"clinic_id IN (SELECT id FROM {self._scope('scope_ended', clinic_ids)})"
+        )
+        return self.frame(
+            f"""SELECT DISTINCT dyad_id FROM flags WHERE rule = 'stopped_appearing' AND NOT ongoing
+            AND status IN ('open', 'acknowledged') AND {where}"""
+        )["dyad_id"].to_list()
 
     def dyads_rated_in(self, clinic_ids: list[str]) -> list[str]:
         """Every rated dyad of these clinics."""
