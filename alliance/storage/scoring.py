@@ -15,6 +15,10 @@ STANDING = ("risk_score", "ongoing_rules", "in_queue", "course_open")  # what se
 class ScoringTables(Session):
     """Scoring's reads of ratings and its writes of scored sessions, flags, dyads, cases and runs."""
 
+    def _within(self, column: str, name: str, ids: list[str] | None) -> str:
+        """A condition keeping the rows whose ``column`` is one of ``ids`` (registered as ``name``; all when None)."""
+        return "TRUE" if ids is None else f"{column} IN (SELECT id FROM {self._scope(name, ids)})"
+
     def ratings_of(self, dyad_ids: list[str] | None) -> pl.DataFrame:
         """Every rating of the given dyads (all dyads when None), for scoring."""
         columns = "dyad_id, clinic_id, client_id, therapist_id, instrument, session_date, session_number, items, total"
@@ -77,9 +81,9 @@ class ScoringTables(Session):
         the ongoing ones."""
         where, params = ["ongoing" if ongoing else "TRUE"], []
         if dyad_ids is not None:
-            where.append(f"dyad_id IN (SELECT id FROM {self._scope('scope_flag_dyads', dyad_ids)})")
+            where.append(self._within("dyad_id", "scope_flag_dyads", dyad_ids))
         if clinic_ids is not None:
-            where.append(f"clinic_id IN (SELECT id FROM {self._scope('scope_flag_clinics', clinic_ids)})")
+            where.append(self._within("clinic_id", "scope_flag_clinics", clinic_ids))
         if rule is not None:
             where.append("rule = ?")
             params.append(rule)
@@ -113,9 +117,7 @@ class ScoringTables(Session):
         """Per dyad: its latest rated session (alliance instruments first), its clinic's latest session date and
         its usual interval (median days between sessions; NULL with one session), as the dyads summary holds
         them (``refresh_courses``); tests/reference/sessions.py keeps the window form over ratings as the oracle."""
-        where = (
-            "TRUE" if clinic_ids is None else f"clinic_id IN (SELECT id FROM {self._scope('scope_last', clinic_ids)})"
-        )
+        where = self._within("clinic_id", "scope_last", clinic_ids)
         return self.frame(
             f"""
             SELECT clinic_id, therapist_id, dyad_id, client_id, last_instrument AS instrument, last_session,
@@ -134,9 +136,9 @@ class ScoringTables(Session):
         swept clinics took 0.6 s a night, growing with the history."""
         where = ["TRUE"]
         if clinic_ids is not None:
-            where.append(f"clinic_id IN (SELECT id FROM {self._scope('scope_course_clinics', clinic_ids)})")
+            where.append(self._within("clinic_id", "scope_course_clinics", clinic_ids))
         if dyad_ids is not None:
-            where.append(f"dyad_id IN (SELECT id FROM {self._scope('scope_course_dyads', dyad_ids)})")
+            where.append(self._within("dyad_id", "scope_course_dyads", dyad_ids))
         rows = " AND ".join(where)
         self.con.execute(f"DELETE FROM dyads WHERE {rows}")
         self.con.execute(
@@ -155,11 +157,7 @@ class ScoringTables(Session):
         ``transforms.queue.queue_frame`` decides it; a dyad missing from it keeps its standing (one settled for
         good). The threshold and the setting's wording are kept for readers.
         """
-        where = (
-            "TRUE"
-            if clinic_ids is None
-            else f"d.clinic_id IN (SELECT id FROM {self._scope('scope_dyads_cl', clinic_ids)})"
-        )
+        where = self._within("d.clinic_id", "scope_dyads_cl", clinic_ids)
         self.con.register("incoming_standing", standing.to_arrow())
         changed = " OR ".join(f"dyads.{c} IS DISTINCT FROM n.{c}" for c in STANDING)
         self.con.execute(
@@ -196,9 +194,7 @@ class ScoringTables(Session):
     def dyads_with_open_ended_silences(self, clinic_ids: list[str] | None) -> list[str]:
         """The dyads of these clinics (all when None) with a silence that ended while its flag is open or
         acknowledged (a supervisor reopened it): settling them resolves it again."""
-        where = (
-            "TRUE" if clinic_ids is None else f"clinic_id IN (SELECT id FROM {self._scope('scope_ended', clinic_ids)})"
-        )
+        where = self._within("clinic_id", "scope_ended", clinic_ids)
         return self.frame(
             f"""SELECT DISTINCT dyad_id FROM flags WHERE rule = 'stopped_appearing' AND NOT ongoing
             AND status IN ('open', 'acknowledged') AND {where}"""
@@ -208,26 +204,16 @@ class ScoringTables(Session):
         """Every rated dyad of these clinics."""
         if not clinic_ids:
             return []
-        scope = self._scope("scope_rated_clinics", clinic_ids)
-        return self.frame(f"SELECT DISTINCT dyad_id FROM ratings WHERE clinic_id IN (SELECT id FROM {scope})")[
-            "dyad_id"
-        ].to_list()
+        where = self._within("clinic_id", "scope_rated_clinics", clinic_ids)
+        return self.frame(f"SELECT DISTINCT dyad_id FROM ratings WHERE {where}")["dyad_id"].to_list()
 
     def dyads_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
         """The dyads summary of these clinics (all when None)."""
-        if clinic_ids is None:
-            return self.frame("SELECT * FROM dyads")
-        return self.frame(
-            f"SELECT * FROM dyads WHERE clinic_id IN (SELECT id FROM {self._scope('scope_dy', clinic_ids)})"
-        )
+        return self.frame(f"SELECT * FROM dyads WHERE {self._within('clinic_id', 'scope_dy', clinic_ids)}")
 
     def cases_of(self, clinic_ids: list[str] | None) -> pl.DataFrame:
         """Every case (any status) of these clinics (all when None)."""
-        if clinic_ids is None:
-            return self.frame("SELECT * FROM cases")
-        return self.frame(
-            f"SELECT * FROM cases WHERE clinic_id IN (SELECT id FROM {self._scope('scope_cs', clinic_ids)})"
-        )
+        return self.frame(f"SELECT * FROM cases WHERE {self._within('clinic_id', 'scope_cs', clinic_ids)}")
 
     def replace_cases(self, cases: pl.DataFrame) -> None:
         """Write the new state of these cases (by case_id)."""
