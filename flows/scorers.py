@@ -17,7 +17,7 @@ from flows.workers import CORES, may_start_workers, stop_workers, worker_pool
 from transforms.advisory import advisories
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
-from transforms.findings import Found, Scored, courses, per_dyad, score, scored
+from transforms.findings import Found, Scored, courses, per_dyad, scored
 from transforms.rules import Thresholds
 
 log = logging.getLogger("alliance.scoring")
@@ -30,7 +30,7 @@ PARALLEL_DYADS = 4_000  # dyads to score from which the workers start at once, w
 
 
 def shares(grouped: pl.DataFrame, n: int) -> list[pl.DataFrame]:
-    """A scoring's series (``Courses.grouped``) cut into up to ``n`` shares of about equal sessions, whole dyads
+    """A scoring's series (``Courses.screened``) cut into up to ``n`` shares of about equal sessions, whole dyads
     each (rule 8's escalation reads all of a dyad's series), in the order the dyads first appear."""
     sizes = grouped.group_by("dyad_id", maintain_order=True).agg(pl.col("score").list.len().sum().alias("len"))
     share = (sizes["len"].cum_sum() - sizes["len"]) * n // max(1, sizes["len"].sum())
@@ -103,13 +103,15 @@ def score_shares(
     calibrations: dict[str, Calibration],
     curves: dict[str, ExpectedCurve],
 ) -> Scored:
-    """``score``, with a chunk of at least ``PARALLEL_SESSIONS`` sessions cut into shares of series that this
+    """``score``, with a chunk whose series the per-series rules run on (``Courses.screened``) hold at least
+    ``PARALLEL_SESSIONS`` sessions cut into shares of those series that this
     process takes from the front and the workers from the back, so that a worker still starting takes fewer. This
     process first runs rules 2 and 3 over every series, while the workers start on their shares."""
-    if pool.processes < 2 or pool.stopped or features.height < PARALLEL_SESSIONS:
-        return score(features, configs, calibrations, curves)
     c = courses(features, configs, calibrations, curves)
-    parts = shares(c.grouped, max(pool.processes, features.height // SHARE_SESSIONS))
+    work = int(c.screened["score"].list.len().sum())  # sessions of the series the per-series rules run on
+    if pool.processes < 2 or pool.stopped or work < PARALLEL_SESSIONS:
+        return scored(c, [per_dyad(c.screened, c.thresholds, calibrations)])
+    parts = shares(c.screened, max(pool.processes, work // SHARE_SESSIONS))
     results: dict[int, Found] = {}
     sent: dict[int, Future[Found] | None] = {}
     advisory: pl.DataFrame | None = None

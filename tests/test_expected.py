@@ -9,8 +9,9 @@ import pytest
 
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
+from tests.test_rules import run
 from transforms.expected import MIN_CELL, curves_frame, curves_of, estimate_expected
-from transforms.rules import Series, Thresholds, below_expected, not_on_track
+from transforms.rules import Series, Thresholds
 from transforms.trajectory import session_features
 
 ORS = instrument("ORS")
@@ -78,11 +79,11 @@ def test_not_on_track_is_below_the_lower_band_of_the_recovery_curve_not_below_25
     band = curve.at(21.0, 3)
     assert band is not None
     # improving like similar clients, though still below 25: on track
-    assert not_on_track(series([21.0, 23.0, 25.0]), th) == []
+    assert run("not_on_track", series([21.0, 23.0, 25.0]), th) == []
     # just below the lower band at the third session: not on track, the reason names the band
-    [episode] = not_on_track(series([21.0, 22.0, round(band.lower - 0.1, 1)]), th)
+    [episode] = run("not_on_track", series([21.0, 22.0, round(band.lower - 0.1, 1)]), th)
     assert episode.start == 2 and episode.ongoing and "expected recovery band" in episode.reason
-    assert not_on_track(series([21.0, 22.0, round(band.lower + 0.1, 1)]), th) == []
+    assert run("not_on_track", series([21.0, 22.0, round(band.lower + 0.1, 1)]), th) == []
 
 
 def test_alliance_below_what_similar_clients_score_is_advisory_evidence() -> None:
@@ -90,6 +91,6 @@ def test_alliance_below_what_similar_clients_score_is_advisory_evidence() -> Non
     th = Thresholds.of(RuleConfig(), SRS, 4.0, 1.5, curve)
     band = curve.at(38.0, 2)
     assert band is not None
-    [episode] = below_expected(series([38.0, band.lower - 0.5], SRS), th)
+    [episode] = run("below_expected", series([38.0, band.lower - 0.5], SRS), th)
     assert episode.severity == "advisory" and "below the band" in episode.reason
-    assert below_expected(series([38.0, band.lower], SRS), th) == []
+    assert run("below_expected", series([38.0, band.lower], SRS), th) == []

@@ -11,6 +11,7 @@ import pytest
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
 from benchmarks.detection import evaluate
+from tests.test_rules import run
 from transforms.queue import QueuePolicy, Standing, course_ended, queue_frame, standing
 from transforms.rules import Series, Thresholds, new_low, series_episodes
 
@@ -69,7 +70,8 @@ def test_new_low_is_provisional_until_the_next_session_stays_below_the_cutoff() 
 
 def test_a_low_level_alone_does_not_queue_a_dyad() -> None:
     # a client who always sits at 33–34: low_score, drops and low items, but no decline
-    episodes = series_episodes(series([34.0, 33.0, 34.0, 33.0, 34.0, 33.0]), th())
+    course = series([34.0, 33.0, 34.0, 33.0, 34.0, 33.0])
+    episodes = series_episodes(course, th()) + run("low_score", course, th())
     findings = [finding(e.rule, e.severity, e.provisional) | {"last_session_date": DAY} for e in episodes if e.ongoing]
     assert {f["rule"] for f in findings} >= {"low_score"}
     assert not QueuePolicy().select([standing(findings, 3, 7.0, RuleConfig())])[0]

@@ -27,15 +27,14 @@ from transforms.rules import (
     Thresholds,
     declining_trend,
     escalation,
-    low_score,
-    not_on_track,
     reliable_decrease,
     risk_score,
     rupture,
     series_episodes,
-    session_gap,
     sudden_loss,
 )
+from transforms.runs import RULES as RUN_RULES
+from transforms.runs import session_runs
 
 SRS = instrument("SRS")
 WAI = instrument("WAI_SR")
@@ -77,10 +76,10 @@ def thresholds(
     return Thresholds.of(RuleConfig(**config), inst, rc, pooled_sd)
 
 
-def advisory(rule: str, s: Series, th: Thresholds) -> list[dict[str, Any]]:
-    """Rule 2 (drop) or 3 (low_item) on one series, run as scoring runs them over every series at once."""
+def sessions_of(s: Series) -> pl.DataFrame:
+    """One series as the rules over every series read it (``Courses.sessions``)."""
     n = len(s.scores)
-    sessions = pl.DataFrame(
+    return pl.DataFrame(
         {
             "k": [0] * n, "i": list(range(n)), "n": [n] * n, "clinic_id": ["c"] * n,
             "instrument": [s.instrument.code] * n, "session_date": s.dates, "session_number": s.numbers,
@@ -88,7 +87,25 @@ def advisory(rule: str, s: Series, th: Thresholds) -> list[dict[str, Any]]:
         },
         schema_overrides={"k": pl.Int64, "i": pl.Int64, "n": pl.Int64, "items": pl.List(pl.Float64)},
     )  # fmt: skip
-    return advisories(sessions, {("c", s.instrument.code): th}).filter(pl.col("rule") == rule).to_dicts()
+
+
+def advisory(rule: str, s: Series, th: Thresholds) -> list[dict[str, Any]]:
+    """Rule 2 (drop) or 3 (low_item) on one series, run as scoring runs them over every series at once."""
+    return advisories(sessions_of(s), {("c", s.instrument.code): th}).filter(pl.col("rule") == rule).to_dicts()
+
+
+def run(rule: str, s: Series, th: Thresholds) -> list[Episode]:
+    """A rule of ``transforms.runs`` (low_score, below_expected, not_on_track, engagement_gap) on one series, run
+    as scoring runs them over every series at once, as episodes."""
+    found = session_runs(sessions_of(s), {("c", s.instrument.code): th}).filter(pl.col("rule") == rule)
+    return [
+        Episode(
+            rule, row["start"], row["last"], row["reason"], RULES[rule].severity,
+            end=None if row["ongoing"] else row["stop"], outcome="ongoing" if row["ongoing"] else "repaired",
+            magnitude=row["magnitude"], evidence=json.loads(row["evidence"]),
+        )
+        for row in found.iter_rows(named=True)
+    ]  # fmt: skip
 
 
 def spans_ok(episodes: list[Episode], n: int) -> None:
@@ -114,31 +131,31 @@ def spans_ok(episodes: list[Episode], n: int) -> None:
 
 @pytest.mark.parametrize(("score", "flagged"), [(36.0, False), (35.9, True)])
 def test_low_score_flags_below_36_not_at_36(score: float, flagged: bool) -> None:
-    assert len(low_score(series([38.0, score]), thresholds())) == flagged
+    assert len(run("low_score", series([38.0, score]), thresholds())) == flagged
 
 
 def test_low_score_reason_names_score_session_and_cutoff() -> None:
-    [episode] = low_score(series([38.0, 35.9]), thresholds())
+    [episode] = run("low_score", series([38.0, 35.9]), thresholds())
     assert episode.reason == "SRS 35.9 at session 2 is below the cutoff 36: discuss"
     assert (episode.start, episode.last, episode.outcome, episode.end) == (1, 1, "ongoing", None)
     assert episode.severity == "advisory"  # a low level alone is shown, not queued
 
 
 def test_low_score_two_low_sessions_are_one_episode_repaired_at_36() -> None:
-    [episode] = low_score(series([38.0, 35.0, 34.0, 36.0]), thresholds())
+    [episode] = run("low_score", series([38.0, 35.0, 34.0, 36.0]), thresholds())
     assert (episode.start, episode.last, episode.end, episode.outcome) == (1, 2, 3, "repaired")
     assert episode.magnitude == pytest.approx(2.0)
     assert "SRS 34.0 at session 3" in episode.reason and "2 sessions in a row" in episode.reason
 
 
 def test_low_score_ongoing_when_last_session_is_low() -> None:
-    [first, second] = low_score(series([35.0, 37.0, 35.5]), thresholds())
+    [first, second] = run("low_score", series([35.0, 37.0, 35.5]), thresholds())
     assert first.outcome == "repaired" and second.ongoing and second.start == 2
 
 
 @pytest.mark.parametrize(("score", "flagged"), [(35.0, False), (34.9, True)])
 def test_low_score_clinic_cutoff_35_is_honoured(score: float, flagged: bool) -> None:
-    found = low_score(series([38.0, score]), thresholds(low_cutoff=35))
+    found = run("low_score", series([38.0, score]), thresholds(low_cutoff=35))
     assert len(found) == flagged
     if flagged:
         assert "below the cutoff 35" in found[0].reason
@@ -146,7 +163,7 @@ def test_low_score_clinic_cutoff_35_is_honoured(score: float, flagged: bool) -> 
 
 @pytest.mark.parametrize("config", [{}, {"low_cutoff": 36.0}])
 def test_low_score_never_fires_on_wai_sr_without_published_cutoff(config: dict[str, float]) -> None:
-    assert low_score(series([20.0, 12.0, 13.0], inst=WAI), thresholds(WAI, **config)) == []
+    assert run("low_score", series([20.0, 12.0, 13.0], inst=WAI), thresholds(WAI, **config)) == []
 
 
 # 2. Drop from last session ----------------------------------------------------------------------
@@ -483,12 +500,12 @@ def test_declining_trend_noisy_flat_series_is_silent() -> None:
 
 
 def test_not_on_track_ors_below_25_from_the_third_session() -> None:
-    [episode] = not_on_track(series([20.0, 21.0, 22.0], inst=ORS), thresholds(ORS, rc=5.0))
+    [episode] = run("not_on_track", series([20.0, 21.0, 22.0], inst=ORS), thresholds(ORS, rc=5.0))
     assert episode.start == 2 and episode.ongoing and episode.severity == "low"
     assert (
         episode.reason == "ORS 22.0 at session 3 below the cutoff 25 with no reliable improvement since intake (20.0)"
     )
-    assert not_on_track(series([20.0, 20.0], inst=ORS), thresholds(ORS, rc=5.0)) == []
+    assert run("not_on_track", series([20.0, 20.0], inst=ORS), thresholds(ORS, rc=5.0)) == []
 
 
 @pytest.mark.parametrize(
@@ -499,24 +516,24 @@ def test_not_on_track_ors_below_25_from_the_third_session() -> None:
     ],
 )
 def test_not_on_track_cutoff_25(third: float, flagged: bool) -> None:
-    assert len(not_on_track(series([22.0, 22.0, third], inst=ORS), thresholds(ORS, rc=10.0))) == flagged
+    assert len(run("not_on_track", series([22.0, 22.0, third], inst=ORS), thresholds(ORS, rc=10.0))) == flagged
 
 
 @pytest.mark.parametrize(("third", "flagged"), [(19.9, True), (20.0, False)])
 def test_not_on_track_reliable_improvement_since_intake_clears_it(third: float, flagged: bool) -> None:
     # intake 15, RC 5: 20.0 is a reliable improvement even though still below 25
-    assert len(not_on_track(series([15.0, 18.0, third], inst=ORS), thresholds(ORS, rc=5.0))) == flagged
+    assert len(run("not_on_track", series([15.0, 18.0, third], inst=ORS), thresholds(ORS, rc=5.0))) == flagged
 
 
 def test_not_on_track_only_for_outcome_instruments() -> None:
-    assert not_on_track(series([10.0, 10.0, 10.0]), thresholds()) == []
+    assert run("not_on_track", series([10.0, 10.0, 10.0]), thresholds()) == []
 
 
 def _escalation(srs: list[float], ors: list[float]) -> Episode | None:
     alliance = series(srs)
     found = series_episodes(alliance, thresholds(rc=5.0))
-    outcome_found = not_on_track(series(ors, inst=ORS), thresholds(ORS, rc=5.0))
-    return escalation(alliance, found, outcome_found)
+    off_track = any(e.ongoing for e in run("not_on_track", series(ors, inst=ORS), thresholds(ORS, rc=5.0)))
+    return escalation(alliance, found, off_track)
 
 
 def test_escalation_when_a_confirmed_decline_and_not_on_track_are_both_ongoing() -> None:
@@ -546,7 +563,7 @@ def test_escalation_needs_both_ongoing_and_more_than_a_drop(srs: list[float], or
 
 @pytest.mark.parametrize(("numbers", "flagged"), [([1, 2, 3, 7], True), ([1, 2, 3, 6], False)])
 def test_session_gap_three_unrated_sessions(numbers: list[int], flagged: bool) -> None:
-    found = session_gap(series([38.0] * 4, numbers=numbers), thresholds())
+    found = run("engagement_gap", series([38.0] * 4, numbers=numbers), thresholds())
     assert len(found) == flagged
     if flagged:
         assert found[0].start == 3 and found[0].ongoing
@@ -554,7 +571,7 @@ def test_session_gap_three_unrated_sessions(numbers: list[int], flagged: bool) -
 
 
 def test_session_gap_ends_when_the_next_session_is_rated() -> None:
-    [episode] = session_gap(series([38.0] * 5, numbers=[1, 2, 3, 7, 8]), thresholds())
+    [episode] = run("engagement_gap", series([38.0] * 5, numbers=[1, 2, 3, 7, 8]), thresholds())
     assert (episode.start, episode.end, episode.outcome) == (3, 4, "repaired")
 
 
@@ -708,6 +725,8 @@ def test_every_rule_keeps_one_open_flag_and_ordered_spans(case: tuple[Series, Th
     s, th = case
     for rule in SERIES_RULES:
         spans_ok(rule(s, th), len(s.scores))
+    for name in RUN_RULES:
+        spans_ok(run(name, s, th), len(s.scores))
 
 
 @pytest.mark.parametrize(("rc", "flagged"), [(4.1, True), (4.2, False)])

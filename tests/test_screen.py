@@ -53,8 +53,16 @@ def test_a_fall_is_possible_exactly_where_it_happens() -> None:
     assert possible["sudden_loss"] == at_fall
     assert possible["reliable_decrease"] == at_fall
     assert possible["rupture"] == [False] * 5 + [True, True]
-    assert possible["low_score"] == [False] * 5 + [True, True]
-    assert possible["new_low"] == possible["low_score"]
+    # the first session below 36 is the only one a new low could open at
+    assert possible["new_low"] == at_fall
+
+
+def test_a_new_low_is_ruled_out_after_an_earlier_low_and_without_a_reliable_fall() -> None:
+    # below 36 from the start: never new for the client
+    assert not any(_possible([35.0, 37.0, 37.0, 33.0])["new_low"])
+    # 36.5 → 35.5: below the cutoff for the first time, but 1.5 below the earlier mean against RC 3
+    assert not any(_possible([37.0, 37.0, 35.5], rc=3.0)["new_low"])
+    assert _possible([37.0, 37.0, 34.0], rc=3.0)["new_low"] == [False, False, True]
 
 
 def test_a_fall_of_exactly_the_reliable_change_is_not_ruled_out() -> None:

@@ -50,24 +50,41 @@ def advisories(sessions: pl.DataFrame, thresholds: dict[tuple[str, str], Thresho
     frame = sessions.join(settings_frame(thresholds), on=["clinic_id", "instrument"], nulls_equal=True)
     if frame.is_empty():
         return pl.DataFrame(schema=EPISODE_SCHEMA)
-    scores = frame["score"]
-    frame = frame.sort("k", "i").with_columns(
-        _texts(scores, json.dumps).alias("score_json"),
-        _texts(scores, _fmt).alias("score_text"),
-        pl.col("session_number").cast(pl.String).alias("number"),
-    )
+    frame = frame.sort("k", "i")
+    frame = frame.with_columns(*score_texts(frame["score"]), pl.col("session_number").cast(pl.String).alias("number"))
     parts = frame.filter(pl.col("low_item").is_not_null()).partition_by("instrument")
     episodes = pl.concat([_drops(frame), *(_low_items(part) for part in parts)])
-    return _with_evidence(episodes, frame)
+    # how far below its level a session is: its score for a drop, its lowest item for a low item
+    floor = pl.when(pl.col("rule") == "drop").then(x).otherwise(pl.col("items").list.min())
+    return with_evidence(episodes, frame, (pl.col("level") - floor).filter(i >= start).max())
 
 
-def _texts(scores: pl.Series, render: Callable[[float], str]) -> pl.Expr:
-    """Each score as ``render`` writes it, called once per distinct score (Polars formats floats its own way)."""
-    distinct = scores.unique().drop_nulls().to_list()
-    return x.replace_strict(distinct, [render(v) for v in distinct], default=None, return_dtype=pl.String)
+def texts(values: pl.Series, render: Callable[[float], str] = _fmt) -> pl.Expr:
+    """Each value of the column ``values`` as ``render`` writes it, called once per distinct value (Polars
+    formats floats its own way), named ``<column>_text``."""
+    distinct = values.unique().drop_nulls().to_list()
+    column = pl.col(values.name)
+    rendered = [render(v) for v in distinct]
+    return column.replace_strict(distinct, rendered, default=None, return_dtype=pl.String).alias(f"{values.name}_text")
 
 
-def _text(*parts: str | pl.Expr) -> pl.Expr:
+def same(offset: int) -> pl.Expr:
+    """Whether the session ``offset`` rows away is in the same series (rows in series order)."""
+    return pl.col("k") == pl.col("k").shift(offset)
+
+
+def run_starts() -> pl.Expr:
+    """Over the sessions where a rule holds, in series order: where a run of them starts (a new series, or a
+    session after one where it does not hold)."""
+    return (~same(1) | (i != i.shift(1) + 1)).fill_null(True)
+
+
+def score_texts(scores: pl.Series) -> list[pl.Expr]:
+    """Each score as JSON (``score_json``) and as reasons show it (``score_text``)."""
+    return [texts(scores, json.dumps).alias("score_json"), texts(scores)]
+
+
+def text(*parts: str | pl.Expr) -> pl.Expr:
     """Literal text and columns joined (``pl.format`` reads the braces of JSON as placeholders)."""
     return pl.concat_str([part if isinstance(part, pl.Expr) else pl.lit(part) for part in parts])
 
@@ -78,7 +95,9 @@ def _drops(frame: pl.DataFrame) -> pl.DataFrame:
     A candidate inside an open episode has a lower level, so it closes no later than that episode: an episode
     opens exactly at each candidate at or past every earlier candidate's close."""
     before = frame.with_columns(
-        pl.col("score", "score_json", "score_text").shift(1).over("k").name.map(lambda c: c.replace("score", "level"))
+        pl.when(same(1))
+        .then(pl.col("score", "score_json", "score_text").shift(1))
+        .name.map(lambda c: c.replace("score", "level"))
     )
     candidates = before.filter((i > 0) & ((x - pl.col("level")) <= (-pl.col("drop") + EPS)))
     closes = (
@@ -108,8 +127,8 @@ def _drops(frame: pl.DataFrame) -> pl.DataFrame:
             pl.format("{} fell from {} to {} at session {}", "instrument", "level_text", "score_text", "number"),
             pl.col("back").fill_null(""),
         ),
-        head=_text('{"reference": ', pl.col("level_json"), ", "),
-        tail=_text(', "threshold": ', pl.col("drop_json"), "}"),
+        head=text('{"reference": ', pl.col("level_json"), ", "),
+        tail=text(', "threshold": ', pl.col("drop_json"), "}"),
     )
 
 
@@ -123,11 +142,9 @@ def _low_items(frame: pl.DataFrame) -> pl.DataFrame:
     item = pl.col("items").list.get
     lows = [pl.when(item(j, null_on_oob=True) < low).then(pl.lit(name)) for j, name in enumerate(names)]
     return (
-        frame.with_columns(hold.alias("hold"), pl.col("number").shift(-1).over("k").alias("next"))
-        .with_columns(
-            (pl.col("hold") & ~pl.col("hold").shift(1, fill_value=False).over("k")).cum_sum().over("k").alias("run")
-        )
-        .filter("hold")
+        frame.with_columns(pl.when(same(-1)).then(pl.col("number").shift(-1)).alias("next"))
+        .filter(hold)
+        .with_columns(run_starts().cum_sum().alias("run"))
         .group_by("k", "run", maintain_order=True)
         .agg(
             pl.col("n", "instrument", "low_item", "low_item_text", "low_item_json", "items", "number", "next").last(),
@@ -147,21 +164,19 @@ def _low_items(frame: pl.DataFrame) -> pl.DataFrame:
                 pl.format("{} item(s) {} below {} at session {}", "instrument", "lows", "low_item_text", "number"),
                 pl.format("; session {} recovered", "next").fill_null(""),
             ),
-            head=_text('{"low_item": ', pl.col("low_item_json"), ", "),
+            head=text('{"low_item": ', pl.col("low_item_json"), ", "),
             tail=pl.lit("}"),
         )
     )
 
 
-def _with_evidence(episodes: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
-    """Each episode's magnitude (its deepest session below its level) and evidence (the sessions from the one
-    before it to its last, as the per-dyad rules' ``Series.points``)."""
-    session = _text(
+def with_evidence(episodes: pl.DataFrame, frame: pl.DataFrame, magnitude: pl.Expr | None = None) -> pl.DataFrame:
+    """Each episode's evidence: ``head``, the sessions from the one before it to its last (as the per-dyad rules'
+    ``Series.points``), ``tail``; and its ``magnitude``, an aggregation over its sessions when given."""
+    session = text(
         '{"date": "', pl.col("session_date").cast(pl.String), '", "score": ', pl.col("score_json"),
         ', "session": ', pl.col("number"), "}",
     )  # fmt: skip
-    # how far below its level a session is: its score for a drop, its lowest item for a low item
-    floor = pl.when(pl.col("rule") == "drop").then(x).otherwise(pl.col("items").list.min())
     rows = (
         episodes.with_columns(i=pl.int_ranges(pl.max_horizontal(start - 1, 0), pl.col("last") + 1))
         .explode("i")
@@ -171,10 +186,10 @@ def _with_evidence(episodes: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
         rows.group_by("k", "rule", "start", maintain_order=True)
         .agg(
             pl.col("last", "stop", "ongoing", "reason", "head", "tail").first(),
-            (pl.col("level") - floor).filter(i >= start).max().alias("magnitude"),
+            (pl.col("magnitude").first() if magnitude is None else magnitude).alias("magnitude"),
             pl.col("session").str.join(", ").alias("sessions"),
         )
-        .with_columns(evidence=_text(pl.col("head"), '"sessions": [', pl.col("sessions"), "]", pl.col("tail")))
+        .with_columns(evidence=text(pl.col("head"), '"sessions": [', pl.col("sessions"), "]", pl.col("tail")))
         .select(list(EPISODE_SCHEMA))
         .cast(EPISODE_SCHEMA)  # type: ignore[arg-type]
     )

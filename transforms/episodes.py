@@ -174,34 +174,6 @@ def _referenced(
     return episodes
 
 
-def _runs(
-    rule: str,
-    s: Series,
-    holds: list[bool],
-    describe: Callable[[int, int], str],
-    magnitude: Callable[[int, int], float],
-    evidence: dict[str, Any],
-) -> list[Episode]:
-    """Episodes as maximal runs of consecutive sessions where ``holds``; a run ends at the first session without."""
-    episodes = []
-    i, n = 0, len(holds)
-    while i < n:
-        if not holds[i]:
-            i += 1
-            continue
-        j = i
-        while j + 1 < n and holds[j + 1]:
-            j += 1
-        episode = Episode(rule, i, j, describe(i, j), RULES[rule].severity, magnitude=magnitude(i, j))
-        episode.evidence = {**evidence, "sessions": s.points(i - 1, j)}
-        if j + 1 < n:
-            episode.end, episode.outcome = j + 1, "repaired"
-            episode.reason += f"; {s.at(j + 1)} recovered"
-        episodes.append(episode)
-        i = j + 1
-    return episodes
-
-
 def risk_score(rules: list[str]) -> float:
     """Dyad risk 0–100 from its ongoing rules: 100·(1 − Π(1 − weight)); e.g. one sudden loss alone is 55."""
     remaining = 1.0

@@ -16,12 +16,12 @@ import polars as pl
 
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
-from transforms.advisory import RULES as ADVISORY_RULES
 from transforms.advisory import advisories
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
 from transforms.flags import FINDING_SCHEMA, RC_RULES, flag_id
 from transforms.rules import RULES, Episode, Series, Thresholds, escalation, risk_score, series_episodes
+from transforms.runs import session_runs
 from transforms.screen import SCREENED, possible_rules, thresholds_frame
 
 MARK_SCHEMA: dict[str, pl.DataType] = {
@@ -61,13 +61,17 @@ class Scored:
 
 @dataclass(frozen=True)
 class Courses:
-    """A scoring's series: ``grouped`` one row per (dyad, instrument) series k, with its sessions as lists and
-    the screen's verdicts; ``sessions`` one row per session of series k, at position i of n; and each (clinic,
-    instrument)'s thresholds."""
+    """A scoring's series: ``grouped`` one row per (dyad, instrument) series k, with its sessions as lists, the
+    screen's verdicts and whether its dyad is now off track (an ongoing not-on-track episode); ``screened`` the
+    rows of ``grouped`` the per-series rules could find something on; ``sessions`` one row per session of series
+    k, at position i of n; ``runs`` the episodes of ``transforms.runs``; and each (clinic, instrument)'s
+    thresholds."""
 
     features: pl.DataFrame
     grouped: pl.DataFrame
+    screened: pl.DataFrame
     sessions: pl.DataFrame
+    runs: pl.DataFrame
     thresholds: dict[tuple[str, str], Thresholds]
     calibrations: dict[str, Calibration]
 
@@ -89,7 +93,7 @@ def score(
     """Run every rule over every dyad's series in ``features`` (from ``session_features``), with each
     instrument's reliable change and, when estimated, its expected trajectory."""
     c = courses(features, configs, calibrations, curves or {})
-    return scored(c, [per_dyad(c.grouped, c.thresholds, calibrations)])
+    return scored(c, [per_dyad(c.screened, c.thresholds, calibrations)])
 
 
 def courses(
@@ -122,14 +126,23 @@ def courses(
         .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("k").alias("i"), pl.len().over("k").alias("n"))
         .cast({"n": pl.Int64})
     )
-    return Courses(features, grouped, sessions, thresholds, calibrations)
+    runs = session_runs(sessions, thresholds)
+    # rule 8's escalation reads only whether the dyad is off track now
+    off_track = runs.filter((pl.col("rule") == "not_on_track") & pl.col("ongoing")).select("k")
+    off_track_dyads = grouped.join(off_track, on="k", how="semi")["dyad_id"]
+    grouped = grouped.with_columns(pl.col("dyad_id").is_in(off_track_dyads.implode()).alias("off_track"))
+    # the per-series rules are the screened ones, on alliance courses: the rest run in transforms.runs
+    alliance = sorted({code for _, code in thresholds if instrument(code).construct != "outcome"})
+    could = pl.any_horizontal(pl.col(f"can_{rule}") for rule in SCREENED)
+    screened = grouped.filter(pl.col("instrument").is_in(alliance) & could)
+    return Courses(features, grouped, screened, sessions, runs, thresholds, calibrations)
 
 
 def per_dyad(
     grouped: pl.DataFrame, thresholds: dict[tuple[str, str], Thresholds], calibrations: dict[str, Calibration]
 ) -> Found:
-    """The per-series rules on ``grouped``'s series (rows of ``Courses.grouped``, whole dyads), each rule the
-    screen ruled out on a series left out there, and rule 8's escalation across each dyad's series."""
+    """The per-series rules on ``grouped``'s series (rows of ``Courses.screened``, every such series of a dyad),
+    each rule the screen ruled out on a series left out there, and rule 8's escalation of a dyad off track."""
     findings: list[dict[str, Any]] = []
     spans: list[tuple[int, int, int, int, str]] = []
     by_dyad: dict[str, list[tuple[int, Series, list[Episode], Calibration | None]]] = {}
@@ -143,10 +156,9 @@ def per_dyad(
         by_dyad.setdefault(row["dyad_id"], []).append((row["k"], s, episodes, calibrations.get(inst.code)))
     for dyad_id, series_list in by_dyad.items():
         dyad = dyads[dyad_id]
-        outcome_eps = [e for _, s, eps, _ in series_list if s.instrument.construct == "outcome" for e in eps]
         for k, s, episodes, cal in series_list:
             if s.instrument.construct == "alliance":
-                escalated = escalation(s, episodes, outcome_eps)
+                escalated = escalation(s, episodes, dyad["off_track"])
                 if escalated is not None:
                     episodes = [*episodes, escalated]
             findings.extend({**_finding(dyad, s, e, cal), "k": k, "start": e.start} for e in episodes)
@@ -157,11 +169,12 @@ def per_dyad(
 
 
 def scored(c: Courses, found: list[Found], advisory: pl.DataFrame | None = None) -> Scored:
-    """The findings of ``found`` (the per-series rules on every dyad of ``c``, in any number of parts) and of
-    rules 2 and 3 (``advisory``, from ``advisories`` when not given), in the order the per-dyad rules wrote them
-    (by dyad, series, rule, then course); and each session with the rules marked there and its risk."""
+    """The findings of ``found`` (the per-series rules on ``c.screened``, in any number of parts), of rules 2 and
+    3 (``advisory``, from ``advisories`` when not given) and of ``c.runs``, in the order the per-dyad rules wrote
+    them (by dyad, series, rule, then course); and each session with the rules marked there and its risk."""
     if advisory is None:
         advisory = advisories(c.sessions, c.thresholds)
+    advisory = pl.concat([advisory, c.runs])
     findings = pl.concat([*(f.findings for f in found), _advisory_findings(advisory, c)])
     order = pl.col("rule").replace_strict(RULE_ORDER, return_dtype=pl.Int64)
     findings = findings.sort(pl.col("k").min().over("dyad_id"), "k", order, "start").drop("k", "start")
@@ -204,8 +217,8 @@ def _marks(sessions: pl.DataFrame, episodes: pl.DataFrame) -> pl.DataFrame:
 
 
 def _advisory_findings(episodes: pl.DataFrame, c: Courses) -> pl.DataFrame:
-    """Findings (FINDING_SCHEMA, with each one's series k and start) of the episodes ``transforms.advisory``
-    found, as ``_finding`` writes them."""
+    """Findings (FINDING_SCHEMA, with each one's series k and start) of the episodes ``transforms.advisory`` and
+    ``transforms.runs`` found, as ``_finding`` writes them."""
 
     def at(i: str, number: str, day: str) -> pl.DataFrame:
         return c.sessions.select(
@@ -213,6 +226,7 @@ def _advisory_findings(episodes: pl.DataFrame, c: Courses) -> pl.DataFrame:
         )
 
     ids = {code: cal.calibration_id for code, cal in c.calibrations.items()}
+    rcs = {code: cal.rc for code, cal in c.calibrations.items()}
     found = (
         episodes.join(c.grouped.select("k", "dyad_id", "instrument", "clinic_id", "client_id", "therapist_id"), on="k")
         .join(at("start", "first_session", "first_session_date"), on=["k", "start"])
@@ -221,11 +235,13 @@ def _advisory_findings(episodes: pl.DataFrame, c: Courses) -> pl.DataFrame:
     keys = found.select("dyad_id", "instrument", "rule", "first_session_date", "first_session").iter_rows()
     return found.with_columns(
         flag_id=pl.Series([flag_id(*key) for key in keys], dtype=pl.String),
-        severity=pl.col("rule").replace_strict({rule: RULES[rule].severity for rule in ADVISORY_RULES}),
+        severity=pl.col("rule").replace_strict({rule: spec.severity for rule, spec in RULES.items()}),
         outcome=pl.when("ongoing").then(pl.lit("ongoing")).otherwise(pl.lit("repaired")),
         provisional=pl.lit(False),
         magnitude=pl.Series([round(m, 6) for m in found["magnitude"]], dtype=pl.Float64),
-        rc_used=pl.lit(None, dtype=pl.Float64),
+        rc_used=pl.when(pl.col("rule").is_in(RC_RULES)).then(
+            pl.col("instrument").replace_strict(rcs, default=None, return_dtype=pl.Float64)
+        ),
         calibration_id=pl.col("instrument").replace_strict(ids, default=None, return_dtype=pl.String),
     ).select(*FINDING_SCHEMA, "k", "start")
 

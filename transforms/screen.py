@@ -15,7 +15,7 @@ from transforms.episodes import Thresholds
 # far above float noise between Polars' sums and the rules' exact arithmetic, far below a score's 0.1 step
 MARGIN = 1e-3
 # the rules screened here; every other rule runs on every series
-SCREENED = ("low_score", "new_low", "reliable_decrease", "sudden_loss", "rupture", "declining_trend")
+SCREENED = ("new_low", "reliable_decrease", "sudden_loss", "rupture", "declining_trend")
 THRESHOLD_SCHEMA: dict[str, pl.DataType] = {
     "clinic_id": pl.String(), "instrument": pl.String(), "cutoff": pl.Float64(), "rc": pl.Float64(),
     "pooled_sd": pl.Float64(), "rupture_k": pl.Float64(), "trend_window": pl.Int64(), "trend_decline": pl.Float64(),
@@ -37,7 +37,14 @@ def possible_rules(features: pl.DataFrame, thresholds: pl.DataFrame) -> pl.DataF
     series = ["dyad_id", "instrument"]
     x, i = pl.col("score"), pl.col("_i")
     rc, last_two, fall = pl.col("rc"), pl.col("_last_two"), pl.col("_fall")
-    low = x < pl.col("cutoff") + MARGIN
+    # a new low opens below the cutoff after two or more sessions none of which was, and a reliable
+    # change below their mean
+    new_low = (
+        (i >= 2)
+        & (x < pl.col("cutoff") + MARGIN)
+        & (pl.col("_lowest_before") > pl.col("cutoff") - MARGIN)
+        & (pl.col("_earlier_mean") - x >= rc - MARGIN)
+    )
     # rule 7 opens where the level before its windows (a median of earlier sessions, so at most their highest)
     # is trend_decline above the last two sessions, or where those sit rc below the first three's mean
     steep = (i >= pl.col("trend_window")) & (pl.col("_highest_before") - last_two >= pl.col("trend_decline") - MARGIN)
@@ -58,11 +65,11 @@ def possible_rules(features: pl.DataFrame, thresholds: pl.DataFrame) -> pl.DataF
             ((x + x.shift(1)) / 2).over(series).alias("_last_two"),
             (x.shift(1) - x).over(series).alias("_fall"),
             x.cum_max().shift(pl.col("trend_window").first().fill_null(0)).over(series).alias("_highest_before"),
+            x.cum_min().shift(1).over(series).alias("_lowest_before"),
             x.head(3).mean().over(series).alias("_first_three"),
         )
         .with_columns(
-            could(low).alias("can_low_score"),
-            could(low & (i >= 2)).alias("can_new_low"),
+            could(new_low).alias("can_new_low"),
             could(fall >= rc - MARGIN).alias("can_reliable_decrease"),
             could(fall >= rc - MARGIN).alias("can_sudden_loss"),
             could(deep).alias("can_rupture"),

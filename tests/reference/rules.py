@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 from transforms.episodes import (
     ALLIANCE_RULES,
@@ -20,7 +21,6 @@ from transforms.episodes import (
     Thresholds,
     _fmt,
     _referenced,
-    _runs,
     risk_score,
 )
 
@@ -38,6 +38,34 @@ __all__ = [
     "Thresholds",
     "risk_score",
 ]
+
+
+def _runs(
+    rule: str,
+    s: Series,
+    holds: list[bool],
+    describe: Callable[[int, int], str],
+    magnitude: Callable[[int, int], float],
+    evidence: dict[str, Any],
+) -> list[Episode]:
+    """Episodes as maximal runs of consecutive sessions where ``holds``; a run ends at the first session without."""
+    episodes = []
+    i, n = 0, len(holds)
+    while i < n:
+        if not holds[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and holds[j + 1]:
+            j += 1
+        episode = Episode(rule, i, j, describe(i, j), RULES[rule].severity, magnitude=magnitude(i, j))
+        episode.evidence = {**evidence, "sessions": s.points(i - 1, j)}
+        if j + 1 < n:
+            episode.end, episode.outcome = j + 1, "repaired"
+            episode.reason += f"; {s.at(j + 1)} recovered"
+        episodes.append(episode)
+        i = j + 1
+    return episodes
 
 
 def drop(s: Series, th: Thresholds) -> list[Episode]:

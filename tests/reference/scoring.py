@@ -11,11 +11,11 @@ import polars as pl
 
 from alliance.clinics import RuleConfig
 from alliance.instruments import instrument
+from tests.reference.rules import Episode, Series, Thresholds, escalation, risk_score, series_episodes
 from transforms.calibration import Calibration
 from transforms.expected import ExpectedCurve
 from transforms.findings import MARK_SCHEMA, Scored
 from transforms.flags import FINDING_SCHEMA, RC_RULES, flag_id
-from transforms.rules import Episode, Series, Thresholds, escalation, risk_score, series_episodes
 
 
 def _finding(dyad: dict[str, Any], s: Series, e: Episode, cal: Calibration | None) -> dict[str, Any]:
