@@ -31,7 +31,7 @@ PARALLEL_DYADS = 4_000  # dyads to score from which the workers start at once, w
 
 def shares(grouped: pl.DataFrame, n: int) -> list[pl.DataFrame]:
     """A scoring's series (``Courses.screened``) cut into up to ``n`` shares of about equal sessions, whole dyads
-    each (rule 8's escalation reads all of a dyad's series), in the order the dyads first appear."""
+    each, in the order the dyads first appear."""
     sizes = grouped.group_by("dyad_id", maintain_order=True).agg(pl.col("score").list.len().sum().alias("len"))
     share = (sizes["len"].cum_sum() - sizes["len"]) * n // max(1, sizes["len"].sum())
     parts = grouped.join(sizes.select("dyad_id", share.alias("_share")), on="dyad_id", maintain_order="left")
