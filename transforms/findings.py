@@ -1,9 +1,10 @@
 """From session features to findings: every rule over every dyad's series, and the rules and risk at each session.
 
 A scoring runs in three steps, so that the Python part can be shared out over processes (``flows/scorers.py``):
-``courses`` groups the sessions into series and screens them; ``per_dyad`` runs the per-series rules over whole
-dyads; ``scored`` adds rules 2 and 3, run over every series at once (``transforms.advisory``), and puts the
-findings in the order the rules wrote them and the rules and risk on each session.
+``courses`` groups the sessions into series, screens them and runs rules 1, 8, 9a and the expected band over every
+series at once (``transforms.runs``); ``per_dyad`` runs the per-series rules on the series the screen lets them run
+on; ``scored`` adds rules 2 and 3, run over every series at once (``transforms.advisory``), and puts the findings in
+the order the rules wrote them and the rules and risk on each session.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ SETTINGS_SCHEMA: dict[str, pl.DataType] = {
     "gap_sessions": pl.Int64(), "curve_id": pl.String(), "curve_json": pl.String(),
 }  # fmt: skip
 BAND_SCHEMA: dict[str, pl.DataType] = {
-    "curve_id": pl.String(), "band": pl.Int64(), "cell": pl.Int64(), "lower": pl.Float64(), "expected": pl.Float64(),
+    "instrument": pl.String(), "curve_id": pl.String(), "band": pl.Int64(), "cell": pl.Int64(),
+    "lower": pl.Float64(), "expected": pl.Float64(),
 }  # fmt: skip
 i, x, number = pl.col("i"), pl.col("score"), pl.col("session_number")
 cutoff, lower, curve = pl.col("cutoff"), pl.col("lower"), pl.col("curve_id")
@@ -49,18 +50,15 @@ def settings_frame(thresholds: dict[tuple[str, str], Thresholds]) -> pl.DataFram
 
 
 def bands_frame(thresholds: dict[tuple[str, str], Thresholds]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Each expected curve's inner intake edges (curve_id, edge) and its bands by intake band and session cell."""
-    curves = {th.expected.curve_id: th.expected for th in thresholds.values() if th.expected is not None}
-    edges = [(curve_id, edge) for curve_id, c in curves.items() for edge in c.edges]
+    """Each instrument's expected curve: its inner intake edges (instrument, curve_id, edge) and its bands by
+    intake band and session cell."""
+    curves = {(code, th.expected.curve_id): th.expected for (_, code), th in thresholds.items() if th.expected}
+    edges = [(*key, edge) for key, c in curves.items() for edge in c.edges]
     bands = [
-        (curve_id, band, cell, b.lower, b.expected)
-        for curve_id, c in curves.items()
-        for (band, cell), b in c.cells.items()
+        (*key, band, cell, b.lower, b.expected) for key, c in curves.items() for (band, cell), b in c.cells.items()
     ]
-    return (
-        pl.DataFrame(edges, schema={"curve_id": pl.String(), "edge": pl.Float64()}, orient="row"),
-        pl.DataFrame(bands, schema=BAND_SCHEMA, orient="row"),
-    )
+    edge_schema = {"instrument": pl.String(), "curve_id": pl.String(), "edge": pl.Float64()}
+    return pl.DataFrame(edges, schema=edge_schema, orient="row"), pl.DataFrame(bands, schema=BAND_SCHEMA, orient="row")
 
 
 def session_runs(sessions: pl.DataFrame, thresholds: dict[tuple[str, str], Thresholds]) -> pl.DataFrame:
@@ -108,15 +106,15 @@ def _with_bands(frame: pl.DataFrame, thresholds: dict[tuple[str, str], Threshold
     edges, bands = bands_frame(thresholds)
     intake_band = (
         frame.filter(i == 0)
-        .select("k", "curve_id", intake=x)
-        .join(edges, on="curve_id", how="left")
+        .select("k", "instrument", "curve_id", intake=x)
+        .join(edges, on=["instrument", "curve_id"], how="left")
         .group_by("k")
         .agg((pl.col("edge") <= pl.col("intake")).sum().cast(pl.Int64).alias("band"))
     )
     return (
         frame.join(intake_band, on="k", how="left", maintain_order="left")
         .with_columns((i + 1).clip(upper_bound=MAX_SESSION).alias("cell"))
-        .join(bands, on=["curve_id", "band", "cell"], how="left", maintain_order="left")
+        .join(bands, on=["instrument", "curve_id", "band", "cell"], how="left", maintain_order="left")
     )
 
 

@@ -14,7 +14,7 @@ from transforms.episodes import Thresholds
 
 # far above float noise between Polars' sums and the rules' exact arithmetic, far below a score's 0.1 step
 MARGIN = 1e-3
-# the rules screened here; every other rule runs on every series
+# the rules screened here, run per series (transforms.rules); the others run over every series at once
 SCREENED = ("new_low", "reliable_decrease", "sudden_loss", "rupture", "declining_trend")
 THRESHOLD_SCHEMA: dict[str, pl.DataType] = {
     "clinic_id": pl.String(), "instrument": pl.String(), "cutoff": pl.Float64(), "rc": pl.Float64(),
