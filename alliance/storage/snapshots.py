@@ -47,6 +47,9 @@ CHANGED_AT = (
 # alerts are recorded after the run that sent them published (the nightly's): only their own table waits on them
 SENT_AT = ("alerts", "attempted_at")
 CLINIC_BATCH = 100  # clinics whose rows are staged together: one scan of each table per batch, not per clinic
+# and at most about this many sessions' rows staged at once (a larger clinic alone): a full-scale backfill's 100
+# clinics of 68,619 sessions each published in 115 s staged together, 58 s in batches of 10 or 20, 76 s of 50
+STAGED_SESSIONS = 1_000_000
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # this process's
 # snapshot files written at once, one connection each: two a core, since a file's commit waits on the disk
 # (the full-scale night's clinic snapshots, 2 cores: 54–55 ms a clinic with two writers, 50 with four)
@@ -94,9 +97,9 @@ class SnapshotPublisher(SnapshotTables):
             scope = None if clinic_ids is None or whole_network else self._network_scope(clinics, columns)
             network = baselines.get("network.duckdb")
             pending = [write(folder / "network.duckdb", None, columns, {}, fresh, scope, network)]
-            for start in range(0, len(clinics), CLINIC_BATCH):
-                batch = clinics[start : start + CLINIC_BATCH]
-                rated_only = self._likely_by_dyad(batch, baselines)
+            likely = self._likely_by_dyad(clinics, baselines)
+            for batch in self._batches(clinics, likely):
+                rated_only = {cid: likely[cid] for cid in batch if cid in likely}
                 with self._staged(batch, columns, rated_only) as source:
                     pending += [
                         write(folder / f"clinic-{cid}.duckdb", cid, columns, source, fresh, None,
@@ -167,6 +170,34 @@ class SnapshotPublisher(SnapshotTables):
         for table, column in rows:
             columns.setdefault(table, []).append(column)
         return columns
+
+    def _batches(self, clinic_ids: list[str], rated_only: dict[str, datetime]) -> list[list[str]]:
+        """The clinics in order, in batches of at most ``CLINIC_BATCH`` whose staged rows come to at most about
+        ``STAGED_SESSIONS`` sessions (a larger clinic alone), as the dyads summary counts them: a clinic in
+        ``rated_only`` stages its recently rated dyads' sessions alone."""
+        params: dict[str, Any] = {"ids": clinic_ids}
+        staged = "true"
+        if rated_only:
+            recent = f"SELECT dyad_id FROM {CHANGED}.dyads WHERE rated_at >= $since"
+            staged = f"NOT list_contains($partial, clinic_id) OR dyad_id IN ({recent})"
+            params |= {"partial": sorted(rated_only), "since": min(rated_only.values())}
+        sizes = dict(
+            self.con.execute(
+                f"SELECT clinic_id, sum(sessions) FILTER (WHERE {staged}) FROM dyads "
+                "WHERE list_contains($ids, clinic_id) GROUP BY clinic_id",
+                params,
+            ).fetchall()
+        )
+        batches: list[list[str]] = []
+        held = 0
+        for cid in clinic_ids:
+            size = int(sizes.get(cid) or 0)
+            if not batches or len(batches[-1]) >= CLINIC_BATCH or held + size > STAGED_SESSIONS:
+                batches.append([])
+                held = 0
+            batches[-1].append(cid)
+            held += size
+        return batches
 
     @contextlib.contextmanager
     def _staged(
