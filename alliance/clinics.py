@@ -350,3 +350,18 @@ def load_clinics(path: Path) -> dict[str, Clinic]:
     if not path.exists():
         raise ProfileError(f"{path}: no clinics.toml; run `alliance init` first")
     return parse_clinics(path.read_text(encoding="utf-8"))
+
+
+def clinic_batches(clinic_ids: list[str], sizes: dict[str, int], clinics: int, total: int) -> list[list[str]]:
+    """``clinic_ids`` in order, in batches of at most ``clinics`` clinics whose ``sizes`` (none: 0) add up to at
+    most ``total``, a larger clinic alone: what one step of a run holds in memory at once."""
+    batches: list[list[str]] = []
+    held = 0
+    for clinic_id in clinic_ids:
+        size = sizes.get(clinic_id, 0)
+        if not batches or len(batches[-1]) >= clinics or held + size > total:
+            batches.append([])
+            held = 0
+        batches[-1].append(clinic_id)
+        held += size
+    return batches

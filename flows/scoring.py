@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from alliance import __version__
-from alliance.clinics import Clinic, RuleConfig
+from alliance.clinics import Clinic, RuleConfig, clinic_batches
 from alliance.faults import crash_point
 from alliance.settings import Settings
 from alliance.storage import UNDATED_CHANGE, Writer
@@ -306,16 +306,7 @@ def _settle(
 def settle_groups(clinics: list[str], dyads: dict[str, int]) -> list[list[str]]:
     """``clinics`` in order, in groups of at most ``SETTLE_CLINICS`` clinics and ``SETTLE_DYADS`` rated dyads (a
     larger clinic alone): what one ``_clinic_standing`` holds at once."""
-    groups: list[list[str]] = []
-    held = 0
-    for clinic in clinics:
-        size = dyads.get(clinic, 0)
-        if not groups or len(groups[-1]) >= SETTLE_CLINICS or held + size > SETTLE_DYADS:
-            groups.append([])
-            held = 0
-        groups[-1].append(clinic)
-        held += size
-    return groups
+    return clinic_batches(clinics, dyads, SETTLE_CLINICS, SETTLE_DYADS)
 
 
 def _clinic_standing(

@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 
+from alliance.clinics import clinic_batches
 from alliance.errors import StorageError
 from alliance.permissions import settle_snapshot
 from alliance.readers import sha256_of
@@ -181,23 +182,12 @@ class SnapshotPublisher(SnapshotTables):
             recent = f"SELECT dyad_id FROM {CHANGED}.dyads WHERE rated_at >= $since"
             staged = f"NOT list_contains($partial, clinic_id) OR dyad_id IN ({recent})"
             params |= {"partial": sorted(rated_only), "since": min(rated_only.values())}
-        sizes = dict(
-            self.con.execute(
-                f"SELECT clinic_id, sum(sessions) FILTER (WHERE {staged}) FROM dyads "
-                "WHERE list_contains($ids, clinic_id) GROUP BY clinic_id",
-                params,
-            ).fetchall()
-        )
-        batches: list[list[str]] = []
-        held = 0
-        for cid in clinic_ids:
-            size = int(sizes.get(cid) or 0)
-            if not batches or len(batches[-1]) >= CLINIC_BATCH or held + size > STAGED_SESSIONS:
-                batches.append([])
-                held = 0
-            batches[-1].append(cid)
-            held += size
-        return batches
+        sizes = self.con.execute(
+            f"SELECT clinic_id, coalesce(sum(sessions) FILTER (WHERE {staged}), 0)::BIGINT FROM dyads "
+            "WHERE list_contains($ids, clinic_id) GROUP BY clinic_id",
+            params,
+        ).fetchall()
+        return clinic_batches(clinic_ids, dict(sizes), CLINIC_BATCH, STAGED_SESSIONS)
 
     @contextlib.contextmanager
     def _staged(
