@@ -27,35 +27,44 @@ class _Collision(ValueError):
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """object_pairs_hook: a key given twice in one object is ambiguous, not 'the last one wins'."""
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _DuplicateKey(key)
-        obj[key] = value
+    obj = dict(pairs)  # built in C; a key given twice shows as fewer keys than pairs
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return obj
 
 
 def _flatten(node: dict[str, Any], prefix: str, out: dict[str, str | None], skip: str | None = None) -> None:
+    # a session's values are mostly text and numbers: their types are told apart first (a document's slowest part)
     for key, value in node.items():
         if key == skip:
             continue
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            _flatten(value, f"{name}.", out)
-        elif isinstance(value, list):
+        name = prefix + key
+        kind = type(value)
+        if kind is str:
+            text: str | None = value
+        elif kind is dict:
+            _flatten(value, name + ".", out)
+            continue
+        elif kind is list:
             continue  # lists off the record path are not session fields
-        elif name in out:
-            raise _Collision(name)
         else:
-            out[name] = _json_text(value)
+            text = _json_text(value)
+        if name in out:
+            raise _Collision(name)
+        out[name] = text
 
 
 def _json_text(value: Any) -> str | None:
     """A JSON scalar as text; a number keeps its value in plain digits (1e30 is a whole number, not '1e+30')."""
     if value is None:
         return None
-    if isinstance(value, float) and math.isfinite(value) and "e" in repr(value):
-        return format(decimal.Decimal(repr(value)), "f")
+    if type(value) is float:
+        text = repr(value)
+        return format(decimal.Decimal(text), "f") if "e" in text and math.isfinite(value) else text
     return str(value)
 
 
