@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -14,7 +15,9 @@ import pytest
 # Offline and quiet before anything imports Prefect or GX.
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="alliance-prefect-"))
+if "PREFECT_HOME" not in os.environ:  # one per test run, removed when it ends (worker processes inherit it)
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="alliance-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.pop("ALLIANCE_HMAC_KEY", None)
 os.environ.pop("ALLIANCE_HOME", None)
 # Test files are written whole before they are ingested; the settle wait itself is tested with its own setting.
