@@ -31,8 +31,10 @@ DYAD_TABLES = ("ratings", "rating_history", "dyad_sessions", "flags", "dyads")
 # whose flags alone changed (silence, as its clinic's latest session moves; a review) keeps its rows there
 RATED_TABLES = ("ratings", "rating_history", "dyad_sessions")
 # below this many rows in every dyad table a snapshot's tables are written whole: finding the changed dyads costs
-# more (history 0.1's clinics of 1,500 rows a table published in 5.2 s by dyad, 4.0 s whole)
-BY_DYAD_ROWS = 10_000
+# more. A night's 100 clinic snapshots, history 0.1's homes in turns: clinics of about 1,400 ratings 4.2–4.3 s by
+# dyad, 3.7–3.9 s whole; of about 10,000 (the full-scale night's clinics) 4.9–5.5 s by dyad, 5.6–6.1 s with
+# 10,000 as the bound (those below it whole)
+BY_DYAD_ROWS = 5_000
 # even then a dyad table below this many rows is rewritten whole, one statement instead of a delete and an insert
 # (history 0.1's 2M home, a clinic's tables summed over its 100 clinics: a 1,342-row dyads summary 0.6 s whole
 # against 1.4 s by dyad, a 15-row rating history 0.3 against 1.0; 9,607 flags 3.1 whole against 2.3 by dyad)
