@@ -115,6 +115,24 @@ def _per_part(suite: Any) -> tuple[Any, list[pl.Expr]]:
     return ExpectationSuite(name=suite.name, expectations=configs), columns
 
 
+# the expectations that read of a value only whether it is missing, or whether it equals another
+_NULL_OR_EQUAL = frozenset({"expect_column_values_to_not_be_null", "expect_compound_columns_to_be_unique"})
+
+
+def _coded(frame: pl.DataFrame, suite: Any) -> pl.DataFrame:
+    """``frame`` with each text column that the suite only checks for missing values or duplicates replaced by
+    integer codes, missing where the text is and equal where it is: the same failures, from columns pandas
+    filters several times faster, and no client text in GX's hands."""
+    other = {
+        column
+        for expectation in suite.expectations
+        if expectation.configuration.type not in _NULL_OR_EQUAL
+        for column in _columns_of(expectation.configuration)
+    }
+    text = [name for name, dtype in frame.schema.items() if dtype == pl.String and name not in other]
+    return frame.with_columns(pl.col(text).rank("dense"))
+
+
 def _failures(frame: pl.DataFrame, suite: Any, index: list[str]) -> pl.DataFrame:
     """One GX validation of ``frame``; each broken rule as a row of the ``index`` columns and the rule.
 
@@ -124,7 +142,7 @@ def _failures(frame: pl.DataFrame, suite: Any, index: list[str]) -> pl.DataFrame
     import pandas as pd
 
     read = {column for expectation in suite.expectations for column in _columns_of(expectation.configuration)}
-    data = frame.drop([name for name in index if name not in read]).to_pandas()
+    data = _coded(frame.drop([name for name in index if name not in read]), suite).to_pandas()
     data.index = pd.RangeIndex(frame.height, name=POSITION)
     batch = _batch_definition().get_batch(batch_parameters={"dataframe": data})
     result = batch.validate(

@@ -61,3 +61,24 @@ def test_a_realistic_network_fails_the_same_rows_for_the_same_rules(tmp_path: Pa
             rules |= set(got["rule"])
     # the network plants out-of-range, missing and duplicated rows: each kind is compared, not an empty frame
     assert {rule.split(":")[0] for rule in rules} >= {"out_of_range", "missing", "duplicate_in_file", "total_mismatch"}
+
+
+def test_gx_is_handed_no_client_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    network = generate_sample(tmp_path, clinics=1, weeks=8, dyads_per_clinic=6, today=date(2026, 3, 1))
+    export = network.files[0]
+    clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
+    inst, candidates = export_candidates(export.path, clinic, KEY).per_instrument[0]
+    handed: list[object] = []
+    definition = validate_module._batch_definition()
+
+    class Recording:
+        def get_batch(self, batch_parameters: dict[str, object]) -> object:
+            handed.append(batch_parameters["dataframe"])
+            return definition.get_batch(batch_parameters=batch_parameters)
+
+    monkeypatch.setattr(validate_module, "_batch_definition", Recording)
+    validate_ratings(candidates, inst)
+    (frame,) = handed
+    texts = {value for name in ("client_ref", "therapist_id") for value in candidates[name].drop_nulls()}
+    assert texts and "client_ref" in frame.columns  # type: ignore[attr-defined]
+    assert not texts & {value for column in frame.columns for value in frame[column]}  # type: ignore[attr-defined]
