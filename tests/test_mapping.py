@@ -253,6 +253,20 @@ def test_any_cell_text_is_typed_or_gets_a_parse_rule_never_an_exception(rows: li
     assert not [value for value in raw for text in reasons if value.strip() and value.strip() in text]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.fixed_dictionaries({k: CELL for k in ("Date", "No", "Goals", "Total")}), min_size=2, max_size=12)
+)
+def test_rows_mapped_together_break_the_rules_they_break_alone(rows: list[dict[str, str]]) -> None:
+    """Parse failures are worked out only on the rows that broke a rule: each row gets the lists it gets alone."""
+    frame = canonical(*({**GOOD, **row} for row in rows))
+    together = rating_candidates(frame, PROFILE, SRS, TODAY)
+    alone = pl.concat([rating_candidates(frame.slice(i, 1), PROFILE, SRS, TODAY) for i in range(frame.height)])
+    assert_frame_equal(together, alone)
+    rules = together["parse_failures"].list.eval(pl.element().struct.field("rule"))
+    assert rules.to_list() == together["parse_errors"].to_list()
+
+
 def _screened_both_ways(with_ids: pl.DataFrame) -> tuple[Screened, Screened]:
     """``screen`` with no failures, and down its general path: a failure of a row the frame does not hold is joined
     and explained like any other, and changes nothing."""

@@ -353,29 +353,31 @@ def rating_candidates(
         (pl.col("file_total") - from_items).abs().alias("total_gap"),
         pl.when(storable).then(number).cast(pl.Int64).alias("session_number"),
         (pl.col("session_date") - pl.lit(today)).dt.total_days().alias("days_ahead"),
-        pl.concat_list(failure.rule_where() for failure in failures).list.drop_nulls().alias("parse_errors"),
     )
-    return _with_details(typed, failures).drop(
+    return _with_failures(typed, failures).drop(
         "session_number_value", "file_total", "session_date_any", HIDDEN_ROW, *readings
     )
 
 
-def _with_details(typed: pl.DataFrame, failures: list[_Failure]) -> pl.DataFrame:
-    """parse_failures ({rule, detail} per broken rule), worked out only on rows that broke one: details cost."""
-    failing = typed["parse_errors"].list.len() > 0
+def _with_failures(typed: pl.DataFrame, failures: list[_Failure]) -> pl.DataFrame:
+    """parse_errors (the rules broken, in order) and parse_failures ({rule, detail} per broken rule), worked out
+    only on rows that broke one: most rows break none, and building lists for every row costs."""
+    failing = typed.select(pl.any_horizontal(failure.condition.fill_null(False) for failure in failures)).to_series()
+    none = [pl.lit([], pl.List(pl.String)).alias("parse_errors"), pl.lit([], pl.List(FAILURE)).alias("parse_failures")]
     if not failing.any():
-        return typed.with_columns(pl.lit([], pl.List(FAILURE)).alias("parse_failures"))
+        return typed.with_columns(none)
     indexed = typed.with_row_index("__row")
-    details = indexed.filter(failing).select(
+    found = indexed.filter(failing).select(
         "__row",
+        pl.concat_list(failure.rule_where() for failure in failures).list.drop_nulls().alias("parse_errors"),
         pl.concat_list(failure.failure_where() for failure in failures)
         .list.drop_nulls()
         .cast(pl.List(FAILURE))
         .alias("parse_failures"),
     )
     return (
-        indexed.join(details, on="__row", how="left", maintain_order="left")
-        .with_columns(pl.col("parse_failures").fill_null(pl.lit([], pl.List(FAILURE))))
+        indexed.join(found, on="__row", how="left", maintain_order="left")
+        .with_columns(pl.col(column.meta.output_name()).fill_null(column) for column in none)
         .drop("__row")
     )
 
