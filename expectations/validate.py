@@ -146,7 +146,7 @@ def _failures(frame: pl.DataFrame, suite: Any, index: list[str]) -> pl.DataFrame
     GX is told each failing row by its position, the frame's named pandas index: it then lists the positions of
     a rule's failing rows as they are, where naming index columns costs two lookups per failing row and column,
     and it keeps no failing values in its results."""
-    import pandas as pd
+    import pandas as pd  # loaded with GX already; importing it here keeps it off the startup of what never validates
 
     read = {column for expectation in suite.expectations for column in _columns_of(expectation.configuration)}
     data = _coded(frame.drop([name for name in index if name not in read]), suite).to_pandas()
