@@ -1,6 +1,6 @@
-"""GX's failing rows read by their position in the frame equal them read by named index columns, the first way
-(``tests/reference/gx_failures.py``): on random frames with duplicates, alone and in batches, and on a realistic
-network's exports."""
+"""GX's failing rows, read by their position in a frame whose text is handed to GX as codes, equal them read by
+named index columns from the text itself, the first way (``tests/reference/gx_failures.py``): on random frames
+with duplicates, alone and in batches, and on a realistic network's exports."""
 
 from __future__ import annotations
 
