@@ -24,6 +24,7 @@ from alliance.storage.lease import current
 from flows.archive import archive_bytes
 from flows.pipeline import Admitted, ExportResult, _loaded, ingest_file
 from flows.watcher import file_signature
+from transforms.quarantine import KnownTherapists
 
 log = logging.getLogger("alliance.pipeline")
 
@@ -46,7 +47,8 @@ class LoadBatch:
         self._waiting: list[tuple[Admitted, ExportResult]] = []
         self._bytes: set[tuple[str, str]] = set()  # (clinic_id, sha256) of the files waiting
         self._held = 0  # their bytes
-        self._therapists: pl.DataFrame | None = None  # (clinic_id, therapist_id) of their ratings
+        self._pairs: list[pl.DataFrame] = []  # (clinic_id, therapist_id) of their ratings
+        self._known: KnownTherapists | None = None  # the warehouse's and theirs
 
     def holds(self, clinic_id: str, sha256: str) -> bool:
         """Whether these bytes of this clinic wait in the batch already."""
@@ -56,9 +58,15 @@ class LoadBatch:
         """The warehouse's (clinic, therapist) pairs and those of the files waiting: what a file sees once the
         files before it loaded."""
         stored = writer.known_therapists()
-        if self._therapists is None:
+        if not self._pairs:
             return stored
-        return pl.concat([stored, self._therapists], how="vertical_relaxed").unique()
+        return pl.concat([stored, *self._pairs], how="vertical_relaxed").unique()
+
+    def therapists(self, writer: Writer) -> KnownTherapists:
+        """``known_therapists`` as an index, built once per batch and kept up to date as files wait."""
+        if self._known is None:
+            self._known = KnownTherapists(self.known_therapists(writer))
+        return self._known
 
     def defer(self, admitted: Admitted) -> ExportResult:
         result = ExportResult(admitted.source.name, admitted.ledger.clinic_id, "pending", admitted.ledger.export_id)
@@ -68,8 +76,9 @@ class LoadBatch:
         ratings = admitted.prepared.ratings
         if ratings.height:
             pairs = ratings.select("clinic_id", "therapist_id").unique()
-            mine = self._therapists
-            self._therapists = pairs if mine is None else pl.concat([mine, pairs], how="vertical_relaxed").unique()
+            self._pairs.append(pairs)
+            if self._known is not None:
+                self._known.add(pairs)
         if len(self._waiting) >= LOAD_FILES or self._held >= LOAD_BYTES:
             self.flush()
         return result
@@ -78,7 +87,8 @@ class LoadBatch:
         """Load every waiting file: together in one transaction, else each on its own, in order, as a lone file
         (when one changed or was taken since its admission, or the load failed: the files after it may have been
         prepared with what it brought)."""
-        waiting, self._waiting, self._bytes, self._held, self._therapists = self._waiting, [], set(), 0, None
+        waiting, self._waiting, self._bytes, self._held = self._waiting, [], set(), 0
+        self._pairs, self._known = [], None  # the writer knows the loaded pairs, or forgot them on a failure
         if not waiting:
             return
         try:

@@ -21,10 +21,12 @@ from alliance.readers import ReadLimits, read_export
 from alliance.readers.frames import engine_failure
 from alliance.settings import Settings
 from expectations import Prevalidated, validate_ratings
+from flows.archive import export_id_of
 from transforms.long_layout import widen
 from transforms.mapping import footer_split, rating_candidates, resolve_columns, to_canonical, unrated_rows
 from transforms.quarantine import (
     QUARANTINE_SCHEMA,
+    KnownTherapists,
     accepted_ratings,
     foreign_therapists,
     quarantine_rows,
@@ -232,13 +234,33 @@ def read_token(
     return str(path.absolute()), clinic.id, sha256, key, max_bytes, limits
 
 
-def kept_read(validate: Validator | None, clinic: Clinic, token: ReadToken) -> ExportCandidates | None:
-    """The candidates a batch read ahead from exactly these bytes, for this profile, key and date; else None."""
+@dataclass(frozen=True)
+class KeptRead:
+    """What a batch read of one file: its candidates, and the file prepared as its first ingest would prepare it
+    if none of its therapists belonged to another clinic (None when preparing it failed: its ingest says why)."""
+
+    clinic: Clinic
+    found: ExportCandidates
+    prepared: PreparedExport | None
+    export_id: str  # the export id it was prepared for: the first ingest of these bytes at this clinic
+    file_share: float
+
+    def ready(self, export_id: str, file_share: float, known: KnownTherapists) -> PreparedExport | None:
+        """The prepared file, when its ingest would prepare exactly this: same export id and quarantine share,
+        and no therapist known only at other clinics; else None (prepared again from ``found``)."""
+        if self.prepared is None or export_id != self.export_id or file_share != self.file_share:
+            return None
+        if any(known.any_foreign(self.clinic.id, c) for _, c in self.found.per_instrument):
+            return None
+        return self.prepared
+
+
+def kept_read(validate: Validator | None, clinic: Clinic, token: ReadToken) -> KeptRead | None:
+    """What a batch read ahead from exactly these bytes, for this profile, key and date; else None."""
     kept = validate.take(token) if isinstance(validate, Prevalidated) else None
-    if not isinstance(kept, tuple):
+    if not isinstance(kept, KeptRead):
         return None
-    read_for, found = kept
-    return found if read_for == clinic and found.today == datetime.now(clinic.tz).date() else None
+    return kept if kept.clinic == clinic and kept.found.today == datetime.now(clinic.tz).date() else None
 
 
 def prepare_export(
@@ -359,14 +381,29 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
         except BaseException as exc:  # the file's own ingest rejects it, with its reason
             if not engine_failure(exc):
                 raise
+    kept: list[tuple[ReadToken, Path, str, Clinic, ExportCandidates]] = []
     for (path, sha256, export), found in zip(read, candidates_of([e for _, _, e in read], key), strict=True):
-        if found is None:
-            continue
-        token = read_token(path, export.clinic, sha256, key, max_bytes, limits)
-        prevalidated.keep(token, (export.clinic, found))
-        batch += [(candidates, inst) for inst, candidates in found.per_instrument]
+        if found is not None:
+            kept.append((read_token(path, export.clinic, sha256, key, max_bytes, limits), path, sha256, export.clinic,
+                         found))  # fmt: skip
+            batch += [(candidates, inst) for inst, candidates in found.per_instrument]
     try:
         prevalidated.prime(batch)
+        primed = True
     except Exception as exc:
         log.warning("batch validation failed (%s); each file is validated on its own", type(exc).__name__)
+        primed = False
+    # each file prepared here too, so that a read-ahead worker screens it and its ingest only checks therapists
+    share = settings.quarantine_file_share
+    nobody = pl.DataFrame(schema={"clinic_id": pl.String, "therapist_id": pl.String})  # foreign ones: at ingest
+    for token, path, sha256, clinic, found in kept:
+        export_id, prepared = export_id_of(clinic.id, sha256), None
+        try:
+            if primed:
+                prepared = prepare_export(path, clinic, key, export_id, share, max_bytes, limits, nobody,
+                                          validate=prevalidated, found=found)  # fmt: skip
+        except BaseException as exc:  # its own ingest prepares it again and rejects it, with its reason
+            if not engine_failure(exc):
+                raise
+        prevalidated.keep(token, KeptRead(clinic, found, prepared, export_id, share))
     return prevalidated

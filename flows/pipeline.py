@@ -28,6 +28,7 @@ from flows.events import is_candidate
 from flows.exports import PreparedExport, Validator, clinic_for, kept_read, prepare_export, read_token
 from flows.scoring import ScoringResult, score_dyads
 from flows.watcher import Signature, file_signature, wait_until_settled
+from transforms.quarantine import KnownTherapists
 
 if TYPE_CHECKING:
     from flows.batch import LoadBatch
@@ -253,21 +254,24 @@ def _admit(
         return _reject(writer, warehouse, settings, source, ledger, problem, f"{source.name}: {problem}", publish)
     try:
         fault_point("prepare", source.name)
-        known_therapists = batch.known_therapists(writer) if batch is not None else writer.known_therapists()
         max_bytes, limits = int(settings.max_file_mb * 1e6), ReadLimits.from_settings(settings)
-        prepared = prepare_export(
-            path,
-            clinic,
-            key,
-            ledger.export_id,
-            settings.quarantine_file_share,
-            max_bytes,
-            limits,
-            known_therapists,
-            data=source.data,
-            validate=validate,
-            found=kept_read(validate, clinic, read_token(path, clinic, source.sha256, key, max_bytes, limits)),
-        )
+        kept = kept_read(validate, clinic, read_token(path, clinic, source.sha256, key, max_bytes, limits))
+        share = settings.quarantine_file_share
+        prepared = kept.ready(ledger.export_id, share, _therapists(writer, batch)) if kept else None
+        if prepared is None:
+            prepared = prepare_export(
+                path,
+                clinic,
+                key,
+                ledger.export_id,
+                share,
+                max_bytes,
+                limits,
+                batch.known_therapists(writer) if batch is not None else writer.known_therapists(),
+                data=source.data,
+                validate=validate,
+                found=kept.found if kept else None,
+            )
     except ExportRejected as rejection:
         return _reject(writer, warehouse, settings, source, ledger, rejection.problem, str(rejection), publish)
     except BaseException as exc:  # the safety net, a Polars panic too: one file's surprise must not stop the others
@@ -285,6 +289,10 @@ def _admit(
         archived_as=str(target),
     )
     return Admitted(source, clinic, ledger, attempts, prepared, target)
+
+
+def _therapists(writer: Writer, batch: LoadBatch | None) -> KnownTherapists:
+    return batch.therapists(writer) if batch is not None else KnownTherapists(writer.known_therapists())
 
 
 def _reject(

@@ -26,6 +26,7 @@ from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import ExportLoad, Ledger, LoadCounts, Warehouse, table_checksums, writer_lease
 from flows.batch import LoadBatch
+from flows.exports import prevalidate
 from flows.nightly import sweep_clinics
 from flows.pipeline import ExportResult, ingest_file
 from tests.conftest import SOUTH_ROWS, TEST_KEY, put
@@ -228,19 +229,29 @@ def test_a_file_changed_after_it_joined_a_batch_is_loaded_as_it_now_is(sample: S
 
 
 @pytest.mark.parametrize("fault", [None, "load:s.csv"])
+@pytest.mark.parametrize("how", ["read here", "read ahead", "read ahead, loaded between"])
 def test_a_therapist_an_earlier_file_of_the_batch_brings_is_known_to_the_files_after_it(
-    two_clinics: Settings, fault: str | None, monkeypatch: pytest.MonkeyPatch
+    two_clinics: Settings, fault: str | None, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As one after another: south's file brings therapist s-new, so north's rows with s-new are foreign; unless
-    south's file fails to load, when north's rows are north's own."""
+    south's file fails to load, when north's rows are north's own. Read ahead, north's file comes prepared as if
+    no therapist were foreign, and its ingest must see that s-new is: from the files waiting in the batch, or,
+    loaded between, from what the writer's session keeps of the loads."""
     if fault:
         monkeypatch.setenv("ALLIANCE_FAULT_AT", fault)
     settings = two_clinics
     south = put(settings, "south", "s.csv", ["C-201,s-new,01/05/2026,1,9.5,9.0,9.1,9.2,20,"])
     north = put(settings, "north", "n.csv", ["C-101,s-new,01/05/2026,1,9.5,9.0,9.1,9.2,20,", *ROWS[1:3]])
+    validate = prevalidate([south, north], settings) if how != "read here" else None
     with writer_lease(settings.warehouse):
+        with Warehouse.of(settings).writer() as writer:
+            writer.known_therapists()  # the session keeps what it read: the load between must add to it
         batch = LoadBatch(settings)
-        results = [ingest_file(p, settings, publish=False, in_batch=True, batch=batch) for p in (south, north)]
+        results = []
+        for path in (south, north):
+            results.append(ingest_file(path, settings, publish=False, validate=validate, batch=batch))
+            if how == "read ahead, loaded between":
+                batch.flush()
         batch.flush()
     seen = [(r.status, r.rows_new, r.rows_quarantined) for r in results]
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:

@@ -140,7 +140,7 @@ def test_a_prevalidated_batch_prepares_every_export_as_its_own_validation_does(s
     key = load_key(settings)
     paths = [f.path for f in network.files]
     batch = prevalidate(paths, settings)
-    pairs = 0
+    served, pairs = batch.served, 0  # the batch prepared each file itself too
     for export in network.files:
         clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
         ours = prepare_export(export.path, clinic, key, "e1", 1.0, validate=batch)
@@ -149,7 +149,7 @@ def test_a_prevalidated_batch_prepares_every_export_as_its_own_validation_does(s
             assert_frame_equal(mine, theirs)
         assert ours.quarantine.height > 0  # the sample plants invalid rows in every export: the check can fail
         pairs += len(clinic.export.instruments)
-    assert batch.served == pairs  # every validation came from the batch
+    assert batch.served - served == pairs  # every validation came from the batch
 
 
 def test_a_file_changed_after_the_batch_is_validated_afresh(network: SampleSet, tmp_path: Path) -> None:
@@ -265,6 +265,45 @@ def test_what_a_batch_kept_is_taken_once_and_only_with_the_same_key_profile_and_
     other = clinic.model_copy(update={"timezone": "Asia/Tokyo" if clinic.timezone != "Asia/Tokyo" else "UTC"})
     assert kept_read(batch, other, token) is None  # read for another profile: not served
     batch = prevalidate([export.path], settings)
-    found = kept_read(batch, clinic, token)
-    assert found is not None and found.per_instrument
+    kept = kept_read(batch, clinic, token)
+    assert kept is not None and kept.found.per_instrument and kept.prepared is not None
     assert kept_read(batch, clinic, token) is None  # once
+
+
+def test_a_file_prepared_ahead_is_what_its_ingest_prepares_and_is_prepared_again_when_that_differs(
+    settings: Settings,
+) -> None:
+    from flows.archive import export_id_of
+    from flows.exports import kept_read, read_token
+    from transforms.quarantine import KnownTherapists
+
+    network = generate_sample(settings.inbox, clinics=3, weeks=12, dyads_per_clinic=6, today=date(2026, 3, 1))
+    add_profiles(settings.clinics_file, network.profiles)
+    key, share = load_key(settings), settings.quarantine_file_share
+    max_bytes, limits = int(settings.max_file_mb * 1e6), ReadLimits.from_settings(settings)
+    batch = prevalidate([f.path for f in network.files], settings)
+    for export in network.files:
+        clinic = Clinic(id=export.clinic_id, **network.profiles[export.clinic_id])
+        sha = hashlib.sha256(export.path.read_bytes()).hexdigest()
+        kept = kept_read(batch, clinic, read_token(export.path, clinic, sha, key, max_bytes, limits))
+        assert kept is not None
+        therapists = kept.found.per_instrument[0][1]["therapist_id"].unique().sort()
+        own = pl.DataFrame({"clinic_id": clinic.id, "therapist_id": therapists})
+        foreign = own.with_columns(pl.lit("another-clinic").alias("clinic_id"))
+        first = export_id_of(clinic.id, sha)
+        for known in (own, own.clear(), foreign):
+            oracle = prepare_export(export.path, clinic, key, first, share, max_bytes, limits, known)
+            ahead = kept.ready(first, share, KnownTherapists(known))
+            if known is foreign:  # every rating now names another clinic's therapist: prepared again
+                assert ahead is None
+                assert oracle.quarantine["rules"].explode().str.starts_with("foreign_therapist").any()
+                continue
+            assert ahead is not None
+            assert_frame_equal(ahead.ratings, oracle.ratings)
+            assert_frame_equal(ahead.quarantine, oracle.quarantine)
+            assert_frame_equal(ahead.client_refs, oracle.client_refs, check_row_order=False)  # a set
+            assert ahead.rows_total == oracle.rows_total
+            assert ahead.whole_file_quarantined == oracle.whole_file_quarantined
+        # a retry of these bytes after a rejection has another export id; another share another verdict
+        assert kept.ready(export_id_of(clinic.id, sha, 1), share, KnownTherapists(own)) is None
+        assert kept.ready(first, share / 2, KnownTherapists(own)) is None

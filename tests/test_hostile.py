@@ -844,7 +844,7 @@ def test_a_batch_reads_known_therapists_once_and_sees_each_files_new_ones(
     home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under a batch's lease the known therapists are read once per session, not scanned from all ratings for
-    every file; a file that brings a new therapist makes the next file read them again."""
+    every file: a load adds the therapists it brings; a load rolled back leaves none of its own known."""
     reads: list[str] = []
     frame = Session.frame
 
@@ -854,15 +854,21 @@ def test_a_batch_reads_known_therapists_once_and_sees_each_files_new_ones(
         return frame(self, sql, params)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Session, "frame", counted)
+    monkeypatch.setenv("ALLIANCE_FAULT_AT", "load:broken")
     shared = GOOD.format(n=1).replace(",t1,", ",t-shared,")
+    ghost = GOOD.format(n=5).replace(",t1,", ",t-ghost,")
     with writer_lease(home.warehouse, lease_s=600):
         south = ingest_file(put(home, "south", "s.csv", csv_text(shared)), home)
         north = ingest_file(put(home, "north", "n.csv", csv_text(shared, GOOD.format(n=2))), home)
         again = [ingest_file(put(home, "north", f"n{n}.csv", csv_text(GOOD.format(n=n))), home) for n in (3, 4)]
+        broken = ingest_file(put(home, "north", "broken.csv", csv_text(ghost)), home)
+        after = ingest_file(put(home, "south", "s2.csv", csv_text(ghost)), home)
     assert south.rows_new == 1
     assert (north.rows_new, north.rows_quarantined) == (1, 1)  # t-shared came with south's file, in this session
     assert [r.rows_new for r in again] == [1, 1]
-    assert len(reads) == 3  # the first file, then after each of the two files that brought a new therapist
+    assert broken.status == "rejected"
+    assert (after.rows_new, after.rows_quarantined) == (1, 0)  # t-ghost's load was rolled back: nobody's yet
+    assert len(reads) == 2  # the first file's, and the first after the rollback
 
 
 def test_a_batch_keeps_rating_counts_in_step_with_its_loads_and_forgets_a_rolled_back_one(
@@ -925,8 +931,8 @@ def test_foreign_therapists_finds_what_a_row_by_row_reading_of_the_rule_finds(
     therapists: list[str | None], known: list[tuple[str, str]]
 ) -> None:
     """The rule read row by row (the oracle) against the frame version, whose shortcut for a file of therapists
-    all known at its clinic must not hide one known only elsewhere."""
-    from transforms.quarantine import foreign_therapists
+    all known at its clinic must not hide one known only elsewhere, and against the index of known therapists."""
+    from transforms.quarantine import KnownTherapists, foreign_therapists
 
     candidates = pl.DataFrame(
         {"row_id": list(range(len(therapists))), "therapist_id": therapists},
@@ -941,6 +947,10 @@ def test_foreign_therapists_finds_what_a_row_by_row_reading_of_the_rule_finds(
             expected.append((row_id, f"is a therapist id of clinic {clinics}, never seen at this clinic"))
     found = foreign_therapists(candidates, pairs, "a")
     assert [(r["row_id"], r["detail"]) for r in found.to_dicts()] == expected
+    # the index a sweep asks instead, built from some pairs and told the rest as files wait in a batch
+    index = KnownTherapists(pairs.head(len(known) // 2))
+    index.add(pairs.tail(len(known) - len(known) // 2))
+    assert index.any_foreign("a", candidates) == bool(expected)
 
 
 def test_sheet_scan_fast_path_agrees_with_the_cell_by_cell_path() -> None:

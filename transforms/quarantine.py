@@ -191,6 +191,27 @@ def foreign_therapists(candidates: pl.DataFrame, known: pl.DataFrame, clinic_id:
     )
 
 
+class KnownTherapists:
+    """The clinics each therapist id has ratings at, to tell without a join whether a file names a therapist
+    ``foreign_therapists`` would refuse: one with ratings at other clinics and none at this one."""
+
+    def __init__(self, pairs: pl.DataFrame | None = None) -> None:
+        self._clinics: dict[str, set[str]] = {}
+        if pairs is not None:
+            self.add(pairs)
+
+    def add(self, pairs: pl.DataFrame) -> None:
+        """Take in (clinic_id, therapist_id) pairs; a missing id belongs to no clinic (it joins nothing)."""
+        for clinic_id, therapist_id in pairs.select("clinic_id", "therapist_id").unique().iter_rows():
+            if therapist_id is not None:
+                self._clinics.setdefault(therapist_id, set()).add(clinic_id)
+
+    def any_foreign(self, clinic_id: str, candidates: pl.DataFrame) -> bool:
+        """Whether ``foreign_therapists(candidates, pairs, clinic_id)`` finds a row."""
+        clinics = self._clinics
+        return any(t in clinics and clinic_id not in clinics[t] for t in candidates["therapist_id"].unique().to_list())
+
+
 def accepted_ratings(accepted: pl.DataFrame, inst: Instrument, export_id: str, clinic_id: str) -> pl.DataFrame:
     """Rows for the ratings table: the natural key, the items in registry order, the total."""
     return accepted.select(

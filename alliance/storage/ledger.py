@@ -65,7 +65,7 @@ class LedgerTables(Session):
     _counts: dict[str, int] | None = None
 
     def known_therapists(self) -> pl.DataFrame:
-        """(clinic_id, therapist_id) of every rating; a load that brings a pair not in it drops it."""
+        """(clinic_id, therapist_id) of every rating, read once a session; a load adds the pairs it brings."""
         if self._therapists is None:
             self._therapists = self.frame("SELECT DISTINCT clinic_id, therapist_id FROM ratings")
         return self._therapists
@@ -173,10 +173,11 @@ class LedgerTables(Session):
             [load.ratings.with_columns(pl.lit(i, pl.Int32).alias("_file")) for i, load in enumerate(loads)],
             how="diagonal_relaxed",
         )
-        if self._therapists is not None:  # read again after a new pair
+        if self._therapists is not None:  # new pairs kept too (a rollback forgets them): no scan of every rating
             pairs = ratings.select("clinic_id", "therapist_id").unique()
-            if pairs.join(self._therapists, on=["clinic_id", "therapist_id"], how="anti").height:
-                self._therapists = None
+            new = pairs.join(self._therapists, on=["clinic_id", "therapist_id"], how="anti", nulls_equal=True)
+            if new.height:
+                self._therapists = pl.concat([self._therapists, new], how="vertical_relaxed")
         key, on_stored = ", ".join(RATING_KEY), " AND ".join(f"r.{k} = c.{k}" for k in RATING_KEY)
         con.register("incoming_ratings", ratings.to_arrow())
         # a rating's first appearance in the batch is compared with the warehouse, a later one with the file
