@@ -19,6 +19,7 @@ import flows.batch
 import flows.exports
 import flows.nightly
 import flows.pipeline
+import flows.prevalidation
 import flows.reviews
 import flows.scoring
 
@@ -168,13 +169,15 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
         clock.call(exports, name, "map.columns")
     for name in ("accepted_ratings", "with_dyad_id"):
         clock.call(exports, name, "map.ratings")
+    clock.call(flows.prevalidation, "rating_candidates", "map.columns")  # a batch's files of one kind together
     clock.call(pipeline, "prepare_export", "map.other")  # what prepare_export does between the calls above
+    clock.call(flows.prevalidation, "prepare_export", "map.other")  # the same, for a batch's files read ahead
     clock.call(exports, "validate_ratings", "validate.gx")
     clock.call(expectations.Prevalidated, "prime", "validate.gx")  # a batch's validations, done ahead
     for name in ("screen", "quarantine_rows"):
         clock.call(exports, name, "validate.screen")
     clock.call(pipeline, "load_clinics", "other.profiles")
-    clock.call(exports, "load_clinics", "other.profiles")  # a batch's read ahead
+    clock.call(flows.prevalidation, "load_clinics", "other.profiles")  # a batch's read ahead
     clock.call(exports, "export_candidates", "map.other")  # its own work between the calls above
     clock.call(flows.reviews, "load_clinics", "other.profiles")
     clock.call(pipeline, "_read_settled", "other.sha256")

@@ -15,8 +15,9 @@ from alliance.settings import Settings
 from alliance.storage import Warehouse, writer_lease
 from flows.alerting import AlertReport, Secret, deliver_alerts
 from flows.batch import LoadBatch
-from flows.exports import PREVALIDATE_BYTES, PREVALIDATE_FILES, Validator
+from flows.exports import Validator
 from flows.pipeline import ExportResult, inbox_files, ingest_file
+from flows.prevalidation import PREVALIDATE_BYTES, PREVALIDATE_FILES
 from flows.readahead import groups_of, read_ahead
 from flows.reviews import settle_scores
 from flows.scoring import ScoringResult, scoring_totals

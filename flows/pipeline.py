@@ -25,7 +25,8 @@ from alliance.settings import Settings
 from alliance.storage import Ledger, LoadCounts, Warehouse, Writer, is_storage_failure
 from flows.archive import archive_bytes, archive_path, export_id_of, original_name
 from flows.events import is_candidate
-from flows.exports import PreparedExport, Validator, clinic_for, kept_read, prepare_export, read_token
+from flows.exports import PreparedExport, Validator, clinic_for, prepare_export
+from flows.prevalidation import kept_read, read_token
 from flows.scoring import ScoringResult, score_dyads
 from flows.watcher import Signature, file_signature, wait_until_settled
 from transforms.quarantine import KnownTherapists

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from alliance.settings import Settings
 from expectations import Prevalidated, warm_up
-from flows.exports import prevalidate
+from flows.prevalidation import prevalidate
 from flows.workers import CORES, may_start_workers, stop_workers, worker_pool
 
 log = logging.getLogger("alliance.pipeline")

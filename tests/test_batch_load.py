@@ -26,9 +26,9 @@ from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
 from alliance.storage import ExportLoad, Ledger, LoadCounts, Warehouse, table_checksums, writer_lease
 from flows.batch import LoadBatch
-from flows.exports import prevalidate
 from flows.nightly import sweep_clinics
 from flows.pipeline import ExportResult, ingest_file
+from flows.prevalidation import prevalidate
 from tests.conftest import SOUTH_ROWS, TEST_KEY, put
 from tests.reference.ledger import load_export
 from tests.test_pipeline import ROWS

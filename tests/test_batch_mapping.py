@@ -1,4 +1,4 @@
-"""Exports of one kind mapped as one frame (``flows.exports.candidates_of``) give each export exactly the
+"""Exports of one kind mapped as one frame (``flows.prevalidation.candidates_of``) give each export exactly the
 candidates it gets mapped alone (``export_candidates``, the oracle): on a generated network whose clinics share
 profiles, and on random frames of strings."""
 
@@ -17,10 +17,12 @@ from polars.exceptions import PanicException
 from polars.testing import assert_frame_equal
 
 import flows.exports as exports
+import flows.prevalidation as prevalidation
 from alliance.clinics import Clinic
 from alliance.errors import ExportRejected
 from alliance.samples import generate_sample
-from flows.exports import CanonicalExport, ExportCandidates, candidates_of, export_candidates, read_canonical
+from flows.exports import CanonicalExport, ExportCandidates, export_candidates, read_canonical
+from flows.prevalidation import candidates_of
 from tests.test_fuzz import PROFILES, raw_frames
 from transforms.mapping import footer_split, resolve_columns, to_canonical
 
@@ -57,7 +59,8 @@ def _mapped_heights(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         heights.append(canonical.height)
         return build(canonical, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(exports, "rating_candidates", measured)
+    monkeypatch.setattr(exports, "rating_candidates", measured)  # a file mapped alone
+    monkeypatch.setattr(prevalidation, "rating_candidates", measured)  # files mapped together
     return heights
 
 
@@ -92,7 +95,7 @@ def test_a_kind_is_mapped_in_frames_of_at_most_map_rows(
     files: list[tuple[Path, Clinic]], monkeypatch: pytest.MonkeyPatch, rows: int
 ) -> None:
     """Files of one kind in runs of at most MAP_ROWS rows (one larger file alone), each equal to it mapped alone."""
-    monkeypatch.setattr(exports, "MAP_ROWS", rows)
+    monkeypatch.setattr(prevalidation, "MAP_ROWS", rows)
     heights = _mapped_heights(monkeypatch)
     read = [read_canonical(path, clinic) for path, clinic in files]
     ours = candidates_of(read, KEY)
@@ -114,15 +117,15 @@ def test_a_kind_that_fails_together_is_mapped_file_by_file_and_a_file_fails_alon
     def fails(found: list[CanonicalExport]) -> list[object]:
         raise failure
 
-    monkeypatch.setattr(exports, "_mapped_together", fails)
-    identified = exports._identified
+    monkeypatch.setattr(prevalidation, "_mapped_together", fails)
+    identified = prevalidation.identified
 
     def one_fails(export: CanonicalExport, *args: object) -> ExportCandidates:
         if export is read[1]:
             raise failure
         return identified(export, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(exports, "_identified", one_fails)
+    monkeypatch.setattr(prevalidation, "identified", one_fails)
     read = [read_canonical(path, clinic) for path, clinic in files[:6]]
     ours = candidates_of(read, KEY)
     assert ours[1] is None

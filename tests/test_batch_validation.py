@@ -31,7 +31,8 @@ from alliance.settings import Settings, load_settings
 from expectations import Prevalidated, validate_exports, validate_ratings, warm_up
 from expectations import validate as validate_module
 from expectations.validate import _runnable
-from flows.exports import prepare_export, prevalidate
+from flows.exports import prepare_export
+from flows.prevalidation import prevalidate
 from flows.readahead import read_ahead
 from tests.conftest import TEST_KEY
 from tests.test_fuzz import PROFILES, SRS, raw_frames
@@ -250,7 +251,7 @@ def test_a_batch_reads_each_file_once_and_a_changed_file_again(
 
 
 def test_what_a_batch_kept_is_taken_once_and_only_with_the_same_key_profile_and_bytes(settings: Settings) -> None:
-    from flows.exports import kept_read, read_token
+    from flows.prevalidation import kept_read, read_token
 
     network = generate_sample(settings.inbox, clinics=2, weeks=8, dyads_per_clinic=4, today=date(2026, 3, 1))
     add_profiles(settings.clinics_file, network.profiles)
@@ -274,7 +275,7 @@ def test_a_file_prepared_ahead_is_what_its_ingest_prepares_and_is_prepared_again
     settings: Settings,
 ) -> None:
     from flows.archive import export_id_of
-    from flows.exports import kept_read, read_token
+    from flows.prevalidation import kept_read, read_token
     from transforms.quarantine import KnownTherapists
 
     network = generate_sample(settings.inbox, clinics=3, weeks=12, dyads_per_clinic=6, today=date(2026, 3, 1))

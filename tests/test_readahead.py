@@ -18,7 +18,7 @@ from alliance.cli.exports import _ingest_all
 from alliance.samples import SampleSet, generate_sample
 from alliance.settings import Settings
 from alliance.storage import table_checksums
-from flows import exports, nightly, readahead
+from flows import nightly, prevalidation, readahead
 from flows.nightly import run_nightly
 from flows.workers import CORES
 from tests.conftest import home_with_night
@@ -144,7 +144,7 @@ def test_an_interrupted_sweep_stops_its_workers_at_once(settings: Settings, monk
 def test_alliance_ingest_of_many_files_reads_later_groups_ahead(
     sample: SampleSet, tmp_path: Path, watched: type[Watched], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(exports, "PREVALIDATE_BYTES", 1)  # every export over the bound: a group each
+    monkeypatch.setattr(prevalidation, "PREVALIDATE_BYTES", 1)  # every export over the bound: a group each
     sums = []
     for ahead in (False, True):
         monkeypatch.setattr(readahead, "READ_AHEAD", ahead)

@@ -69,8 +69,8 @@ def test_a_polars_panic_rejects_that_file_and_the_sweep_goes_on(
     two_clinics: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Rust panic in Polars is a BaseException, not an Exception: it still rejects only its own file."""
-    import flows.exports
     import flows.pipeline
+    import flows.prevalidation
 
     put(two_clinics, "north", "broken.csv", ROWS)
     put(two_clinics, "south", "fine.csv", SOUTH_ROWS)
@@ -82,7 +82,7 @@ def test_a_polars_panic_rejects_that_file_and_the_sweep_goes_on(
         return prepare(path, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(flows.pipeline, "prepare_export", panics)
-    monkeypatch.setattr(flows.exports, "prepare_export", panics)  # where the sweep's batch prepares it ahead
+    monkeypatch.setattr(flows.prevalidation, "prepare_export", panics)  # where the sweep's batch prepares it ahead
     results, errors = sweep_clinic(two_clinics)
     assert errors == []
     assert {r.file_name: r.status for r in results} == {"broken.csv": "rejected", "fine.csv": "loaded"}

@@ -131,8 +131,9 @@ def _ingest_all(paths: list[Path], settings: Settings, clinic: str | None) -> tu
     from alliance.errors import ExportGone, KeyMissing
     from alliance.storage import writer_lease
     from flows.batch import LoadBatch
-    from flows.exports import PREVALIDATE_BYTES, PREVALIDATE_FILES, Validator
+    from flows.exports import Validator
     from flows.pipeline import ExportResult, ingest_file
+    from flows.prevalidation import PREVALIDATE_BYTES, PREVALIDATE_FILES
     from flows.readahead import groups_of, read_ahead
     from flows.reviews import settle_scores
 
