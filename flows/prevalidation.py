@@ -155,7 +155,7 @@ def kept_read(validate: Validator | None, clinic: Clinic, token: ReadToken) -> K
 
 def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = None) -> Prevalidated:
     """The batch's validation done ahead: every file's candidates checked by one GX validation per instrument,
-    and kept for the file's ingest, which then reads and maps it once.
+    each file prepared (``KeptRead``), and kept for the file's ingest, which then reads, maps and screens it once.
 
     Files are read as they are now, outside any lock; one that cannot be read, or changes before its ingest,
     is simply read and validated again by ``ingest_file``, which stays the judge of every file. Nothing here
