@@ -3,7 +3,6 @@ ratings and quarantine rows (what a batch reads ahead of its files' ingests: ``f
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from transforms.quarantine import (
 )
 from transforms.trajectory import with_dyad_id
 
-log = logging.getLogger("alliance.pipeline")
 Validator = Callable[[pl.DataFrame, Instrument], pl.DataFrame]  # candidates -> failures (row_id, rule)
 
 

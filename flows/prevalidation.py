@@ -196,12 +196,12 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
     nobody = pl.DataFrame(schema={"clinic_id": pl.String, "therapist_id": pl.String})  # foreign ones: at ingest
     for token, path, sha256, clinic, found in kept:
         export_id, prepared = export_id_of(clinic.id, sha256), None
-        try:
-            if primed:
+        if primed:
+            try:
                 prepared = prepare_export(path, clinic, key, export_id, share, max_bytes, limits, nobody,
                                           validate=prevalidated, found=found)  # fmt: skip
-        except BaseException as exc:  # its own ingest prepares it again and rejects it, with its reason
-            if not engine_failure(exc):
-                raise
+            except BaseException as exc:  # its own ingest prepares it again and rejects it, with its reason
+                if not engine_failure(exc):
+                    raise
         prevalidated.keep(token, KeptRead(clinic, found, prepared, export_id, share))
     return prevalidated
