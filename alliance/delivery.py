@@ -7,9 +7,11 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -192,32 +194,47 @@ def _scrub(text: str, hidden: Sequence[str]) -> str:
 
 
 class _Scrub(logging.Filter):
-    """Rewrites third-party log records that would carry a secret of the send in progress."""
+    """Rewrites third-party log records that would carry a secret of any send in progress.
 
-    def __init__(self, hidden: Sequence[str]) -> None:
+    One filter, installed once and never removed: sends run side by side on threads, and a filter removed while
+    another thread's record walks the logger's filters can make it skip one (``logging.Filterer.filter`` walks
+    the list itself). Each send registers its secrets for as long as it runs instead."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.hidden = hidden
+        self._lock = threading.Lock()
+        self._hidden: Counter[str] = Counter()  # a secret two sends share stays hidden until both are done
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = _scrub(message, self.hidden)
-        if clean != message:
-            record.msg, record.args = clean, None
+        with self._lock:
+            hidden = sorted(self._hidden, key=len, reverse=True)  # longest first, as ``_hidden`` orders them
+        if hidden:
+            message = record.getMessage()
+            clean = _scrub(message, hidden)
+            if clean != message:
+                record.msg, record.args = clean, None
         return True
 
+    @contextmanager
+    def hiding(self, hidden: Sequence[str]) -> Iterator[None]:
+        with self._lock:
+            self._hidden.update(hidden)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._hidden.subtract(hidden)
+                self._hidden = +self._hidden  # secrets no send holds any more are forgotten
 
-@contextmanager
-def _scrubbed_logs(hidden: Sequence[str]) -> Iterator[None]:
+
+_SCRUB = _Scrub()
+for _name in THIRD_PARTY_LOGGERS:
+    logging.getLogger(_name).addFilter(_SCRUB)
+
+
+def _scrubbed_logs(hidden: Sequence[str]) -> AbstractContextManager[None]:
     """While sending, apprise and urllib3 log records lose this send's secrets (they log paths at DEBUG)."""
-    scrub = _Scrub(hidden)
-    loggers = [logging.getLogger(name) for name in THIRD_PARTY_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(scrub)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(scrub)
+    return _SCRUB.hiding(hidden)
 
 
 def channel_id(template: str) -> str:

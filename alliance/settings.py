@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         "starts while the first publishes and takes the lock when it is free (a file landing then does not wait "
         "on Prefect to start it); more only add processes waiting on the lock.",
     )
+    alert_senders: int = Field(
+        default=8,
+        ge=1,
+        description="Alert messages sent at once. Each waits on its channel (a mail server, a webhook); one at a "
+        "time, a night's 2,000 messages at 100 ms each would take over 3 minutes, and one slow channel would hold "
+        "up every clinic's.",
+    )
     require_final_newline: bool = Field(
         default=True, description="CSV files not ending in a newline are rejected: truncated or still being written."
     )

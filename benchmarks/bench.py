@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep generated files, homes and logs here")
     parser.add_argument("--json", type=Path, help="also write the report(s) as JSON")
     parser.add_argument("--profile", action="store_true", help="cProfile the timed run (slower; keeps profile_*.txt)")
+    parser.add_argument(
+        "--alert-delay-ms",
+        type=float,
+        default=0.0,
+        help="the alert receiver answers each message this late (a remote channel)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.profile and args.workdir is None:
         parser.error("--profile needs --workdir to keep the profile files")
-    reports = run_many([args.scenario], args.scale, args.workdir, args.profile)
+    reports = run_many([args.scenario], args.scale, args.workdir, args.profile, args.alert_delay_ms / 1000)
     print("\n".join(format_report(r) for r in reports))
     sys.stdout.flush()
     if args.json:

@@ -254,9 +254,14 @@ def run(scenario: str = "night", scale: float = 1.0, workdir: Path | None = None
 
 
 def run_many(
-    scenarios: list[str], scale: float = 1.0, workdir: Path | None = None, profile: bool = False
+    scenarios: list[str],
+    scale: float = 1.0,
+    workdir: Path | None = None,
+    profile: bool = False,
+    alert_delay_s: float = 0.0,
 ) -> list[BenchReport]:
-    """Each scenario in turn (``all`` is every one), one report each, sharing one alert receiver."""
+    """Each scenario in turn (``all`` is every one), one report each, sharing one alert receiver (which answers
+    each message after ``alert_delay_s``, as a remote channel would)."""
     names = [ALIASES.get(s, s) for s in scenarios]
     names = [n for s in names for n in (SCENARIOS if s == "all" else (s,))]
     unknown = [n for n in names if n not in RUNNERS]
@@ -268,11 +273,13 @@ def run_many(
     base.mkdir(parents=True, exist_ok=True)
     reports = []
     try:
-        with alert_receiver() as url:
+        with alert_receiver(alert_delay_s) as url:
             for name in names:
                 today = date.today()
                 report = BenchReport(name, scale, datetime.now(UTC).isoformat(timespec="seconds"),
                                      today.isoformat(), machine_info())  # fmt: skip
+                if alert_delay_s:
+                    report.figures["alert channel delay ms"] = round(alert_delay_s * 1000)
                 RUNNERS[name](report, base, url, profile)
                 reports.append(report)
     finally:

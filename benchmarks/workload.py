@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, sleep
 from typing import Any
 
 from alliance.clinics import load_clinics
@@ -202,6 +202,7 @@ class AlertHook(BaseHTTPRequestHandler):
     """Counts every alert message and keeps its arrival time (perf_counter), for the landing-to-alert latency."""
 
     received = 0
+    delay_s = 0.0  # each message held this long before the answer, as a remote channel would (``--alert-delay-ms``)
     arrivals: list[float] = []  # noqa: RUF012 - one receiver per benchmark process
     lock = threading.Lock()
 
@@ -210,6 +211,7 @@ class AlertHook(BaseHTTPRequestHandler):
         with AlertHook.lock:
             AlertHook.received += 1
             AlertHook.arrivals.append(perf_counter())
+        sleep(AlertHook.delay_s)
         self.send_response(200)
         self.end_headers()
 
@@ -218,8 +220,9 @@ class AlertHook(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def alert_receiver() -> Iterator[str]:
-    """A local JSON webhook (apprise json://) that accepts every alert; yields its URL."""
+def alert_receiver(delay_s: float = 0.0) -> Iterator[str]:
+    """A local JSON webhook (apprise json://) that accepts every alert, each after ``delay_s``; yields its URL."""
+    AlertHook.delay_s = delay_s
     server = ThreadingHTTPServer(("127.0.0.1", 0), AlertHook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

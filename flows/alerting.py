@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -109,11 +111,19 @@ def _deliver(
     backoff_s: float,
     report: AlertReport,
     case_of: dict[str, str],
+    senders: int = 1,
 ) -> list[dict[str, object]]:
+    """Send each message (``senders`` at once: each mostly waits on its channel) and return what to record."""
     outcomes: list[dict[str, object]] = []
     now = datetime.now(UTC)
-    for message in messages:
-        result = send(message, secret=secret, backoff_s=backoff_s)
+    with ThreadPoolExecutor(max(1, min(senders, len(messages))), thread_name_prefix="alliance-alert") as pool:
+        # each send in a copy of this thread's context: a secret lookup reads Prefect's settings from it
+        futures = [
+            pool.submit(contextvars.copy_context().run, send, message, secret=secret, backoff_s=backoff_s)
+            for message in messages
+        ]
+        results = [future.result() for future in futures]
+    for message, result in zip(messages, results, strict=True):
         errors = [f"{o.url}: {o.error}" for o in result.outcomes if not o.ok]
         ok = not errors
         report.sent += ok
@@ -193,7 +203,7 @@ def deliver_alerts(
 
     fresh = _per_channel(messages, _delivered(warehouse, messages), narrow)
     case_of = dict(zip(cases["alert_key"].to_list(), cases["case_id"].to_list(), strict=True))
-    outcomes = _deliver(fresh, secret, backoff_s, report, case_of)
+    outcomes = _deliver(fresh, secret, backoff_s, report, case_of, settings.alert_senders)
     crash_point("after_alert_sent")
     sent_cases = {o["alert_key"] for o in outcomes if o["status"] == "sent" and o["kind"] == "rupture"}
     report.cases_alerted = len(sent_cases)

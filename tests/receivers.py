@@ -6,6 +6,7 @@ import email
 import email.policy
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,11 +92,16 @@ def smtp_auth() -> Iterator[Mailbox]:
 
 @dataclass
 class Hook:
-    """Requests an HTTP webhook received; ``fail_first`` answers that many requests with 500."""
+    """Requests an HTTP webhook received; ``fail_first`` answers that many requests with 500; ``delay_s`` holds each
+    request that long before answering, as a remote channel would (``most_at_once``: requests held together)."""
 
     port: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     fail_first: int = 0
+    delay_s: float = 0.0
+    in_flight: int = 0
+    most_at_once: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, scheme: str = "json", path: str = "/hook") -> str:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
@@ -109,8 +115,14 @@ def run_hook() -> Iterator[Hook]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            received.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-            failing = len(received.requests) <= received.fail_first
+            with received.lock:
+                received.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                failing = len(received.requests) <= received.fail_first
+                received.in_flight += 1
+                received.most_at_once = max(received.most_at_once, received.in_flight)
+            time.sleep(received.delay_s)
+            with received.lock:
+                received.in_flight -= 1
             self.send_response(500 if failing else 200)
             self.end_headers()
 

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import date
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from benchmarks.floor import floor_frame
 from benchmarks.peer import run_peer
 from benchmarks.report import BenchReport, RunReport, Verdict, format_report, machine_info
 from benchmarks.scenarios import backfill_verdicts, history_verdicts, night_verdicts, run, run_many
-from benchmarks.workload import new_home
+from benchmarks.workload import AlertHook, alert_receiver, new_home
 
 
 def _run(
@@ -173,3 +174,16 @@ def test_latency_times_landings_under_serve_to_the_webhook(tmp_path: Path) -> No
     assert len(report.figures["landing → ingested s"]) == 4  # every landed file was taken and archived
     assert report.verdicts[0].target.startswith("file landing → alert delivered")
     assert date.fromisoformat(report.today)
+
+
+def test_the_alert_receiver_answers_each_message_as_late_as_asked() -> None:
+    """``--alert-delay-ms``: the benchmark's receiver stands in for a remote channel that takes its time."""
+    for delay_s in (0.2, 0.0):
+        with alert_receiver(delay_s) as url:
+            before = AlertHook.received
+            started = time.perf_counter()
+            request = urllib.request.Request(url.replace("json://", "http://"), data=b"{}", method="POST")
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+            assert AlertHook.received == before + 1
+            assert (time.perf_counter() - started >= delay_s) and AlertHook.delay_s == delay_s

@@ -11,10 +11,11 @@ import duckdb
 import pytest
 
 from alliance.clinics import load_clinics
+from alliance.delivery import AlertMessage, _scrubbed_logs
 from alliance.home import init_home
 from alliance.samples import SampleSet, add_profiles, generate_sample
 from alliance.settings import Settings, load_settings
-from flows.alerting import deliver_alerts
+from flows.alerting import AlertReport, _deliver, deliver_alerts
 from flows.pipeline import ingest_file
 from flows.reviews import rescore
 from tests.conftest import TEST_KEY
@@ -262,3 +263,40 @@ def test_trend_signals_from_weeks_summed_in_the_warehouse_are_those_of_the_polar
     signals = alerting.current_trend_signals(Warehouse.of(settings), settings, clinics)
     oracle = alerting._trend_signals(clinics, settings, *expected)
     assert_frame_equal(signals.sort(signals.columns), oracle.sort(oracle.columns))
+
+
+def _messages(hook: Hook, count: int) -> list[AlertMessage]:
+    return [
+        AlertMessage("rupture", "northside", f"Supervisor {i}", (hook.url(path=f"/m{i}"),), "t", "b", (f"k{i}",))
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("senders", [1, 3])
+def test_messages_are_sent_side_by_side_and_recorded_in_order(hook: Hook, senders: int) -> None:
+    """Each message waits on its channel (here 0.2 s): ``alert_senders`` of them wait together, no more."""
+    hook.delay_s = 0.2
+    messages = _messages(hook, 6)
+    report = AlertReport()
+    outcomes = _deliver(messages, None, 0.001, report, {}, senders)
+    assert (report.sent, report.failed) == (6, 0)
+    assert [o["recipient"] for o in outcomes] == [m.recipient for m in messages]  # recorded in message order
+    assert sorted(r["path"] for r in hook.requests) == sorted(f"/m{i}" for i in range(6))
+    assert hook.most_at_once == 1 if senders == 1 else 2 <= hook.most_at_once <= senders
+
+
+def test_a_send_keeps_its_secrets_hidden_while_others_start_and_end(caplog: pytest.LogCaptureFixture) -> None:
+    """Sends run on threads: one filter stays on the third-party loggers, and each send's secrets stay hidden until
+    that send ends, whatever the others do (a filter removed while a record walks the list could be skipped)."""
+    caplog.set_level(logging.DEBUG)
+    apprise_log = logging.getLogger("apprise")
+    filters = list(apprise_log.filters)
+    with _scrubbed_logs(["tok-CANARY-first-0123456789"]):
+        with _scrubbed_logs(["tok-CANARY-second-0123456789", "tok-CANARY-first-0123456789"]):
+            assert apprise_log.filters == filters  # a send adds no filter: the one filter knows its secrets
+            apprise_log.debug("posting to /h/tok-CANARY-second-0123456789")
+        apprise_log.debug("posting to /h/tok-CANARY-first-0123456789")  # the other send ended: still hidden
+    apprise_log.debug("after every send: tok-CANARY-first-0123456789")  # nothing is hidden once no send holds it
+    shown = [r.getMessage() for r in caplog.records if r.name == "apprise"]
+    assert shown == ["posting to /h/***", "posting to /h/***", "after every send: tok-CANARY-first-0123456789"]
+    assert apprise_log.filters == filters and filters  # installed once, never added or removed per send

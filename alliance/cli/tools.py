@@ -84,6 +84,9 @@ def bench(
     workdir: Annotated[Path | None, typer.Option(help="Where to generate data (default: a temporary folder).")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="cProfile the timed runs (needs --workdir).")] = False,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write the report(s) as JSON here.")] = None,
+    alert_delay_ms: Annotated[
+        float, typer.Option(min=0.0, help="The alert receiver answers each message this late, as a remote channel.")
+    ] = 0.0,
 ) -> None:
     """Benchmark the real pipeline against the issue's targets: each scenario prints its target, figure, ratio
     and verdict (floor, peer and Prefect comparisons are measured in the same run).
@@ -96,6 +99,7 @@ def bench(
         raise ConfigError("--profile needs --workdir to keep the profile files")
     argv = ["--scenario", scenario, "--scale", str(scale), *(["--profile"] if profile else [])]
     argv += [*(["--workdir", str(workdir)] if workdir else []), *(["--json", str(json_file)] if json_file else [])]
+    argv += ["--alert-delay-ms", str(alert_delay_ms)] if alert_delay_ms else []
     try:
         bench_main(argv)
     except ValueError as bad:
