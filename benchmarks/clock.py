@@ -172,9 +172,10 @@ def instrument(clock: StageClock, prefect: bool = False) -> None:
     clock.call(flows.prevalidation, "rating_candidates", "map.columns")  # a batch's files of one kind together
     clock.call(pipeline, "prepare_export", "map.other")  # what prepare_export does between the calls above
     clock.call(flows.prevalidation, "prepare_export", "map.other")  # the same, for a batch's files read ahead
+    clock.call(flows.prevalidation, "prepare_together", "map.other")  # and for all of them at once
     clock.call(exports, "validate_ratings", "validate.gx")
     clock.call(expectations.Prevalidated, "prime", "validate.gx")  # a batch's validations, done ahead
-    for name in ("screen", "quarantine_rows"):
+    for name in ("screen", "split_failing", "quarantine_rows"):
         clock.call(exports, name, "validate.screen")
     clock.call(pipeline, "load_clinics", "other.profiles")
     clock.call(flows.prevalidation, "load_clinics", "other.profiles")  # a batch's read ahead

@@ -31,6 +31,7 @@ from flows.exports import (
     identified,
     mapped_alone,
     prepare_export,
+    prepare_together,
     read_canonical,
 )
 from transforms.mapping import rating_candidates
@@ -193,10 +194,20 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
         primed = False
     # each file prepared here too, so that a read-ahead worker screens it and its ingest only checks therapists
     share = settings.quarantine_file_share
+    together: list[PreparedExport] | None = None
+    if primed:
+        try:
+            ids = [(clinic, found, export_id_of(clinic.id, sha256)) for _, _, sha256, clinic, found in kept]
+            together = prepare_together(ids, key, share, prevalidated)
+        except BaseException as exc:  # each file is prepared alone below: one that fails, fails alone
+            if not engine_failure(exc):
+                raise
     nobody = pl.DataFrame(schema={"clinic_id": pl.String, "therapist_id": pl.String})  # foreign ones: at ingest
-    for token, path, sha256, clinic, found in kept:
+    for n, (token, path, sha256, clinic, found) in enumerate(kept):
         export_id, prepared = export_id_of(clinic.id, sha256), None
-        if primed:
+        if together is not None:
+            prepared = together[n]
+        elif primed:
             try:
                 prepared = prepare_export(path, clinic, key, export_id, share, max_bytes, limits, nobody,
                                           validate=prevalidated, found=found)  # fmt: skip

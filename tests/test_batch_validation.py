@@ -31,12 +31,21 @@ from alliance.settings import Settings, load_settings
 from expectations import Prevalidated, validate_exports, validate_ratings, warm_up
 from expectations import validate as validate_module
 from expectations.validate import _runnable
-from flows.exports import prepare_export
+from flows import exports as exports_module
+from flows.exports import (
+    CanonicalExport,
+    ExportCandidates,
+    export_candidates,
+    identified,
+    mapped_alone,
+    prepare_export,
+    prepare_together,
+)
 from flows.prevalidation import prevalidate
 from flows.readahead import read_ahead
 from tests.conftest import TEST_KEY
 from tests.test_fuzz import PROFILES, SRS, raw_frames
-from transforms.mapping import rating_candidates, resolve_columns, to_canonical
+from transforms.mapping import footer_split, rating_candidates, resolve_columns, to_canonical
 
 KEY = b"batch-validation-key-0123456789"
 
@@ -308,3 +317,60 @@ def test_a_file_prepared_ahead_is_what_its_ingest_prepares_and_is_prepared_again
         # a retry of these bytes after a rejection has another export id; another share another verdict
         assert kept.ready(export_id_of(clinic.id, sha, 1), share, KnownTherapists(own)) is None
         assert kept.ready(first, share / 2, KnownTherapists(own)) is None
+
+
+def _found(raw: pl.DataFrame, clinic: Clinic) -> ExportCandidates | None:
+    """What a batch reads of one random export of the fuzz profile: its candidates, or None when unreadable."""
+    try:
+        resolved = resolve_columns(raw.columns, clinic.export.columns, "f.csv")
+    except ExportRejected:
+        return None
+    canonical, aside = footer_split(to_canonical(raw, resolved))
+    vendor_of = {c: v for v, c in resolved.items()}
+    export = CanonicalExport(clinic, canonical, aside, vendor_of, datetime.now(clinic.tz).date())
+    return identified(export, mapped_alone(export), KEY)
+
+
+@hypothesis_settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(raw_frames(), min_size=1, max_size=4), share=st.sampled_from([0.0, 0.5, 1.0]))
+def test_exports_prepared_together_are_each_what_prepare_export_gives(frames: list[pl.DataFrame], share: float) -> None:
+    """The oracle is ``prepare_export`` file by file; random exports of one clinic and of two (ids differ)."""
+    clinics = [Clinic(id=cid, name=cid, export=PROFILES["csv"]) for cid in ("north", "south")]
+    parts = []
+    for n, raw in enumerate(frames):
+        clinic = clinics[n % 2]
+        found = _found(raw, clinic)
+        if found is not None:
+            parts.append((clinic, found, f"export-{n}"))
+    batch = Prevalidated()
+    batch.prime([(candidates, inst) for _, found, _ in parts for inst, candidates in found.per_instrument])
+    together = prepare_together(parts, KEY, share, batch)
+    for (clinic, found, export_id), ours in zip(parts, together, strict=True):
+        oracle = prepare_export(Path("f.csv"), clinic, KEY, export_id, share, found=found)
+        assert_frame_equal(ours.ratings, oracle.ratings)
+        assert_frame_equal(ours.quarantine, oracle.quarantine)
+        assert_frame_equal(ours.client_refs, oracle.client_refs, check_row_order=False)  # a set
+        assert (ours.rows_total, ours.whole_file_quarantined) == (oracle.rows_total, oracle.whole_file_quarantined)
+
+
+def test_a_network_s_files_are_prepared_together_and_each_as_prepare_export_does(network: SampleSet) -> None:
+    """The generated network's files (every layout, realistic noise): one pass per instrument and shape."""
+    clinics = {f.clinic_id: Clinic(id=f.clinic_id, **network.profiles[f.clinic_id]) for f in network.files}
+    parts = []
+    for n, export in enumerate(network.files):
+        clinic = clinics[export.clinic_id]
+        parts.append((clinic, export_candidates(export.path, clinic, KEY), f"export-{n}"))
+    batch = Prevalidated()
+    batch.prime([(candidates, inst) for _, found, _ in parts for inst, candidates in found.per_instrument])
+    screened = []
+    real = exports_module._screened_together
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exports_module, "_screened_together", lambda m, e: screened.append(len(m)) or real(m, e))
+        together = prepare_together(parts, KEY, 0.5, batch)
+    assert max(screened) > 1  # exports of one shape shared a pass
+    for (clinic, _, export_id), export, ours in zip(parts, network.files, together, strict=True):
+        oracle = prepare_export(export.path, clinic, KEY, export_id, 0.5)
+        assert_frame_equal(ours.ratings, oracle.ratings)
+        assert_frame_equal(ours.quarantine, oracle.quarantine)
+        assert_frame_equal(ours.client_refs, oracle.client_refs, check_row_order=False)
+        assert (ours.rows_total, ours.whole_file_quarantined) == (oracle.rows_total, oracle.whole_file_quarantined)

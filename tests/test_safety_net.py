@@ -81,8 +81,13 @@ def test_a_polars_panic_rejects_that_file_and_the_sweep_goes_on(
             raise PanicException("assertion failed: i < self.len()")
         return prepare(path, *args, **kwargs)  # type: ignore[arg-type]
 
+    def panics_together(*args: object) -> object:
+        raise PanicException("assertion failed: i < self.len()")
+
     monkeypatch.setattr(flows.pipeline, "prepare_export", panics)
-    monkeypatch.setattr(flows.prevalidation, "prepare_export", panics)  # where the sweep's batch prepares it ahead
+    # where the sweep's batch prepares its files ahead: together, and after a failure there each file alone
+    monkeypatch.setattr(flows.prevalidation, "prepare_together", panics_together)
+    monkeypatch.setattr(flows.prevalidation, "prepare_export", panics)
     results, errors = sweep_clinic(two_clinics)
     assert errors == []
     assert {r.file_name: r.status for r in results} == {"broken.csv": "rejected", "fine.csv": "loaded"}

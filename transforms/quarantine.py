@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -93,21 +94,35 @@ def screen(
 
     A total that is there but is not a number is reported as such, not also as empty (``missing:total``).
     """
+    split = split_failing(candidates, failures)
+    if split is None:  # every row passed (most files): nothing to join or explain
+        return Screened(candidates, pl.DataFrame(schema=QUARANTINE_SCHEMA))
+    accepted, rejected, details = split
+    return Screened(accepted, quarantine_rows(rejected, inst, vendor_of, export_id, clinic_id, details))
+
+
+def split_failing(
+    candidates: pl.DataFrame, failures: pl.DataFrame, by: str | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[tuple[Any, ...], str] | None] | None:
+    """``screen``'s split: (accepted rows, rejected rows with their ``rules``, each failure's own text by
+    (row_id, rule)); None when no row failed. With ``by``, rows of several exports are told apart by that
+    column as well as by row id (and the texts keyed (export, row_id, rule))."""
+    keys = [by, "row_id"] if by else ["row_id"]
     parse = (
-        candidates.select("row_id", pl.col("parse_failures").alias("failure"))
+        candidates.select(*keys, pl.col("parse_failures").alias("failure"))
         .explode("failure")
         .drop_nulls()
         .unnest("failure")
         if "parse_failures" in candidates.columns
-        else candidates.select("row_id", pl.col("parse_errors").alias("rule")).explode("rule").drop_nulls()
+        else candidates.select(*keys, pl.col("parse_errors").alias("rule")).explode("rule").drop_nulls()
     )
-    if parse.is_empty() and failures.is_empty():  # every row passed (most files): nothing to join or explain
-        return Screened(candidates, pl.DataFrame(schema=QUARANTINE_SCHEMA))
+    if parse.is_empty() and failures.is_empty():
+        return None
     found = pl.concat([parse, failures], how="diagonal_relaxed")
     broken = (
-        found.select("row_id", "rule")
+        found.select(*keys, "rule")
         .unique(maintain_order=True)
-        .group_by("row_id", maintain_order=True)
+        .group_by(keys, maintain_order=True)
         .agg(pl.col("rule").alias("rules"))
         .with_columns(
             pl.col("rules").list.eval(
@@ -115,15 +130,15 @@ def screen(
             )
         )
     )
-    marked = candidates.join(broken, on="row_id", how="left")
+    marked = candidates.join(broken, on=keys, how="left")
     accepted = marked.filter(pl.col("rules").is_null()).drop("rules")
     rejected = marked.filter(pl.col("rules").is_not_null())
     details = (
-        {(r, rule): d for r, rule, d in found.select("row_id", "rule", "detail").drop_nulls().iter_rows()}
+        {tuple(row[:-1]): row[-1] for row in found.select(*keys, "rule", "detail").drop_nulls().iter_rows()}
         if "detail" in found.columns
         else None
     )
-    return Screened(accepted, quarantine_rows(rejected, inst, vendor_of, export_id, clinic_id, details))
+    return accepted, rejected, details
 
 
 def quarantine_rows(
@@ -132,7 +147,7 @@ def quarantine_rows(
     vendor_of: dict[str, str],
     export_id: str,
     clinic_id: str,
-    details: dict[tuple[int, str], str] | None = None,
+    details: dict[tuple[Any, ...], str] | None = None,
 ) -> pl.DataFrame:
     """Quarantine table rows: line, rules, reasons and the mapped values (client pseudonym, never the reference)."""
     if rejected.is_empty():
@@ -212,10 +227,18 @@ class KnownTherapists:
         return any(t in clinics and clinic_id not in clinics[t] for t in candidates["therapist_id"].unique().to_list())
 
 
-def accepted_ratings(accepted: pl.DataFrame, inst: Instrument, export_id: str, clinic_id: str) -> pl.DataFrame:
-    """Rows for the ratings table: the natural key, the items in registry order, the total."""
+def accepted_ratings(
+    accepted: pl.DataFrame,
+    inst: Instrument,
+    export_id: str | pl.Expr,
+    clinic_id: str | pl.Expr,
+    carry: str | None = None,
+) -> pl.DataFrame:
+    """Rows for the ratings table: the natural key, the items in registry order, the total (ids given as
+    values, or as expressions over rows of several exports, whose ``carry`` column is kept first)."""
     return accepted.select(
-        pl.lit(clinic_id).alias("clinic_id"),
+        *([pl.col(carry)] if carry else []),
+        (pl.lit(clinic_id) if isinstance(clinic_id, str) else clinic_id).alias("clinic_id"),
         pl.col("client_id"),
         pl.col("therapist_id"),
         pl.lit(inst.code).alias("instrument"),
@@ -225,6 +248,6 @@ def accepted_ratings(accepted: pl.DataFrame, inst: Instrument, export_id: str, c
         .then(pl.concat_list(inst.item_fields))
         .alias("items"),
         pl.col("total"),
-        pl.lit(export_id).alias("export_id"),
+        (pl.lit(export_id) if isinstance(export_id, str) else export_id).alias("export_id"),
         pl.col("source_line").cast(pl.Int32),
     )
