@@ -221,8 +221,7 @@ def _screened_together(
     of one shape at once, split back by export."""
     by = SCREENED_FILE
     inst = members[0][2]
-    tagged = [(n, frame.with_columns(pl.lit(n, pl.Int32).alias(by))) for n, _, _, frame, _ in members]
-    candidates = pl.concat([frame for _, frame in tagged], how="vertical")
+    candidates = pl.concat([c.with_columns(pl.lit(n, pl.Int32).alias(by)) for n, _, _, c, _ in members], how="vertical")
     failures = pl.concat([f.with_columns(pl.lit(n, pl.Int32).alias(by)) for n, _, _, _, f in members], how="vertical")
     split = split_failing(candidates, failures, by)
     accepted, rejected, details = split if split is not None else (candidates, candidates.clear(), None)

@@ -130,7 +130,7 @@ def split_failing(
             )
         )
     )
-    marked = candidates.join(broken, on=keys, how="left")
+    marked = candidates.join(broken, on=keys, how="left", maintain_order="left")
     accepted = marked.filter(pl.col("rules").is_null()).drop("rules")
     rejected = marked.filter(pl.col("rules").is_not_null())
     details = (

@@ -21,7 +21,7 @@ def with_dyad_id(ratings: pl.DataFrame) -> pl.DataFrame:
     """Add ``dyad_id``, computed once per distinct dyad."""
     keys = ratings.select(DYAD_KEY).unique()
     codes = keys.with_columns(pl.Series("dyad_id", [dyad_code(*row) for row in keys.iter_rows()], dtype=pl.String))
-    return ratings.join(codes, on=list(DYAD_KEY), how="left")
+    return ratings.join(codes, on=list(DYAD_KEY), how="left", maintain_order="left")
 
 
 def course_scores(ratings: pl.DataFrame) -> pl.DataFrame:
