@@ -285,18 +285,32 @@ def test_messages_are_sent_side_by_side_and_recorded_in_order(hook: Hook, sender
     assert hook.most_at_once == 1 if senders == 1 else 2 <= hook.most_at_once <= senders
 
 
-def test_a_send_keeps_its_secrets_hidden_while_others_start_and_end(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_send_keeps_its_secrets_hidden_while_others_start_and_end() -> None:
     """Sends run on threads: one filter stays on the third-party loggers, and each send's secrets stay hidden until
     that send ends, whatever the others do (a filter removed while a record walks the list could be skipped)."""
-    caplog.set_level(logging.DEBUG)
-    apprise_log = logging.getLogger("apprise")
+    shown: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            shown.append(record.getMessage())
+
+    # the logger's own handler and level: whatever logging setup an earlier test (Prefect's) left in place
+    apprise_log, keep = logging.getLogger("apprise"), Keep()
+    level, disabled = apprise_log.level, apprise_log.disabled
+    apprise_log.addHandler(keep)
+    apprise_log.setLevel(logging.DEBUG)
+    apprise_log.disabled = False
     filters = list(apprise_log.filters)
-    with _scrubbed_logs(["tok-CANARY-first-0123456789"]):
-        with _scrubbed_logs(["tok-CANARY-second-0123456789", "tok-CANARY-first-0123456789"]):
-            assert apprise_log.filters == filters  # a send adds no filter: the one filter knows its secrets
-            apprise_log.debug("posting to /h/tok-CANARY-second-0123456789")
-        apprise_log.debug("posting to /h/tok-CANARY-first-0123456789")  # the other send ended: still hidden
-    apprise_log.debug("after every send: tok-CANARY-first-0123456789")  # nothing is hidden once no send holds it
-    shown = [r.getMessage() for r in caplog.records if r.name == "apprise"]
+    try:
+        with _scrubbed_logs(["tok-CANARY-first-0123456789"]):
+            with _scrubbed_logs(["tok-CANARY-second-0123456789", "tok-CANARY-first-0123456789"]):
+                assert apprise_log.filters == filters  # a send adds no filter: the one filter knows its secrets
+                apprise_log.debug("posting to /h/tok-CANARY-second-0123456789")
+            apprise_log.debug("posting to /h/tok-CANARY-first-0123456789")  # the other send ended: still hidden
+        apprise_log.debug("after every send: tok-CANARY-first-0123456789")  # nothing is hidden once no send holds it
+    finally:
+        apprise_log.removeHandler(keep)
+        apprise_log.setLevel(level)
+        apprise_log.disabled = disabled
     assert shown == ["posting to /h/***", "posting to /h/***", "after every send: tok-CANARY-first-0123456789"]
     assert apprise_log.filters == filters and filters  # installed once, never added or removed per send
