@@ -194,20 +194,19 @@ def prevalidate(paths: list[Path], settings: Settings, clinic_id: str | None = N
         primed = False
     # each file prepared here too, so that a read-ahead worker screens it and its ingest only checks therapists
     share = settings.quarantine_file_share
+    export_ids = [export_id_of(clinic.id, sha256) for _, _, sha256, clinic, _ in kept]
     together: list[PreparedExport] | None = None
     if primed:
         try:
-            ids = [(clinic, found, export_id_of(clinic.id, sha256)) for _, _, sha256, clinic, found in kept]
+            ids = [(clinic, found, e) for (_, _, _, clinic, found), e in zip(kept, export_ids, strict=True)]
             together = prepare_together(ids, key, share, prevalidated)
         except BaseException as exc:  # each file is prepared alone below: one that fails, fails alone
             if not engine_failure(exc):
                 raise
     nobody = pl.DataFrame(schema={"clinic_id": pl.String, "therapist_id": pl.String})  # foreign ones: at ingest
-    for n, (token, path, sha256, clinic, found) in enumerate(kept):
-        export_id, prepared = export_id_of(clinic.id, sha256), None
-        if together is not None:
-            prepared = together[n]
-        elif primed:
+    for n, ((token, path, _, clinic, found), export_id) in enumerate(zip(kept, export_ids, strict=True)):
+        prepared = together[n] if together is not None else None
+        if together is None and primed:
             try:
                 prepared = prepare_export(path, clinic, key, export_id, share, max_bytes, limits, nobody,
                                           validate=prevalidated, found=found)  # fmt: skip
